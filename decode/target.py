@@ -1,0 +1,185 @@
+"""The target model behind one interface: feed tokens, get logits and hidden states, roll back.
+
+In: token ids appended at the current position. Out: `Forward(logits [n, V], hidden [n, H])`
+for those positions; the KV cache grows by n. `rollback(length)` forgets everything past
+`length` (rejected draft tokens).
+
+Two implementations:
+- `StaticLlamaTarget`: Llama-family models (SmolLM2, tiny test configs) re-implemented in
+  plain torch over a pre-allocated KV cache indexed by explicit positions (gpt-fast's
+  design): rollback only moves the write position, and one step has no `generate()` or
+  cache-object overhead. On 2 CPU cores it roughly halves a SmolLM2 step against eager
+  transformers.
+- `HFTarget`: any transformers causal LM over a `DynamicCache`; rollback is `cache.crop(-n)`
+  (transformers 5.x takes the number of tokens to drop, as a negative value).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class Forward(NamedTuple):
+    """Target outputs for the positions just fed."""
+
+    logits: torch.Tensor  # [n, V] float32
+    hidden: torch.Tensor  # [n, H] last hidden state (after the final norm)
+
+
+class Target(Protocol):
+    """A causal LM with a rollback-able KV cache."""
+
+    length: int
+    vocab_size: int
+
+    def forward(self, token_ids: list[int]) -> Forward: ...
+
+    def rollback(self, length: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class StaticLlamaTarget:
+    """A Llama-family causal LM over a static KV cache; rollback is moving `length` back."""
+
+    def __init__(self, model, max_len: int = 2048) -> None:
+        cfg = model.config
+        if cfg.model_type not in ("llama", "smollm3", "mistral", "qwen2") or getattr(
+            cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            raise ValueError(f"StaticLlamaTarget does not support {cfg.model_type}; use HFTarget")
+        inner = model.model
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.vocab_size = cfg.vocab_size
+        self.max_len = max_len
+        self.embed = inner.embed_tokens.weight.detach()
+        self.lm_head = model.lm_head.weight.detach()
+        self.final_norm = inner.norm.weight.detach()
+        self.layers = []
+        for layer in inner.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight.detach(),
+                torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
+                att.o_proj.weight.detach(),
+                layer.post_attention_layernorm.weight.detach(),
+                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                mlp.down_proj.weight.detach(),
+            ))
+        shape = (len(self.layers), self.n_kv, max_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+        inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1).to(self.device)
+        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget the whole context."""
+        self.length = 0
+
+    def rollback(self, length: int) -> None:
+        """Forget positions >= length (no copy: later writes overwrite them)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} from {self.length}")
+        self.length = length
+
+    @torch.inference_mode()
+    def forward(self, token_ids: list[int]) -> Forward:
+        """Run the model on `token_ids` at positions length..length+n-1."""
+        n, start = len(token_ids), self.length
+        end = start + n
+        if end > self.max_len:
+            raise ValueError(f"context of {end} tokens exceeds the cache ({self.max_len})")
+        ids = torch.tensor(token_ids, device=self.device)
+        x = self.embed[ids]  # [n, H]
+        cos, sin = self.cos[start:end], self.sin[start:end]
+        mask = None
+        if n > 1:  # query i (position start+i) sees keys 0..start+i
+            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(start)
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
+            h = _rms_norm(x, ln1, self.eps)
+            q, k, v = F.linear(h, w_qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            q = q.view(n, nh, hd).transpose(0, 1)
+            k = k.view(n, nkv, hd).transpose(0, 1)
+            v = v.view(n, nkv, hd).transpose(0, 1)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k_cache[i, :, start:end] = k
+            self.v_cache[i, :, start:end] = v
+            att = F.scaled_dot_product_attention(
+                q, self.k_cache[i, :, :end], self.v_cache[i, :, :end],
+                attn_mask=mask, enable_gqa=nh != nkv)
+            x = x + F.linear(att.transpose(0, 1).reshape(n, nh * hd), w_o)
+            gate, up = F.linear(_rms_norm(x, ln2, self.eps), w_gu).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w_down)
+        hidden = _rms_norm(x, self.final_norm, self.eps)
+        logits = F.linear(hidden, self.lm_head).float()
+        self.length = end
+        return Forward(logits, hidden)
+
+
+class HFTarget:
+    """Any transformers causal LM over a DynamicCache."""
+
+    def __init__(self, model) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.get_text_config().vocab_size
+        self._cache_cls = DynamicCache
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget the whole context."""
+        self.cache = self._cache_cls(config=self.model.config)
+        self.length = 0
+
+    def rollback(self, length: int) -> None:
+        """Drop cached positions >= length."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} from {self.length}")
+        if length < self.length:
+            self.cache.crop(length - self.length)
+        self.length = length
+
+    @torch.inference_mode()
+    def forward(self, token_ids: list[int]) -> Forward:
+        """Run the model on `token_ids` after the cached context."""
+        ids = torch.tensor([token_ids], device=self.device)
+        positions = torch.arange(self.length, self.length + len(token_ids), device=self.device)
+        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
+                         position_ids=positions[None], output_hidden_states=True)
+        self.length += len(token_ids)
+        return Forward(out.logits[0].float(), out.hidden_states[-1][0])
+
+
+def make_target(model, max_len: int = 2048) -> Target:
+    """The fastest implementation that supports `model`."""
+    try:
+        return StaticLlamaTarget(model, max_len=max_len)
+    except ValueError:
+        return HFTarget(model)

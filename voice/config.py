@@ -1,0 +1,182 @@
+"""Typed configuration: TOML files in `configs/` loaded into frozen dataclasses.
+
+In: an optional TOML path and `section.key=value` overrides from the CLI. Out: a
+`Config`. Every field has a default; an unknown section or key, or a value of the wrong
+type, raises `ConfigError` naming the key. Costs nothing worth measuring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Where each model comes from: `embedded` (pip package) or a hub id / local dir."""
+
+    asr: str = "embedded"
+    tts: str = "embedded"
+    llm: str = "embedded"
+    cache_dir: str = ""  # empty: $VOICE_CACHE or ~/.cache/voice
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The target language model and how replies are generated."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0  # 0: one per core
+    max_new_tokens: int = 96
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    system_prompt: str = ""  # empty: the model's own chat template default
+    history_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """The speculative decoder: which drafter, and how k is chosen."""
+
+    drafter: str = "ngram"  # none | ngram | model | mtp
+    controller: str = "adaptive"  # adaptive | fixed | heuristic
+    max_draft: int = 8
+    fixed_draft: int = 4
+    ngram_max: int = 3
+    ngram_min: int = 1
+    draft_model: str = ""
+    mtp_path: str = ""
+    probe_every: int = 16
+    decay: float = 0.9
+
+
+@dataclass(frozen=True)
+class ASRConfig:
+    """Streaming speech recognition on faster-whisper."""
+
+    language: str = "en"
+    beam_size: int = 1
+    compute_type: str = "int8"
+    threads: int = 0
+    interval_ms: int = 250
+    min_window_frames: int = 400  # mel frames (10 ms each) encoded at least
+
+
+@dataclass(frozen=True)
+class VADConfig:
+    """Silero VAD and endpointing."""
+
+    threshold: float = 0.5
+    end_silence_ms: int = 300
+    min_speech_ms: int = 150
+    max_utterance_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class TTSConfig:
+    """Piper synthesis and the phrase chunker that feeds it."""
+
+    first_phrase_words: int = 3
+    max_phrase_words: int = 18
+    length_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The websocket server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_sessions: int = 8
+    max_message_bytes: int = 65536
+    allowed_origins: tuple[str, ...] = ()  # empty: same origin only
+    idle_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    vad: VADConfig = field(default_factory=VADConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+def _coerce(key: str, value: object, kind: object) -> object:
+    """Check `value` against the field's annotated type; parse strings from `--set`."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"{key}: cannot parse {value!r} as {kind.__name__}") from None
+        return _coerce(key, value, kind)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):  # type: ignore[arg-type]
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _section(name: str, cls: type, values: dict) -> object:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {name}.{key} (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
+    """Turn `["decode.max_draft=6", …]` into `{"decode": {"max_draft": "6"}}`."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"bad --set {item!r}: expected section.key=value")
+        out.setdefault(section, {})[name] = value.strip()
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (default `configs/default.toml`) and apply `--set` overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    for section, values in parse_overrides(overrides or []).items():
+        data.setdefault(section, {}).update(values)
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    kwargs = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        kwargs[name] = _section(name, sections[name], values)
+    return Config(**kwargs)
