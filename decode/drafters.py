@@ -89,8 +89,9 @@ class ModelDrafter:
     name = "model"
 
     def __init__(self, target: Target, temperature: float = 0.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, hf_model=None) -> None:
         self.model = target
+        self.hf_model = hf_model  # the transformers model, for `generate(assistant_model=…)`
         self.temperature, self.top_p = temperature, top_p
         self.generator = generator
         self._cached: list[int] = []  # tokens whose KV sits in the draft model's cache

@@ -92,8 +92,14 @@ class SpeculativeDecoder:
             self._hidden = out.hidden[-1]
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
-                 cancel: threading.Event | None = None) -> Iterator[Span]:
-        """Yield spans of the reply to `prompt_ids` until EOS, max tokens or `cancel`."""
+                 cancel: threading.Event | None = None, drafter: Drafter | None = None,
+                 controller: Controller | None = None) -> Iterator[Span]:
+        """Yield spans of the reply to `prompt_ids` until EOS, max tokens or `cancel`.
+
+        `drafter`/`controller` override the decoder's own for this call (benchmarks, baselines).
+        """
+        drafter = drafter or self.drafter
+        controller = controller or self.controller
         self.stats = stats = DecodeStats()
         t0 = time.perf_counter()
         self.prefill(prompt_ids)
@@ -107,9 +113,9 @@ class SpeculativeDecoder:
                 yield Span((), detok.flush(), 0, 0, time.perf_counter(), final=True)
                 return
             budget = settings.max_new_tokens - stats.tokens
-            k = max(0, min(self.controller.next_k(), budget - 1, room - len(ids) - 1))
+            k = max(0, min(controller.next_k(), budget - 1, room - len(ids) - 1))
             t_draft = time.perf_counter()
-            draft = self.drafter.propose(ids, k, self._hidden) if k else None
+            draft = drafter.propose(ids, k, self._hidden) if k else None
             tokens = draft.tokens[:k] if draft else []
             t_verify = time.perf_counter()
             out = self.target.forward([ids[-1]] + tokens)
@@ -124,7 +130,7 @@ class SpeculativeDecoder:
             self.target.rollback(len(ids) + n)
             self._cached = ids + tokens[:n]
             self._hidden = out.hidden[n]
-            self.controller.update(StepStats(len(tokens), n, t_verify - t_draft, t_done - t_verify))
+            controller.update(StepStats(len(tokens), n, t_verify - t_draft, t_done - t_verify))
             emitted = accepted.tokens[:budget]
             final = len(emitted) == budget
             for i, tok in enumerate(emitted):

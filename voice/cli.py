@@ -1,0 +1,139 @@
+"""The `voice` command line.
+
+In: argv. Out: the chosen subcommand's work, printed; exit code 0 on success, 2 with a
+one-line `error: …` on bad input or a missing model (a traceback only with --debug).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from voice.config import Config, ConfigError, load_config
+
+log = logging.getLogger("voice")
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from audio.wavio import AudioError
+    from voice.models import ModelNotReady
+    from voice.tts import TTSError
+
+    return (ConfigError, ModelNotReady, AudioError, TTSError, UsageError, FileNotFoundError)
+
+
+def cmd_models(args: argparse.Namespace, cfg: Config) -> None:
+    """voice models prepare|list"""
+    from voice.models import list_models, prepare
+
+    if args.action == "prepare":
+        t = time.perf_counter()
+        rows = prepare(cfg.models)
+        print(f"prepared in {time.perf_counter() - t:.1f} s")
+    else:
+        rows = list_models(cfg.models)
+    for row in rows:
+        print(f"{row.name:4s} {row.status:14s} {row.size_bytes / 1e6:8.1f} MB  {row.path}")
+
+
+def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
+    """voice turn AUDIO.wav: one batch turn (the baseline)."""
+    from audio.wavio import read_wav, write_wav
+    from voice.stack import load_stack
+    from voice.turn import batch_turn
+
+    audio = read_wav(args.audio)
+    stack = load_stack(cfg)
+    result = batch_turn(audio, stack.asr, stack.llm, stack.tts)
+    if args.out:
+        write_wav(args.out, result.audio, result.rate_hz)
+    stages = {"asr_ms": round(result.asr_ms, 1), "llm_ms": round(result.llm_ms, 1),
+              "tts_ms": round(result.tts_ms, 1), "total_ms": round(result.total_ms, 1)}
+    if args.json:
+        print(json.dumps({"transcript": result.transcript, "reply": result.reply,
+                          "tokens": result.tokens, **stages, "out": args.out}))
+        return
+    print(f"you:       {result.transcript}")
+    print(f"assistant: {result.reply}")
+    print("  ".join(f"{k}={v}" for k, v in stages.items()) + f"  tokens={result.tokens}")
+    if args.out:
+        print(f"reply audio: {args.out}")
+
+
+def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
+    """voice decode-bench: speculative decoding against plain greedy and baselines."""
+    from voice.decode_bench import print_table, run_decode_bench
+
+    report = run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter,
+                              progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else print_table(report))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every built subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config (default: configs/default.toml)")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable)")
+    common.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    parser = argparse.ArgumentParser(prog="voice",
+                                     description="Local low-latency voice assistant")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", parents=[common], help="prepare or list the embedded models")
+    p.add_argument("action", choices=["prepare", "list"])
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("turn", parents=[common], help="one batch turn on a WAV file (baseline)")
+    p.add_argument("audio", help="a WAV file with the question")
+    p.add_argument("--out", help="write the reply audio here (WAV)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_turn)
+
+    p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--drafter", help="ngram | model | mtp (default: decode.drafter)")
+    p.add_argument("--prompts", type=int, default=20, help="number of bundled prompts (max 24)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", help="cpu | cuda (overrides llm.device)")
+    p.add_argument("--dtype", help="float32 | bf16 | fp16 (overrides llm.dtype)")
+    p.set_defaults(func=cmd_decode_bench)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = list(args.set)
+    for flag, key in (("device", "llm.device"), ("dtype", "llm.dtype")):
+        if getattr(args, flag, None):
+            extra.append(f"{key}={args.__dict__[flag]}")
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `voice` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, _overrides(args))
+        args.func(args, cfg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`voice decode-bench`: speculative decoding against plain greedy, fixed k, and transformers.
+
+In: config, prompt count, max new tokens. Out: a JSON-able report (keys documented in the
+decoder issue): per mode tokens/s, ms to the first 8 tokens, acceptance, mean accepted per
+target forward, mean k, and token identity with plain greedy; plus the verify-cost curve.
+Runs every mode on the same prompts in one process after a warm-up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from importlib.resources import files
+
+import torch
+from tqdm import tqdm
+
+from decode.controller import Controller, FixedController
+from decode.drafters import Drafter, NoDrafter
+from decode.speculative import calibrate_verify_cost
+from voice.config import Config
+from voice.llm import ReplyModel, make_controller
+
+log = logging.getLogger(__name__)
+
+FIXED_KS = (1, 2, 4, 6)
+COST_KS = [0, 1, 2, 3, 4, 6, 8, 12, 16]
+
+
+def bundled_prompts() -> list[str]:
+    """The bundled voice-assistant prompts."""
+    return json.loads(files("voice").joinpath("data/prompts.json").read_text())
+
+
+def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, controller: Controller) -> dict:
+    outputs, first8, total_s, tokens, steps, drafted, accepted, ks = [], [], 0.0, 0, 0, 0, 0, []
+    for ids in prompts:
+        t0 = time.perf_counter()
+        out: list[int] = []
+        t8 = None
+        for span in llm.decoder.generate(ids, llm.settings, drafter=drafter, controller=controller):
+            out.extend(span.token_ids)
+            if t8 is None and len(out) >= 8:
+                t8 = span.t - t0
+        total_s += time.perf_counter() - t0
+        first8.append((t8 if t8 is not None else time.perf_counter() - t0) * 1e3)
+        st = llm.decoder.stats
+        outputs.append(out)
+        tokens += st.tokens
+        steps += st.steps
+        drafted += st.drafted
+        accepted += st.accepted
+        ks.extend(st.draft_lens)
+    return {"tokens_per_s": tokens / total_s, "ms_to_first_8_tokens": sum(first8) / len(first8),
+            "acceptance": accepted / drafted if drafted else 0.0,
+            "mean_accepted": tokens / steps if steps else 0.0,
+            "mean_k": sum(ks) / len(ks) if ks else 0.0, "tokens": tokens, "_outputs": outputs}
+
+
+def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
+    outputs, total_s, tokens = [], 0.0, 0
+    device = llm.model.device
+    for ids in prompts:
+        x = torch.tensor([ids], device=device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = llm.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                                     max_new_tokens=llm.settings.max_new_tokens,
+                                     eos_token_id=list(llm.settings.eos_ids),
+                                     pad_token_id=llm.tokenizer.eos_token_id, **kwargs)
+        total_s += time.perf_counter() - t0
+        new = out[0, len(ids):].tolist()
+        for i, t in enumerate(new):
+            if t in llm.settings.eos_ids:
+                new = new[:i]
+                break
+        outputs.append(new)
+        tokens += len(new)
+    return {"tokens_per_s": tokens / total_s, "ms_to_first_8_tokens": None, "acceptance": None,
+            "mean_accepted": None, "mean_k": None, "tokens": tokens, "_outputs": outputs}
+
+
+def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: str | None = None,
+                     progress: bool = True) -> dict:
+    """Run every mode on the same prompts; return the report."""
+    from dataclasses import replace
+
+    cfg = replace(cfg, llm=replace(cfg.llm, max_new_tokens=max_new_tokens),
+                  decode=replace(cfg.decode, drafter=drafter or cfg.decode.drafter))
+    llm = ReplyModel(cfg)
+    texts = bundled_prompts()[:max(1, n_prompts)]
+    prompts = [llm.chat_ids([{"role": "user", "content": t}]) for t in texts]
+    _run_ours(llm, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
+    costs = calibrate_verify_cost(llm.target, COST_KS, reps=5)
+    modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
+    modes += [("fixed", k, None) for k in FIXED_KS]
+    hf_kwargs = _hf_assist_kwargs(cfg, llm)
+    if hf_kwargs is not None:
+        modes.append(("hf_assisted", hf_kwargs.get("prompt_lookup_num_tokens"), hf_kwargs))
+    modes += [("heuristic", None, None), ("adaptive", None, None)]
+    runs, greedy_out = [], None
+    for mode, k, extra in tqdm(modes, desc="decode-bench", disable=not progress):
+        if mode == "hf_assisted":
+            result = _run_hf(llm, prompts, extra)
+        else:
+            use_drafter = NoDrafter() if mode == "greedy" else llm.drafter
+            controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(
+                cfg, costs, kind=mode)
+            result = _run_ours(llm, prompts, use_drafter, controller)
+        outputs = result.pop("_outputs")
+        greedy_out = greedy_out or outputs
+        runs.append({"mode": mode, "k": k, **_rounded(result), "identical": outputs == greedy_out})
+    return {"target": llm.cfg.models.llm, "drafter": llm.drafter.name, "device": cfg.llm.device,
+            "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
+            "max_new_tokens": max_new_tokens, "runs": runs, "speedup": _speedups(runs),
+            "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()}}
+
+
+def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
+    if llm.drafter.name == "ngram":
+        return {"prompt_lookup_num_tokens": cfg.decode.fixed_draft}
+    if llm.drafter.name == "model":
+        return {"assistant_model": llm.drafter.hf_model}
+    return None
+
+
+def _rounded(result: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def _speedups(runs: list[dict]) -> dict:
+    by_mode = {r["mode"]: r for r in runs}
+    ours = by_mode["adaptive"]["tokens_per_s"]
+    best_fixed = max(r["tokens_per_s"] for r in runs if r["mode"] == "fixed")
+    out = {"adaptive_vs_greedy": ours / by_mode["greedy"]["tokens_per_s"],
+           "adaptive_vs_best_fixed": ours / best_fixed}
+    if "hf_assisted" in by_mode:
+        out["adaptive_vs_hf_assisted"] = ours / by_mode["hf_assisted"]["tokens_per_s"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def print_table(report: dict) -> str:
+    """A readable table of the report."""
+    lines = [f"target={report['target']} drafter={report['drafter']} device={report['device']} "
+             f"dtype={report['dtype']} prompts={report['prompts']} max_new_tokens={report['max_new_tokens']}",
+             f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
+             f"{'mean k':>6s} identical"]
+    for r in report["runs"]:
+        def f(key: str, spec: str) -> str:
+            return "-" if r.get(key) is None else format(r[key], spec)
+        lines.append(f"{r['mode']:12s} {'-' if r['k'] is None else r['k']:>3} {f('tokens_per_s', '7.1f')} "
+                     f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "
+                     f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']}")
+    lines.append("speedup: " + ", ".join(f"{k}={v}" for k, v in report["speedup"].items()))
+    lines.append("verify cost ms (k draft + 1): " + ", ".join(
+        f"k={k}: {v}" for k, v in report["verify_cost_ms"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""The reply generator: loads the target LLM and builds the speculative decoder from config.
+
+In: `Config`. Out: `ReplyModel`, which turns a conversation (chat messages) into an
+iterator of `Span`s via the speculative decoder. Loading SmolLM2-135M fp32 takes ~1 s;
+a verify-cost calibration at load (~1 s) seeds the adaptive controller.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Iterator
+
+import torch
+
+from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
+from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from decode.spans import Span
+from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
+from decode.target import Target, make_target
+from voice.config import Config, ConfigError
+from voice.models import ModelNotReady, llm_path
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+CALIBRATION_KS = [0, 1, 2, 4, 8]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`float32` / `bf16` / … to a torch dtype."""
+    if name not in DTYPES:
+        raise ConfigError(f"llm.dtype: unknown dtype {name!r} (known: {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def load_causal_lm(name_or_path: str, device: str, dtype: torch.dtype):
+    """A transformers causal LM and tokenizer from a local dir or the local hub cache only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    local_only = not os.path.isdir(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype, local_files_only=local_only).to(device).eval()
+    except OSError as err:
+        raise ModelNotReady(
+            f"cannot load {name_or_path!r}: not a local model directory and not in the local hub "
+            f"cache (this machine cannot download models). Put it in the hub cache first. ({err})"
+        ) from None
+    return model, tokenizer
+
+
+def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Generator) -> Drafter:
+    """The drafter named by `decode.drafter`."""
+    name = cfg.decode.drafter
+    if name == "none":
+        return NoDrafter()
+    if name == "ngram":
+        return NgramDrafter(cfg.decode.ngram_max, cfg.decode.ngram_min)
+    if name == "model":
+        if not cfg.decode.draft_model:
+            raise ConfigError("decode.draft_model: set it to a draft model dir or hub id for drafter=model")
+        model, draft_tok = load_causal_lm(cfg.decode.draft_model, cfg.llm.device, torch_dtype(cfg.llm.dtype))
+        if draft_tok.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError("decode.draft_model: its tokenizer differs from the target's")
+        return ModelDrafter(make_target(model), cfg.llm.temperature, cfg.llm.top_p, generator, model)
+    if name == "mtp":
+        from decode.mtp import load_mtp_drafter
+
+        return load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
+    raise ConfigError(f"decode.drafter: unknown drafter {name!r} (known: none, ngram, model, mtp)")
+
+
+def make_controller(cfg: Config, verify_cost_s: dict[int, float], kind: str | None = None,
+                    k: int | None = None) -> Controller:
+    """The controller named by `decode.controller` (or `kind`), seeded with measured costs."""
+    kind = kind or cfg.decode.controller
+    if kind == "fixed":
+        return FixedController(cfg.decode.fixed_draft if k is None else k)
+    if kind == "heuristic":
+        return HeuristicController(k=cfg.decode.fixed_draft, k_max=cfg.decode.max_draft)
+    if kind == "adaptive":
+        return AdaptiveController(k_max=cfg.decode.max_draft, decay=cfg.decode.decay,
+                                  probe_every=cfg.decode.probe_every, verify_cost_s=dict(verify_cost_s))
+    raise ConfigError(f"decode.controller: unknown controller {kind!r} (known: adaptive, fixed, heuristic)")
+
+
+class ReplyModel:
+    """Target LLM + drafter + controller; one reply at a time (callers serialise)."""
+
+    def __init__(self, cfg: Config) -> None:
+        torch.set_num_threads(cfg.llm.threads or os.cpu_count() or 1)
+        self.cfg = cfg
+        model, self.tokenizer = load_causal_lm(llm_path(cfg.models), cfg.llm.device, torch_dtype(cfg.llm.dtype))
+        self.model = model
+        self.target = make_target(model)
+        self.generator = torch.Generator().manual_seed(cfg.llm.seed)
+        self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
+        self.verify_cost_s = calibrate_verify_cost(self.target, CALIBRATION_KS)
+        self.decoder = SpeculativeDecoder(self.target, self.tokenizer, self.drafter,
+                                          make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed)
+        eos = {self.tokenizer.eos_token_id, model.generation_config.eos_token_id}
+        eos = {e for x in eos for e in (x if isinstance(x, list) else [x]) if e is not None}
+        self.settings = GenerationSettings(cfg.llm.max_new_tokens, cfg.llm.temperature, cfg.llm.top_p, tuple(eos))
+        self.lock = threading.Lock()
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the conversation with the generation prompt appended."""
+        if self.cfg.llm.system_prompt:
+            messages = [{"role": "system", "content": self.cfg.llm.system_prompt}] + messages
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
+        """Spans of the reply to the conversation; hold `lock` while iterating."""
+        return self.decoder.generate(self.chat_ids(messages), self.settings, cancel)
+
+    def reply_plain(self, messages: list[dict[str, str]]) -> Iterator[Span]:
+        """Plain greedy/sampled decoding (no drafter): the baseline."""
+        return self.decoder.generate(self.chat_ids(messages), self.settings,
+                                     drafter=NoDrafter(), controller=FixedController(0))
+
+    def prefill(self, messages: list[dict[str, str]]) -> None:
+        """Warm the KV cache for a conversation whose last user message may still change."""
+        self.decoder.prefill(self.chat_ids(messages))

@@ -1,0 +1,50 @@
+"""One whole turn, batch style: the naive baseline the streaming pipeline must beat.
+
+In: a WAV file. Out: `TurnResult` with transcript, reply text, reply audio and the time of
+each stage: whole-file transcription → complete greedy reply → TTS of the whole reply.
+Nothing overlaps, so the turn gap is asr + llm + tts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from voice.asr import WhisperASR
+from voice.llm import ReplyModel
+from voice.tts import PiperTTS
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """Outcome and stage times of one batch turn."""
+
+    transcript: str
+    reply: str
+    audio: np.ndarray  # int16 at rate_hz
+    rate_hz: int
+    asr_ms: float
+    llm_ms: float
+    tts_ms: float
+    tokens: int
+
+    @property
+    def total_ms(self) -> float:
+        """The batch turn gap: every stage in series."""
+        return self.asr_ms + self.llm_ms + self.tts_ms
+
+
+def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel, tts: PiperTTS) -> TurnResult:
+    """Transcribe all, generate all, synthesise all."""
+    t0 = time.perf_counter()
+    transcript = asr.transcribe(audio_16k)
+    t1 = time.perf_counter()
+    with llm.lock:
+        spans = list(llm.reply_plain([{"role": "user", "content": transcript}]))
+    reply = "".join(s.text for s in spans).strip()
+    t2 = time.perf_counter()
+    audio = tts.synthesize_all(reply)
+    t3 = time.perf_counter()
+    return TurnResult(transcript, reply, audio, tts.rate_hz, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                      (t3 - t2) * 1e3, sum(len(s.token_ids) for s in spans))
