@@ -1,0 +1,172 @@
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ByteTokenizer, tiny_llama
+from decode.controller import AdaptiveController, FixedController, HeuristicController
+from decode.drafters import Draft, ModelDrafter, NgramDrafter, NoDrafter
+from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
+from decode.target import HFTarget, StaticLlamaTarget
+
+TARGET = tiny_llama(seed=0)
+DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
+
+
+def plain_greedy(model, prompt, n):
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                             min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+class WrongDrafter:
+    """Always proposes a token the target will not pick (acceptance 0)."""
+
+    name = "wrong"
+
+    def __init__(self, model):
+        self.model = model
+
+    def propose(self, ids, k, hidden):
+        return Draft([(t + 1) % 64 for t in self._oracle(ids, k)])
+
+    def _oracle(self, ids, k):
+        return plain_greedy(self.model, ids, k)
+
+    def reset(self):
+        pass
+
+
+class OracleDrafter(WrongDrafter):
+    """Proposes exactly the target's greedy continuation (acceptance 1)."""
+
+    name = "oracle"
+
+    def propose(self, ids, k, hidden):
+        return Draft(self._oracle(ids, k))
+
+
+def decode(target, drafter, controller, prompt, n):
+    dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, controller)
+    spans = list(dec.generate(prompt, GenerationSettings(max_new_tokens=n)))
+    return [t for s in spans for t in s.token_ids], dec
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prompt=st.lists(st.integers(1, 63), min_size=1, max_size=12),
+       k=st.integers(0, 6), drafter=st.sampled_from(["ngram", "model", "none"]),
+       controller=st.sampled_from(["fixed", "adaptive", "heuristic"]))
+def test_speculative_greedy_equals_plain_greedy(prompt, k, drafter, controller):
+    n = 24
+    want = plain_greedy(TARGET, prompt, n)
+    drafters = {"ngram": NgramDrafter(3, 1), "none": NoDrafter(),
+                "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128))}
+    ctl = {"fixed": FixedController(k), "heuristic": HeuristicController(max(k, 1), 6),
+           "adaptive": AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1})}[controller]
+    got, _ = decode(StaticLlamaTarget(TARGET, max_len=128), drafters[drafter], ctl, prompt, n)
+    assert got == want
+
+
+def test_hf_target_with_cache_crop_is_lossless_too():
+    prompt = [5, 9, 13, 5, 9]
+    got, _ = decode(HFTarget(TARGET), NgramDrafter(), FixedController(4), prompt, 20)
+    assert got == plain_greedy(TARGET, prompt, 20)
+
+
+def test_always_wrong_drafter_drives_adaptive_k_to_zero():
+    target = StaticLlamaTarget(TARGET)
+    costs = calibrate_verify_cost(target, [0, 1, 2, 4, 8])
+    ctl = AdaptiveController(k_max=6, probe_every=1000, verify_cost_s=costs)
+    got, dec = decode(target, WrongDrafter(TARGET), ctl, [3, 4, 5], 30)
+    assert got == plain_greedy(TARGET, [3, 4, 5], 30)
+    assert dec.stats.accepted == 0
+    assert dec.stats.draft_lens[-10:] == [0] * 10
+
+
+def test_oracle_drafter_drives_adaptive_k_to_max():
+    target = StaticLlamaTarget(TARGET)
+    # verification as flat as on a GPU, and drafting free: full acceptance must reach k_max
+    ctl = AdaptiveController(k_max=5, verify_cost_s={0: 1e-3, 8: 1.1e-3})
+    ctl.update = _ignore_timing(ctl.update)
+    got, dec = decode(target, OracleDrafter(TARGET), ctl, [3, 4, 5], 40)
+    assert got == plain_greedy(TARGET, [3, 4, 5], 40)
+    assert dec.stats.acceptance == 1.0
+    assert dec.stats.draft_lens[-2] == 5
+
+
+def _ignore_timing(update):
+    """Feed the controller acceptance only, so the test does not depend on machine speed."""
+    from decode.controller import StepStats
+
+    def wrapped(stats):
+        update(StepStats(stats.draft_len, stats.accepted_len, 0.0, 1e-3 if stats.draft_len == 0 else 1.05e-3))
+    return wrapped
+
+
+def test_rollback_equals_fresh_prefill():
+    ids = [7, 3, 9, 1, 22, 40, 5, 6]
+    for target in (StaticLlamaTarget(TARGET), HFTarget(TARGET)):
+        target.forward(ids[:5])
+        target.forward([11, 12, 13])  # a rejected draft
+        target.rollback(5)
+        assert target.length == 5
+        resumed = target.forward(ids[5:]).logits
+        fresh_target = type(target)(TARGET)
+        fresh = fresh_target.forward(ids).logits[5:]
+        assert torch.allclose(resumed, fresh, atol=1e-4)
+        if isinstance(target, HFTarget):
+            assert target.cache.get_seq_length() == len(ids)
+
+
+def test_static_target_matches_transformers_logits():
+    ids = [1, 2, 3, 4, 5, 6]
+    with torch.inference_mode():
+        ref = TARGET(torch.tensor([ids])).logits[0]
+    assert torch.allclose(StaticLlamaTarget(TARGET).forward(ids).logits, ref, atol=1e-4)
+
+
+def test_cancel_stops_within_one_step():
+    cancel = threading.Event()
+    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(), NoDrafter(), FixedController(0))
+    spans = []
+    for span in dec.generate([1, 2, 3], GenerationSettings(max_new_tokens=50), cancel):
+        spans.append(span)
+        if len(spans) == 3:
+            cancel.set()
+    assert len(spans) == 4 and spans[-1].final and spans[-1].token_ids == ()
+    assert dec.stats.cancelled
+
+
+def test_eos_and_max_tokens_end_the_reply():
+    want = plain_greedy(TARGET, [3, 4], 12)
+    eos = want[5]
+    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(), NgramDrafter(), FixedController(3))
+    spans = list(dec.generate([3, 4], GenerationSettings(max_new_tokens=12, eos_ids=(eos,))))
+    got = [t for s in spans for t in s.token_ids]
+    assert got == want[:want.index(eos)] and spans[-1].final
+
+
+def test_prefix_reuse_gives_same_reply():
+    target = StaticLlamaTarget(TARGET)
+    dec = SpeculativeDecoder(target, ByteTokenizer(), NgramDrafter(), FixedController(2))
+    s = GenerationSettings(max_new_tokens=10)
+    dec.prefill([3, 4, 5, 6])  # a partial transcript, later extended
+    first = [t for sp in dec.generate([3, 4, 5, 6, 7, 8], s) for t in sp.token_ids]
+    again = [t for sp in dec.generate([3, 4, 5, 6, 7, 8], s) for t in sp.token_ids]
+    assert first == again == plain_greedy(TARGET, [3, 4, 5, 6, 7, 8], 10)
+
+
+def test_sampling_decoder_runs_and_respects_budget():
+    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(),
+                             ModelDrafter(StaticLlamaTarget(DRAFT), temperature=0.8), FixedController(3))
+    spans = list(dec.generate([1, 2], GenerationSettings(max_new_tokens=15, temperature=0.8)))
+    assert sum(len(s.token_ids) for s in spans) == 15
+
+
+def test_calibration_leaves_cache_untouched():
+    target = StaticLlamaTarget(TARGET)
+    target.forward([1, 2, 3])
+    costs = calibrate_verify_cost(target, [0, 1, 4], reps=1)
+    assert set(costs) == {0, 1, 4} and target.length == 3

@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from voice.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "voice.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_only_built_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for cmd in ("models", "turn", "decode-bench"):
+        assert cmd in out.stdout
+
+
+def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
+    assert main(["turn", str(tmp_path / "missing.wav")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: audio file not found") and "Traceback" not in err
+    (tmp_path / "bad.wav").write_bytes(b"not a wav at all")
+    assert main(["turn", str(tmp_path / "bad.wav")]) == 2
+    assert "not a PCM WAV" in capsys.readouterr().err
+    assert main(["turn", "x.wav", "--set", "llm.max_new_tokens=lots"]) == 2
+    assert "llm.max_new_tokens" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_turn_answers_a_spoken_question(question_wav, tmp_path):
+    out = run_cli("turn", str(question_wav), "--json", "--out", str(tmp_path / "reply.wav"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert "capital of france" in result["transcript"].lower()
+    assert "paris" in result["reply"].lower()
+    assert (tmp_path / "reply.wav").stat().st_size > 10000
+    assert result["total_ms"] >= result["llm_ms"] > 0
