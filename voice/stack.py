@@ -6,8 +6,9 @@ verify-cost calibration ~2 s). Raises `ModelNotReady` naming the fix when a mode
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voice.asr import WhisperASR
 from voice.config import Config
@@ -25,6 +26,8 @@ class Stack:
     asr: WhisperASR
     llm: ReplyModel
     tts: PiperTTS
+    asr_lock: threading.Lock = field(default_factory=threading.Lock)
+    tts_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def load_stack(cfg: Config) -> Stack:

@@ -1,0 +1,88 @@
+"""Voice activity: silero VAD on 512-sample windows, and the endpointing rule.
+
+In: 32 ms windows at 16 kHz. Out: a speech probability per window (silero, ONNX, ~0.3 ms
+each on one core) and, from `Endpointer`, events: `speech_start`, `first_silence` (the
+first quiet window after speech — start the final ASR decode now), `speech_resumed`
+(the user went on after a short pause), and `speech_end` (silence lasted `end_silence_ms`:
+the endpoint). `Endpointer` is pure: no model, no clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW = 512
+
+
+class SileroVAD:
+    """One stream's silero VAD (the model keeps per-stream state)."""
+
+    def __init__(self, sample_rate_hz: int = 16000) -> None:
+        import torch
+        from silero_vad import load_silero_vad
+
+        self._torch = torch
+        self.model = load_silero_vad(onnx=True)
+        self.rate = sample_rate_hz
+
+    def prob(self, window: np.ndarray) -> float:
+        """Speech probability of one 512-sample window."""
+        return float(self.model(self._torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)),
+                                self.rate).item())
+
+    def reset(self) -> None:
+        """Forget the stream state."""
+        self.model.reset_states()
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    """An endpointing decision; `t` is the time of the window that caused it."""
+
+    kind: str  # speech_start | first_silence | speech_resumed | speech_end
+    t: float
+    speech_end_t: float = 0.0  # time of the last voiced window (for first_silence/speech_end)
+
+
+@dataclass
+class Endpointer:
+    """Hysteresis over per-window speech probabilities."""
+
+    threshold: float = 0.5
+    end_silence_ms: int = 300
+    min_speech_ms: int = 150
+    window_ms: float = 32.0
+    in_speech: bool = False
+    _voiced_ms: float = 0.0
+    _silence_ms: float = 0.0
+    _last_voiced_t: float = 0.0
+
+    def update(self, prob: float, t: float) -> list[VadEvent]:
+        """Feed one window's probability; return the events it triggers."""
+        voiced = prob >= self.threshold
+        # leave speech only below a lower threshold, so a soft syllable does not end it
+        if self.in_speech and prob >= self.threshold - 0.15:
+            voiced = True
+        events: list[VadEvent] = []
+        if voiced:
+            self._voiced_ms += self.window_ms
+            if not self.in_speech and self._voiced_ms >= self.min_speech_ms:
+                self.in_speech = True
+                events.append(VadEvent("speech_start", t))
+            elif self.in_speech and self._silence_ms > 0:
+                events.append(VadEvent("speech_resumed", t))
+            self._silence_ms = 0.0
+            self._last_voiced_t = t
+            return events
+        if not self.in_speech:
+            self._voiced_ms = 0.0
+            return events
+        self._silence_ms += self.window_ms
+        if self._silence_ms == self.window_ms:
+            events.append(VadEvent("first_silence", t, self._last_voiced_t))
+        if self._silence_ms >= self.end_silence_ms:
+            events.append(VadEvent("speech_end", t, self._last_voiced_t))
+            self.in_speech = False
+            self._voiced_ms = self._silence_ms = 0.0
+        return events

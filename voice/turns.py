@@ -1,0 +1,70 @@
+"""Conversation state and per-turn metrics.
+
+In: finished turns (user text, assistant text). Out: the chat messages for the next
+prompt, trimmed from the oldest turn so the prompt stays within a token budget; and
+`TurnMetrics`, the timestamps of one turn and the figures derived from them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Conversation:
+    """User/assistant history with a token budget (oldest turns dropped first)."""
+
+    count_tokens: object  # callable(list[dict]) -> int
+    budget_tokens: int = 1024
+    turns: list[tuple[str, str]] = field(default_factory=list)
+
+    def messages(self, user_text: str) -> list[dict[str, str]]:
+        """History plus the new user message, within the budget."""
+        while True:
+            msgs = [m for u, a in self.turns for m in ({"role": "user", "content": u},
+                                                       {"role": "assistant", "content": a})]
+            msgs.append({"role": "user", "content": user_text})
+            if not self.turns or self.count_tokens(msgs) <= self.budget_tokens:
+                return msgs
+            self.turns.pop(0)
+
+    def add(self, user_text: str, reply_text: str) -> None:
+        """Record a finished (or interrupted) turn."""
+        self.turns.append((user_text, reply_text))
+
+
+@dataclass(frozen=True)
+class TurnMetrics:
+    """Timestamps (perf_counter seconds; 0 = did not happen) and figures of one turn."""
+
+    speech_end: float = 0.0  # last voiced audio (VAD)
+    endpoint: float = 0.0  # the endpointer decided the user finished
+    asr_final: float = 0.0  # final transcript ready
+    llm_start: float = 0.0
+    first_span: float = 0.0
+    first_audio: float = 0.0  # first reply audio released to the sink
+    last_audio: float = 0.0
+    tokens: int = 0
+    acceptance: float = 0.0
+    mean_draft_len: float = 0.0
+    interrupted: bool = False
+    transcript: str = ""
+    reply: str = ""
+
+    def _since_speech_end(self, t: float) -> float | None:
+        return round((t - self.speech_end) * 1e3, 1) if t and self.speech_end else None
+
+    def as_dict(self) -> dict:
+        """The protocol's `turn_end` metrics: stage times in ms after speech end."""
+        return {
+            "turn_gap_ms": self._since_speech_end(self.first_audio),
+            "endpoint_ms": self._since_speech_end(self.endpoint),
+            "asr_final_ms": self._since_speech_end(self.asr_final),
+            "llm_start_ms": self._since_speech_end(self.llm_start),
+            "first_span_ms": self._since_speech_end(self.first_span),
+            "first_audio_ms": self._since_speech_end(self.first_audio),
+            "last_audio_ms": self._since_speech_end(self.last_audio),
+            "acceptance": round(self.acceptance, 3),
+            "mean_draft_len": round(self.mean_draft_len, 2),
+            "tokens": self.tokens,
+            "interrupted": self.interrupted,
+        }
