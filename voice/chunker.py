@@ -45,9 +45,11 @@ class PhraseChunker:
         clause = _CLAUSE_END.search(buf)
         # complete words = words followed by whitespace
         word_ends = [m.end() for m in re.finditer(r"\S+\s", buf)]
-        if clause and (self._emitted == 0 or len(buf[:clause.end()].split()) >= 2):
-            return clause.end()
         limit = self.first_words if self._emitted == 0 else self.max_words
+        if clause:
+            n_words = len(buf[:clause.end()].split())
+            if n_words <= limit and (self._emitted == 0 or n_words >= 2):
+                return clause.end()
         if len(word_ends) >= limit:
             return word_ends[limit - 1]
         return None

@@ -76,6 +76,33 @@ def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
     print(json.dumps(report, indent=2) if args.json else print_table(report))
 
 
+def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
+    """voice bench: real-time turn latency of the streaming pipeline."""
+    import asyncio
+
+    from voice.bench import plot, run_bench
+
+    if args.server and not args.server.startswith(("ws://", "wss://")):
+        raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+    if args.turns is not None and args.turns < 1:
+        raise UsageError("--turns must be at least 1")
+    result, records = asyncio.run(run_bench(cfg, args.audio or [], args.turns, args.baseline,
+                                            args.server, progress=not args.json))
+    if args.plot:
+        plot(records, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    gap = result["turn_gap_ms"]
+    print(f"answered {result['answered']}/{result['turns']}  turn gap p50 {gap['p50']} ms  "
+          f"p90 {gap['p90']} ms  max {gap['max']} ms")
+    for stage, v in result["stages_ms"].items():
+        print(f"  {stage:12s} p50 {v['p50']} ms after speech end")
+    if "baseline" in result:
+        print(f"batch baseline p50 {result['baseline']['turn_gap_ms']['p50']} ms "
+              f"(ratio {result.get('gap_ratio_vs_baseline')})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every built subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -96,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the reply audio here (WAV)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_turn)
+
+    p = sub.add_parser("bench", parents=[common], help="real-time turn latency benchmark")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--audio", nargs="+", metavar="DIR|FILE", help="WAV files or folders (default: bundled)")
+    p.add_argument("--turns", type=int, help="number of turns (default: one per audio file)")
+    p.add_argument("--baseline", action="store_true", help="also run the batch `voice turn` path")
+    p.add_argument("--plot", metavar="PNG", help="draw the stage timeline and gap distribution")
+    p.add_argument("--server", metavar="WS_URL", help="drive a running server instead (ws://…/ws)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
     p.add_argument("--json", action="store_true", help="print JSON")

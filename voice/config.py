@@ -69,7 +69,8 @@ class ASRConfig:
     compute_type: str = "int8"
     threads: int = 0
     interval_ms: int = 250
-    min_window_frames: int = 400  # mel frames (10 ms each) encoded at least
+    min_window_frames: int = 600  # mel frames (10 ms each) encoded at least
+    pad_frames: int = 300  # silence frames encoded after the speech
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def load_stack(cfg: Config) -> Stack:
     """Load every model named by the config."""
     t = time.perf_counter()
     asr = WhisperASR(str(whisper_path(cfg.models)), cfg.asr.language, cfg.asr.beam_size,
-                     cfg.asr.compute_type, cfg.asr.threads, cfg.asr.min_window_frames)
+                     cfg.asr.compute_type, cfg.asr.threads, cfg.asr.min_window_frames,
+                     cfg.asr.pad_frames)
     tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
     llm = ReplyModel(cfg)
     log.info("models loaded in %.1f s", time.perf_counter() - t)

@@ -1,0 +1,96 @@
+"""End-to-end tests of the streaming pipeline on piper-made speech (slow: real models)."""
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from audio.wavio import read_wav
+from voice.config import load_config
+from voice.pipeline import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState, VoiceSession
+
+pytestmark = pytest.mark.slow
+
+FRAME = 320  # 20 ms
+
+
+async def feed(session, audio, speed=1.0):
+    for i in range(0, len(audio), FRAME):
+        await session.feed_audio(audio[i:i + FRAME])
+        await asyncio.sleep(0.02 / speed)
+
+
+async def collect_until(session, stop, timeout=30.0):
+    events = []
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            ev = await asyncio.wait_for(session.events.get(), 0.5)
+        except asyncio.TimeoutError:
+            continue
+        events.append((time.perf_counter(), ev))
+        if stop(ev):
+            return events
+    raise AssertionError(f"timed out; saw {[type(e).__name__ for _, e in events]}")
+
+
+def silence(seconds):
+    return np.zeros(int(16000 * seconds), np.float32)
+
+
+def test_spoken_question_gets_transcript_reply_audio_and_consistent_metrics(stack, question_wav):
+    async def main():
+        session = VoiceSession(stack, load_config())
+        audio = np.concatenate([silence(0.3), read_wav(question_wav), silence(3.0)])
+        feeder = asyncio.ensure_future(feed(session, audio))
+        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)))
+        feeder.cancel()
+        await session.close()
+        return [e for _, e in events]
+
+    events = asyncio.run(main())
+    kinds = [type(e).__name__ for e in events]
+    assert "TurnError" not in kinds
+    finals = [e.text for e in events if isinstance(e, Transcript) and e.final]
+    assert finals and "capital of france" in finals[0].lower()
+    assert kinds.index("AudioStart") < kinds.index("AudioOut") < kinds.index("TurnEnd")
+    assert sum(len(e.chunk.samples) for e in events if isinstance(e, AudioOut)) > 22050 * 0.5
+    m = events[-1].metrics
+    assert "paris" in m.reply.lower()
+    assert m.speech_end <= m.asr_final <= m.first_audio <= m.last_audio
+    assert m.speech_end <= m.endpoint <= m.first_audio and m.tokens > 0
+
+
+def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path):
+    from audio.wavio import write_wav
+
+    long_q = tmp_path / "long.wav"
+    write_wav(long_q, stack.tts.synthesize_all("Tell me a fun fact about octopuses."), stack.tts.rate_hz)
+    second = tmp_path / "second.wav"
+    write_wav(second, stack.tts.synthesize_all("How far away is the moon?"), stack.tts.rate_hz)
+
+    async def main():
+        session = VoiceSession(stack, load_config())
+        feeder = asyncio.ensure_future(feed(session, np.concatenate(
+            [silence(0.3), read_wav(long_q), silence(30.0)])))
+        await collect_until(session, lambda e: isinstance(e, AudioOut))
+        feeder.cancel()
+        # the user talks over the reply
+        feeder = asyncio.ensure_future(feed(session, np.concatenate(
+            [read_wav(second), silence(4.0)])))
+        events = await collect_until(session, lambda e: isinstance(e, TurnEnd) and not e.metrics.interrupted)
+        feeder.cancel()
+        await session.close()
+        return events
+
+    events = asyncio.run(main())
+    start_t = next(t for t, e in events if isinstance(e, VadState) and e.state == "speech_start")
+    cut_t, cut = next((t, e) for t, e in events if isinstance(e, TurnEnd))
+    assert cut.metrics.interrupted
+    assert cut_t - start_t < 0.1, f"barge-in took {1000 * (cut_t - start_t):.0f} ms"
+    after = [e for t, e in events if t > cut_t]
+    # no audio of the old reply after the cut: the next audio starts with a new AudioStart
+    first_audio_after = next(i for i, e in enumerate(after) if isinstance(e, (AudioStart, AudioOut)))
+    assert isinstance(after[first_audio_after], AudioStart)
+    finals = [e.text.lower() for e in after if isinstance(e, Transcript) and e.final]
+    assert any("moon" in f for f in finals)
