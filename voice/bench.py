@@ -169,6 +169,8 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
     stages = {}
     for stage in ("endpoint", "asr_final", "first_span", "first_audio"):
         vals = [(r.stamps[stage] - r.speech_end) * 1e3 for r in answered if r.stamps.get(stage)]
+        if not vals:  # through a server: its own figures, from its VAD's end of speech
+            vals = [r.metrics[f"{stage}_ms"] for r in answered if r.metrics.get(f"{stage}_ms") is not None]
         stages[stage] = _pct(vals)
     acc = [r.metrics["acceptance"] for r in answered if r.metrics]
     ks = [r.metrics["mean_draft_len"] for r in answered if r.metrics]

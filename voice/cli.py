@@ -76,6 +76,30 @@ def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
     print(json.dumps(report, indent=2) if args.json else print_table(report))
 
 
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
+    """voice serve: the voice page and websocket on one port."""
+    import asyncio
+
+    from voice.stack import load_stack
+    from web.server import run_server
+
+    host = args.host or cfg.server.host
+    port = cfg.server.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0–65535, got {port}")
+    print("loading models…", flush=True)
+    stack = load_stack(cfg)
+
+    def ready(url: str) -> None:
+        print(f"voice assistant ready: open {url}  (websocket: {url.replace('http', 'ws', 1)}ws)", flush=True)
+
+    try:
+        asyncio.run(run_server(stack, cfg, host, port, ready))
+    except OSError as err:
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    print("server stopped", flush=True)
+
+
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
@@ -123,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the reply audio here (WAV)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_turn)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the voice page and websocket")
+    p.add_argument("--host", help="address to bind (default server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default server.port, 8765; 0 = any free)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", parents=[common], help="real-time turn latency benchmark")
     p.add_argument("--json", action="store_true", help="print JSON")

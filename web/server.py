@@ -1,0 +1,233 @@
+"""`voice serve`: the voice page over HTTP and the voice protocol over a websocket, one port.
+
+In: browser or tool connections on 127.0.0.1 (by default). GET `/` and `/static/…` serve
+the page from `web/static`; `/ws` upgrades to the protocol of `web/PROTOCOL.md`. Out: per
+connection a `VoiceSession` over the shared models (loaded once): its events are sent as
+JSON text messages and binary PCM. Models are shared through per-model locks, so sessions
+queue for the LLM (a waiting session sees its transcript at once and its reply when the
+LLM is free). Bad input gets an `error` message and the session goes on.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import mimetypes
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import soxr
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from voice.config import Config
+from voice.pipeline import (AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError,
+                            VadState, VoiceSession)
+from voice.stack import Stack
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_FRAME_BYTES = 65536
+MAX_TEXT_CHARS = 2000
+FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
+
+
+class ProtocolError(ValueError):
+    """A client message the protocol does not allow; `code` goes into the error event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def event_message(event) -> str | bytes:
+    """A pipeline event as a protocol message."""
+    if isinstance(event, AudioOut):
+        return event.chunk.samples.astype("<i2").tobytes()
+    if isinstance(event, VadState):
+        msg = {"type": "vad", "state": event.state}
+    elif isinstance(event, Transcript):
+        msg = {"type": "transcript", "final": event.final, "text": event.text}
+    elif isinstance(event, ReplyText):
+        msg = {"type": "reply", "text": event.text}
+    elif isinstance(event, AudioStart):
+        msg = {"type": "audio_start", "sample_rate": event.rate_hz}
+    elif isinstance(event, TurnEnd):
+        msg = {"type": "turn_end", "metrics": event.metrics.as_dict(),
+               "transcript": event.metrics.transcript, "reply": event.metrics.reply}
+    elif isinstance(event, TurnError):
+        msg = {"type": "error", "code": event.code, "message": event.message}
+    else:
+        raise TypeError(f"unknown event {event!r}")
+    return json.dumps(msg)
+
+
+class AudioInput:
+    """Decodes the declared PCM format and resamples it to 16 kHz mono float32."""
+
+    def __init__(self, start: dict) -> None:
+        rate, fmt, channels = start.get("sample_rate"), start.get("format", "pcm_s16le"), start.get("channels", 1)
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
+            raise ProtocolError("bad_sample_rate", f"sample_rate must be an integer 8000–48000, got {rate!r}")
+        if fmt not in FORMATS:
+            raise ProtocolError("bad_format", f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if channels not in (1, 2) or isinstance(channels, bool):
+            raise ProtocolError("bad_channels", f"channels must be 1 or 2, got {channels!r}")
+        self.rate, self.width, self.channels = rate, FORMATS[fmt], channels
+        self.dtype = "<i2" if fmt == "pcm_s16le" else "<f4"
+        self.resampler = None if rate == 16000 else soxr.ResampleStream(rate, 16000, 1, dtype="float32")
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """PCM bytes → 16 kHz mono float32; raises ProtocolError for malformed frames."""
+        if not data:
+            raise ProtocolError("empty_frame", "empty audio frame")
+        if len(data) > MAX_FRAME_BYTES:
+            raise ProtocolError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+        if len(data) % (self.width * self.channels):
+            raise ProtocolError("bad_frame", f"frame length {len(data)} is not a whole number of samples")
+        samples = np.frombuffer(data, dtype=self.dtype).astype(np.float32)
+        if self.width == 2:
+            samples /= 32768.0
+        elif not np.isfinite(samples).all():
+            raise ProtocolError("bad_samples", "audio frame contains NaN or infinity")
+        if self.channels == 2:
+            samples = samples.reshape(-1, 2).mean(axis=1)
+        samples = np.clip(samples, -1.0, 1.0)
+        return self.resampler.resample_chunk(samples) if self.resampler else samples
+
+
+class VoiceServer:
+    """Serves the page and voice sessions over the shared models."""
+
+    def __init__(self, stack: Stack, cfg: Config) -> None:
+        self.stack, self.cfg = stack, cfg
+        self.sessions: set[str] = set()
+        self._ids = itertools.count(1)
+
+    # ---- HTTP ------------------------------------------------------------------
+    def _origin_allowed(self, request: Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser: tools and the CLI send no Origin
+            return True
+        if origin in self.cfg.server.allowed_origins:
+            return True
+        return urlsplit(origin).netloc == request.headers.get("Host")
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Static files for plain GETs; the origin check for `/ws`."""
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            if not self._origin_allowed(request):
+                return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+            if len(self.sessions) >= self.cfg.server.max_sessions:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server full: too many sessions\n")
+            return None
+        name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
+        file = (STATIC / name).resolve()
+        if STATIC not in file.parents or not file.is_file():
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        body = file.read_bytes()
+        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
+                           ("Cache-Control", "no-cache")])
+        return Response(200, "OK", headers, body)
+
+    # ---- websocket ---------------------------------------------------------------
+    async def handle(self, ws: ServerConnection) -> None:
+        """One client connection: the protocol's state machine."""
+        sid = f"s{next(self._ids)}"
+        self.sessions.add(sid)
+        session: VoiceSession | None = None
+        audio_in: AudioInput | None = None
+        sender: asyncio.Task | None = None
+        try:
+            async for message in ws:
+                try:
+                    if isinstance(message, bytes):
+                        if session is None or audio_in is None:
+                            raise ProtocolError("not_started", "send a `start` message before audio")
+                        await session.feed_audio(audio_in.decode(message))
+                        continue
+                    msg = _parse(message)
+                    kind = msg["type"]
+                    if kind == "start":
+                        if session is not None:
+                            raise ProtocolError("already_started", "the session has already started")
+                        audio_in = AudioInput(msg)
+                        session = VoiceSession(self.stack, self.cfg)
+                        sender = asyncio.ensure_future(self._send_events(ws, session))
+                        await ws.send(json.dumps({"type": "ready", "session": sid,
+                                                  "output_sample_rate": self.stack.tts.rate_hz}))
+                    elif session is None and kind in ("text", "interrupt"):
+                        raise ProtocolError("not_started", "send a `start` message first")
+                    elif kind == "text":
+                        await session.user_text(_turn_text(msg))
+                    elif kind == "interrupt":
+                        await session.interrupt()
+                    elif kind == "stop":
+                        break
+                    else:
+                        raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+                except ProtocolError as err:
+                    await ws.send(json.dumps({"type": "error", "code": err.code, "message": str(err)}))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.sessions.discard(sid)
+            if session is not None:
+                await session.close()
+            if sender is not None:
+                sender.cancel()
+
+    async def _send_events(self, ws: ServerConnection, session: VoiceSession) -> None:
+        try:
+            while True:
+                await ws.send(event_message(await session.events.get()))
+        except ConnectionClosed:
+            pass
+
+
+def _parse(message: str) -> dict:
+    try:
+        msg = json.loads(message)
+    except json.JSONDecodeError as err:
+        raise ProtocolError("bad_json", f"message is not JSON: {err}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("bad_message", "a message must be a JSON object with a string `type`")
+    return msg
+
+
+def _turn_text(msg: dict) -> str:
+    text = msg.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ProtocolError("empty_text", "a `text` message needs non-empty `text`")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError("text_too_long", f"text longer than {MAX_TEXT_CHARS} characters")
+    return text.strip()
+
+
+async def run_server(stack: Stack, cfg: Config, host: str, port: int, ready=None) -> None:
+    """Serve until cancelled (Ctrl-C / SIGTERM); `ready(url)` is called once listening."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max(32, 4 * cfg.server.max_sessions)))
+    app = VoiceServer(stack, cfg)
+    async with serve(app.handle, host, port, process_request=app.process_request,
+                     max_size=4 * MAX_FRAME_BYTES, ping_interval=20, ping_timeout=20) as server:
+        stop = loop.create_future()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            except (NotImplementedError, RuntimeError):
+                pass
+        sock_port = next(iter(server.sockets)).getsockname()[1]
+        if ready:
+            ready(f"http://{host}:{sock_port}/")
+        await stop
