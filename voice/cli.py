@@ -26,7 +26,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from voice.models import ModelNotReady
     from voice.tts import TTSError
 
-    return (ConfigError, ModelNotReady, AudioError, TTSError, UsageError, FileNotFoundError)
+    from voice.talk import DeviceError
+
+    return (ConfigError, ModelNotReady, AudioError, TTSError, UsageError, FileNotFoundError, DeviceError)
 
 
 def cmd_models(args: argparse.Namespace, cfg: Config) -> None:
@@ -100,6 +102,27 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
     print("server stopped", flush=True)
 
 
+def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
+    """voice talk: the pipeline on the local microphone and speaker."""
+    import asyncio
+
+    from voice.talk import talk
+
+    asyncio.run(talk(cfg, _device(args.input_device), _device(args.output_device), args.input_wav,
+                     args.output_wav, args.barge_in))
+
+
+def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
+    """voice devices: list audio devices."""
+    from voice.talk import list_devices
+
+    print(list_devices())
+
+
+def _device(value: str | None):
+    return int(value) if value is not None and value.isdigit() else value
+
+
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
@@ -152,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default server.port, 8765; 0 = any free)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("talk", parents=[common], help="talk through the local microphone and speaker")
+    p.add_argument("--input-device", help="input device index or name (see `voice devices`)")
+    p.add_argument("--output-device", help="output device index or name")
+    p.add_argument("--input-wav", metavar="FILE", help="play this WAV as the microphone")
+    p.add_argument("--output-wav", metavar="FILE", help="write the reply audio here instead of playing it")
+    p.add_argument("--barge-in", action="store_true",
+                   help="let speech interrupt replies (use headphones: no echo cancellation here)")
+    p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("devices", parents=[common], help="list audio devices")
+    p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("bench", parents=[common], help="real-time turn latency benchmark")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
@@ -111,7 +112,8 @@ class VoiceSession:
         self.reframer = Reframer()
         self.conversation = Conversation(lambda msgs: len(stack.llm.chat_ids(msgs)), cfg.llm.history_tokens)
         self.agreement = LocalAgreement()
-        self.gate_echo = False  # ignore speech while our reply plays (voice talk without AEC)
+        # when set and true, speech is our own reply through the speaker (no AEC): ignore it
+        self.echo_gate: Callable[[], bool] | None = None
         self._preroll: list[np.ndarray] = []
         self._utterance: list[np.ndarray] | None = None
         self._since_partial_s = 0.0
@@ -164,6 +166,11 @@ class VoiceSession:
             self._partial_task.cancel()
 
     @property
+    def idle(self) -> bool:
+        """No speech in progress and no reply in flight."""
+        return self._turn is None and self._utterance is None
+
+    @property
     def replying(self) -> bool:
         """A confirmed reply is being produced."""
         return self._turn is not None and self._turn.gate.is_set() and not self._turn.task.done()
@@ -177,7 +184,7 @@ class VoiceSession:
 
     async def _on_vad(self, event: VadEvent) -> None:
         if event.kind == "speech_start":
-            if self.gate_echo and self.replying:
+            if self.echo_gate is not None and self.echo_gate():
                 self.endpointer.in_speech = False  # our own voice through the speaker
                 return
             if self._turn is not None:

@@ -1,0 +1,184 @@
+"""`voice talk` and `voice devices`: the pipeline in-process on a local microphone and speaker.
+
+In: microphone audio through sounddevice (16 kHz mono, 20 ms blocks), or a WAV played as
+the microphone (`--input-wav`, paced in real time). Out: transcripts and replies printed,
+reply audio to the speaker (or `--output-wav`), and each turn's gap. Without echo
+cancellation on a bare sound card, speech heard while the reply plays is ignored unless
+`--barge-in` is given (headphones).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+
+import numpy as np
+
+from audio.wavio import AudioError, read_wav, write_wav
+from voice.config import Config
+
+log = logging.getLogger(__name__)
+
+FRAME = 320  # 20 ms at 16 kHz
+
+
+class DeviceError(RuntimeError):
+    """No usable audio device; the message says what to do instead."""
+
+
+def _sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError as err:  # PortAudio library missing
+        raise DeviceError(f"audio devices unavailable ({err}); install libportaudio2, or use "
+                          "`voice talk --input-wav FILE` or `voice serve` with a browser") from None
+    return sd
+
+
+def list_devices() -> str:
+    """A readable list of audio devices, or a clear line when there are none."""
+    sd = _sounddevice()
+    devices = sd.query_devices()
+    if len(devices) == 0:
+        return ("no audio devices found on this machine: use `voice talk --input-wav FILE` "
+                "or `voice serve` and a browser")
+    return str(devices)
+
+
+def _check_device(sd, device, kind: str) -> None:
+    try:
+        sd.check_input_settings(device=device, samplerate=16000, channels=1) if kind == "input" else \
+            sd.check_output_settings(device=device, samplerate=22050, channels=1)
+    except Exception as err:  # PortAudioError or ValueError for a bad index/name
+        flag = "--input-device" if kind == "input" else "--output-device"
+        raise DeviceError(f"no usable {kind} device ({err}): pass {flag} (see `voice devices`), "
+                          f"{'use --input-wav FILE' if kind == 'input' else 'use --output-wav FILE'}, "
+                          "or use `voice serve` with a browser") from None
+
+
+class Speaker:
+    """Where reply audio goes: a sounddevice stream, a WAV file, or nowhere (said once)."""
+
+    def __init__(self, device, output_wav: str | None, need_device: bool) -> None:
+        self.stream, self.output_wav, self.parts = None, output_wav, []
+        self.playing_until = 0.0
+        if output_wav is None:
+            sd = _sounddevice()
+            try:
+                _check_device(sd, device, "output")
+                self.stream = sd.OutputStream(samplerate=22050, channels=1, dtype="int16", device=device)
+                self.stream.start()
+            except DeviceError:
+                if need_device:
+                    raise
+                print("(no output device: reply audio is not played; pass --output-wav FILE to keep it)")
+
+    def play(self, samples: np.ndarray, rate_hz: int) -> None:
+        """Queue reply audio."""
+        now = time.perf_counter()
+        self.playing_until = max(self.playing_until, now) + len(samples) / rate_hz
+        if self.stream is not None:
+            self.stream.write(samples.reshape(-1, 1))
+        elif self.output_wav:
+            self.parts.append(samples)
+
+    def close(self) -> None:
+        """Stop playback, write the WAV if asked."""
+        if self.stream is not None:
+            self.stream.stop()
+            self.stream.close()
+        if self.output_wav and self.parts:
+            write_wav(self.output_wav, np.concatenate(self.parts), 22050)
+
+
+async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) -> None:
+    from voice.pipeline import AudioOut, ReplyText, Transcript, TurnEnd, TurnError, VadState
+
+    while True:
+        ev = await session.events.get()
+        if isinstance(ev, VadState) and ev.state == "speech_start":
+            print("(listening…)", flush=True)
+        elif isinstance(ev, Transcript) and ev.final and ev.text:
+            print(f"you:       {ev.text}", flush=True)
+            print("assistant: ", end="", flush=True)
+        elif isinstance(ev, ReplyText):
+            print(ev.text, end="", flush=True)
+        elif isinstance(ev, AudioOut):
+            await asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz)
+        elif isinstance(ev, TurnEnd):
+            m = ev.metrics.as_dict()
+            note = " (interrupted)" if m["interrupted"] else ""
+            print(f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
+                  f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
+                  f"mean k {m['mean_draft_len']}]", flush=True)
+            turns_done.put_nowait(m)
+        elif isinstance(ev, TurnError):
+            print(f"\nerror: {ev.message}", file=sys.stderr, flush=True)
+            turns_done.put_nowait(None)
+
+
+async def talk(cfg: Config, input_device=None, output_device=None, input_wav: str | None = None,
+               output_wav: str | None = None, barge_in: bool = False) -> int:
+    """Run a conversation until Ctrl-C (microphone) or until the WAV's turns are answered."""
+    from voice.pipeline import VoiceSession
+    from voice.stack import load_stack
+
+    audio = read_wav(input_wav) if input_wav else None
+    sd = None
+    if audio is None:
+        sd = _sounddevice()
+        _check_device(sd, input_device, "input")
+    speaker = Speaker(output_device, output_wav, need_device=output_device is not None)
+    print("loading models…", flush=True)
+    stack = await asyncio.to_thread(load_stack, cfg)
+    session = VoiceSession(stack, cfg)
+    if not barge_in:
+        session.echo_gate = lambda: session.replying or time.perf_counter() < speaker.playing_until
+    turns_done: asyncio.Queue = asyncio.Queue()
+    printer = asyncio.ensure_future(_print_events(session, speaker, turns_done))
+    try:
+        if audio is not None:
+            await _play_wav_as_mic(session, audio, turns_done)
+        else:
+            await _listen(sd, session, input_device)
+    finally:
+        printer.cancel()
+        await session.close()
+        speaker.close()
+    return 0
+
+
+async def _play_wav_as_mic(session, audio: np.ndarray, turns_done: asyncio.Queue) -> None:
+    """Feed the WAV in real time, then silence until its turn(s) end (at most 60 s)."""
+    print("(playing the WAV as the microphone)", flush=True)
+    signal = np.concatenate([np.zeros(8000, np.float32), audio])
+    t0, i = time.perf_counter(), 0
+    deadline = t0 + len(signal) / 16000 + 60
+    answered = 0
+    while time.perf_counter() < deadline:
+        frame = signal[i * FRAME:(i + 1) * FRAME]
+        i += 1
+        await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.perf_counter()))
+        await session.feed_audio(frame if len(frame) else np.zeros(FRAME, np.float32))
+        while not turns_done.empty():
+            turns_done.get_nowait()
+            answered += 1
+        if answered and i * FRAME > len(signal) and session.idle:
+            return
+    raise AudioError("no reply before the time limit: was there speech in the WAV?")
+
+
+async def _listen(sd, session, device) -> None:
+    loop = asyncio.get_running_loop()
+    blocks: asyncio.Queue = asyncio.Queue()
+
+    def callback(indata, frames, t, status) -> None:
+        loop.call_soon_threadsafe(blocks.put_nowait, (indata[:, 0].copy(), time.perf_counter()))
+
+    with sd.InputStream(samplerate=16000, channels=1, dtype="float32", blocksize=FRAME,
+                        device=device, callback=callback):
+        print("listening — speak; Ctrl-C to quit", flush=True)
+        while True:
+            samples, t = await blocks.get()
+            await session.feed_audio(samples, t)
