@@ -27,6 +27,7 @@ def test_talk_with_a_wav_as_microphone(stack, question_wav, tmp_path):
     reply = tmp_path / "reply.wav"
     out = run_cli("talk", "--input-wav", str(question_wav), "--output-wav", str(reply))
     assert out.returncode == 0, out.stderr
-    assert "you:       What is the capital of France?" in out.stdout
+    heard = [line for line in out.stdout.splitlines() if line.startswith("you:")]
+    assert heard and "capital of france" in heard[0].lower(), out.stdout
     assert "paris" in out.stdout.lower() and "[turn gap " in out.stdout
     assert reply.stat().st_size > 20000
