@@ -44,8 +44,24 @@ class DecodeStats:
     drafted: int = 0
     accepted: int = 0
     prefill_s: float = 0.0
+    draft_s: float = 0.0  # time spent in the drafter
+    verify_s: float = 0.0  # time spent in target forwards
     cancelled: bool = False
     draft_lens: list[int] = field(default_factory=list)
+    tried_at: list[int] = field(default_factory=list)  # per draft position: times it was verified
+    accepted_at: list[int] = field(default_factory=list)  # … and accepted
+
+    def record(self, draft_len: int, accepted_len: int) -> None:
+        """Count one verify step (position j is verified iff all before it were accepted)."""
+        self.drafted += draft_len
+        self.accepted += accepted_len
+        self.draft_lens.append(draft_len)
+        for j in range(min(accepted_len + 1, draft_len)):
+            if j == len(self.tried_at):
+                self.tried_at.append(0)
+                self.accepted_at.append(0)
+            self.tried_at[j] += 1
+            self.accepted_at[j] += int(j < accepted_len)
 
     @property
     def acceptance(self) -> float:
@@ -140,9 +156,9 @@ class SpeculativeDecoder:
             ids.extend(emitted)
             stats.steps += 1
             stats.tokens += len(emitted)
-            stats.drafted += len(tokens)
-            stats.accepted += n
-            stats.draft_lens.append(len(tokens))
+            stats.record(len(tokens), n)
+            stats.draft_s += t_verify - t_draft
+            stats.verify_s += t_done - t_verify
             text = detok.push(emitted)
             if final:
                 text += detok.flush()

@@ -123,6 +123,34 @@ def _device(value: str | None):
     return int(value) if value is not None and value.isdigit() else value
 
 
+def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
+    """voice soak: concurrent sessions and a disconnect storm against a server."""
+    import asyncio
+
+    from voice.bench import bench_audio
+    from voice.soak import disconnect_storm, soak
+    from web.launch import spawn_server, stop_server
+
+    try:
+        levels = [int(x) for x in args.clients.split(",")]
+    except ValueError:
+        raise UsageError(f"--clients must be a comma-separated list of integers, got {args.clients!r}") from None
+    if any(n < 1 for n in levels) or args.turns < 1:
+        raise UsageError("--clients and --turns must be at least 1")
+    paths = bench_audio(cfg)
+    proc, url = (None, args.server) if args.server else spawn_server(
+        "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
+    ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
+    try:
+        result = asyncio.run(soak(ws_url, paths, levels, args.turns))
+        if args.storm:
+            result["disconnect_storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
+    finally:
+        if proc is not None:
+            stop_server(proc)
+    print(json.dumps(result, indent=2))
+
+
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
@@ -148,6 +176,24 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     if "baseline" in result:
         print(f"batch baseline p50 {result['baseline']['turn_gap_ms']['p50']} ms "
               f"(ratio {result.get('gap_ratio_vs_baseline')})")
+
+
+def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
+    """voice train-drafter: self-distil an MTP drafter for the target."""
+    from voice.train_drafter import train_drafter
+
+    if args.target:
+        cfg = _replace(cfg, "models", llm=args.target)
+    summary = train_drafter(cfg, prompts=args.prompts, max_new=args.max_new_tokens, steps=args.steps,
+                            batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
+                            device=args.device or "cpu", out=args.out or "")
+    print(json.dumps(summary, indent=2))
+
+
+def _replace(cfg: Config, section: str, **values) -> Config:
+    from dataclasses import replace
+
+    return replace(cfg, **{section: replace(getattr(cfg, section), **values)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="draw the stage timeline and gap distribution")
     p.add_argument("--server", metavar="WS_URL", help="drive a running server instead (ws://…/ws)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train-drafter", parents=[common], help="train an MTP drafter for the target")
+    p.add_argument("--target", help="target model dir or hub id (default: models.llm)")
+    p.add_argument("--prompts", type=int, default=600, help="generated training prompts")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="reply length per prompt")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4, help="draft positions trained")
+    p.add_argument("--layers", type=int, default=1, help="MLP blocks in the head (1-4)")
+    p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")
+    p.add_argument("--out", help="output folder (default: the shipped drafter's folder)")
+    p.set_defaults(func=cmd_train_drafter)
+
+    p = sub.add_parser("soak", parents=[common], help="concurrent sessions + disconnect storm against a server")
+    p.add_argument("--server", metavar="WS_URL", help="a running server (default: start one on a free port)")
+    p.add_argument("--clients", default="1,2,4", help="concurrency levels, e.g. 1,2,4")
+    p.add_argument("--turns", type=int, default=10, help="spoken turns per client")
+    p.add_argument("--storm", type=int, default=20, help="clients in the disconnect storm (0: none)")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -34,6 +34,9 @@ def bundled_prompts() -> list[str]:
 
 def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, controller: Controller) -> dict:
     outputs, first8, total_s, tokens, steps, drafted, accepted, ks = [], [], 0.0, 0, 0, 0, 0, []
+    tried_at: list[int] = []
+    accepted_at: list[int] = []
+    draft_s = 0.0
     for ids in prompts:
         t0 = time.perf_counter()
         out: list[int] = []
@@ -51,10 +54,20 @@ def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, contr
         drafted += st.drafted
         accepted += st.accepted
         ks.extend(st.draft_lens)
+        draft_s += st.draft_s
+        for j, (t, a) in enumerate(zip(st.tried_at, st.accepted_at)):
+            if j == len(tried_at):
+                tried_at.append(0)
+                accepted_at.append(0)
+            tried_at[j] += t
+            accepted_at[j] += a
     return {"tokens_per_s": tokens / total_s, "ms_to_first_8_tokens": sum(first8) / len(first8),
             "acceptance": accepted / drafted if drafted else 0.0,
             "mean_accepted": tokens / steps if steps else 0.0,
-            "mean_k": sum(ks) / len(ks) if ks else 0.0, "tokens": tokens, "_outputs": outputs}
+            "mean_k": sum(ks) / len(ks) if ks else 0.0, "tokens": tokens,
+            "acceptance_per_position": [round(a / t, 3) for t, a in zip(tried_at, accepted_at)],
+            "draft_ms_per_token": draft_s * 1e3 / drafted if drafted else None,
+            "_outputs": outputs}
 
 
 def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_FRAME_BYTES = 65536
+MAX_MESSAGE_BYTES = 1 << 20  # larger messages close the socket (1009); 64 KiB–1 MiB get an error
 MAX_TEXT_CHARS = 2000
 FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
 
@@ -127,9 +128,9 @@ class VoiceServer:
         if path == "/ws":
             if not self._origin_allowed(request):
                 return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
-            if len(self.sessions) >= self.cfg.server.max_sessions:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server full: too many sessions\n")
             return None
+        if path == "/stats":
+            return connection.respond(HTTPStatus.OK, json.dumps(self.stats()) + "\n")
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
         file = (STATIC / name).resolve()
         if STATIC not in file.parents or not file.is_file():
@@ -140,16 +141,42 @@ class VoiceServer:
                            ("Cache-Control", "no-cache")])
         return Response(200, "OK", headers, body)
 
+    def stats(self) -> dict:
+        """Sessions, asyncio tasks, threads and resident memory: for soak tests and operators."""
+        import resource
+        import threading
+
+        rss_kb = 0
+        try:
+            with open("/proc/self/status") as f:
+                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"sessions": len(self.sessions), "tasks": len(asyncio.all_tasks()),
+                "threads": threading.active_count(), "rss_bytes": rss_kb * 1024}
+
     # ---- websocket ---------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
         """One client connection: the protocol's state machine."""
+        if len(self.sessions) >= self.cfg.server.max_sessions:
+            await ws.send(json.dumps({"type": "error", "code": "server_full",
+                                      "message": f"the server is full ({self.cfg.server.max_sessions} sessions); "
+                                                 "try again later"}))
+            await ws.close(1013, "server full")
+            return
         sid = f"s{next(self._ids)}"
         self.sessions.add(sid)
         session: VoiceSession | None = None
         audio_in: AudioInput | None = None
         sender: asyncio.Task | None = None
         try:
-            async for message in ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), self.cfg.server.idle_timeout_s)
+                except asyncio.TimeoutError:
+                    await ws.send(json.dumps({"type": "error", "code": "idle_timeout",
+                                              "message": "no message for too long; closing"}))
+                    break
                 try:
                     if isinstance(message, bytes):
                         if session is None or audio_in is None:
@@ -180,6 +207,9 @@ class VoiceServer:
                     await ws.send(json.dumps({"type": "error", "code": err.code, "message": str(err)}))
         except ConnectionClosed:
             pass
+        except Exception:  # never let one session's bug take the server down
+            log.exception("session %s failed", sid)
+            await _send_quietly(ws, {"type": "error", "code": "internal", "message": "internal error; session closed"})
         finally:
             self.sessions.discard(sid)
             if session is not None:
@@ -193,6 +223,13 @@ class VoiceServer:
                 await ws.send(event_message(await session.events.get()))
         except ConnectionClosed:
             pass
+
+
+async def _send_quietly(ws: ServerConnection, msg: dict) -> None:
+    try:
+        await ws.send(json.dumps(msg))
+    except ConnectionClosed:
+        pass
 
 
 def _parse(message: str) -> dict:
@@ -220,7 +257,7 @@ async def run_server(stack: Stack, cfg: Config, host: str, port: int, ready=None
     loop.set_default_executor(ThreadPoolExecutor(max(32, 4 * cfg.server.max_sessions)))
     app = VoiceServer(stack, cfg)
     async with serve(app.handle, host, port, process_request=app.process_request,
-                     max_size=4 * MAX_FRAME_BYTES, ping_interval=20, ping_timeout=20) as server:
+                     max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20) as server:
         stop = loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -1,0 +1,163 @@
+"""MTP drafter: a small head that reads the target's last hidden state (Gemma-4-assistant style).
+
+In: the target's hidden state h_t at the last accepted position and the token x_{t+1}
+after it. Out: draft tokens x_{t+2}, x_{t+3}, … Each step fuses [norm(h), norm(embed(x))]
+to the model width, runs `layers` residual MLP blocks, and scores a reduced vocabulary (the
+tokens the target actually emits, as Gemma 4's E2B/E4B drafters do with "embedder
+clustering") through rows of the target's own tied embedding; the step's output feature
+replaces h for the next step. Verification stays on the full vocabulary, so nothing is
+lost when the reduced vocabulary misses a token — that draft is simply rejected.
+Cost per draft token on 2 CPU cores: ~1 ms against ~27 ms for one SmolLM2 step.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from decode.drafters import Draft
+from decode.verify import probs_from_logits
+
+
+@dataclass(frozen=True)
+class MTPConfig:
+    """Shape of an MTP head."""
+
+    hidden_size: int
+    intermediate_size: int
+    layers: int = 1
+    vocab_ids: tuple[int, ...] = ()  # reduced vocabulary (target token ids)
+    rms_norm_eps: float = 1e-5
+    target: str = ""
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (as in Llama)."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class MTPBlock(nn.Module):
+    """Pre-norm SwiGLU MLP with a residual."""
+
+    def __init__(self, cfg: MTPConfig) -> None:
+        super().__init__()
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(self.norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class MTPHead(nn.Module):
+    """The trainable part; embeddings and LM-head rows come from the target (frozen)."""
+
+    def __init__(self, cfg: MTPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.norm_h = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_e = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.fuse = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.blocks = nn.ModuleList(MTPBlock(cfg) for _ in range(cfg.layers))
+        self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def step(self, hidden: torch.Tensor, token_embed: torch.Tensor) -> torch.Tensor:
+        """One draft step: (h, embed(x)) → the next feature (feeds the next step and the head)."""
+        x = self.fuse(torch.cat([self.norm_h(hidden), self.norm_e(token_embed)], dim=-1))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def logits(self, feature: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
+        """Scores over the reduced vocabulary."""
+        return F.linear(self.norm_out(feature), head_rows)
+
+
+def save_mtp(head: MTPHead, out_dir: str | Path) -> None:
+    """`model.safetensors` (fp16) + `config.json`."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in head.state_dict().items()},
+              str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(asdict(head.cfg)))
+
+
+def load_mtp(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> MTPHead:
+    """A saved head."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no MTP drafter at {path} (expected config.json and model.safetensors); "
+                                "train one with `voice train-drafter`")
+    raw = json.loads((path / "config.json").read_text())
+    raw["vocab_ids"] = tuple(raw["vocab_ids"])
+    head = MTPHead(MTPConfig(**raw))
+    head.load_state_dict(load_file(str(path / "model.safetensors")))
+    return head.to(device=device, dtype=dtype).eval()
+
+
+class MTPDrafter:
+    """Drafts k tokens from the target's hidden state with an `MTPHead`."""
+
+    name = "mtp"
+
+    def __init__(self, head: MTPHead, embed: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        self.head = head
+        self.embed = embed  # the target's input embedding [V, H]
+        ids = torch.tensor(head.cfg.vocab_ids or range(embed.shape[0]), device=embed.device)
+        self.vocab_ids = ids
+        param = next(head.parameters())
+        self.head_rows = embed[ids].to(param.dtype)  # tied LM head, reduced vocabulary
+        self.full_vocab = embed.shape[0]
+        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+
+    def reset(self) -> None:
+        pass
+
+    @torch.inference_mode()
+    def propose(self, ids: list[int], k: int, hidden: torch.Tensor | None) -> Draft:
+        if k <= 0 or hidden is None:
+            return Draft([])
+        dtype = self.head_rows.dtype
+        feature, token = hidden.to(dtype), ids[-1]
+        tokens, rows = [], []
+        for _ in range(k):
+            feature = self.head.step(feature, self.embed[token].to(dtype))
+            logits = self.head.logits(feature, self.head_rows).float()
+            if self.temperature > 0:
+                q_small = probs_from_logits(logits, self.temperature, self.top_p)
+                pick = int(torch.multinomial(q_small, 1, generator=self.generator))
+                q = torch.zeros(self.full_vocab, device=q_small.device).index_copy_(0, self.vocab_ids, q_small)
+                rows.append(q)
+            else:
+                pick = int(logits.argmax())
+            token = int(self.vocab_ids[pick])
+            tokens.append(token)
+        return Draft(tokens, torch.stack(rows) if rows else None)
+
+
+def load_mtp_drafter(path: str, target, temperature: float = 0.0, top_p: float = 1.0,
+                     generator: torch.Generator | None = None) -> MTPDrafter:
+    """The MTP drafter at `path` (default: the one shipped for SmolLM2) over `target`'s embedding."""
+    path = path or str(Path(__file__).resolve().parent / "assets" / "mtp-smollm2-135m")
+    embed = target.embed if hasattr(target, "embed") else target.model.get_input_embeddings().weight.detach()
+    head = load_mtp(path, device=embed.device)
+    if head.cfg.hidden_size != embed.shape[1]:
+        raise ValueError(f"MTP drafter at {path} has width {head.cfg.hidden_size}, the target {embed.shape[1]}")
+    return MTPDrafter(head, embed, temperature, top_p, generator)

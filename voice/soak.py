@@ -1,0 +1,106 @@
+"""`voice soak`: concurrent spoken sessions against a running server, and a disconnect storm.
+
+In: a server URL, concurrency levels, turns per client. Out: JSON per level — turn-gap
+p50/p90, answered and lost turns, errors — plus the server's RSS, task and thread counts
+(from its `/stats`) before and after, so leaks show. Traffic goes only to the given
+server (use a loopback address).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+
+
+from audio.wavio import float_to_pcm16, read_wav
+from web.client import open_session, spoken_turn
+
+
+def server_stats(ws_url: str) -> dict:
+    """The server's `/stats` (sessions, tasks, threads, rss_bytes)."""
+    http = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0]
+    with urllib.request.urlopen(f"{http}/stats", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple[list[float], int, list[str]]:
+    gaps, lost, errors = [], 0, []
+    try:
+        ws = await open_session(url)
+    except Exception as err:  # a refused session loses all its turns
+        return [], turns, [f"{type(err).__name__}: {err}"]
+    try:
+        for i in range(turns):
+            try:
+                record = await spoken_turn(ws, paths[(offset + i) % len(paths)])
+            except Exception as err:
+                lost += 1
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            if record.turn_gap_ms is None:
+                lost += 1
+            else:
+                gaps.append(record.turn_gap_ms)
+    finally:
+        await ws.close()
+    return gaps, lost, errors
+
+
+def _pct(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p90": None}
+    values = sorted(values)
+    return {"p50": round(statistics.median(values), 1), "p90": round(values[int(0.9 * (len(values) - 1))], 1)}
+
+
+async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
+    """Server stats once sessions and tasks are back to the baseline (or after the timeout)."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        stats = await asyncio.to_thread(server_stats, url)
+        if (stats["sessions"] <= baseline["sessions"] and stats["tasks"] <= baseline["tasks"]) \
+                or time.perf_counter() > deadline:
+            return stats
+        await asyncio.sleep(0.5)
+
+
+async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> dict:
+    """Run each concurrency level; report gaps, losses and server resources."""
+    before = await asyncio.to_thread(server_stats, url)
+    out = {"server": url, "turns_per_client": turns, "before": before, "levels": []}
+    for n in levels:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(_client(url, paths, turns, i) for i in range(n)))
+        gaps = [g for r in results for g in r[0]]
+        out["levels"].append({"clients": n, "turns": n * turns, "answered": len(gaps),
+                              "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
+                              "turn_gap_ms": _pct(gaps), "wall_s": round(time.perf_counter() - t0, 1)})
+    out["after"] = await settle(url, before)
+    return out
+
+
+async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 0) -> dict:
+    """Clients that start talking or ask a typed question and vanish at a random moment."""
+    rng = random.Random(seed)
+    audio = read_wav(path)
+    before = await asyncio.to_thread(server_stats, url)
+
+    async def one(i: int) -> None:
+        ws = await open_session(url)
+        if i % 2:
+            await ws.send(json.dumps({"type": "text", "text": "Tell me a fun fact about octopuses."}))
+        else:
+            for k in range(0, len(audio), 320):
+                await ws.send(float_to_pcm16(audio[k:k + 320]).tobytes())
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(rng.uniform(0.0, 2.0))  # during decoding or audio streaming
+        ws.transport.abort()  # no close handshake: a dropped network
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    after = await settle(url, before, timeout_s=30.0)
+    return {"clients": clients, "before": before, "after": after, "settle_s": round(time.perf_counter() - t0, 1)}
