@@ -47,8 +47,8 @@ def ws_url(server_url):
     return server_url.replace("http://", "ws://") + "ws"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(messages, min_size=1, max_size=12))
+@settings(max_examples=350, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(messages, min_size=2, max_size=16))
 def test_fuzz_sequences_never_break_a_session(ws_url, sequence):
     try:
         asyncio.run(exchange(ws_url, sequence))
