@@ -10,7 +10,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import soxr
 
 MAX_WAV_SECONDS = 600.0
 
@@ -21,6 +20,8 @@ class AudioError(ValueError):
 
 def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     """Resample mono float32 samples with soxr (no-op when the rates match)."""
+    import soxr
+
     samples = np.asarray(samples, dtype=np.float32)
     if from_hz == to_hz or samples.size == 0:
         return samples

@@ -186,7 +186,7 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
         cfg = _replace(cfg, "models", llm=args.target)
     summary = train_drafter(cfg, prompts=args.prompts, max_new=args.max_new_tokens, steps=args.steps,
                             batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
-                            device=args.device or "cpu", out=args.out or "")
+                            device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch)
     print(json.dumps(summary, indent=2))
 
 
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")
     p.add_argument("--out", help="output folder (default: the shipped drafter's folder)")
+    p.add_argument("--gen-batch", type=int, default=32, help="prompts generated at once")
     p.set_defaults(func=cmd_train_drafter)
 
     p = sub.add_parser("soak", parents=[common], help="concurrent sessions + disconnect storm against a server")

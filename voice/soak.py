@@ -69,8 +69,13 @@ async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
 
 
 async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> dict:
-    """Run each concurrency level; report gaps, losses and server resources."""
-    before = await asyncio.to_thread(server_stats, url)
+    """Run each concurrency level; report gaps, losses and server resources.
+
+    `before` is read after one warm-up turn, so first-use allocations (model buffers,
+    thread pools) are not counted as growth.
+    """
+    await _client(url, paths, 1, 0)
+    before = await settle(url, {"sessions": 0, "tasks": 1 << 30})
     out = {"server": url, "turns_per_client": turns, "before": before, "levels": []}
     for n in levels:
         t0 = time.perf_counter()

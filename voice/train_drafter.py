@@ -40,7 +40,11 @@ TEMPLATES = [
     "What are common mistakes people make with {t}?", "Is {t} good for kids?", "Explain {t} to a child.",
     "What's the difference between {t} and something similar?", "Give me a quick tip about {t}.",
     "What do experts say about {t}?", "Write a short paragraph about {t}.", "How do I get started with {t}?",
-    "What are the pros and cons of {t}?",
+    "What are the pros and cons of {t}?", "Tell me a short joke about {t}.", "Write a short poem about {t}.",
+    "Give me some tips about {t}.", "Can you recommend something related to {t}?",
+    "I'm curious about {t}. What can you tell me?", "Summarize what you know about {t}.",
+    "What would happen without {t}?", "How has {t} changed over time?", "What is a fun fact about {t}?",
+    "Should I care about {t}? Why?",
 ]
 TOPICS = [
     "the moon", "volcanoes", "coffee", "sleep", "exercise", "the ocean", "photosynthesis", "gravity",
@@ -91,6 +95,8 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new: int,
     """Batched greedy replies (left padding): (prompt + reply ids, prompt length) each."""
     tokenizer.padding_side = "left"
     eos = tokenizer.eos_token_id
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     out: list[tuple[list[int], int]] = []
     for i in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch"):
         chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,

@@ -1,0 +1,17 @@
+"""The reply model on the embedded SmolLM2 with the shipped MTP drafter (slow)."""
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_shipped_mtp_drafter_is_lossless_and_accepts_drafts(stack):
+    llm = stack.llm
+    assert llm.drafter.name == "mtp"
+    for question in ("How do I make a good cup of tea?", "What is the tallest mountain in the world?"):
+        messages = [{"role": "user", "content": question}]
+        with llm.lock:
+            plain = [t for s in llm.reply_plain(messages) for t in s.token_ids]
+            fast = [t for s in llm.reply(messages) for t in s.token_ids]
+            stats = llm.decoder.stats
+        assert fast == plain
+        assert stats.tried_at and stats.accepted_at[0] / stats.tried_at[0] > 0.2
