@@ -53,6 +53,7 @@ class Endpointer:
     end_silence_ms: int = 300
     min_speech_ms: int = 150
     window_ms: float = 32.0
+    hysteresis: float = 0.15
     in_speech: bool = False
     _voiced_ms: float = 0.0
     _silence_ms: float = 0.0
@@ -62,7 +63,7 @@ class Endpointer:
         """Feed one window's probability; return the events it triggers."""
         voiced = prob >= self.threshold
         # leave speech only below a lower threshold, so a soft syllable does not end it
-        if self.in_speech and prob >= self.threshold - 0.15:
+        if self.in_speech and prob >= self.threshold - self.hysteresis:
             voiced = True
         events: list[VadEvent] = []
         if voiced:

@@ -78,6 +78,7 @@ class VADConfig:
     """Silero VAD and endpointing."""
 
     threshold: float = 0.5
+    hysteresis: float = 0.0  # in speech, stay voiced down to threshold - hysteresis
     end_silence_ms: int = 300
     min_speech_ms: int = 150
     max_utterance_s: float = 20.0
@@ -87,7 +88,7 @@ class VADConfig:
 class TTSConfig:
     """Piper synthesis and the phrase chunker that feeds it."""
 
-    first_phrase_words: int = 3
+    first_phrase_words: int = 2
     max_phrase_words: int = 18
     length_scale: float = 1.0
 

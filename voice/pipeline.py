@@ -108,7 +108,8 @@ class VoiceSession:
         self.stack, self.cfg = stack, cfg
         self.events: asyncio.Queue = asyncio.Queue()
         self.vad = SileroVAD()
-        self.endpointer = Endpointer(cfg.vad.threshold, cfg.vad.end_silence_ms, cfg.vad.min_speech_ms)
+        self.endpointer = Endpointer(cfg.vad.threshold, cfg.vad.end_silence_ms, cfg.vad.min_speech_ms,
+                                     hysteresis=cfg.vad.hysteresis)
         self.reframer = Reframer()
         self.conversation = Conversation(lambda msgs: len(stack.llm.chat_ids(msgs)), cfg.llm.history_tokens)
         self.agreement = LocalAgreement()
