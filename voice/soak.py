@@ -83,8 +83,9 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> di
         gaps = [g for r in results for g in r[0]]
         out["levels"].append({"clients": n, "turns": n * turns, "answered": len(gaps),
                               "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
-                              "turn_gap_ms": _pct(gaps), "wall_s": round(time.perf_counter() - t0, 1)})
-    out["after"] = await settle(url, before)
+                              "turn_gap_ms": _pct(gaps), "wall_s": round(time.perf_counter() - t0, 1),
+                              "server_after": await settle(url, before)})
+    out["after"] = out["levels"][-1]["server_after"] if out["levels"] else before
     return out
 
 

@@ -27,6 +27,22 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
     assert "not a PCM WAV" in capsys.readouterr().err
     assert main(["turn", "x.wav", "--set", "llm.max_new_tokens=lots"]) == 2
     assert "llm.max_new_tokens" in capsys.readouterr().err
+    import wave
+
+    with wave.open(str(tmp_path / "empty.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    assert main(["turn", str(tmp_path / "empty.wav")]) == 2
+    assert "has no audio" in capsys.readouterr().err
+    with wave.open(str(tmp_path / "huge.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(bytes(2 * 8000 * 601))
+    assert main(["turn", str(tmp_path / "huge.wav")]) == 2
+    assert "longer than 600 s" in capsys.readouterr().err
+    with wave.open(str(tmp_path / "24bit.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(3), w.setframerate(16000)
+        w.writeframes(bytes(3 * 1600))
+    assert main(["turn", str(tmp_path / "24bit.wav")]) == 2
+    assert "24-bit samples are not supported" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -94,3 +94,30 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path):
     assert isinstance(after[first_audio_after], AudioStart)
     finals = [e.text.lower() for e in after if isinstance(e, Transcript) and e.final]
     assert any("moon" in f for f in finals)
+
+
+def test_a_failing_tts_ends_that_turn_with_an_error_and_the_session_goes_on(stack, monkeypatch):
+    from voice.tts import TTSError
+
+    real = stack.tts.synthesize
+    calls = {"n": 0}
+
+    def flaky(text):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise TTSError(f"TTS failed for {text!r}: simulated")
+        return real(text)
+
+    async def main():
+        session = VoiceSession(stack, load_config())
+        await session.user_text("Say hello.")
+        first = await collect_until(session, lambda e: isinstance(e, (TurnError, TurnEnd)))
+        await session.user_text("What is the capital of France?")
+        second = await collect_until(session, lambda e: isinstance(e, (TurnError, TurnEnd)))
+        await session.close()
+        return first[-1][1], second[-1][1]
+
+    monkeypatch.setattr(stack.tts, "synthesize", flaky)
+    failed, ok = asyncio.run(main())
+    assert isinstance(failed, TurnError) and failed.code == "turn_failed" and "simulated" in failed.message
+    assert isinstance(ok, TurnEnd) and "paris" in ok.metrics.reply.lower()
