@@ -7,10 +7,19 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.prev = 0;                   // last sample of the previous block (for interpolation)
     this.out = new Int16Array(320);
     this.n = 0;
+    // two one-pole low-passes at ~7 kHz against aliasing before decimating to 16 kHz
+    this.alpha = 1 - Math.exp(-2 * Math.PI * 7000 / sampleRate);
+    this.lp1 = 0; this.lp2 = 0;
   }
   process(inputs) {
-    const input = inputs[0] && inputs[0][0];
-    if (!input) return true;
+    const raw = inputs[0] && inputs[0][0];
+    if (!raw) return true;
+    const input = new Float32Array(raw.length);
+    for (let i = 0; i < raw.length; i++) {
+      this.lp1 += this.alpha * (raw[i] - this.lp1);
+      this.lp2 += this.alpha * (this.lp1 - this.lp2);
+      input[i] = this.lp2;
+    }
     let pos = this.pos;
     while (pos < input.length) {
       const i = Math.floor(pos), frac = pos - i;
