@@ -63,6 +63,22 @@ class DecodeStats:
             self.tried_at[j] += 1
             self.accepted_at[j] += int(j < accepted_len)
 
+    def add(self, other: DecodeStats) -> None:
+        """Accumulate another reply's totals (benchmarks sum over prompts)."""
+        self.steps += other.steps
+        self.tokens += other.tokens
+        self.draft_s += other.draft_s
+        self.verify_s += other.verify_s
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        self.draft_lens.extend(other.draft_lens)
+        for j, (tried, acc) in enumerate(zip(other.tried_at, other.accepted_at)):
+            if j == len(self.tried_at):
+                self.tried_at.append(0)
+                self.accepted_at.append(0)
+            self.tried_at[j] += tried
+            self.accepted_at[j] += acc
+
     @property
     def acceptance(self) -> float:
         """Accepted draft tokens / drafted tokens (0 when nothing was drafted)."""

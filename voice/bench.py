@@ -156,7 +156,8 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     return record
 
 
-def _pct(values: list[float]) -> dict:
+def percentiles(values: list[float]) -> dict:
+    """p50, p90 and max of a list (None when empty)."""
     if not values:
         return {"p50": None, "p90": None, "max": None}
     q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
@@ -171,11 +172,11 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
         vals = [(r.stamps[stage] - r.speech_end) * 1e3 for r in answered if r.stamps.get(stage)]
         if not vals:  # through a server: its own figures, from its VAD's end of speech
             vals = [r.metrics[f"{stage}_ms"] for r in answered if r.metrics.get(f"{stage}_ms") is not None]
-        stages[stage] = _pct(vals)
+        stages[stage] = percentiles(vals)
     acc = [r.metrics["acceptance"] for r in answered if r.metrics]
     ks = [r.metrics["mean_draft_len"] for r in answered if r.metrics]
     out = {"turns": len(records), "answered": len(answered),
-           "turn_gap_ms": _pct([r.turn_gap_ms for r in answered]), "stages_ms": stages,
+           "turn_gap_ms": percentiles([r.turn_gap_ms for r in answered]), "stages_ms": stages,
            "acceptance": round(statistics.mean(acc), 3) if acc else None,
            "mean_draft_len": round(statistics.mean(ks), 2) if ks else None,
            "results": [{"audio": r.audio, "transcript": r.transcript, "reply": r.reply,
@@ -183,8 +184,8 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
                        for r in records]}
     if baseline is not None:
         gaps = [b.total_ms for b in baseline]
-        out["baseline"] = {"turn_gap_ms": _pct(gaps),
-                           "stages_ms": {s: _pct([getattr(b, f"{s}_ms") for b in baseline])
+        out["baseline"] = {"turn_gap_ms": percentiles(gaps),
+                           "stages_ms": {s: percentiles([getattr(b, f"{s}_ms") for b in baseline])
                                          for s in ("asr", "llm", "tts")}}
         if out["turn_gap_ms"]["p50"]:
             out["gap_ratio_vs_baseline"] = round(out["turn_gap_ms"]["p50"] / out["baseline"]["turn_gap_ms"]["p50"], 3)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from decode.controller import Controller, FixedController
 from decode.drafters import Drafter, NoDrafter
-from decode.speculative import calibrate_verify_cost
+from decode.speculative import DecodeStats, calibrate_verify_cost
 from voice.config import Config
 from voice.llm import ReplyModel, make_controller
 
@@ -33,10 +33,7 @@ def bundled_prompts() -> list[str]:
 
 
 def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, controller: Controller) -> dict:
-    outputs, first8, total_s, tokens, steps, drafted, accepted, ks = [], [], 0.0, 0, 0, 0, 0, []
-    tried_at: list[int] = []
-    accepted_at: list[int] = []
-    draft_s = 0.0
+    outputs, first8, total_s, total = [], [], 0.0, DecodeStats()
     for ids in prompts:
         t0 = time.perf_counter()
         out: list[int] = []
@@ -47,26 +44,13 @@ def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, contr
                 t8 = span.t - t0
         total_s += time.perf_counter() - t0
         first8.append((t8 if t8 is not None else time.perf_counter() - t0) * 1e3)
-        st = llm.decoder.stats
         outputs.append(out)
-        tokens += st.tokens
-        steps += st.steps
-        drafted += st.drafted
-        accepted += st.accepted
-        ks.extend(st.draft_lens)
-        draft_s += st.draft_s
-        for j, (t, a) in enumerate(zip(st.tried_at, st.accepted_at)):
-            if j == len(tried_at):
-                tried_at.append(0)
-                accepted_at.append(0)
-            tried_at[j] += t
-            accepted_at[j] += a
-    return {"tokens_per_s": tokens / total_s, "ms_to_first_8_tokens": sum(first8) / len(first8),
-            "acceptance": accepted / drafted if drafted else 0.0,
-            "mean_accepted": tokens / steps if steps else 0.0,
-            "mean_k": sum(ks) / len(ks) if ks else 0.0, "tokens": tokens,
-            "acceptance_per_position": [round(a / t, 3) for t, a in zip(tried_at, accepted_at)],
-            "draft_ms_per_token": draft_s * 1e3 / drafted if drafted else None,
+        total.add(llm.decoder.stats)
+    return {"tokens_per_s": total.tokens / total_s, "ms_to_first_8_tokens": sum(first8) / len(first8),
+            "acceptance": total.acceptance, "mean_accepted": total.mean_accepted, "mean_k": total.mean_draft_len,
+            "tokens": total.tokens,
+            "acceptance_per_position": [round(a / t, 3) for t, a in zip(total.tried_at, total.accepted_at)],
+            "draft_ms_per_token": total.draft_s * 1e3 / total.drafted if total.drafted else None,
             "_outputs": outputs}
 
 

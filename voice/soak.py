@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import statistics
 import time
 import urllib.request
 from pathlib import Path
 
 
 from audio.wavio import float_to_pcm16, read_wav
+from voice.bench import percentiles
 from web.client import open_session, spoken_turn
 
 
@@ -50,13 +50,6 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
     return gaps, lost, errors
 
 
-def _pct(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p90": None}
-    values = sorted(values)
-    return {"p50": round(statistics.median(values), 1), "p90": round(values[int(0.9 * (len(values) - 1))], 1)}
-
-
 async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
     """Server stats once sessions and tasks are back to the baseline (or after the timeout)."""
     deadline = time.perf_counter() + timeout_s
@@ -83,7 +76,7 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> di
         gaps = [g for r in results for g in r[0]]
         out["levels"].append({"clients": n, "turns": n * turns, "answered": len(gaps),
                               "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
-                              "turn_gap_ms": _pct(gaps), "wall_s": round(time.perf_counter() - t0, 1),
+                              "turn_gap_ms": percentiles(gaps), "wall_s": round(time.perf_counter() - t0, 1),
                               "server_after": await settle(url, before)})
     out["after"] = out["levels"][-1]["server_after"] if out["levels"] else before
     return out

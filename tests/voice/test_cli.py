@@ -54,3 +54,28 @@ def test_turn_answers_a_spoken_question(question_wav, tmp_path):
     assert "paris" in result["reply"].lower()
     assert (tmp_path / "reply.wav").stat().st_size > 10000
     assert result["total_ms"] >= result["llm_ms"] > 0
+
+
+@pytest.mark.slow
+def test_decode_bench_json_has_the_promised_keys(stack):
+    out = run_cli("decode-bench", "--json", "--prompts", "1", "--max-new-tokens", "12")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert {"target", "drafter", "device", "prompts", "max_new_tokens", "runs", "speedup", "verify_cost_ms"} <= set(report)
+    modes = [r["mode"] for r in report["runs"]]
+    assert modes[0] == "greedy" and "adaptive" in modes and modes.count("fixed") == 4
+    assert all(r["identical"] for r in report["runs"])
+    assert {"1", "2", "4", "8"} <= set(report["verify_cost_ms"])
+    assert {"adaptive_vs_greedy", "adaptive_vs_best_fixed"} <= set(report["speedup"])
+
+
+@pytest.mark.slow
+def test_bench_one_turn_json(stack, question_wav, tmp_path):
+    out = run_cli("bench", "--json", "--audio", str(question_wav), "--turns", "1", "--plot", str(tmp_path / "p.png"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["turns"] == 1 and report["answered"] == 1
+    assert 0 < report["turn_gap_ms"]["p50"] < 5000
+    assert set(report["stages_ms"]) == {"endpoint", "asr_final", "first_span", "first_audio"}
+    assert "capital of france" in report["results"][0]["transcript"].lower()
+    assert (tmp_path / "p.png").stat().st_size > 1000
