@@ -18,7 +18,7 @@ The turn-gap path, in order:
    verify step, queued phrases and unsent audio are dropped, the turn ends `interrupted`.
 Echo: the server relies on the browser's echo cancellation; `voice talk` ignores speech
 while its own reply is playing unless `--barge-in` is given (no AEC on a bare sound card).
-Model calls hold per-model locks, so concurrent sessions queue for each model.
+Each model runs on its own worker thread (`Stack`), so concurrent sessions queue per model.
 """
 from __future__ import annotations
 
@@ -230,8 +230,8 @@ class VoiceSession:
         self._partial_task = asyncio.ensure_future(self._partial_asr(audio))
 
     async def _transcribe(self, audio: np.ndarray) -> str:
-        asr = self.stack.asr
-        return await asyncio.to_thread(_locked, self.stack.asr_lock, asr.transcribe, audio)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.stack.asr_worker, self.stack.asr.transcribe, audio)
 
     async def _partial_asr(self, audio: np.ndarray) -> None:
         text = await self._transcribe(audio)
@@ -239,9 +239,11 @@ class VoiceSession:
             return
         fresh = self.agreement.update(text)
         await self.events.put(Transcript(text, False, time.perf_counter()))
-        if fresh:  # warm the LLM cache with the committed words while the user talks
+        llm = self.stack.llm
+        if fresh and not llm.lock.locked():  # warm the LLM cache with the committed words
             msgs = self.conversation.messages(self.agreement.text())
-            await asyncio.to_thread(_try_locked, self.stack.llm.lock, self.stack.llm.prefill, msgs)
+            await asyncio.get_running_loop().run_in_executor(
+                self.stack.llm_worker, _try_locked, llm.lock, llm.prefill, msgs)
 
     async def _final_asr(self, audio: np.ndarray, turn: _Turn) -> str:
         text = await self._transcribe(audio)
@@ -304,6 +306,8 @@ class VoiceSession:
 
         def decode() -> None:
             try:
+                if turn.cancel.is_set():  # cancelled while queued behind another session
+                    return
                 with llm.lock:
                     turn.stamp(llm_start=time.perf_counter())
                     for span in llm.reply(messages, turn.cancel):
@@ -313,7 +317,7 @@ class VoiceSession:
             finally:
                 loop.call_soon_threadsafe(spans.put_nowait, None)
 
-        decoding = loop.run_in_executor(None, decode)
+        decoding = loop.run_in_executor(self.stack.llm_worker, decode)
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
         try:
@@ -341,14 +345,10 @@ class VoiceSession:
         while (phrase := await phrases.get()) is not None:
             if turn.cancel.is_set():
                 return
-            chunks = await asyncio.to_thread(_locked, self.stack.tts_lock, lambda p=phrase: list(tts.synthesize(p)))
+            chunks = await asyncio.get_running_loop().run_in_executor(
+                self.stack.tts_worker, lambda p=phrase: list(tts.synthesize(p)))
             for chunk in chunks:
                 turn.out.put_nowait(AudioOut(chunk))
-
-
-def _locked(lock: threading.Lock, fn, *args):
-    with lock:
-        return fn(*args)
 
 
 def _try_locked(lock: threading.Lock, fn, *args) -> None:

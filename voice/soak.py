@@ -64,10 +64,11 @@ async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
 async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> dict:
     """Run each concurrency level; report gaps, losses and server resources.
 
-    `before` is read after one warm-up turn, so first-use allocations (model buffers,
-    thread pools) are not counted as growth.
+    `before` is read after a warm-up of one turn per client of the largest level, so
+    first-use allocations (model buffers, onnxruntime arenas sized by the longest phrase
+    so far) are not counted as growth.
     """
-    await _client(url, paths, 1, 0)
+    await asyncio.gather(*(_client(url, paths, 1, i) for i in range(max(levels))))
     before = await settle(url, {"sessions": 0, "tasks": 1 << 30})
     out = {"server": url, "turns_per_client": turns, "before": before, "levels": []}
     for n in levels:

@@ -3,7 +3,7 @@
 In: browser or tool connections on 127.0.0.1 (by default). GET `/` and `/static/…` serve
 the page from `web/static`; `/ws` upgrades to the protocol of `web/PROTOCOL.md`. Out: per
 connection a `VoiceSession` over the shared models (loaded once): its events are sent as
-JSON text messages and binary PCM. Models are shared through per-model locks, so sessions
+JSON text messages and binary PCM. Models are shared through one worker thread each, so sessions
 queue for the LLM (a waiting session sees its transcript at once and its reply when the
 LLM is free). Bad input gets an `error` message and the session goes on.
 """
