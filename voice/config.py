@@ -71,6 +71,7 @@ class ASRConfig:
     interval_ms: int = 250
     min_window_frames: int = 600  # mel frames (10 ms each) encoded at least
     pad_frames: int = 300  # silence frames encoded after the speech
+    final_tail_ms: int = 64  # audio awaited after the first quiet VAD window before the final decode
 
 
 @dataclass(frozen=True)

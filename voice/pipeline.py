@@ -9,8 +9,8 @@ The turn-gap path, in order:
 2. While the user speaks, the growing utterance is re-decoded every `asr.interval_ms`;
    LocalAgreement commits words (partial transcripts) and the LLM prefills the prompt
    with the committed words, so only the tail is left to prefill later.
-3. At the first silent window the final ASR decode starts, and the reply starts right
-   behind it — speculatively: its text and audio are held back until the endpoint
+3. `asr.final_tail_ms` after the first silent window the final ASR decode starts, and the
+   reply starts right behind it — speculatively: its text and audio are held back until the endpoint
    (`vad.end_silence_ms` of silence) confirms the turn, and thrown away if the user
    goes on speaking.
 4. Decoder spans → `PhraseChunker` → piper, phrase by phrase, in worker threads.
@@ -120,6 +120,7 @@ class VoiceSession:
         self._since_partial_s = 0.0
         self._partial_task: asyncio.Task | None = None
         self._turn: _Turn | None = None
+        self._pending_final: list | None = None  # [speech_end_t, windows still to wait]
         self._closed = False
 
     # ---- input -------------------------------------------------------------------
@@ -129,6 +130,7 @@ class VoiceSession:
         for window in self.reframer.push(AudioFrame(samples, t)):
             prob = self.vad.prob(window.samples)
             self._collect(window.samples)
+            self._tick_final()  # counts windows after a first_silence of an earlier window
             for event in self.endpointer.update(prob, window.t):
                 await self._on_vad(event)
             await self._maybe_cut_long_utterance(window.t)
@@ -195,19 +197,36 @@ class VoiceSession:
             self.agreement.reset()
             await self.events.put(VadState("speech_start", event.t))
         elif event.kind == "first_silence" and self._utterance is not None:
-            audio = np.concatenate(self._utterance)
-            turn = _Turn(speech_end_t=event.speech_end_t)
-            final = asyncio.ensure_future(self._final_asr(audio, turn))
-            self._start_reply(turn, final, None)
-        elif event.kind == "speech_resumed" and self._turn is not None and not self._turn.gate.is_set():
-            await self.interrupt()  # the pause was not the end: drop the speculative reply
+            # a little audio past the first quiet window keeps soft word endings ("France")
+            self._pending_final = [event.speech_end_t, self.cfg.asr.final_tail_ms // 32]
+            self._tick_final(step=False)
+        elif event.kind == "speech_resumed":
+            self._pending_final = None
+            if self._turn is not None and not self._turn.gate.is_set():
+                await self.interrupt()  # the pause was not the end: drop the speculative reply
         elif event.kind == "speech_end" and self._utterance is not None:
+            if self._pending_final is not None:
+                self._pending_final[1] = 0
+                self._tick_final(step=False)
             self._utterance = None
             self._preroll = []
             await self.events.put(VadState("speech_end", event.t))
             if self._turn is not None and not self._turn.gate.is_set():
                 self._turn.stamp(endpoint=event.t)
                 self._turn.gate.set()
+
+    def _tick_final(self, step: bool = True) -> None:
+        """Start the final decode (and the speculative reply) once the tail has arrived."""
+        if self._pending_final is None or self._utterance is None:
+            return
+        if step:
+            self._pending_final[1] -= 1
+        if self._pending_final[1] > 0:
+            return
+        speech_end_t, self._pending_final = self._pending_final[0], None
+        turn = _Turn(speech_end_t=speech_end_t)
+        final = asyncio.ensure_future(self._final_asr(np.concatenate(self._utterance), turn))
+        self._start_reply(turn, final, None)
 
     async def _maybe_cut_long_utterance(self, t: float) -> None:
         if self._utterance is None:
