@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 WINDOW = 512
+WINDOW_MS = 1000 * WINDOW / 16000  # 32 ms
 
 
 class SileroVAD:
@@ -52,7 +53,7 @@ class Endpointer:
     threshold: float = 0.5
     end_silence_ms: int = 300
     min_speech_ms: int = 150
-    window_ms: float = 32.0
+    window_ms: float = WINDOW_MS
     hysteresis: float = 0.15
     in_speech: bool = False
     _voiced_ms: float = 0.0

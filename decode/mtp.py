@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decode.drafters import Draft
+from decode.target import rms_norm
 from decode.verify import probs_from_logits
 
 
@@ -44,7 +45,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        return rms_norm(x, self.weight, self.eps)
 
 
 class MTPBlock(nn.Module):

@@ -57,11 +57,14 @@ class DecodeStats:
         self.accepted += accepted_len
         self.draft_lens.append(draft_len)
         for j in range(min(accepted_len + 1, draft_len)):
-            if j == len(self.tried_at):
-                self.tried_at.append(0)
-                self.accepted_at.append(0)
-            self.tried_at[j] += 1
-            self.accepted_at[j] += int(j < accepted_len)
+            self._count(j, 1, int(j < accepted_len))
+
+    def _count(self, position: int, tried: int, accepted: int) -> None:
+        if position == len(self.tried_at):
+            self.tried_at.append(0)
+            self.accepted_at.append(0)
+        self.tried_at[position] += tried
+        self.accepted_at[position] += accepted
 
     def add(self, other: DecodeStats) -> None:
         """Accumulate another reply's totals (benchmarks sum over prompts)."""
@@ -73,11 +76,7 @@ class DecodeStats:
         self.accepted += other.accepted
         self.draft_lens.extend(other.draft_lens)
         for j, (tried, acc) in enumerate(zip(other.tried_at, other.accepted_at)):
-            if j == len(self.tried_at):
-                self.tried_at.append(0)
-                self.accepted_at.append(0)
-            self.tried_at[j] += tried
-            self.accepted_at[j] += acc
+            self._count(j, tried, acc)
 
     @property
     def acceptance(self) -> float:

@@ -41,7 +41,8 @@ class Target(Protocol):
     def reset(self) -> None: ...
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm: x / sqrt(mean(x**2) + eps), computed in fp32, times weight."""
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
@@ -119,7 +120,7 @@ class StaticLlamaTarget:
             mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(start)
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
-            h = _rms_norm(x, ln1, self.eps)
+            h = rms_norm(x, ln1, self.eps)
             q, k, v = F.linear(h, w_qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
             q = q.view(n, nh, hd).transpose(0, 1)
             k = k.view(n, nkv, hd).transpose(0, 1)
@@ -132,9 +133,9 @@ class StaticLlamaTarget:
                 q, self.k_cache[i, :, :end], self.v_cache[i, :, :end],
                 attn_mask=mask, enable_gqa=nh != nkv)
             x = x + F.linear(att.transpose(0, 1).reshape(n, nh * hd), w_o)
-            gate, up = F.linear(_rms_norm(x, ln2, self.eps), w_gu).chunk(2, dim=-1)
+            gate, up = F.linear(rms_norm(x, ln2, self.eps), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
-        hidden = _rms_norm(x, self.final_norm, self.eps)
+        hidden = rms_norm(x, self.final_norm, self.eps)
         logits = F.linear(hidden, self.lm_head).float()
         self.length = end
         return Forward(logits, hidden)

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from audio.frames import AudioFrame, Reframer
-from audio.vad import Endpointer, SileroVAD, VadEvent
+from audio.vad import WINDOW_MS, Endpointer, SileroVAD, VadEvent
 from voice.asr import LocalAgreement
 from voice.chunker import PhraseChunker
 from voice.config import Config
@@ -198,7 +198,7 @@ class VoiceSession:
             await self.events.put(VadState("speech_start", event.t))
         elif event.kind == "first_silence" and self._utterance is not None:
             # a little audio past the first quiet window keeps soft word endings ("France")
-            self._pending_final = [event.speech_end_t, self.cfg.asr.final_tail_ms // 32]
+            self._pending_final = [event.speech_end_t, int(self.cfg.asr.final_tail_ms // WINDOW_MS)]
             self._tick_final(step=False)
         elif event.kind == "speech_resumed":
             self._pending_final = None
@@ -231,7 +231,7 @@ class VoiceSession:
     async def _maybe_cut_long_utterance(self, t: float) -> None:
         if self._utterance is None:
             return
-        if len(self._utterance) * 512 / 16000 >= self.cfg.vad.max_utterance_s:
+        if len(self._utterance) * WINDOW_MS / 1000 >= self.cfg.vad.max_utterance_s:
             # force an endpoint: long speech becomes several turns, never unbounded memory
             await self._on_vad(VadEvent("first_silence", t, t))
             await self._on_vad(VadEvent("speech_end", t, t))
