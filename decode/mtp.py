@@ -1,11 +1,13 @@
 """MTP drafter: a small head that reads the target's last hidden state (Gemma-4-assistant style).
 
 In: the target's hidden state h_t at the last accepted position and the token x_{t+1}
-after it. Out: draft tokens x_{t+2}, x_{t+3}, … Each step fuses [norm(h), norm(embed(x))]
-to the model width, runs `layers` residual MLP blocks, and scores a reduced vocabulary (the
-tokens the target actually emits, as Gemma 4's E2B/E4B drafters do with "embedder
-clustering") through rows of the target's own tied embedding; the step's output feature
-replaces h for the next step. Verification stays on the full vocabulary, so nothing is
+after it. Out: draft tokens x_{t+2}, x_{t+3}, … When the config names `feature_layers`,
+h_t also carries the target's residual stream after those layers (EAGLE-3's low/mid/high
+fusion) and a linear map first brings it to the model width. Each step fuses
+[norm(h), norm(embed(x))] to the model width, runs `layers` residual MLP blocks, and scores
+a reduced vocabulary (the tokens the target actually emits, as Gemma 4's E2B/E4B drafters
+do with "embedder clustering") through rows of the target's own tied embedding; the step's
+output feature replaces h for the next step. Verification stays on the full vocabulary, so nothing is
 lost when the reduced vocabulary misses a token — that draft is simply rejected.
 Cost per draft token on 2 CPU cores: ~1 ms against ~27 ms for one SmolLM2 step.
 """
@@ -34,6 +36,7 @@ class MTPConfig:
     vocab_ids: tuple[int, ...] = ()  # reduced vocabulary (target token ids)
     rms_norm_eps: float = 1e-5
     target: str = ""
+    feature_layers: tuple[int, ...] = ()  # target layers read besides the last hidden state
 
 
 class RMSNorm(nn.Module):
@@ -68,11 +71,22 @@ class MTPHead(nn.Module):
     def __init__(self, cfg: MTPConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        n_in = 1 + len(cfg.feature_layers)
+        if n_in > 1:  # one norm per depth, then down to the model width
+            self.norm_in = nn.ModuleList(RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) for _ in range(n_in))
+            self.proj_in = nn.Linear(n_in * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.norm_h = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_e = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.fuse = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.blocks = nn.ModuleList(MTPBlock(cfg) for _ in range(cfg.layers))
         self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def start(self, target_hidden: torch.Tensor) -> torch.Tensor:
+        """The target's features (last hidden state, then `feature_layers`) → the first step's input."""
+        if not self.cfg.feature_layers:
+            return target_hidden
+        parts = target_hidden.split(self.cfg.hidden_size, dim=-1)
+        return self.proj_in(torch.cat([norm(p) for norm, p in zip(self.norm_in, parts)], dim=-1))
 
     def step(self, hidden: torch.Tensor, token_embed: torch.Tensor) -> torch.Tensor:
         """One draft step: (h, embed(x)) → the next feature (feeds the next step and the head)."""
@@ -97,18 +111,27 @@ def save_mtp(head: MTPHead, out_dir: str | Path) -> None:
     (out / "config.json").write_text(json.dumps(asdict(head.cfg)))
 
 
-def load_mtp(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> MTPHead:
-    """A saved head."""
-    from safetensors.torch import load_file
+DEFAULT_PATH = Path(__file__).resolve().parent / "assets" / "mtp-smollm2-135m"
 
-    path = Path(path)
+
+def read_mtp_config(path: str | Path = "") -> MTPConfig:
+    """The config of the head saved at `path` (default: the one shipped for SmolLM2)."""
+    path = Path(path or DEFAULT_PATH)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no MTP drafter at {path} (expected config.json and model.safetensors); "
                                 "train one with `voice train-drafter`")
     raw = json.loads((path / "config.json").read_text())
     raw["vocab_ids"] = tuple(raw["vocab_ids"])
-    head = MTPHead(MTPConfig(**raw))
-    head.load_state_dict(load_file(str(path / "model.safetensors")))
+    raw["feature_layers"] = tuple(raw.get("feature_layers", ()))
+    return MTPConfig(**raw)
+
+
+def load_mtp(path: str | Path = "", dtype: torch.dtype = torch.float32, device="cpu") -> MTPHead:
+    """A saved head."""
+    from safetensors.torch import load_file
+
+    head = MTPHead(read_mtp_config(path))
+    head.load_state_dict(load_file(str(Path(path or DEFAULT_PATH) / "model.safetensors")))
     return head.to(device=device, dtype=dtype).eval()
 
 
@@ -136,7 +159,7 @@ class MTPDrafter:
         if k <= 0 or hidden is None:
             return Draft([])
         dtype = self.head_rows.dtype
-        feature, token = hidden.to(dtype), ids[-1]
+        feature, token = self.head.start(hidden.to(dtype)), ids[-1]
         tokens, rows = [], []
         for _ in range(k):
             feature = self.head.step(feature, self.embed[token].to(dtype))
@@ -156,9 +179,12 @@ class MTPDrafter:
 def load_mtp_drafter(path: str, target, temperature: float = 0.0, top_p: float = 1.0,
                      generator: torch.Generator | None = None) -> MTPDrafter:
     """The MTP drafter at `path` (default: the one shipped for SmolLM2) over `target`'s embedding."""
-    path = path or str(Path(__file__).resolve().parent / "assets" / "mtp-smollm2-135m")
+    path = path or str(DEFAULT_PATH)
     embed = target.embed if hasattr(target, "embed") else target.model.get_input_embeddings().weight.detach()
     head = load_mtp(path, device=embed.device)
     if head.cfg.hidden_size != embed.shape[1]:
         raise ValueError(f"MTP drafter at {path} has width {head.cfg.hidden_size}, the target {embed.shape[1]}")
+    if tuple(target.feature_layers) != head.cfg.feature_layers:
+        raise ValueError(f"MTP drafter at {path} reads target layers {head.cfg.feature_layers}; "
+                         f"the target gives {tuple(target.feature_layers)} (make_target(feature_layers=...))")
     return MTPDrafter(head, embed, temperature, top_p, generator)

@@ -1,8 +1,10 @@
 """The target model behind one interface: feed tokens, get logits and hidden states, roll back.
 
-In: token ids appended at the current position. Out: `Forward(logits [n, V], hidden [n, H])`
+In: token ids appended at the current position. Out: `Forward(logits [n, V], hidden [n, F])`
 for those positions; the KV cache grows by n. `rollback(length)` forgets everything past
-`length` (rejected draft tokens).
+`length` (rejected draft tokens). `hidden` is the last hidden state (after the final norm),
+followed by the residual stream after each layer in `feature_layers` (a drafter that reads
+several depths, as EAGLE-3 does, sets them; F = H * (1 + len(feature_layers))).
 
 Two implementations:
 - `StaticLlamaTarget`: Llama-family models (SmolLM2, tiny test configs) re-implemented in
@@ -25,7 +27,7 @@ class Forward(NamedTuple):
     """Target outputs for the positions just fed."""
 
     logits: torch.Tensor  # [n, V] float32
-    hidden: torch.Tensor  # [n, H] last hidden state (after the final norm)
+    hidden: torch.Tensor  # [n, H] last hidden state (after the final norm), then any feature layers
 
 
 class Target(Protocol):
@@ -33,6 +35,7 @@ class Target(Protocol):
 
     length: int
     vocab_size: int
+    feature_layers: tuple[int, ...]
 
     def forward(self, token_ids: list[int]) -> Forward: ...
 
@@ -56,10 +59,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class StaticLlamaTarget:
     """A Llama-family causal LM over a static KV cache; rollback is moving `length` back."""
 
-    def __init__(self, model, max_len: int = 2048) -> None:
+    def __init__(self, model, max_len: int = 2048, feature_layers: tuple[int, ...] = ()) -> None:
         cfg = model.config
-        if cfg.model_type not in ("llama", "smollm3", "mistral", "qwen2") or getattr(
-            cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        if not static_supported(cfg):
             raise ValueError(f"StaticLlamaTarget does not support {cfg.model_type}; use HFTarget")
         inner = model.model
         param = next(model.parameters())
@@ -94,6 +96,7 @@ class StaticLlamaTarget:
         emb = torch.cat((freqs, freqs), dim=-1).to(self.device)
         self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
         self.length = 0
+        self.feature_layers = check_feature_layers(feature_layers, len(self.layers))
 
     def reset(self) -> None:
         """Forget the whole context."""
@@ -119,6 +122,7 @@ class StaticLlamaTarget:
         if n > 1:  # query i (position start+i) sees keys 0..start+i
             mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(start)
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        features = []
         for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
             h = rms_norm(x, ln1, self.eps)
             q, k, v = F.linear(h, w_qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
@@ -135,16 +139,19 @@ class StaticLlamaTarget:
             x = x + F.linear(att.transpose(0, 1).reshape(n, nh * hd), w_o)
             gate, up = F.linear(rms_norm(x, ln2, self.eps), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
+            if i + 1 in self.feature_layers:
+                features.append(x)
         hidden = rms_norm(x, self.final_norm, self.eps)
         logits = F.linear(hidden, self.lm_head).float()
         self.length = end
-        return Forward(logits, hidden)
+        return Forward(logits, torch.cat([hidden, *features], dim=-1) if features else hidden)
 
 
 class HFTarget:
     """Any transformers causal LM over a DynamicCache."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, feature_layers: tuple[int, ...] = (), keep_shared_kv: bool = False) -> None:
+        """`keep_shared_kv`: keep Gemma 4's `shared_kv_states` of each forward (its assistant drafter reads them)."""
         from transformers import DynamicCache
 
         self.model = model
@@ -153,11 +160,15 @@ class HFTarget:
         self._cache_cls = DynamicCache
         self.cache = DynamicCache(config=model.config)
         self.length = 0
+        self.feature_layers = check_feature_layers(feature_layers, model.config.get_text_config().num_hidden_layers)
+        self.keep_shared_kv = keep_shared_kv
+        self.shared_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def reset(self) -> None:
         """Forget the whole context."""
         self.cache = self._cache_cls(config=self.model.config)
         self.length = 0
+        self.shared_kv = None
 
     def rollback(self, length: int) -> None:
         """Drop cached positions >= length."""
@@ -172,15 +183,33 @@ class HFTarget:
         """Run the model on `token_ids` after the cached context."""
         ids = torch.tensor([token_ids], device=self.device)
         positions = torch.arange(self.length, self.length + len(token_ids), device=self.device)
+        extra = {"return_shared_kv_states": True} if self.keep_shared_kv else {}
         out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
-                         position_ids=positions[None], output_hidden_states=True)
+                         position_ids=positions[None], output_hidden_states=True, **extra)
+        if self.keep_shared_kv:
+            self.shared_kv = out.shared_kv_states  # the whole cache of each attention type, rejected drafts too
         self.length += len(token_ids)
-        return Forward(out.logits[0].float(), out.hidden_states[-1][0])
+        states = out.hidden_states  # [0] the embeddings, [i] after i layers, [-1] after the final norm
+        hidden = torch.cat([states[-1][0], *(states[i][0] for i in self.feature_layers)], dim=-1)
+        return Forward(out.logits[0].float(), hidden)
 
 
-def make_target(model, max_len: int = 2048) -> Target:
+def static_supported(cfg) -> bool:
+    """Whether `StaticLlamaTarget` implements this architecture exactly."""
+    return cfg.model_type in ("llama", "smollm3", "mistral", "qwen2") and not (
+        getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False))
+
+
+def check_feature_layers(layers: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
+    """Feature layers are 1..n_layers - 1 (the output of that many decoder layers), ascending."""
+    layers = tuple(sorted(layers))
+    if any(not 0 < i < n_layers for i in layers):
+        raise ValueError(f"feature layers {layers} must lie in 1..{n_layers - 1}")
+    return layers
+
+
+def make_target(model, max_len: int = 2048, feature_layers: tuple[int, ...] = ()) -> Target:
     """The fastest implementation that supports `model`."""
-    try:
-        return StaticLlamaTarget(model, max_len=max_len)
-    except ValueError:
-        return HFTarget(model)
+    if static_supported(model.config):
+        return StaticLlamaTarget(model, max_len=max_len, feature_layers=feature_layers)
+    return HFTarget(model, feature_layers=feature_layers)

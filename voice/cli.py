@@ -186,8 +186,20 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
         cfg = _replace(cfg, "models", llm=args.target)
     summary = train_drafter(cfg, prompts=args.prompts, max_new=args.max_new_tokens, steps=args.steps,
                             batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
-                            device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch)
+                            device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch,
+                            sampled=args.sampled, feature_layers=args.feature_layers, lr=args.lr,
+                            sequences_file=args.sequences or "")
     print(json.dumps(summary, indent=2))
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    """'10,20' → (10, 20); 'none' → ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer numbers like 10,20 or 'none', got {text!r}") from None
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:
@@ -250,7 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--depth", type=int, default=4, help="draft positions trained")
-    p.add_argument("--layers", type=int, default=1, help="MLP blocks in the head (1-4)")
+    p.add_argument("--layers", type=int, default=2, help="MLP blocks in the head (1-4)")
+    p.add_argument("--feature-layers", type=_layer_list, default=None, metavar="L1,L2",
+                   help="target layers read besides the last hidden state (default: a third and two thirds "
+                        "of the way up; 'none' for the last hidden state only)")
+    p.add_argument("--sampled", type=float, default=0.5,
+                   help="sampled replies per prompt besides the greedy one (more varied contexts)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--sequences", metavar="JSON", help="reuse generated sequences from this file (written if absent)")
     p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")
     p.add_argument("--out", help="output folder (default: the shipped drafter's folder)")

@@ -48,7 +48,7 @@ class LLMConfig:
 class DecodeConfig:
     """The speculative decoder: which drafter, and how k is chosen."""
 
-    drafter: str = "ngram"  # none | ngram | model | mtp
+    drafter: str = "ngram"  # none | ngram | model | mtp | assistant (Gemma 4)
     controller: str = "adaptive"  # adaptive | fixed | heuristic
     max_draft: int = 8
     fixed_draft: int = 4

@@ -118,6 +118,10 @@ def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
         return {"prompt_lookup_num_tokens": cfg.decode.fixed_draft}
     if llm.drafter.name == "model":
         return {"assistant_model": llm.drafter.hf_model}
+    if llm.drafter.name == "assistant":  # transformers drives it with SinglePositionMultiTokenCandidateGenerator
+        gen_cfg = llm.drafter.hf_model.generation_config
+        gen_cfg.num_assistant_tokens = gen_cfg.num_assistant_tokens or cfg.decode.fixed_draft
+        return {"assistant_model": llm.drafter.hf_model}
     return None
 
 

@@ -17,7 +17,7 @@ from decode.controller import AdaptiveController, Controller, FixedController, H
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from decode.spans import Span
 from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
-from decode.target import Target, make_target
+from decode.target import HFTarget, Target, make_target
 from voice.config import Config, ConfigError
 from voice.models import ModelNotReady, llm_path
 
@@ -72,7 +72,27 @@ def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Genera
         from decode.mtp import load_mtp_drafter
 
         return load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
-    raise ConfigError(f"decode.drafter: unknown drafter {name!r} (known: none, ngram, model, mtp)")
+    if name == "assistant":
+        return load_assistant_drafter(cfg, target, generator)
+    raise ConfigError(f"decode.drafter: unknown drafter {name!r} (known: none, ngram, model, mtp, assistant)")
+
+
+def load_assistant_drafter(cfg: Config, target: Target, generator: torch.Generator) -> Drafter:
+    """Gemma 4's assistant (`decode.draft_model`) over a Gemma 4 target."""
+    from decode.assistant import AssistantDrafter, load_assistant
+
+    if not cfg.decode.draft_model:
+        raise ConfigError("decode.draft_model: set it to a Gemma 4 assistant (dir or hub id) for drafter=assistant")
+    if not getattr(target, "keep_shared_kv", False):
+        raise ConfigError("decode.drafter=assistant needs a Gemma 4 target (models.llm)")
+    name = cfg.decode.draft_model
+    try:
+        assistant = load_assistant(name, cfg.llm.device, torch_dtype(cfg.llm.dtype), not os.path.isdir(name))
+    except OSError as err:
+        raise ModelNotReady(
+            f"cannot load {name!r}: not a local model directory and not in the local hub cache "
+            f"(this machine cannot download models). Put it in the hub cache first. ({err})") from None
+    return AssistantDrafter(assistant, target, cfg.llm.temperature, cfg.llm.top_p, generator)
 
 
 def make_controller(cfg: Config, verify_cost_s: dict[int, float], kind: str | None = None,
@@ -89,6 +109,15 @@ def make_controller(cfg: Config, verify_cost_s: dict[int, float], kind: str | No
     raise ConfigError(f"decode.controller: unknown controller {kind!r} (known: adaptive, fixed, heuristic)")
 
 
+def drafter_feature_layers(cfg: Config) -> tuple[int, ...]:
+    """Target layers the configured drafter reads besides the last hidden state."""
+    if cfg.decode.drafter != "mtp":
+        return ()
+    from decode.mtp import read_mtp_config
+
+    return read_mtp_config(cfg.decode.mtp_path).feature_layers
+
+
 class ReplyModel:
     """Target LLM + drafter + controller; one reply at a time (callers serialise)."""
 
@@ -97,7 +126,12 @@ class ReplyModel:
         self.cfg = cfg
         model, self.tokenizer = load_causal_lm(llm_path(cfg.models), cfg.llm.device, torch_dtype(cfg.llm.dtype))
         self.model = model
-        self.target = make_target(model)
+        if cfg.decode.drafter == "assistant":
+            if model.config.get_text_config().model_type != "gemma4_text":
+                raise ConfigError(f"decode.drafter=assistant needs a Gemma 4 target, not {model.config.model_type}")
+            self.target = HFTarget(model, keep_shared_kv=True)
+        else:
+            self.target = make_target(model, feature_layers=drafter_feature_layers(cfg))
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
         self.verify_cost_s = calibrate_verify_cost(self.target, CALIBRATION_KS)

@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_llama
 from decode.controller import AdaptiveController, FixedController
-from decode.mtp import MTPConfig, MTPDrafter, MTPHead, load_mtp, save_mtp
+from decode.mtp import MTPConfig, MTPDrafter, MTPHead, load_mtp, load_mtp_drafter, save_mtp
 from decode.speculative import GenerationSettings, SpeculativeDecoder
 from decode.target import HFTarget, StaticLlamaTarget
 
@@ -50,3 +51,34 @@ def test_save_and_load_round_trip(tmp_path):
     x, e = torch.randn(64), torch.randn(64)
     assert loaded.cfg == h.cfg
     assert torch.allclose(loaded.step(x, e), h.step(x, e), atol=1e-2)
+
+
+def test_feature_layers_match_between_targets_and_reject_bad_layers():
+    model = tiny_llama(seed=4, layers=3)
+    outs = [cls(model, feature_layers=(1, 2)).forward([3, 4, 5, 6]).hidden for cls in (StaticLlamaTarget, HFTarget)]
+    assert outs[0].shape == (4, 3 * 64)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+    plain = StaticLlamaTarget(model).forward([3, 4, 5, 6]).hidden
+    assert torch.allclose(outs[0][:, :64], plain, atol=1e-5)  # the last hidden state comes first
+    for bad in ((0,), (3,)):
+        with pytest.raises(ValueError, match="feature layers"):
+            StaticLlamaTarget(model, feature_layers=bad)
+
+
+def test_multi_layer_mtp_drafter_is_lossless_and_must_match_the_target(tmp_path):
+    torch.manual_seed(0)
+    cfg = MTPConfig(hidden_size=64, intermediate_size=128, layers=1, feature_layers=(1,))
+    h = MTPHead(cfg).eval()
+    save_mtp(h, tmp_path)
+    embed = TARGET.model.embed_tokens.weight.detach()
+    for target_cls in (StaticLlamaTarget, HFTarget):
+        target = target_cls(TARGET, feature_layers=(1,))
+        drafter = load_mtp_drafter(str(tmp_path), target)
+        assert drafter.head.cfg.feature_layers == (1,)
+        dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, FixedController(3))
+        out = [t for s in dec.generate([9, 8, 7], GenerationSettings(max_new_tokens=20)) for t in s.token_ids]
+        assert out == greedy([9, 8, 7], 20)
+        assert dec.stats.drafted > 0
+    with pytest.raises(ValueError, match="reads target layers"):
+        load_mtp_drafter(str(tmp_path), StaticLlamaTarget(TARGET))
+    assert MTPDrafter(h, embed).propose([1, 2], 3, torch.randn(128)).tokens  # [last, layer 1] features

@@ -46,6 +46,21 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_gemma4_configs_say_the_hub_models_cannot_be_downloaded(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty hub cache, whatever this machine has
+    for size in ("e2b", "e4b"):
+        assert main(["decode-bench", "--config", f"configs/gemma4-{size}.toml", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot load 'google/gemma-4-{size.upper()}-it'" in err and "cannot download" in err
+        assert "Traceback" not in err
+
+
+def test_train_drafter_rejects_bad_feature_layers(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-drafter", "--feature-layers", "ten"])
+    assert "expected layer numbers" in capsys.readouterr().err
+
+
 def test_turn_answers_a_spoken_question(question_wav, tmp_path):
     out = run_cli("turn", str(question_wav), "--json", "--out", str(tmp_path / "reply.wav"))
     assert out.returncode == 0, out.stderr
