@@ -21,8 +21,7 @@ import contextlib
 
 import torch
 
-from decode.drafters import Draft
-from decode.verify import probs_from_logits
+from decode.drafters import Draft, pick
 
 
 @contextlib.contextmanager
@@ -96,14 +95,10 @@ class AssistantDrafter:
             inputs = torch.cat([self.embed(token).to(device, state.dtype), state], dim=-1)
             out = self.assistant(inputs_embeds=inputs, attention_mask=mask, position_ids=position,
                                  shared_kv_states=kv, use_cache=False)
-            logits = out.logits[0, -1].float()
-            if self.temperature > 0:
-                q = probs_from_logits(logits, self.temperature, self.top_p)
-                pick = int(torch.multinomial(q, 1, generator=self.generator))
+            choice, q = pick(out.logits[0, -1].float(), self.temperature, self.top_p, self.generator)
+            tokens.append(choice)
+            if q is not None:
                 rows.append(q)
-            else:
-                pick = int(logits.argmax())
-            tokens.append(pick)
             state = out.last_hidden_state
-            token = torch.tensor([[pick]], device=token.device)
+            token = torch.tensor([[choice]], device=token.device)
         return Draft(tokens, torch.stack(rows) if rows else None)

@@ -27,6 +27,15 @@ class Draft(NamedTuple):
     probs: torch.Tensor | None = None
 
 
+def pick(logits: torch.Tensor, temperature: float, top_p: float,
+         generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
+    """The argmax (temperature 0), or a sample and the distribution q it came from (rejection sampling needs q)."""
+    if temperature <= 0:
+        return int(logits.argmax()), None
+    q = probs_from_logits(logits, temperature, top_p)
+    return int(torch.multinomial(q, 1, generator=generator)), q
+
+
 class Drafter(Protocol):
     """Proposes up to k next tokens for a context."""
 
@@ -113,13 +122,10 @@ class ModelDrafter:
         logits = self._feed(ids[keep:])
         tokens, rows = [], []
         for j in range(k):
-            if self.temperature > 0:
-                q = probs_from_logits(logits, self.temperature, self.top_p)
-                token = int(torch.multinomial(q, 1, generator=self.generator))
-                rows.append(q)
-            else:
-                token = int(logits.argmax())
+            token, q = pick(logits, self.temperature, self.top_p, self.generator)
             tokens.append(token)
+            if q is not None:
+                rows.append(q)
             if j < k - 1:
                 logits = self._feed([token])
         return Draft(tokens, torch.stack(rows) if rows else None)

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decode.drafters import Draft
+from decode.drafters import Draft, pick
 from decode.target import rms_norm
-from decode.verify import probs_from_logits
 
 
 @dataclass(frozen=True)
@@ -164,14 +163,10 @@ class MTPDrafter:
         for _ in range(k):
             feature = self.head.step(feature, self.embed[token].to(dtype))
             logits = self.head.logits(feature, self.head_rows).float()
-            if self.temperature > 0:
-                q_small = probs_from_logits(logits, self.temperature, self.top_p)
-                pick = int(torch.multinomial(q_small, 1, generator=self.generator))
-                q = torch.zeros(self.full_vocab, device=q_small.device).index_copy_(0, self.vocab_ids, q_small)
-                rows.append(q)
-            else:
-                pick = int(logits.argmax())
-            token = int(self.vocab_ids[pick])
+            choice, q_small = pick(logits, self.temperature, self.top_p, self.generator)
+            if q_small is not None:  # q over the full vocabulary: zero outside the reduced one
+                rows.append(torch.zeros(self.full_vocab, device=q_small.device).index_copy_(0, self.vocab_ids, q_small))
+            token = int(self.vocab_ids[choice])
             tokens.append(token)
         return Draft(tokens, torch.stack(rows) if rows else None)
 

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--drafter", help="ngram | model | mtp (default: decode.drafter)")
+    p.add_argument("--drafter", help="ngram | model | mtp | assistant (default: decode.drafter)")
     p.add_argument("--prompts", type=int, default=20, help="number of bundled prompts (max 24)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", help="cpu | cuda (overrides llm.device)")
