@@ -46,6 +46,16 @@ class Drafter(Protocol):
     def reset(self) -> None: ...
 
 
+def observe(drafter: Drafter, start: int, hidden: torch.Tensor) -> None:
+    """Tell a drafter what the target's cache holds from position `start` on (its features there).
+
+    Only drafters that read the target's context (`MTPDrafter` with `context`) have `observe`.
+    """
+    method = getattr(drafter, "observe", None)
+    if method is not None:
+        method(start, hidden)
+
+
 def common_prefix_len(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))

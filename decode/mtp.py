@@ -36,6 +36,7 @@ class MTPConfig:
     rms_norm_eps: float = 1e-5
     target: str = ""
     feature_layers: tuple[int, ...] = ()  # target layers read besides the last hidden state
+    context: int = 0  # recent target positions each step attends to (0: none)
 
 
 class RMSNorm(nn.Module):
@@ -64,6 +65,40 @@ class MTPBlock(nn.Module):
         return x + self.down(F.silu(gate) * up)
 
 
+class ContextAttention(nn.Module):
+    """Cross-attention from a draft step to the target's features at its last `context` positions.
+
+    Keys and values are computed once per target position (`kv`) and kept by the drafter; a
+    learned bias per distance (0 = the last accepted position) is added to the keys.
+    """
+
+    def __init__(self, cfg: MTPConfig) -> None:
+        super().__init__()
+        size = cfg.hidden_size
+        self.heads = max(1, size // 64)
+        self.norm_q = RMSNorm(size, cfg.rms_norm_eps)
+        self.norm_c = RMSNorm(size, cfg.rms_norm_eps)
+        self.q = nn.Linear(size, size, bias=False)
+        self.kv_proj = nn.Linear(size, 2 * size, bias=False)
+        self.o = nn.Linear(size, size, bias=False)
+        self.distance = nn.Parameter(torch.zeros(cfg.context, size))
+
+    def kv(self, context: torch.Tensor) -> torch.Tensor:
+        """[..., n, H] context features (`MTPHead.start` of the target's) → [..., n, 2H] keys|values."""
+        return self.kv_proj(self.norm_c(context))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """x [..., H]; kv [..., W, 2H], oldest first, the last row at distance 0; valid [..., W] or None."""
+        width, heads = kv.shape[-2], self.heads
+        k, v = kv.chunk(2, dim=-1)
+        k = k + self.distance[:width].flip(0)
+        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(-2, -3)  # [..., heads, n, d]
+        q = split(self.q(self.norm_q(x)).unsqueeze(-2))
+        mask = None if valid is None else valid[..., None, None, :]
+        att = F.scaled_dot_product_attention(q, split(k), split(v), attn_mask=mask)
+        return x + self.o(att.transpose(-2, -3).flatten(-2).squeeze(-2))
+
+
 class MTPHead(nn.Module):
     """The trainable part; embeddings and LM-head rows come from the target (frozen)."""
 
@@ -77,6 +112,7 @@ class MTPHead(nn.Module):
         self.norm_h = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_e = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.fuse = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.attention = ContextAttention(cfg) if cfg.context else None
         self.blocks = nn.ModuleList(MTPBlock(cfg) for _ in range(cfg.layers))
         self.norm_out = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -87,9 +123,19 @@ class MTPHead(nn.Module):
         parts = target_hidden.split(self.cfg.hidden_size, dim=-1)
         return self.proj_in(torch.cat([norm(p) for norm, p in zip(self.norm_in, parts)], dim=-1))
 
-    def step(self, hidden: torch.Tensor, token_embed: torch.Tensor) -> torch.Tensor:
-        """One draft step: (h, embed(x)) → the next feature (feeds the next step and the head)."""
+    def context_kv(self, target_hidden: torch.Tensor) -> torch.Tensor:
+        """Keys|values [n, 2H] of target positions for `ContextAttention` (computed once per position)."""
+        return self.attention.kv(self.start(target_hidden))
+
+    def step(self, hidden: torch.Tensor, token_embed: torch.Tensor, kv: torch.Tensor | None = None,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+        """One draft step: (h, embed(x)) → the next feature (feeds the next step and the head).
+
+        With `context`, the step also attends to `kv` (`context_kv` rows, oldest first).
+        """
         x = self.fuse(torch.cat([self.norm_h(hidden), self.norm_e(token_embed)], dim=-1))
+        if self.attention is not None and kv is not None and kv.shape[-2]:
+            x = self.attention(x, kv, valid)
         for block in self.blocks:
             x = block(x)
         return x
@@ -122,6 +168,7 @@ def read_mtp_config(path: str | Path = "") -> MTPConfig:
     raw = json.loads((path / "config.json").read_text())
     raw["vocab_ids"] = tuple(raw["vocab_ids"])
     raw["feature_layers"] = tuple(raw.get("feature_layers", ()))
+    raw.setdefault("context", 0)
     return MTPConfig(**raw)
 
 
@@ -149,9 +196,17 @@ class MTPDrafter:
         self.head_rows = embed[ids].to(param.dtype)  # tied LM head, reduced vocabulary
         self.full_vocab = embed.shape[0]
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
+        self.context_kv = torch.empty(0, 2 * head.cfg.hidden_size, dtype=param.dtype, device=param.device)
 
     def reset(self) -> None:
-        pass
+        self.context_kv = self.context_kv[:0]
+
+    @torch.inference_mode()
+    def observe(self, start: int, hidden: torch.Tensor) -> None:
+        """The target's features at positions start, start+1, … (what its cache now holds there)."""
+        if self.head.attention is not None:
+            rows = self.head.context_kv(hidden.to(self.context_kv.dtype))
+            self.context_kv = torch.cat([self.context_kv[:start], rows])
 
     @torch.inference_mode()
     def propose(self, ids: list[int], k: int, hidden: torch.Tensor | None) -> Draft:
@@ -159,9 +214,11 @@ class MTPDrafter:
             return Draft([])
         dtype = self.head_rows.dtype
         feature, token = self.head.start(hidden.to(dtype)), ids[-1]
+        last = len(ids) - 1  # positions 0..last-1 are in the target's cache; last-1 gave `hidden`
+        kv = self.context_kv[max(0, last - self.head.cfg.context):last] if self.head.attention is not None else None
         tokens, rows = [], []
         for _ in range(k):
-            feature = self.head.step(feature, self.embed[token].to(dtype))
+            feature = self.head.step(feature, self.embed[token].to(dtype), kv)
             logits = self.head.logits(feature, self.head_rows).float()
             choice, q_small = pick(logits, self.temperature, self.top_p, self.generator)
             if q_small is not None:  # q over the full vocabulary: zero outside the reduced one

@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 
 from decode.controller import Controller, StepStats
-from decode.drafters import Drafter, common_prefix_len
+from decode.drafters import Drafter, common_prefix_len, observe
 from decode.spans import Span, StableDetokenizer
 from decode.target import Target
 from decode.verify import greedy_accept, probs_from_logits, sample_accept
@@ -106,7 +106,7 @@ class SpeculativeDecoder:
         self._hidden: torch.Tensor | None = None  # hidden state at the last cached position
         self.stats = DecodeStats()
 
-    def prefill(self, ids: list[int]) -> None:
+    def prefill(self, ids: list[int], drafter: Drafter | None = None) -> None:
         """Bring the target cache to `ids[:-1]`, reusing the common prefix with what is cached."""
         want = ids[:-1]
         keep = common_prefix_len(self._cached, want)
@@ -121,6 +121,7 @@ class SpeculativeDecoder:
             out = self.target.forward(want[keep:])
             self._cached = list(want)
             self._hidden = out.hidden[-1]
+            observe(drafter or self.drafter, keep, out.hidden)
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, drafter: Drafter | None = None,
@@ -133,7 +134,7 @@ class SpeculativeDecoder:
         controller = controller or self.controller
         self.stats = stats = DecodeStats()
         t0 = time.perf_counter()
-        self.prefill(prompt_ids)
+        self.prefill(prompt_ids, drafter)
         stats.prefill_s = time.perf_counter() - t0
         ids = list(prompt_ids)
         detok = StableDetokenizer(self.tokenizer)
@@ -161,6 +162,7 @@ class SpeculativeDecoder:
             self.target.rollback(len(ids) + n)
             self._cached = ids + tokens[:n]
             self._hidden = out.hidden[n]
+            observe(drafter, len(ids) - 1, out.hidden[:n + 1])
             controller.update(StepStats(len(tokens), n, t_verify - t_draft, t_done - t_verify))
             emitted = accepted.tokens[:budget]
             final = len(emitted) == budget

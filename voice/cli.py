@@ -188,7 +188,7 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
                             batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
                             device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch,
                             sampled=args.sampled, feature_layers=args.feature_layers, lr=args.lr,
-                            sequences_file=args.sequences or "")
+                            sequences_file=args.sequences or "", context=args.context)
     print(json.dumps(summary, indent=2))
 
 
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled", type=float, default=0.5,
                    help="sampled replies per prompt besides the greedy one (more varied contexts)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--context", type=int, default=0,
+                   help="recent target positions each draft step attends to (0: none)")
     p.add_argument("--sequences", metavar="JSON", help="reuse generated sequences from this file (written if absent)")
     p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")

@@ -179,6 +179,7 @@ class Sequences:
     features: torch.Tensor  # [N, F] fp16: last hidden state, then the feature layers
     labels: torch.Tensor  # [N] the target's argmax after each position
     anchors: torch.Tensor  # [M] positions t (last prompt token onward) with t + depth in the same sequence
+    starts: torch.Tensor  # [N] where each position's sequence starts (context windows stop there)
 
 
 @torch.inference_mode()
@@ -244,28 +245,37 @@ def teacher_pass(model, sequences: list[tuple[list[int], int]], depth: int, feat
         for r, j in enumerate(group):
             n = len(sequences[j][0])
             parts[j] = (x[r, :n], f[r, :n], a[r, :n])
-    anchors, offset = [], 0
+    anchors, starts, offset = [], [], 0
     for ids, n_prompt in sequences:
         anchors.append(torch.arange(n_prompt - 1, len(ids) - depth) + offset)
+        starts.append(torch.full((len(ids),), offset))
         offset += len(ids)
     device = model.device
     tokens, feats, labels = (torch.cat(column) for column in zip(*parts))
-    return Sequences(tokens.to(device), feats, labels.to(device), torch.cat(anchors).to(device))
+    return Sequences(tokens.to(device), feats, labels.to(device), torch.cat(anchors).to(device),
+                     torch.cat(starts).to(device))
 
 
-def batch_tensors(data: Sequences, picks: torch.Tensor, depth: int, hidden_size: int):
-    """Features at t [B,F], tokens x_{t+1..t+depth} [B,depth], labels A_{t+1..}, targets H_{t+1..}."""
+def batch_tensors(data: Sequences, picks: torch.Tensor, depth: int, hidden_size: int, context: int = 0):
+    """Features at t [B,F], tokens x_{t+1..t+depth} [B,depth], labels A_{t+1..}, targets H_{t+1..},
+    and with `context` the features at t-context+1..t [B,W,F] with their validity [B,W]."""
     ahead = picks[:, None] + 1 + torch.arange(depth, device=picks.device)
-    return (data.features[picks].float(), data.tokens[ahead], data.labels[ahead],
-            data.features[ahead, :hidden_size].float())
+    out = (data.features[picks].float(), data.tokens[ahead], data.labels[ahead],
+           data.features[ahead, :hidden_size].float())
+    if not context:
+        return out + (None, None)
+    window = picks[:, None] - torch.arange(context - 1, -1, -1, device=picks.device)
+    valid = window >= data.starts[picks][:, None]
+    return out + (data.features[window.clamp(min=0)].float(), valid)
 
 
 def chain_losses(head: MTPHead, embed: torch.Tensor, rows: torch.Tensor, remap: torch.Tensor,
-                 h0, toks, labels, feats, feature_weight: float = 0.1):
+                 h0, toks, labels, feats, context=None, valid=None, feature_weight: float = 0.1):
     """Summed loss over draft positions, and per-position accuracy (as tensors)."""
     f, loss, hits = head.start(h0), 0.0, []
+    kv = head.context_kv(context) if context is not None else None
     for j in range(toks.shape[1]):
-        f = head.step(f, embed[toks[:, j]])
+        f = head.step(f, embed[toks[:, j]], kv, valid)
         logits = head.logits(f, rows)
         target = remap[labels[:, j]]
         loss = loss + F.cross_entropy(logits, target, ignore_index=-1) * (0.8 ** j)
@@ -281,7 +291,8 @@ def acceptance(head: MTPHead, data: Sequences, embed, rows, remap, depth: int, c
     total, n = torch.zeros(depth, device=embed.device), 0
     for i in range(0, len(data.anchors), chunk):
         picks = data.anchors[i:i + chunk]
-        _, hits = chain_losses(head, embed, rows, remap, *batch_tensors(data, picks, depth, head.cfg.hidden_size))
+        _, hits = chain_losses(head, embed, rows, remap,
+                               *batch_tensors(data, picks, depth, head.cfg.hidden_size, head.cfg.context))
         total += hits * len(picks)
         n += len(picks)
     head.train()
@@ -299,7 +310,8 @@ def fit(head: MTPHead, data: Sequences, held: Sequences, embed: torch.Tensor, ro
     history = []
     for step in bar:
         picks = data.anchors[torch.randint(len(data.anchors), (batch,), device=gen.device, generator=gen)]
-        loss, _ = chain_losses(head, embed, rows, remap, *batch_tensors(data, picks, depth, head.cfg.hidden_size))
+        loss, _ = chain_losses(head, embed, rows, remap,
+                               *batch_tensors(data, picks, depth, head.cfg.hidden_size, head.cfg.context))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -326,7 +338,7 @@ def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int
                   batch: int = 256, depth: int = 4, layers: int = 1, vocab: int = 8192,
                   device: str = "cpu", out: str = "", gen_batch: int = 32, seed: int = 0,
                   sampled: float = 0.5, feature_layers: tuple[int, ...] | None = None, lr: float = 1e-3,
-                  sequences_file: str = "") -> dict:
+                  sequences_file: str = "", context: int = 0) -> dict:
     """Generate data (or reuse `sequences_file`), train, save; returns a summary.
 
     `feature_layers` None: a third and two thirds of the way up the target (EAGLE-3's low/mid/high idea).
@@ -357,7 +369,7 @@ def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int
     vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], vocab)
     mcfg = MTPConfig(hidden_size=embed.shape[1], intermediate_size=model.config.intermediate_size,
                      layers=layers, vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
-                     target=str(cfg.models.llm), feature_layers=tuple(sorted(feature_layers)))
+                     target=str(cfg.models.llm), feature_layers=tuple(sorted(feature_layers)), context=context)
     del model
     head = MTPHead(mcfg).to(device)
     history = fit(head, data, held, embed, embed[vocab_ids].to(device), remap.to(device), steps, batch, depth,
@@ -368,7 +380,7 @@ def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int
                "prompts": prompts, "sampled_per_prompt": sampled, "max_new_tokens": max_new,
                "reply_tokens": sum(len(s) - p for s, p in seqs["train"]), "anchors": len(data.anchors),
                "vocab": len(vocab_ids), "steps": steps, "batch": batch, "depth": depth, "layers": layers,
-               "feature_layers": list(mcfg.feature_layers), "lr": lr, "device": device,
+               "feature_layers": list(mcfg.feature_layers), "context": context, "lr": lr, "device": device,
                "generate_s": round(t_gen, 1), "total_s": round(time.perf_counter() - t_start, 1),
                "held_out_acceptance_per_position": history[-1]["held_out_acceptance"], "history": history,
                "out": str(out_dir)}

@@ -82,3 +82,34 @@ def test_multi_layer_mtp_drafter_is_lossless_and_must_match_the_target(tmp_path)
     with pytest.raises(ValueError, match="reads target layers"):
         load_mtp_drafter(str(tmp_path), StaticLlamaTarget(TARGET))
     assert MTPDrafter(h, embed).propose([1, 2], 3, torch.randn(128)).tokens  # [last, layer 1] features
+
+
+def test_context_attention_head_is_lossless_and_tracks_the_cache():
+    torch.manual_seed(0)
+    cfg = MTPConfig(hidden_size=64, intermediate_size=128, layers=1, feature_layers=(1,), context=6)
+    target = StaticLlamaTarget(TARGET, feature_layers=(1,))
+    drafter = MTPDrafter(MTPHead(cfg).eval(), TARGET.model.embed_tokens.weight.detach())
+    dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, FixedController(3))
+    for prompt in ([9, 8, 7], [9, 8, 7, 1, 2]):  # the second reuses the first's cached prefix
+        out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=20)) for t in s.token_ids]
+        assert out == greedy(prompt, 20)
+        assert dec.stats.drafted > 0
+        # the drafter's keys/values are those of the target's features at every cached position
+        cached = dec._cached
+        fresh = StaticLlamaTarget(TARGET, feature_layers=(1,)).forward(cached).hidden
+        assert drafter.context_kv.shape[0] == len(cached)
+        assert torch.allclose(drafter.context_kv, drafter.head.context_kv(fresh), atol=1e-4)
+
+
+def test_context_window_masks_positions_before_the_sequence():
+    torch.manual_seed(0)
+    head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, layers=1, context=4)).eval()
+    h, e = torch.randn(2, 64), torch.randn(2, 64)
+    ctx = torch.randn(2, 4, 64)
+    valid = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    out = head.step(h, e, head.context_kv(ctx), valid)
+    ctx_changed = ctx.clone()
+    ctx_changed[0, :2] = torch.randn(2, 64)  # masked rows of the first window: no effect there
+    again = head.step(h, e, head.context_kv(ctx_changed), valid)
+    assert torch.allclose(out[0], again[0], atol=1e-5)
+    assert torch.allclose(out[0], head.step(h[:1], e[:1], head.context_kv(ctx[:1, 2:]))[0], atol=1e-5)
