@@ -52,5 +52,5 @@ def question_wav(tmp_path_factory, stack):
     from audio.wavio import write_wav
 
     path = tmp_path_factory.mktemp("audio") / "question.wav"
-    write_wav(path, stack.tts.synthesize_all("What is the capital of France?"), stack.tts.rate_hz)
+    write_wav(path, stack.tts.synthesize_all("What is the capital of France?", deterministic=True), stack.tts.rate_hz)
     return path

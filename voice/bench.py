@@ -66,7 +66,7 @@ class TurnRecord:
 
 def bench_audio(cfg: Config, tts=None) -> list[Path]:
     """The bundled questions as WAV files, synthesised with piper once and cached."""
-    folder = cache_dir(cfg.models) / "bench-audio"
+    folder = cache_dir(cfg.models) / "bench-audio-fixed"  # piper without sampling noise
     paths = [folder / f"q{i:02d}.wav" for i in range(len(BENCH_QUESTIONS))]
     if all(p.is_file() for p in paths):
         return paths
@@ -77,7 +77,7 @@ def bench_audio(cfg: Config, tts=None) -> list[Path]:
 
         tts = PiperTTS(piper_path(cfg.models))
     for path, text in zip(paths, BENCH_QUESTIONS):
-        write_wav(path, tts.synthesize_all(text), tts.rate_hz)
+        write_wav(path, tts.synthesize_all(text, deterministic=True), tts.rate_hz)
     return paths
 
 

@@ -39,18 +39,21 @@ class PiperTTS:
         self.voice = PiperVoice.load(str(model_path))
         self.rate_hz = int(self.voice.config.sample_rate)
         self._syn = SynthesisConfig(length_scale=length_scale)
+        # piper samples generator and phoneme-width noise on every call; without it the same
+        # text gives the same samples (test and benchmark speech)
+        self._fixed = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
 
-    def synthesize(self, text: str) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, deterministic: bool = False) -> Iterator[AudioChunk]:
         """Yield audio chunks for `text` as piper produces them."""
         if not text.strip():
             return
         try:
-            for chunk in self.voice.synthesize(text, syn_config=self._syn):
+            for chunk in self.voice.synthesize(text, syn_config=self._fixed if deterministic else self._syn):
                 yield AudioChunk(chunk.audio_int16_array, chunk.sample_rate, time.perf_counter())
         except Exception as err:  # piper/espeak errors have no common base class
             raise TTSError(f"TTS failed for {text[:40]!r}: {err}") from err
 
-    def synthesize_all(self, text: str) -> np.ndarray:
+    def synthesize_all(self, text: str, deterministic: bool = False) -> np.ndarray:
         """The whole phrase as one int16 array."""
-        parts = [c.samples for c in self.synthesize(text)]
+        parts = [c.samples for c in self.synthesize(text, deterministic)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)

@@ -65,9 +65,10 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path):
     from audio.wavio import write_wav
 
     long_q = tmp_path / "long.wav"
-    write_wav(long_q, stack.tts.synthesize_all("Tell me a fun fact about octopuses."), stack.tts.rate_hz)
+    tts = stack.tts
+    write_wav(long_q, tts.synthesize_all("Tell me a fun fact about octopuses.", deterministic=True), tts.rate_hz)
     second = tmp_path / "second.wav"
-    write_wav(second, stack.tts.synthesize_all("How far away is the moon?"), stack.tts.rate_hz)
+    write_wav(second, tts.synthesize_all("How far away is the moon?", deterministic=True), tts.rate_hz)
 
     async def main():
         session = VoiceSession(stack, load_config())
@@ -121,3 +122,9 @@ def test_a_failing_tts_ends_that_turn_with_an_error_and_the_session_goes_on(stac
     failed, ok = asyncio.run(main())
     assert isinstance(failed, TurnError) and failed.code == "turn_failed" and "simulated" in failed.message
     assert isinstance(ok, TurnEnd) and "paris" in ok.metrics.reply.lower()
+
+
+def test_deterministic_synthesis_repeats_to_the_sample(stack):
+    # piper samples noise on every call by default; test and bench speech must not
+    same = [stack.tts.synthesize_all("What is the capital of France?", deterministic=True) for _ in range(2)]
+    assert np.array_equal(same[0], same[1]) and len(same[0]) > stack.tts.rate_hz
