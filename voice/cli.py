@@ -184,6 +184,12 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
 
     if args.target:
         cfg = _replace(cfg, "models", llm=args.target)
+    for flag, value, low in (("--prompts", args.prompts, 1), ("--steps", args.steps, 1), ("--batch", args.batch, 1),
+                             ("--depth", args.depth, 1), ("--layers", args.layers, 1), ("--vocab", args.vocab, 1),
+                             ("--sampled", args.sampled, 0), ("--context", args.context, 0),
+                             ("--max-new-tokens", args.max_new_tokens, 1), ("--gen-batch", args.gen_batch, 1)):
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
     summary = train_drafter(cfg, prompts=args.prompts, max_new=args.max_new_tokens, steps=args.steps,
                             batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
                             device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch,
