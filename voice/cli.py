@@ -184,7 +184,7 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
 
     if args.target:
         cfg = _replace(cfg, "models", llm=args.target)
-    for flag, value, low in (("--prompts", args.prompts, 1), ("--steps", args.steps, 1), ("--batch", args.batch, 1),
+    for flag, value, low in (("--prompts", args.prompts, 1), ("--steps", args.steps, 10), ("--batch", args.batch, 1),
                              ("--depth", args.depth, 1), ("--layers", args.layers, 1), ("--vocab", args.vocab, 1),
                              ("--sampled", args.sampled, 0), ("--context", args.context, 0),
                              ("--max-new-tokens", args.max_new_tokens, 1), ("--gen-batch", args.gen_batch, 1)):

@@ -302,10 +302,13 @@ def acceptance(head: MTPHead, data: Sequences, embed, rows, remap, depth: int, c
 def fit(head: MTPHead, data: Sequences, held: Sequences, embed: torch.Tensor, rows: torch.Tensor,
         remap: torch.Tensor, steps: int, batch: int, depth: int, lr: float, evals: int = 5,
         seed: int = 0) -> list[dict]:
-    """Train `head` in place; returns held-out acceptance per position at `evals` points."""
+    """Train `head` in place (steps >= 10); returns held-out acceptance per position at `evals` points."""
+    if steps < 10:
+        raise ValueError(f"train for at least 10 steps, not {steps}")
     gen = torch.Generator(device=data.anchors.device).manual_seed(seed)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    # warm-up over 5 % of the steps (at least 2, so that short runs have a warm-up phase at all)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
     bar = tqdm(range(steps), desc="train", unit="step")
     history = []
     for step in bar:

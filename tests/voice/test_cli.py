@@ -59,8 +59,8 @@ def test_train_drafter_rejects_bad_feature_layers(capsys):
     with pytest.raises(SystemExit):
         main(["train-drafter", "--feature-layers", "ten"])
     assert "expected layer numbers" in capsys.readouterr().err
-    assert main(["train-drafter", "--steps", "0"]) == 2
-    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert main(["train-drafter", "--steps", "5"]) == 2
+    assert "--steps must be at least 10" in capsys.readouterr().err
 
 
 def test_turn_answers_a_spoken_question(question_wav, tmp_path):

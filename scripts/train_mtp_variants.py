@@ -1,0 +1,92 @@
+"""Train several MTP head variants on one set of generated data (how the shipped head was made).
+
+`voice train-drafter` runs one recipe end to end; this driver generates (or reuses) the
+sequences once, runs one teacher-forced pass with every feature layer any variant reads,
+and trains each variant on it, so variants compare on the same data. Used on the GPU
+machine:
+
+    python scripts/train_mtp_variants.py --target DIR --out OUT --prompts 9000 --sampled 2 \
+        --steps 9000 --batch 1024 --gen-batch 768 --variant shipped:10,20:2:0
+
+`--variant NAME:LAYERS:BLOCKS:CONTEXT` (LAYERS comma-separated or 'none'); each lands in
+OUT/NAME with config.json, model.safetensors and training.json. `--sequences FILE.json.gz`
+reuses (or writes) the generated sequences.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from decode.mtp import MTPConfig, MTPHead, save_mtp
+from voice.llm import load_causal_lm
+from voice.train_drafter import Sequences, fit, make_sequences, reduced_vocab, teacher_pass
+
+
+def parse_variant(text: str) -> tuple[str, tuple[int, ...], int, int]:
+    """'name:10,20:2:0' → (name, (10, 20), 2, 0)."""
+    name, layers, blocks, context = text.split(":")
+    feature_layers = () if layers == "none" else tuple(int(x) for x in layers.split(","))
+    return name, feature_layers, int(blocks), int(context)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", required=True, help="target model dir (transformers)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--prompts", type=int, default=9000)
+    p.add_argument("--sampled", type=float, default=2.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--gen-batch", type=int, default=768)
+    p.add_argument("--steps", type=int, default=9000)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--sequences", help="generated sequences (.json.gz): reused if present, else written")
+    p.add_argument("--variant", action="append", type=parse_variant, required=True)
+    args = p.parse_args()
+    out, depth = Path(args.out), 4
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    model, tokenizer = load_causal_lm(args.target, device, torch.bfloat16)
+    if args.sequences and Path(args.sequences).is_file():
+        seqs = json.loads(gzip.open(args.sequences).read())
+    else:
+        seqs = make_sequences(model, tokenizer, args.prompts, args.max_new_tokens, args.gen_batch, args.sampled)
+        if args.sequences:
+            with gzip.open(args.sequences, "wt") as f:
+                f.write(json.dumps(seqs))
+    print(f"generated {len(seqs['train'])} sequences in {time.perf_counter() - t0:.1f} s", flush=True)
+    model = model.float()
+    all_layers = tuple(sorted({layer for _, layers, _, _ in args.variant for layer in layers}))
+    data = teacher_pass(model, seqs["train"], depth, all_layers, batch=64)
+    held = teacher_pass(model, seqs["held_out"], depth, all_layers, batch=64)
+    embed = model.get_input_embeddings().weight.detach().float()
+    size = embed.shape[1]
+    vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], 8192)
+    for name, layers, blocks, context in args.variant:
+        columns = [0] + [1 + all_layers.index(layer) for layer in layers]  # last hidden state first
+        keep = torch.cat([torch.arange(c * size, (c + 1) * size) for c in columns]).to(device)
+        view = lambda d: Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)  # noqa: E731
+        cfg = MTPConfig(hidden_size=size, intermediate_size=model.config.intermediate_size, layers=blocks,
+                        vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
+                        target="embedded (SmolLM2-135M-Instruct)", feature_layers=layers, context=context)
+        torch.manual_seed(0)
+        head = MTPHead(cfg).to(device)
+        t1 = time.perf_counter()
+        history = fit(head, view(data), view(held), embed, embed[vocab_ids], remap.to(device), args.steps,
+                      args.batch, depth, args.lr)
+        save_mtp(head.cpu(), out / name)
+        summary = {"variant": name, "feature_layers": list(layers), "layers": blocks, "context": context,
+                   "steps": args.steps, "batch": args.batch, "sequences": len(seqs["train"]),
+                   "reply_tokens": sum(len(s) - n for s, n in seqs["train"]), "anchors": len(data.anchors),
+                   "train_s": round(time.perf_counter() - t1, 1), "history": history}
+        (out / name / "training.json").write_text(json.dumps(summary, indent=2))
+        print(name, json.dumps(history[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
