@@ -7,8 +7,9 @@ its assistant. Out: k draft tokens per step, drafted as transformers'
 [embed(last token), hidden] at one constant position, the assistant cross-attends to the
 target's KV cache, and its projected output state replaces `hidden` for the next step.
 
-One difference from transformers: the KV is cut to the target's valid cache length (what
-precedes the last token), so a rejected draft's keys are never attended to.
+One difference from transformers: the KV is cut to the target's valid cache (what precedes
+the last token; for a sliding-window layer, its window up to there), so a rejected draft's
+keys are never attended to.
 
 transformers 5.23.0 cannot build the assistant as shipped: `Gemma4TextConfig.kv_sharing_modes`
 raises for a config whose layers all share KV (which every assistant's config is). While
@@ -84,7 +85,8 @@ class AssistantDrafter:
             return Draft([])
         device = self.assistant.device
         length = self.target.length  # the cache holds ids[:-1]
-        kv = {kind: (key[:, :, :length].to(device), value[:, :, :length].to(device))
+        stale = self.target.shared_kv_end - length  # rows of rejected drafts at the end of each tensor
+        kv = {kind: (key[:, :, :key.shape[2] - stale].to(device), value[:, :, :value.shape[2] - stale].to(device))
               for kind, (key, value) in kv.items()}
         position = torch.tensor([[len(ids) - 1]], device=device)
         mask = torch.ones(1, length, dtype=torch.long, device=device)

@@ -158,15 +158,23 @@ class HFTarget:
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.get_text_config().vocab_size
         self._cache_cls = DynamicCache
-        self.cache = DynamicCache(config=model.config)
+        self.cache = self._new_cache()
         self.length = 0
         self.feature_layers = check_feature_layers(feature_layers, model.config.get_text_config().num_hidden_layers)
         self.keep_shared_kv = keep_shared_kv
         self.shared_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.shared_kv_end = 0  # the cache length when `shared_kv` was taken (its last row is position end-1)
+
+    def _new_cache(self):
+        cache = self._cache_cls(config=self.model.config)
+        # sliding-window layers keep their past until `crop`, so rollback works past the window
+        if hasattr(cache, "activate_past_recording"):
+            cache.activate_past_recording()
+        return cache
 
     def reset(self) -> None:
         """Forget the whole context."""
-        self.cache = self._cache_cls(config=self.model.config)
+        self.cache = self._new_cache()
         self.length = 0
         self.shared_kv = None
 
@@ -174,7 +182,7 @@ class HFTarget:
         """Drop cached positions >= length."""
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot roll back to {length} from {self.length}")
-        if length < self.length:
+        if self.length:  # crop(0) trims sliding-window layers back to their window; an empty cache has none
             self.cache.crop(length - self.length)
         self.length = length
 
@@ -186,9 +194,9 @@ class HFTarget:
         extra = {"return_shared_kv_states": True} if self.keep_shared_kv else {}
         out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
                          position_ids=positions[None], output_hidden_states=True, **extra)
-        if self.keep_shared_kv:
-            self.shared_kv = out.shared_kv_states  # the whole cache of each attention type, rejected drafts too
         self.length += len(token_ids)
+        if self.keep_shared_kv:  # each attention type's cache (a sliding layer: its window), rejected drafts too
+            self.shared_kv, self.shared_kv_end = out.shared_kv_states, self.length
         states = out.hidden_states  # [0] the embeddings, [i] after i layers, [-1] after the final norm
         hidden = torch.cat([states[-1][0], *(states[i][0] for i in self.feature_layers)], dim=-1)
         return Forward(out.logits[0].float(), hidden)

@@ -12,12 +12,12 @@ transformers = pytest.importorskip("transformers")
 LAYER_TYPES = ["sliding_attention", "full_attention"]
 
 
-def text_config(hidden: int, layers: int, shared: int, per_layer: int = 0):
+def text_config(hidden: int, layers: int, shared: int, per_layer: int = 0, window: int = 128):
     """Gemma 4 text config; `per_layer`: per-layer input width (E2B/E4B targets have them, assistants not)."""
     return transformers.Gemma4TextConfig(
         vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16,
-        layer_types=LAYER_TYPES * (layers // 2), sliding_window=128, hidden_size_per_layer_input=per_layer,
+        layer_types=LAYER_TYPES * (layers // 2), sliding_window=window, hidden_size_per_layer_input=per_layer,
         vocab_size_per_layer_input=64 if per_layer else 0, num_kv_shared_layers=shared,
         max_position_embeddings=256)
 
@@ -86,3 +86,19 @@ def test_a_saved_assistant_loads_back_through_the_kv_sharing_fix(pair, tmp_path)
     hidden = hf_target.forward([5, 6, 7]).hidden[-1]
     drafts = [AssistantDrafter(a, hf_target).propose([5, 6, 7, 8], 4, hidden).tokens for a in (assistant, loaded)]
     assert drafts[0] == drafts[1] and len(drafts[0]) == 4
+
+
+def test_rollback_and_drafting_past_the_sliding_window():
+    torch.manual_seed(1)
+    target = transformers.Gemma4ForCausalLM(text_config(64, 4, shared=2, per_layer=8, window=8)).eval()
+    with torch.no_grad():
+        target.model.embed_tokens.weight.mul_(8.0)
+    assistant = build_assistant(transformers.Gemma4AssistantConfig(
+        text_config=text_config(32, 2, shared=2, window=8), backbone_hidden_size=64))
+    prompt = [5, 6, 7, 9, 11, 13]
+    for ctl in (FixedController(4), AdaptiveController(k_max=4, verify_cost_s={0: 1e-3, 4: 1.1e-3})):
+        hf_target = HFTarget(target, keep_shared_kv=True)
+        dec = SpeculativeDecoder(hf_target, ByteTokenizer(), AssistantDrafter(assistant, hf_target), ctl)
+        out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=40)) for t in s.token_ids]
+        assert out == greedy(target, prompt, 40)  # 46 positions: five times the window
+        assert dec.stats.drafted > dec.stats.accepted  # rejections happened, so rollbacks did
