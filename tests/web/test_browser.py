@@ -18,11 +18,12 @@ def browser(tmp_path, stack):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    # "France" came out as "friends" now and then: piper samples noise on every call, so the
-    # test speech differed from run to run; test speech is now synthesised without it.
+    # "France" used to come out as "friends": piper samples noise on every call (test speech is
+    # now synthesised without it), and the browser's noise suppression ate the final /s/
+    # (with the noise-free speech: 3 of 3 runs "friends" with it on, 4 of 4 "France" off).
     question = tmp_path / "question.wav"
     tts = stack.tts
-    write_wav(question, tts.synthesize_all("Why is the sky blue?", deterministic=True), tts.rate_hz)
+    write_wav(question, tts.synthesize_all("What is the capital of France?", deterministic=True), tts.rate_hz)
     mic = tmp_path / "mic.wav"  # Chromium loops the file: speak once, then a long silence
     audio = np.concatenate([np.zeros(8000, np.float32), read_wav(question), np.zeros(16000 * 20, np.float32)])
     write_wav(mic, audio, 16000)
@@ -52,9 +53,9 @@ def test_page_hears_question_shows_transcript_plays_reply_and_latency(browser, s
     stats = browser.execute_script("return window.voiceStats")
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser-turn.png"))
-    assert "why is the sky blue" in browser.find_element(By.ID, "final").text.lower()
+    assert "capital of france" in browser.find_element(By.ID, "final").text.lower()
     reply = browser.find_element(By.ID, "reply").text.lower()
-    assert "sky" in reply and "blue" in reply
+    assert "paris" in reply
     assert stats["audioSecondsPlayed"] > 0.3
     assert browser.find_element(By.ID, "m-gap").text.endswith("ms")
     assert stats["turnEnds"][0]["turn_gap_ms"] > 0 and not stats["errors"]

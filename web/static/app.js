@@ -113,8 +113,10 @@ async function startMic() {
   audioCtx = audioCtx || new AudioContext();
   await audioCtx.resume();
   try {
+    // Echo cancellation stays on (the server relies on it for barge-in); noise suppression is
+    // off: it ate the /s/ of "France" (heard as "friends"), and whisper copes with noise itself.
     micStream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+      audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: true, channelCount: 1 },
     });
   } catch (err) {
     const denied = err && (err.name === 'NotAllowedError' || err.name === 'SecurityError');
