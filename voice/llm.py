@@ -47,11 +47,14 @@ def load_causal_lm(name_or_path: str, device: str, dtype: torch.dtype):
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, local_files_only=local_only).to(device).eval()
     except OSError as err:
-        raise ModelNotReady(
-            f"cannot load {name_or_path!r}: not a local model directory and not in the local hub "
-            f"cache (this machine cannot download models). Put it in the hub cache first. ({err})"
-        ) from None
+        raise cannot_load(name_or_path, err) from None
     return model, tokenizer
+
+
+def cannot_load(name: str, err: OSError) -> ModelNotReady:
+    """The error for a model that is neither a local directory nor in the local hub cache."""
+    return ModelNotReady(f"cannot load {name!r}: not a local model directory and not in the local hub "
+                         f"cache (this machine cannot download models). Put it in the hub cache first. ({err})")
 
 
 def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Generator) -> Drafter:
@@ -78,20 +81,16 @@ def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Genera
 
 
 def load_assistant_drafter(cfg: Config, target: Target, generator: torch.Generator) -> Drafter:
-    """Gemma 4's assistant (`decode.draft_model`) over a Gemma 4 target."""
+    """Gemma 4's assistant (`decode.draft_model`) over a Gemma 4 target (`ReplyModel` checks the target)."""
     from decode.assistant import AssistantDrafter, load_assistant
 
     if not cfg.decode.draft_model:
         raise ConfigError("decode.draft_model: set it to a Gemma 4 assistant (dir or hub id) for drafter=assistant")
-    if not getattr(target, "keep_shared_kv", False):
-        raise ConfigError("decode.drafter=assistant needs a Gemma 4 target (models.llm)")
     name = cfg.decode.draft_model
     try:
         assistant = load_assistant(name, cfg.llm.device, torch_dtype(cfg.llm.dtype), not os.path.isdir(name))
     except OSError as err:
-        raise ModelNotReady(
-            f"cannot load {name!r}: not a local model directory and not in the local hub cache "
-            f"(this machine cannot download models). Put it in the hub cache first. ({err})") from None
+        raise cannot_load(name, err) from None
     return AssistantDrafter(assistant, target, cfg.llm.temperature, cfg.llm.top_p, generator)
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from decode.mtp import MTPConfig, MTPHead, save_mtp
+from decode.mtp import DEFAULT_PATH, MTPConfig, MTPHead, save_mtp
 from decode.target import check_feature_layers
 from voice.config import Config, ConfigError
 from voice.llm import load_causal_lm, torch_dtype
@@ -372,12 +372,12 @@ def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int
     vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], vocab)
     mcfg = MTPConfig(hidden_size=embed.shape[1], intermediate_size=model.config.intermediate_size,
                      layers=layers, vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
-                     target=str(cfg.models.llm), feature_layers=tuple(sorted(feature_layers)), context=context)
+                     target=str(cfg.models.llm), feature_layers=feature_layers, context=context)
     del model
     head = MTPHead(mcfg).to(device)
     history = fit(head, data, held, embed, embed[vocab_ids].to(device), remap.to(device), steps, batch, depth,
                   lr, seed=seed)
-    out_dir = Path(out or Path(__file__).resolve().parent.parent / "decode" / "assets" / "mtp-smollm2-135m")
+    out_dir = Path(out or DEFAULT_PATH)
     save_mtp(head.cpu(), out_dir)
     summary = {"sequences": len(seqs["train"]), "held_out_sequences": len(seqs["held_out"]),
                "prompts": prompts, "sampled_per_prompt": sampled, "max_new_tokens": max_new,
