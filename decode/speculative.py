@@ -123,6 +123,20 @@ class SpeculativeDecoder:
             self._hidden = out.hidden[-1]
             observe(drafter or self.drafter, keep, out.hidden)
 
+    def next_token_prob(self, ids: list[int], token_id: int) -> float:
+        """P(token_id | ids) under the target: prefill `ids` (reusing the cache), read one softmax.
+
+        The cache then holds all of `ids`, so a prompt that extends them (the reply to the same
+        transcript) is only prefilled past them: the score costs one softmax over a prefill
+        the reply needs anyway.
+        """
+        self.prefill(ids)  # cache = ids[:-1]
+        out = self.target.forward([ids[-1]])
+        self._cached = list(ids)
+        self._hidden = out.hidden[-1]
+        observe(self.drafter, len(ids) - 1, out.hidden)
+        return float(torch.softmax(out.logits[-1].float(), dim=-1)[token_id])
+
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, drafter: Drafter | None = None,
                  controller: Controller | None = None) -> Iterator[Span]:

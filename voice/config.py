@@ -86,6 +86,21 @@ class VADConfig:
 
 
 @dataclass(frozen=True)
+class TurnConfig:
+    """Turn-taking: when the user's turn ends, and the reply prepared before it does.
+
+    The silence needed to end a turn falls with the end-of-turn score p of the words heard:
+    `max_silence_ms` at p <= `eot_low`, `min_silence_ms` at p >= `eot_high`, linear between.
+    """
+
+    predictive: bool = True  # prepare the reply (ASR, LLM, first phrase's audio) before the endpoint
+    min_silence_ms: int = 200  # silence that ends a turn whose words look complete
+    max_silence_ms: int = 1200  # silence that ends any turn
+    eot_low: float = 0.05
+    eot_high: float = 0.5
+
+
+@dataclass(frozen=True)
 class TTSConfig:
     """Piper synthesis and the phrase chunker that feeds it."""
 
@@ -116,6 +131,7 @@ class Config:
     asr: ASRConfig = field(default_factory=ASRConfig)
     vad: VADConfig = field(default_factory=VADConfig)
     tts: TTSConfig = field(default_factory=TTSConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
 

@@ -117,6 +117,18 @@ def drafter_feature_layers(cfg: Config) -> tuple[int, ...]:
     return read_mtp_config(cfg.decode.mtp_path).feature_layers
 
 
+END_OF_USER_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<turn|>")
+
+
+def end_of_user_token(tokenizer) -> int:
+    """The id of the token a chat template puts after a user message (ChatML, Gemma, Llama 3)."""
+    probe = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    for token in END_OF_USER_TOKENS:
+        if token in probe:
+            return tokenizer.convert_tokens_to_ids(token)
+    raise ConfigError(f"cannot find the end-of-user-message token in the chat template (tried {END_OF_USER_TOKENS})")
+
+
 class ReplyModel:
     """Target LLM + drafter + controller; one reply at a time (callers serialise)."""
 
@@ -140,6 +152,7 @@ class ReplyModel:
         eos = {e for x in eos for e in (x if isinstance(x, list) else [x]) if e is not None}
         self.settings = GenerationSettings(cfg.llm.max_new_tokens, cfg.llm.temperature, cfg.llm.top_p, tuple(eos))
         self.lock = threading.Lock()
+        self.end_of_user_id = end_of_user_token(self.tokenizer)
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation with the generation prompt appended."""
@@ -156,6 +169,16 @@ class ReplyModel:
         """Plain greedy/sampled decoding (no drafter): the baseline."""
         return self.decoder.generate(self.chat_ids(messages), self.settings,
                                      drafter=NoDrafter(), controller=FixedController(0))
+
+    def end_of_turn_prob(self, messages: list[dict[str, str]]) -> float:
+        """Semantic end of turn: P(end-of-user-message token | history + the user's words so far).
+
+        Read from the target at the position after the last user message (SmolLM2: `<|im_end|>`);
+        the prefill it needs is the start of the reply's own, which then reuses the cache.
+        """
+        ids = self.chat_ids(messages)
+        end = max(i for i, tok in enumerate(ids) if tok == self.end_of_user_id)
+        return self.decoder.next_token_prob(ids[:end], self.end_of_user_id)
 
     def prefill(self, messages: list[dict[str, str]]) -> None:
         """Warm the KV cache for a conversation whose last user message may still change."""
