@@ -60,6 +60,11 @@ class Endpointer:
     _silence_ms: float = 0.0
     _last_voiced_t: float = 0.0
 
+    def reset(self) -> None:
+        """Out of speech, counters cleared: the next voiced run starts a new utterance."""
+        self.in_speech = False
+        self._voiced_ms = self._silence_ms = 0.0
+
     def update(self, prob: float, t: float) -> list[VadEvent]:
         """Feed one window's probability; return the events it triggers."""
         voiced = prob >= self.threshold
@@ -85,6 +90,5 @@ class Endpointer:
             events.append(VadEvent("first_silence", t, self._last_voiced_t))
         if self._silence_ms >= self.end_silence_ms:
             events.append(VadEvent("speech_end", t, self._last_voiced_t))
-            self.in_speech = False
-            self._voiced_ms = self._silence_ms = 0.0
+            self.reset()
         return events

@@ -1,0 +1,416 @@
+"""Turn-taking: when the user's turn ends, and the reply prepared before it does. Pure.
+
+In: timestamped inputs — one per 32 ms VAD window (`Window`), ASR hypotheses with the audio
+extent they cover (`Hypothesis`), semantic end-of-turn scores (`Score`), reply progress
+(`ReplyDone`) and client actions (`TypedText`, `ClientInterrupt`). Out: action values for the
+session to carry out (`Transcribe`, `ScoreText`, `StartReply`, `DropReply`, `ReleaseReply`,
+`StopReply`, `SpeechStarted`, `Endpoint`). No model, no clock, no I/O: tests drive it with
+scripted timelines. Costs microseconds per window.
+
+The rules:
+- While the user speaks, the utterance is re-transcribed every `asr.interval_ms` (one decode
+  at a time); each new hypothesis is scored (P(end of user message) from the LLM).
+- Predictive reply: a hypothesis whose score reaches `turn.eot_high` gets a reply at once,
+  held back; a later hypothesis with other words drops it (and may start another).
+- Final transcript: the first hypothesis, once the user is silent, whose audio reaches
+  `asr.final_tail_ms` past the last voiced window — or that covers the last voiced window and
+  repeats the previous hypothesis word for word. Audio already covered is never re-decoded.
+- Endpoint: silence >= required_silence_ms(score of the final transcript); the reply built on
+  the final transcript's words is released, any other is dropped and one is started.
+- Speech while a released reply plays is a barge-in (`StopReply`), unless `echo` says the
+  speech is our own reply through a speaker.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from audio.vad import WINDOW_MS, Endpointer
+
+
+# ---- inputs ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    """One VAD window: speech probability, arrival time; `echo`: our own reply is audible."""
+
+    t: float
+    prob: float
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A transcript of utterance `utterance` from its start to the window stamped `audio_end_t`."""
+
+    utterance: int
+    text: str
+    audio_end_t: float
+
+
+@dataclass(frozen=True)
+class Score:
+    """The semantic end-of-turn probability of `text`."""
+
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    """Reply `reply` produced all its output (or failed)."""
+
+    reply: int
+
+
+@dataclass(frozen=True)
+class TypedText:
+    """A typed user turn."""
+
+    text: str
+    t: float
+
+
+@dataclass(frozen=True)
+class ClientInterrupt:
+    """The client asked to stop the reply."""
+
+    t: float
+
+
+# ---- actions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpeechStarted:
+    """A new utterance began (`t`: the window that confirmed it)."""
+
+    utterance: int
+    t: float
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """Decode utterance `utterance` from its start to now; answer with a `Hypothesis`."""
+
+    utterance: int
+    audio_end_t: float
+
+
+@dataclass(frozen=True)
+class ScoreText:
+    """Compute the end-of-turn score of `text`; answer with a `Score`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StartReply:
+    """Prepare reply `reply` to `text`; its output is held until `ReleaseReply` unless `released`.
+
+    The reply reports the score of `text` (`Score`) before it decodes: that prefill is its own.
+    """
+
+    reply: int
+    text: str
+    released: bool = False
+
+
+@dataclass(frozen=True)
+class DropReply:
+    """Throw away held reply `reply` (nothing of it was heard)."""
+
+    reply: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The user's turn ended: `speech_end_t` last voiced window, `t` the decision, `final_t`
+    when the final transcript was known, `transcript` the final words (empty: no reply)."""
+
+    utterance: int
+    t: float
+    speech_end_t: float
+    final_t: float
+    transcript: str
+
+
+@dataclass(frozen=True)
+class ReleaseReply:
+    """Let reply `reply` (built on the final transcript) reach the user."""
+
+    reply: int
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class StopReply:
+    """Stop reply `reply`, which the user may have heard (barge-in or the client's interrupt)."""
+
+    reply: int
+    reason: str
+
+
+Action = SpeechStarted | Transcribe | ScoreText | StartReply | DropReply | Endpoint | ReleaseReply | StopReply
+
+
+# ---- pure rules ------------------------------------------------------------------------
+def required_silence_ms(prob: float | None, min_ms: float, max_ms: float, low: float, high: float) -> float:
+    """Silence that ends a turn whose words score `prob`.
+
+    s(p) = max_ms for p <= low (or unknown), min_ms for p >= high, and between them
+    s(p) = max_ms - (max_ms - min_ms) * (p - low) / (high - low).
+    """
+    if prob is None or prob <= low:
+        return max_ms
+    if prob >= high:
+        return min_ms
+    return max_ms - (max_ms - min_ms) * (prob - low) / (high - low)
+
+
+def same_words(a: str, b: str) -> bool:
+    """Equal after lower-casing and dropping punctuation ("France?" == "france")."""
+    return normalise(a) == normalise(b)
+
+
+def normalise(text: str) -> str:
+    """Lower-case words without punctuation, single-spaced."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """The tunables the machine reads (from `asr`, `vad` and `turn` config)."""
+
+    threshold: float = 0.5
+    hysteresis: float = 0.15
+    min_speech_ms: int = 150
+    interval_ms: int = 250
+    final_tail_ms: int = 64
+    min_silence_ms: int = 200
+    max_silence_ms: int = 1200
+    eot_low: float = 0.05
+    eot_high: float = 0.5
+    max_utterance_s: float = 20.0
+    predictive: bool = True
+
+
+@dataclass
+class _Utterance:
+    """What is known of the utterance in progress."""
+
+    id: int
+    start_t: float
+    last_voiced_t: float
+    silent_since_t: float | None = None  # first quiet window of the current pause
+    last_decode_t: float = 0.0  # audio end of the last decode launched
+    hypothesis: Hypothesis | None = None
+    previous_text: str | None = None
+    final: Hypothesis | None = None
+    final_t: float = 0.0
+    endpoint_due: bool = False  # the silence (or length) limit passed before the final was known
+
+
+@dataclass
+class _Reply:
+    id: int
+    text: str
+    released: bool = False
+
+
+@dataclass
+class TurnTaker:
+    """The turn-taking state machine: `step(input) -> [actions]`."""
+
+    settings: TurnSettings = field(default_factory=TurnSettings)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.endpointer = Endpointer(s.threshold, s.max_silence_ms, s.min_speech_ms, hysteresis=s.hysteresis)
+        self.utterance: _Utterance | None = None
+        self.reply: _Reply | None = None
+        self.scores: dict[str, float] = {}
+        self.asr_busy = False
+        self._ids = 0
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def step(self, event: object) -> list[Action]:
+        """Feed one input; return the actions it calls for, in order."""
+        handler = {Window: self._window, Hypothesis: self._hypothesis, Score: self._score,
+                   ReplyDone: self._reply_done, TypedText: self._typed,
+                   ClientInterrupt: self._interrupt}.get(type(event))
+        if handler is None:
+            raise TypeError(f"TurnTaker cannot take {type(event).__name__}")
+        return handler(event)
+
+    # ---- windows ----
+    def _window(self, w: Window) -> list[Action]:
+        actions: list[Action] = []
+        for event in self.endpointer.update(w.prob, w.t):
+            if event.kind == "speech_start":
+                actions += self._speech_start(w)
+            elif self.utterance is None:
+                continue
+            elif event.kind == "first_silence":
+                self.utterance.last_voiced_t = event.speech_end_t
+                self.utterance.silent_since_t = event.t
+            elif event.kind == "speech_resumed":
+                actions += self._resumed()
+            elif event.kind == "speech_end":  # the longest silence any turn waits
+                self.utterance.endpoint_due = True
+        if self.utterance is not None:
+            if self.utterance.silent_since_t is None:
+                self.utterance.last_voiced_t = w.t
+            actions += self._tick(w.t)
+        return actions
+
+    def _speech_start(self, w: Window) -> list[Action]:
+        if w.echo:  # our own reply through the speaker
+            self.endpointer.reset()
+            return []
+        actions = self._stop_reply("barge_in")
+        self.utterance = _Utterance(self._next_id(), w.t, w.t, last_decode_t=w.t)
+        return actions + [SpeechStarted(self.utterance.id, w.t)]
+
+    def _resumed(self) -> list[Action]:
+        u = self.utterance
+        u.silent_since_t, u.final, u.endpoint_due = None, None, False
+        return self._drop_held("speech resumed")
+
+    def _tick(self, t: float) -> list[Action]:
+        u, s = self.utterance, self.settings
+        if t - u.start_t >= s.max_utterance_s:  # long speech becomes several turns
+            u.endpoint_due = True
+            u.silent_since_t = u.silent_since_t or t
+        if u.silent_since_t is None:
+            if not self.asr_busy and (t - u.last_decode_t) * 1e3 >= s.interval_ms:
+                return self._transcribe(t)
+            return []
+        if u.final is None:
+            if self.asr_busy or u.last_decode_t >= u.last_voiced_t + s.final_tail_ms / 1e3:
+                return []  # the decode in flight (or its answer, on its way) covers the pause
+            if (t - u.last_voiced_t) * 1e3 < s.final_tail_ms + WINDOW_MS and not u.endpoint_due:
+                return []
+            return self._transcribe(t)
+        silence_ms = (t - u.last_voiced_t) * 1e3
+        if u.endpoint_due or silence_ms >= self._required_ms(u.final.text):
+            return self._endpoint(t)
+        return []
+
+    def _transcribe(self, t: float) -> list[Action]:
+        self.asr_busy = True
+        self.utterance.last_decode_t = t
+        return [Transcribe(self.utterance.id, t)]
+
+    def _required_ms(self, text: str) -> float:
+        s = self.settings
+        if not text.strip():
+            return s.min_silence_ms  # nothing said (noise): end it without a reply
+        return required_silence_ms(self.score_of(text), s.min_silence_ms, s.max_silence_ms, s.eot_low, s.eot_high)
+
+    def score_of(self, text: str) -> float | None:
+        """The score of `text`, or of the latest scored text with the same words."""
+        if text in self.scores:
+            return self.scores[text]
+        alike = [p for scored, p in self.scores.items() if same_words(scored, text)]
+        return alike[-1] if alike else None
+
+    # ---- transcripts and scores ----
+    def _hypothesis(self, h: Hypothesis) -> list[Action]:
+        self.asr_busy = False
+        u = self.utterance
+        if u is None or h.utterance != u.id:
+            return []  # an utterance already ended
+        u.previous_text, u.hypothesis = (u.hypothesis.text if u.hypothesis else None), h
+        actions = self._maybe_final(h)
+        if self.reply is not None and not self.reply.released and not same_words(self.reply.text, h.text):
+            actions += self._drop_held("words changed")
+        if u.final is not None:
+            actions += self._reply_for_final()
+        elif h.text.strip() and self.reply is None and self.score_of(h.text) is None:
+            actions.append(ScoreText(h.text))
+        elif self._worth_predicting(h.text):
+            actions += self._start(h.text)
+        return actions
+
+    def _maybe_final(self, h: Hypothesis) -> list[Action]:
+        u, s = self.utterance, self.settings
+        if u.silent_since_t is None:
+            return []
+        covers_tail = h.audio_end_t >= u.last_voiced_t + s.final_tail_ms / 1e3
+        stable = h.audio_end_t >= u.last_voiced_t and u.previous_text is not None and same_words(
+            u.previous_text, h.text)
+        if covers_tail or stable or (u.endpoint_due and h.audio_end_t >= u.last_voiced_t):
+            u.final, u.final_t = h, h.audio_end_t
+        return []
+
+    def _reply_for_final(self) -> list[Action]:
+        """Once the final words are known: a reply on them, unless they look unfinished."""
+        text = self.utterance.final.text
+        if not text.strip() or (self.reply is not None and same_words(self.reply.text, text)):
+            return []
+        if not self.settings.predictive:
+            return [ScoreText(text)] if self.score_of(text) is None and self.reply is None else []
+        prob = self.score_of(text)
+        if prob is not None and prob < self.settings.eot_low:
+            return []  # plainly unfinished: wait for more words or the longest silence
+        return self._start(text)
+
+    def _worth_predicting(self, text: str) -> bool:
+        prob = self.score_of(text)
+        return (self.settings.predictive and self.reply is None and bool(text.strip())
+                and prob is not None and prob >= self.settings.eot_high)
+
+    def _score(self, sc: Score) -> list[Action]:
+        self.scores[sc.text] = sc.prob
+        u = self.utterance
+        if u is None or u.hypothesis is None or u.final is not None:
+            return []
+        if sc.text == u.hypothesis.text and self._worth_predicting(sc.text):
+            return self._start(sc.text)
+        return []
+
+    # ---- replies ----
+    def _start(self, text: str, released: bool = False) -> list[Action]:
+        self.reply = _Reply(self._next_id(), text, released)
+        return [StartReply(self.reply.id, text, released)]
+
+    def _drop_held(self, reason: str) -> list[Action]:
+        if self.reply is None or self.reply.released:
+            return []
+        reply, self.reply = self.reply, None
+        return [DropReply(reply.id, reason)]
+
+    def _stop_reply(self, reason: str) -> list[Action]:
+        if self.reply is None:
+            return []
+        reply, self.reply = self.reply, None
+        return [StopReply(reply.id, reason) if reply.released else DropReply(reply.id, reason)]
+
+    def _endpoint(self, t: float) -> list[Action]:
+        u = self.utterance
+        self.utterance = None
+        self.endpointer.reset()
+        end = Endpoint(u.id, t, u.last_voiced_t, u.final_t, u.final.text)
+        if not u.final.text.strip():
+            return self._drop_held("no words") + [end]
+        actions: list[Action] = []
+        if self.reply is None or not same_words(self.reply.text, u.final.text):
+            actions += self._drop_held("words changed") + self._start(u.final.text)
+        self.reply.released = True
+        return actions + [end, ReleaseReply(self.reply.id, end)]
+
+    def _reply_done(self, done: ReplyDone) -> list[Action]:
+        if self.reply is not None and self.reply.id == done.reply and self.reply.released:
+            self.reply = None
+        return []
+
+    def _typed(self, typed: TypedText) -> list[Action]:
+        actions = self._stop_reply("typed turn")
+        self.utterance = None
+        self.endpointer.reset()
+        return actions + self._start(typed.text, released=True)
+
+    def _interrupt(self, _: ClientInterrupt) -> list[Action]:
+        return self._stop_reply("client interrupt")
