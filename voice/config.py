@@ -80,7 +80,6 @@ class VADConfig:
 
     threshold: float = 0.5
     hysteresis: float = 0.15  # in speech, stay voiced down to threshold - hysteresis
-    end_silence_ms: int = 300
     min_speech_ms: int = 150
     max_utterance_s: float = 20.0
 

@@ -4,17 +4,18 @@ In: 16 kHz float32 blocks via `VoiceSession.feed_audio` (or typed text via `user
 Out: events on `VoiceSession.events` (an asyncio.Queue): `VadState`, `Transcript`,
 `ReplyText`, `AudioStart`, `AudioOut`, `TurnEnd`, `TurnError`.
 
-The turn-gap path, in order:
-1. Each 32 ms window goes through silero VAD and the `Endpointer`.
-2. While the user speaks, the growing utterance is re-decoded every `asr.interval_ms`;
-   LocalAgreement commits words (partial transcripts) and the LLM prefills the prompt
-   with the committed words, so only the tail is left to prefill later.
-3. `asr.final_tail_ms` after the first silent window the final ASR decode starts, and the
-   reply starts right behind it — speculatively: its text and audio are held back until the endpoint
-   (`vad.end_silence_ms` of silence) confirms the turn, and thrown away if the user
-   goes on speaking.
-4. Decoder spans → `PhraseChunker` → piper, phrase by phrase, in worker threads.
-5. Speech starting while a reply is active is a barge-in: decoding stops within one
+The turn-gap path, in order (every decision is `voice.turntaking.TurnTaker`'s; this module
+only carries out its actions):
+1. Each 32 ms window goes through silero VAD into the `TurnTaker`.
+2. While the user speaks, the growing utterance is re-decoded every `asr.interval_ms`; each
+   hypothesis is scored by the LLM (P(end of user message) — a prefill the reply reuses).
+3. Predictive reply: words that look complete get a reply at once — LLM, then the first
+   phrase's audio — held back; other words drop it. Once the user is silent, the final
+   transcript (a decode reaching past the last voiced window) confirms or replaces it.
+4. Endpoint: the silence needed falls with the final words' end-of-turn score
+   (`turn.min_silence_ms` … `turn.max_silence_ms`); the held reply is released at once.
+5. Decoder spans → `PhraseChunker` → piper, phrase by phrase, in worker threads.
+6. Speech starting while a reply is active is a barge-in: decoding stops within one
    verify step, queued phrases and unsent audio are dropped, the turn ends `interrupted`.
 Echo: the server relies on the browser's echo cancellation; `voice talk` ignores speech
 while its own reply is playing unless `--barge-in` is given (no AEC on a bare sound card).
@@ -26,19 +27,22 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
 from audio.frames import AudioFrame, Reframer
-from audio.vad import WINDOW_MS, Endpointer, SileroVAD, VadEvent
-from voice.asr import LocalAgreement
+from audio.vad import SileroVAD
 from voice.chunker import PhraseChunker
 from voice.config import Config
 from voice.stack import Stack
 from voice.tts import AudioChunk
 from voice.turns import Conversation, TurnMetrics
+from voice.turntaking import (Action, ClientInterrupt, DropReply, Endpoint, Hypothesis, ReleaseReply,
+                              ReplyDone, Score, ScoreText, SpeechStarted, StartReply, StopReply,
+                              Transcribe, TurnSettings, TurnTaker, TypedText, Window)
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +93,12 @@ class TurnError:
 class _Turn:
     """One reply in flight: its cancel flag, output gate and timestamps."""
 
-    def __init__(self, speech_end_t: float = 0.0) -> None:
+    def __init__(self, reply_id: int, text: str) -> None:
+        self.id, self.text = reply_id, text
+        self.created = time.perf_counter()
         self.cancel = threading.Event()
         self.gate = asyncio.Event()  # set at the endpoint: output may flow
-        self.m = TurnMetrics(speech_end=speech_end_t)
+        self.m = TurnMetrics(transcript=text)
         self.task: asyncio.Task | None = None
         self.out: asyncio.Queue = asyncio.Queue()  # events held until the gate opens
         self.reply_text = ""
@@ -101,26 +107,33 @@ class _Turn:
         self.m = replace(self.m, **fields)
 
 
+def turn_settings(cfg: Config) -> TurnSettings:
+    """The turn-taking tunables from the `vad`, `asr` and `turn` sections."""
+    v, a, t = cfg.vad, cfg.asr, cfg.turn
+    return TurnSettings(v.threshold, v.hysteresis, v.min_speech_ms, a.interval_ms, a.final_tail_ms,
+                        t.min_silence_ms, t.max_silence_ms, t.eot_low, t.eot_high, v.max_utterance_s,
+                        t.predictive)
+
+
 class VoiceSession:
-    """One user's conversation over the shared models."""
+    """One user's conversation over the shared models: carries out the `TurnTaker`'s actions."""
 
     def __init__(self, stack: Stack, cfg: Config) -> None:
         self.stack, self.cfg = stack, cfg
         self.events: asyncio.Queue = asyncio.Queue()
         self.vad = SileroVAD()
-        self.endpointer = Endpointer(cfg.vad.threshold, cfg.vad.end_silence_ms, cfg.vad.min_speech_ms,
-                                     hysteresis=cfg.vad.hysteresis)
+        self.turns = TurnTaker(turn_settings(cfg))
         self.reframer = Reframer()
         self.conversation = Conversation(lambda msgs: len(stack.llm.chat_ids(msgs)), cfg.llm.history_tokens)
-        self.agreement = LocalAgreement()
         # when set and true, speech is our own reply through the speaker (no AEC): ignore it
         self.echo_gate: Callable[[], bool] | None = None
-        self._preroll: list[np.ndarray] = []
+        self._preroll: deque[np.ndarray] = deque(maxlen=PREROLL_WINDOWS)
         self._utterance: list[np.ndarray] | None = None
-        self._since_partial_s = 0.0
-        self._partial_task: asyncio.Task | None = None
-        self._turn: _Turn | None = None
-        self._pending_final: list | None = None  # [speech_end_t, windows still to wait]
+        self._utterance_id = 0
+        self._latest_text = ""  # the newest hypothesis: older ones are not worth scoring
+        self._heard_at: dict[tuple[int, float], float] = {}  # (utterance, audio end) -> hypothesis time
+        self._replies: dict[int, _Turn] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
     # ---- input -------------------------------------------------------------------
@@ -129,154 +142,145 @@ class VoiceSession:
         t = time.perf_counter() if t is None else t
         for window in self.reframer.push(AudioFrame(samples, t)):
             prob = self.vad.prob(window.samples)
+            echo = self.echo_gate is not None and self.echo_gate()
             self._collect(window.samples)
-            self._tick_final()  # counts windows after a first_silence of an earlier window
-            for event in self.endpointer.update(prob, window.t):
-                await self._on_vad(event)
-            await self._maybe_cut_long_utterance(window.t)
-            self._maybe_partial(len(window.samples) / 16000)
+            await self._act(self.turns.step(Window(window.t, prob, echo)))
 
     async def user_text(self, text: str) -> None:
         """A typed user turn: straight to the reply."""
-        await self.interrupt()
-        now = time.perf_counter()
-        turn = _Turn(speech_end_t=now)
-        turn.stamp(endpoint=now, asr_final=now, transcript=text)
-        turn.gate.set()
-        self._start_reply(turn, None, text)
+        await self._act(self.turns.step(TypedText(text, time.perf_counter())))
 
     async def interrupt(self) -> None:
-        """Stop the current reply now (barge-in or the client's `interrupt`)."""
-        turn, self._turn = self._turn, None
-        if turn is None or turn.task is None or turn.task.done():
-            return
-        turn.cancel.set()
-        turn.task.cancel()
-        try:
-            await turn.task
-        except asyncio.CancelledError:
-            pass
-        if turn.gate.is_set():  # the user heard (part of) it: report and remember it
-            turn.stamp(interrupted=True, reply=turn.reply_text)
-            self.conversation.add(turn.m.transcript, turn.reply_text)
-            await self.events.put(TurnEnd(turn.m))
+        """Stop the current reply now (the client's `interrupt`)."""
+        await self._act(self.turns.step(ClientInterrupt(time.perf_counter())))
 
     async def close(self) -> None:
         """End the session: cancel everything in flight."""
         self._closed = True
-        await self.interrupt()
-        if self._partial_task:
-            self._partial_task.cancel()
+        for turn in list(self._replies.values()):
+            await self._stop(turn, report=False)
+        for task in list(self._tasks):
+            task.cancel()
 
     @property
     def idle(self) -> bool:
         """No speech in progress and no reply in flight."""
-        return self._turn is None and self._utterance is None
+        return not self._replies and self._utterance is None
 
     @property
     def replying(self) -> bool:
         """A confirmed reply is being produced."""
-        return self._turn is not None and self._turn.gate.is_set() and not self._turn.task.done()
+        return any(t.gate.is_set() and t.task is not None and not t.task.done() for t in self._replies.values())
 
-    # ---- VAD and ASR ---------------------------------------------------------------
     def _collect(self, window: np.ndarray) -> None:
         if self._utterance is not None:
             self._utterance.append(window)
         else:
-            self._preroll = (self._preroll + [window])[-PREROLL_WINDOWS:]
+            self._preroll.append(window)
 
-    async def _on_vad(self, event: VadEvent) -> None:
-        if event.kind == "speech_start":
-            if self.echo_gate is not None and self.echo_gate():
-                self.endpointer.in_speech = False  # our own voice through the speaker
-                return
-            if self._turn is not None:
-                await self.interrupt()  # barge-in
-            self._utterance = list(self._preroll)
-            self._since_partial_s = 0.0
-            self.agreement.reset()
-            await self.events.put(VadState("speech_start", event.t))
-        elif event.kind == "first_silence" and self._utterance is not None:
-            # a little audio past the first quiet window keeps soft word endings ("France")
-            self._pending_final = [event.speech_end_t, int(self.cfg.asr.final_tail_ms // WINDOW_MS)]
-            self._tick_final(step=False)
-        elif event.kind == "speech_resumed":
-            self._pending_final = None
-            if self._turn is not None and not self._turn.gate.is_set():
-                await self.interrupt()  # the pause was not the end: drop the speculative reply
-        elif event.kind == "speech_end" and self._utterance is not None:
-            if self._pending_final is not None:
-                self._pending_final[1] = 0
-                self._tick_final(step=False)
-            self._utterance = None
-            self._preroll = []
-            await self.events.put(VadState("speech_end", event.t))
-            if self._turn is not None and not self._turn.gate.is_set():
-                self._turn.stamp(endpoint=event.t)
-                self._turn.gate.set()
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _tick_final(self, step: bool = True) -> None:
-        """Start the final decode (and the speculative reply) once the tail has arrived."""
-        if self._pending_final is None or self._utterance is None:
-            return
-        if step:
-            self._pending_final[1] -= 1
-        if self._pending_final[1] > 0:
-            return
-        speech_end_t, self._pending_final = self._pending_final[0], None
-        turn = _Turn(speech_end_t=speech_end_t)
-        final = asyncio.ensure_future(self._final_asr(np.concatenate(self._utterance), turn))
-        self._start_reply(turn, final, None)
+    # ---- actions -------------------------------------------------------------------
+    async def _act(self, actions: list[Action]) -> None:
+        """Carry out the turn-taker's actions, in order."""
+        for action in actions:
+            if isinstance(action, SpeechStarted):
+                self._utterance, self._utterance_id = list(self._preroll), action.utterance
+                await self.events.put(VadState("speech_start", action.t))
+            elif isinstance(action, Transcribe):
+                self._spawn(self._hypothesis(action, np.concatenate(self._utterance)))
+            elif isinstance(action, ScoreText):
+                self._spawn(self._score(action.text))
+            elif isinstance(action, StartReply):
+                self._start_reply(action)
+            elif isinstance(action, Endpoint):
+                await self._endpoint(action)
+            elif (turn := self._replies.get(action.reply)) is None:
+                continue  # that reply already ended (it failed, or all its output went out)
+            elif isinstance(action, DropReply):
+                log.info("dropped a prepared reply (%s): %r", action.reason, turn.text)
+                await self._stop(turn, report=False)
+            elif isinstance(action, ReleaseReply):
+                self._release(turn, action.endpoint)
+            elif isinstance(action, StopReply):
+                log.info("reply stopped: %s", action.reason)
+                await self._stop(turn, report=True)
 
-    async def _maybe_cut_long_utterance(self, t: float) -> None:
-        if self._utterance is None:
-            return
-        if len(self._utterance) * WINDOW_MS / 1000 >= self.cfg.vad.max_utterance_s:
-            # force an endpoint: long speech becomes several turns, never unbounded memory
-            await self._on_vad(VadEvent("first_silence", t, t))
-            await self._on_vad(VadEvent("speech_end", t, t))
-            self.endpointer.in_speech = False
+    async def _endpoint(self, end: Endpoint) -> None:
+        self._utterance, self._preroll = None, deque(maxlen=PREROLL_WINDOWS)
+        await self.events.put(VadState("speech_end", end.t))
+        if not end.transcript.strip():  # noise or a cough: no words, no reply
+            await self.events.put(Transcript("", True, self._heard_at.get((end.utterance, end.final_t), end.t)))
+        self._heard_at = {k: v for k, v in self._heard_at.items() if k[0] >= end.utterance}
 
-    def _maybe_partial(self, dt_s: float) -> None:
-        if self._utterance is None or (self._turn is not None and not self._turn.gate.is_set()):
-            return
-        self._since_partial_s += dt_s
-        busy = self._partial_task is not None and not self._partial_task.done()
-        if self._since_partial_s * 1000 < self.cfg.asr.interval_ms or busy:
-            return
-        self._since_partial_s = 0.0
-        audio = np.concatenate(self._utterance)
-        self._partial_task = asyncio.ensure_future(self._partial_asr(audio))
+    def _release(self, turn: _Turn, end: Endpoint) -> None:
+        heard = self._heard_at.get((end.utterance, end.final_t), end.t)
+        turn.stamp(speech_end=end.speech_end_t, endpoint=end.t, asr_final=heard, transcript=end.transcript,
+                   predictive=turn.created < end.t,
+                   end_of_turn_prob=self.turns.score_of(end.transcript))
+        turn.gate.set()
 
-    async def _transcribe(self, audio: np.ndarray) -> str:
+    async def _stop(self, turn: _Turn, report: bool) -> None:
+        """Cancel a reply; if the user heard part of it, report and remember it."""
+        self._replies.pop(turn.id, None)
+        turn.cancel.set()
+        if turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+            try:
+                await turn.task
+            except asyncio.CancelledError:
+                pass
+        if report and turn.gate.is_set():
+            turn.stamp(interrupted=True, reply=turn.reply_text)
+            self.conversation.add(turn.m.transcript, turn.reply_text)
+            await self.events.put(TurnEnd(turn.m))
+
+    # ---- ASR and scores --------------------------------------------------------------
+    async def _hypothesis(self, ask: Transcribe, audio: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.stack.asr_worker, self.stack.asr.transcribe, audio)
+        try:
+            text = await loop.run_in_executor(self.stack.asr_worker, self.stack.asr.transcribe, audio)
+        except Exception as err:  # the turn-taker must hear back, or it waits forever
+            log.exception("transcription failed")
+            await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
+            text = ""
+        self._heard_at[(ask.utterance, ask.audio_end_t)] = time.perf_counter()
+        if ask.utterance == self._utterance_id and self._utterance is not None and text:
+            self._latest_text = text
+            await self.events.put(Transcript(text, False, time.perf_counter()))
+        await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t)))
 
-    async def _partial_asr(self, audio: np.ndarray) -> None:
-        text = await self._transcribe(audio)
-        if self._utterance is None or self._closed:
-            return
-        fresh = self.agreement.update(text)
-        await self.events.put(Transcript(text, False, time.perf_counter()))
+    async def _score(self, text: str) -> None:
         llm = self.stack.llm
-        if fresh and not llm.lock.locked():  # warm the LLM cache with the committed words
-            msgs = self.conversation.messages(self.agreement.text())
-            await asyncio.get_running_loop().run_in_executor(
-                self.stack.llm_worker, _try_locked, llm.lock, llm.prefill, msgs)
+        msgs = self.conversation.messages(text)
 
-    async def _final_asr(self, audio: np.ndarray, turn: _Turn) -> str:
-        text = await self._transcribe(audio)
-        turn.stamp(asr_final=time.perf_counter(), transcript=text)
-        return text
+        def score() -> float | None:
+            if text != self._latest_text:  # newer words came while this waited for the LLM
+                return None
+            with llm.lock:
+                return llm.end_of_turn_prob(msgs)
+
+        prob = await asyncio.get_running_loop().run_in_executor(self.stack.llm_worker, score)
+        if prob is not None:
+            await self._act(self.turns.step(Score(text, prob)))
 
     # ---- reply -----------------------------------------------------------------
-    def _start_reply(self, turn: _Turn, transcript: asyncio.Future | None, text: str | None) -> None:
-        self._turn = turn
-        turn.task = asyncio.ensure_future(self._reply(turn, transcript, text))
+    def _start_reply(self, start: StartReply) -> None:
+        turn = _Turn(start.reply, start.text)
+        self._replies[turn.id] = turn
+        if start.released:  # a typed turn: no speech to wait for
+            now = time.perf_counter()
+            turn.stamp(speech_end=now, endpoint=now, asr_final=now)
+            turn.gate.set()
+        turn.task = asyncio.ensure_future(self._reply(turn))
 
     async def _forward(self, turn: _Turn) -> None:
         """Release the turn's events in order once the endpoint confirms it."""
         await turn.gate.wait()
+        await self.events.put(Transcript(turn.m.transcript, True, turn.m.asr_final))
         while (event := await turn.out.get()) is not None:
             if turn.cancel.is_set():
                 return
@@ -291,20 +295,18 @@ class VoiceSession:
                 event = TurnEnd(turn.m)
             await self.events.put(event)
 
-    async def _reply(self, turn: _Turn, transcript: asyncio.Future | None, text: str | None) -> None:
+    async def _reply(self, turn: _Turn) -> None:
         forward = asyncio.ensure_future(self._forward(turn))
         try:
-            if transcript is not None:
-                text = await transcript
-            turn.out.put_nowait(Transcript(text, True, turn.m.asr_final))
-            if text.strip():  # noise or a cough gives an empty transcript: no reply
-                turn.stamp(transcript=text)
-                await self._speak_reply(turn, self.conversation.messages(text))
-                turn.stamp(reply=turn.reply_text.strip())
-                self.conversation.add(text, turn.reply_text.strip())
-                turn.out.put_nowait(TurnEnd(turn.m))
+            await self._speak_reply(turn, self.conversation.messages(turn.text))
+            turn.stamp(reply=turn.reply_text.strip())
+            turn.out.put_nowait(TurnEnd(turn.m))
             turn.out.put_nowait(None)
-            await forward
+            await forward  # held until the endpoint
+            if not turn.cancel.is_set():
+                self.conversation.add(turn.m.transcript, turn.m.reply)
+            self._replies.pop(turn.id, None)
+            await self._act(self.turns.step(ReplyDone(turn.id)))
         except asyncio.CancelledError:
             turn.cancel.set()
             forward.cancel()
@@ -312,10 +314,9 @@ class VoiceSession:
         except Exception as err:  # a failing stage ends this turn, not the session
             log.exception("turn failed")
             forward.cancel()
+            self._replies.pop(turn.id, None)
+            await self._act(self.turns.step(ReplyDone(turn.id)))
             await self.events.put(TurnError("turn_failed", f"{type(err).__name__}: {err}"))
-        finally:
-            if self._turn is turn:
-                self._turn = None
 
     async def _speak_reply(self, turn: _Turn, messages: list[dict]) -> None:
         loop = asyncio.get_running_loop()
@@ -323,11 +324,16 @@ class VoiceSession:
         phrases: asyncio.Queue = asyncio.Queue()
         llm = self.stack.llm
 
+        def report_score(prob: float) -> None:
+            asyncio.ensure_future(self._act(self.turns.step(Score(turn.text, prob))))
+
         def decode() -> None:
             try:
                 if turn.cancel.is_set():  # cancelled while queued behind another session
                     return
                 with llm.lock:
+                    prob = llm.end_of_turn_prob(messages)  # the start of the reply's own prefill
+                    loop.call_soon_threadsafe(report_score, prob)
                     turn.stamp(llm_start=time.perf_counter())
                     for span in llm.reply(messages, turn.cancel):
                         loop.call_soon_threadsafe(spans.put_nowait, span)
@@ -359,7 +365,7 @@ class VoiceSession:
             raise
 
     async def _tts_worker(self, turn: _Turn, phrases: asyncio.Queue) -> None:
-        """Synthesise phrases as they come (ahead of the endpoint when speculative)."""
+        """Synthesise phrases as they come (ahead of the endpoint when predictive)."""
         tts = self.stack.tts
         while (phrase := await phrases.get()) is not None:
             if turn.cancel.is_set():
@@ -368,12 +374,3 @@ class VoiceSession:
                 self.stack.tts_worker, lambda p=phrase: list(tts.synthesize(p)))
             for chunk in chunks:
                 turn.out.put_nowait(AudioOut(chunk))
-
-
-def _try_locked(lock: threading.Lock, fn, *args) -> None:
-    """Run fn only if the lock is free (an optional warm-up must never delay a reply)."""
-    if lock.acquire(blocking=False):
-        try:
-            fn(*args)
-        finally:
-            lock.release()

@@ -47,6 +47,8 @@ class TurnMetrics:
     acceptance: float = 0.0
     mean_draft_len: float = 0.0
     interrupted: bool = False
+    predictive: bool = False  # the reply was prepared before the endpoint
+    end_of_turn_prob: float | None = None  # the final words' semantic end-of-turn score
     transcript: str = ""
     reply: str = ""
 
@@ -67,4 +69,6 @@ class TurnMetrics:
             "mean_draft_len": round(self.mean_draft_len, 2),
             "tokens": self.tokens,
             "interrupted": self.interrupted,
+            "predictive": self.predictive,
+            "end_of_turn_prob": None if self.end_of_turn_prob is None else round(self.end_of_turn_prob, 4),
         }

@@ -229,6 +229,7 @@ class TurnTaker:
         self.reply: _Reply | None = None
         self.scores: dict[str, float] = {}
         self.asr_busy = False
+        self.now = 0.0  # the time of the newest window
         self._ids = 0
 
     def _next_id(self) -> int:
@@ -246,6 +247,7 @@ class TurnTaker:
 
     # ---- windows ----
     def _window(self, w: Window) -> list[Action]:
+        self.now = w.t
         actions: list[Action] = []
         for event in self.endpointer.update(w.prob, w.t):
             if event.kind == "speech_start":
@@ -327,7 +329,7 @@ class TurnTaker:
         if self.reply is not None and not self.reply.released and not same_words(self.reply.text, h.text):
             actions += self._drop_held("words changed")
         if u.final is not None:
-            actions += self._reply_for_final()
+            actions += self._reply_for_final() + self._tick(self.now)  # audio may have stopped coming
         elif h.text.strip() and self.reply is None and self.score_of(h.text) is None:
             actions.append(ScoreText(h.text))
         elif self._worth_predicting(h.text):
@@ -365,7 +367,9 @@ class TurnTaker:
     def _score(self, sc: Score) -> list[Action]:
         self.scores[sc.text] = sc.prob
         u = self.utterance
-        if u is None or u.hypothesis is None or u.final is not None:
+        if u is not None and u.final is not None:
+            return self._tick(self.now)
+        if u is None or u.hypothesis is None:
             return []
         if sc.text == u.hypothesis.text and self._worth_predicting(sc.text):
             return self._start(sc.text)

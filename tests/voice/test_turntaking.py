@@ -60,6 +60,12 @@ class Sim:
             self.feed(Window(t, p, echo), t)
         return t + W
 
+    def drain(self):
+        """Deliver every answer still due, with no more windows (the client stopped sending)."""
+        while self._due:
+            due, _, inp = heapq.heappop(self._due)
+            self.feed(inp, due)
+
     def of(self, kind):
         return [(t, a) for t, a in self.log if isinstance(a, kind)]
 
@@ -238,3 +244,12 @@ def test_audio_a_decode_already_covered_is_not_decoded_again():
 def test_unknown_input_is_a_type_error():
     with pytest.raises(TypeError):
         TurnTaker().step("speech")
+
+
+def test_a_turn_ends_when_its_final_words_arrive_after_the_audio_stopped():
+    sim = Sim(WORDS, SCORES, asr_s=0.6)
+    sim.run(speech(1.6) + quiet(0.3))  # the client sends a little silence, then nothing
+    assert not sim.of(Endpoint)
+    sim.drain()
+    (_, end), = sim.of(Endpoint)
+    assert end.transcript == QUESTION and sim.of(ReleaseReply)
