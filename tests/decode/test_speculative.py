@@ -170,3 +170,20 @@ def test_calibration_leaves_cache_untouched():
     target.forward([1, 2, 3])
     costs = calibrate_verify_cost(target, [0, 1, 4], reps=1)
     assert set(costs) == {0, 1, 4} and target.length == 3
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=st.lists(st.integers(1, 63), min_size=2, max_size=10),
+       words=st.lists(st.integers(1, 63), min_size=1, max_size=6), end_token=st.integers(1, 63))
+def test_end_of_turn_probability_is_the_targets_and_the_reply_after_it_is_unchanged(history, words, end_token):
+    """P(end | words) equals a fresh forward's softmax, and scoring first never changes the reply."""
+    prompt = history + words
+    with torch.inference_mode():
+        logits = TARGET(torch.tensor([prompt])).logits[0, -1].float()
+    want = torch.softmax(logits, -1)[end_token].item()
+    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(), NgramDrafter(), FixedController(2))
+    dec.prefill(history + [5, 6, 7])  # a cache holding other words after the shared history
+    assert dec.next_token_prob(prompt, end_token) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    reply = prompt + [end_token, 9]
+    spans = list(dec.generate(reply, GenerationSettings(max_new_tokens=8)))
+    assert [t for s in spans for t in s.token_ids] == plain_greedy(TARGET, reply, 8)
