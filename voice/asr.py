@@ -5,13 +5,23 @@ frames); CTranslate2 accepts shorter windows, so we encode only the utterance (r
 at least `min_window_frames`): on 2 cores a 2 s utterance costs ~0.1–0.2 s instead of ~1 s.
 Audio longer than 30 s falls back to faster-whisper's own segmenting transcribe.
 
+On a short utterance greedy whisper sometimes loops ("Mount Everest Mount Everest Mount …")
+until the token cap. A loop never leaves this module: `is_repetition_loop` spots it, and
+`transcribe_until_clean` retries with a longer window, then samples at rising temperatures
+(faster-whisper's fallback), and if all of them loop, `collapse_repetition` keeps one copy.
+A clean first decode costs what it always did (one encode, one greedy decode, plus a ~40 µs
+check); a loop costs the longer-window decode too (~+1 s on 2 busy cores).
+
 `LocalAgreement` is the streaming commit rule (whisper_streaming's HypothesisBuffer): a
 word is committed once two consecutive hypotheses agree on it.
 """
 from __future__ import annotations
 
 import logging
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +30,202 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
 FRAMES_PER_S = 100  # whisper mel frames (10 ms hop)
 MAX_FRAMES = 3000
+LOOP_MIN_REPEATS = 3
+LOOP_MAX_PERIOD_WORDS = 12
+COMPRESSION_RATIO_THRESHOLD = 2.4  # faster-whisper's default for its temperature fallback
+_SENTENCE_END = (".", "?", "!")
+
+
+def _norm(word: str) -> str:
+    return "".join(c for c in word.lower() if c.isalnum())
+
+
+def compression_ratio(text: str) -> float:
+    """faster-whisper's repetition measure: `len(utf8) / len(zlib.compress(utf8))`.
+
+    Useless on short text (zlib's overhead keeps "Italy Italy Italy Italy" at 1.4), so it
+    only backs up the word-level rule on long transcripts.
+    """
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+class Repetition(NamedTuple):
+    """Words [start, end) repeat with period `period_words`: `word[i] == word[i - period]`."""
+
+    start: int
+    end: int
+    period_words: int
+
+
+def _periodic_end(keys: Sequence[str], start: int, period: int) -> int:
+    end = start + period
+    while end < len(keys) and keys[end] == keys[end - period]:
+        end += 1
+    if end == len(keys) - 1 and keys[end] and keys[end - period].startswith(keys[end]):
+        end += 1  # the token cap cut the last word: "Farge a Stocean Farge a St"
+    return end
+
+
+def _loop_at(keys: Sequence[str], start: int, min_repeats: int, max_period_words: int) -> Repetition | None:
+    for period in range(1, min(max_period_words, (len(keys) - start) // 2) + 1):
+        end = _periodic_end(keys, start, period)
+        run = end - start
+        if run >= min_repeats * period or (end == len(keys) and run > 2 * period):
+            return Repetition(start, end, period)
+    return None
+
+
+def find_repetitions(words: Sequence[str], min_repeats: int = LOOP_MIN_REPEATS,
+                     max_period_words: int = LOOP_MAX_PERIOD_WORDS) -> list[Repetition]:
+    """The loop runs in `words`, left to right, not overlapping, shortest period first.
+
+    Words compare lower-cased without punctuation. A run of length L with period p (a phrase
+    of p <= max_period_words words) is a loop when L >= min_repeats * p, or when it ends the
+    text and L > 2 * p: a loop cut off mid-phrase by the token cap ("Learn to swim! Learn to
+    swim! Learn to"). So "No, no, no." and "very very very good" count as loops (retried,
+    then collapsed to "No" / "very good", which keeps their meaning); "Yes yes." and
+    "Thank you. Thank you." do not.
+    """
+    keys = [_norm(w) for w in words]
+    runs: list[Repetition] = []
+    start = 0
+    while start < len(keys):
+        run = _loop_at(keys, start, min_repeats, max_period_words)
+        runs += [run] if run else []
+        start = run.end if run else start + 1
+    return runs
+
+
+def is_repetition_loop(text: str, min_repeats: int = LOOP_MIN_REPEATS,
+                       max_period_words: int = LOOP_MAX_PERIOD_WORDS,
+                       max_compression_ratio: float = COMPRESSION_RATIO_THRESHOLD) -> bool:
+    """Whether whisper looped: a repeated-phrase run (`find_repetitions`) or, for long text,
+    `compression_ratio(text) > max_compression_ratio` as faster-whisper's fallback tests."""
+    return (bool(find_repetitions(text.split(), min_repeats, max_period_words))
+            or compression_ratio(text) > max_compression_ratio)
+
+
+def _one_period(words: Sequence[str], run: Repetition) -> list[str]:
+    """One copy of the repeated phrase: the first phase that ends a sentence, else the first.
+
+    Every phase is a full copy, so choosing one loses no words ("ocean? the ocean? the
+    ocean?" -> "the ocean?").
+    """
+    period = run.period_words
+    for shift in range(min(period, run.end - run.start - period + 1)):
+        if words[run.start + shift + period - 1].endswith(_SENTENCE_END):
+            return list(words[run.start + shift:run.start + shift + period])
+    return list(words[run.start:run.start + period])
+
+
+def collapse_repetition(text: str, min_repeats: int = LOOP_MIN_REPEATS,
+                        max_period_words: int = LOOP_MAX_PERIOD_WORDS) -> str:
+    """`text` with every loop run replaced by one copy of its phrase ("Italy Italy Italy" ->
+    "Italy"), repeated until no run is left; text without a loop comes back unchanged."""
+    words = text.split()
+    runs = find_repetitions(words, min_repeats, max_period_words)
+    if not runs:
+        return text
+    while runs:
+        kept: list[str] = []
+        done = 0
+        for run in runs:
+            kept += list(words[done:run.start]) + _one_period(words, run)
+            done = run.end
+        words = kept + list(words[done:])
+        runs = find_repetitions(words, min_repeats, max_period_words)
+    return " ".join(words).rstrip(",;:")
+
+
+def _loop_free(text: str, is_loop: Callable[[str], bool] = is_repetition_loop) -> str:
+    collapsed = collapse_repetition(text)
+    return "" if is_loop(collapsed) else collapsed
+
+
+@dataclass(frozen=True)
+class LoopRetry:
+    """What `transcribe` tries after a looping greedy decode, in this order."""
+
+    # On 99 piper fragments (33 phrases x 0/0.3/0.6 s lead silence) greedy at 600 frames looped
+    # 9 times; greedy at 1500 mended 8 (+0.7-1.7 s on 2 busy cores). 3000 mended the ninth but
+    # took 7.7 s, and collapsing its loop gave the same "Mount Everest", so 3000 is opt-in.
+    # Sampling stops at 0.6: at 1.0, 3 of 8 samples were other words ("Actor Behos"), worse
+    # than collapsing the greedy loop ("Octopus Octopus Octopus" -> "Octopus").
+    windows_frames: tuple[int, ...] = (1500,)  # longer windows: more trailing silence
+    temperatures: tuple[float, ...] = (0.2, 0.4, 0.6)  # sampled on the longest window
+
+
+class DecodeAttempt(NamedTuple):
+    """One decode of an utterance: mel window length and sampling temperature (0 = greedy)."""
+
+    window_frames: int
+    temperature: float
+
+
+def decode_plan(first_window_frames: int, retry: LoopRetry = LoopRetry()) -> list[DecodeAttempt]:
+    """Greedy at the short window, greedy at each longer retry window, then sampling at each
+    retry temperature on the longest window (whose encoding the sampled attempts share)."""
+    longer = sorted({min(w, MAX_FRAMES) for w in retry.windows_frames if w > first_window_frames})
+    windows = [first_window_frames] + longer
+    return ([DecodeAttempt(w, 0.0) for w in windows]
+            + [DecodeAttempt(windows[-1], t) for t in retry.temperatures])
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """The outcome of one `transcribe` call."""
+
+    text: str
+    attempts: int  # decodes run: 1 unless the first one looped
+    collapsed: bool = False  # every attempt looped; text is the first one with its loop collapsed
+    texts: tuple[str, ...] = ()  # what each attempt decoded, in order
+
+
+def transcribe_until_clean(decode: Callable[[DecodeAttempt], str], plan: Sequence[DecodeAttempt],
+                           is_loop: Callable[[str], bool] = is_repetition_loop) -> Transcription:
+    """Run `plan` until an attempt does not loop; a retry that hears nothing does not count
+    (the first attempt heard words). If all loop, collapse the first; if even that loops
+    (compression ratio only, e.g. "hahaha…"), return "" rather than pass a loop on."""
+    texts: list[str] = []
+    for attempt in plan:
+        text = decode(attempt)
+        texts.append(text)
+        if not is_loop(text) and (text or len(texts) == 1):
+            return Transcription(text, len(texts), texts=tuple(texts))
+        if len(texts) < len(plan):
+            log.info("ASR attempt %d (%d frames, T=%.1f) gave %r; retrying",
+                     len(texts), attempt.window_frames, attempt.temperature, text)
+    collapsed = _loop_free(texts[0], is_loop) if texts else ""
+    log.warning("ASR looped on all %d attempts; passing on %r instead of %r", len(texts), collapsed,
+                texts[0] if texts else "")
+    return Transcription(collapsed, len(texts), collapsed=True, texts=tuple(texts))
+
+
+class WindowDecoder:
+    """Decodes one utterance's mel features at any window and temperature, encoding each
+    window once (the sampled retries share the longest window's encoding)."""
+
+    def __init__(self, model: Any, prompt: list[int], features: np.ndarray, max_length: int,
+                 beam_size: int = 1) -> None:
+        self.model, self.prompt, self.features = model, prompt, features
+        self.max_length, self.beam_size = max_length, beam_size
+        self.encoded: dict[int, Any] = {}
+
+    def __call__(self, attempt: DecodeAttempt) -> list[int]:
+        """Token ids (no prompt) of one greedy (T = 0) or sampled (top-k 0, T > 0) decode."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        window = attempt.window_frames
+        if window not in self.encoded:
+            mel = get_ctranslate2_storage(pad_or_trim(self.features, window)[None])
+            self.encoded[window] = self.model.encode(mel, to_cpu=False)
+        search = ({"beam_size": 1, "sampling_topk": 0, "sampling_temperature": attempt.temperature}
+                  if attempt.temperature > 0 else {"beam_size": self.beam_size})
+        result = self.model.generate(self.encoded[window], [self.prompt], max_length=self.max_length,
+                                     suppress_blank=True, suppress_tokens=[-1], **search)
+        return list(result[0].sequences_ids[0])
 
 
 class WhisperASR:
@@ -27,43 +233,46 @@ class WhisperASR:
 
     def __init__(self, model_dir: str, language: str = "en", beam_size: int = 1,
                  compute_type: str = "int8", threads: int = 0, min_window_frames: int = 600,
-                 pad_frames: int = 300) -> None:
+                 pad_frames: int = 300, retry: LoopRetry = LoopRetry()) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
         self.model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language=language)
-        self.language, self.beam_size = language, beam_size
+        self.language, self.beam_size, self.retry = language, beam_size, retry
         self.min_window_frames, self.pad_frames = min_window_frames, pad_frames
         self._prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
+        self.last_transcription: Transcription | None = None  # for callers that log attempts
 
     def transcribe(self, audio: np.ndarray) -> str:
-        """Text of one utterance (16 kHz float32)."""
+        """Text of one utterance (16 kHz float32); never a repetition loop."""
+        return self.transcribe_detailed(audio).text
+
+    def transcribe_detailed(self, audio: np.ndarray) -> Transcription:
+        """Text of one utterance and how many decodes it took (also kept in `last_transcription`)."""
+        self.last_transcription = self._transcribe(audio)
+        return self.last_transcription
+
+    def _transcribe(self, audio: np.ndarray) -> Transcription:
         if audio.size == 0:
-            return ""
+            return Transcription("", 0)
         if audio.size > SAMPLE_RATE_HZ * MAX_FRAMES // FRAMES_PER_S:
             segments, _ = self.model.transcribe(audio, language=self.language, beam_size=self.beam_size)
-            return " ".join(s.text.strip() for s in segments).strip()
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.transcribe import get_ctranslate2_storage
-
+            text = " ".join(s.text.strip() for s in segments).strip()
+            looped = is_repetition_loop(text)  # faster-whisper retried already; still never pass one on
+            return Transcription(_loop_free(text) if looped else text, 1, looped, (text,))
         features = self.model.feature_extractor(audio)
         # Silence after the speech (pad_frames, at least min_window_frames) keeps whisper from
         # repeating itself or dropping the last word: measured on the bench questions, +50
         # frames repeated sentences, +300 (min 600) matched whole-file decoding but for 2 words.
         frames = features.shape[-1] + self.pad_frames
         window = min(MAX_FRAMES, max(self.min_window_frames, -(-frames // 100) * 100))
-        features = pad_or_trim(features, window)
         max_tokens = int(16 + 8 * len(audio) / SAMPLE_RATE_HZ)  # ~3 words/s speech; stops loops
-        result = self.model.model.generate(
-            get_ctranslate2_storage(features[None]), [self._prompt], beam_size=self.beam_size,
-            max_length=min(224, len(self._prompt) + max_tokens), suppress_blank=True, suppress_tokens=[-1])
-        return self.tokenizer.decode(result[0].sequences_ids[0]).strip()
-
-
-def _norm(word: str) -> str:
-    return "".join(c for c in word.lower() if c.isalnum())
+        decoder = WindowDecoder(self.model.model, self._prompt, features,
+                                min(224, len(self._prompt) + max_tokens), self.beam_size)
+        return transcribe_until_clean(lambda attempt: self.tokenizer.decode(decoder(attempt)).strip(),
+                                      decode_plan(window, self.retry))
 
 
 @dataclass
