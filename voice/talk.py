@@ -15,12 +15,13 @@ import time
 
 import numpy as np
 
+from audio.frames import SAMPLE_RATE_HZ
 from audio.wavio import AudioError, read_wav, write_wav
 from voice.config import Config
 
 log = logging.getLogger(__name__)
 
-FRAME = 320  # 20 ms at 16 kHz
+FRAME = SAMPLE_RATE_HZ // 50  # 20 ms
 
 
 class DeviceError(RuntimeError):
@@ -46,10 +47,10 @@ def list_devices() -> str:
     return str(devices)
 
 
-def _check_device(sd, device, kind: str) -> None:
+def _check_device(sd, device, kind: str, rate_hz: int = SAMPLE_RATE_HZ) -> None:
     try:
-        sd.check_input_settings(device=device, samplerate=16000, channels=1) if kind == "input" else \
-            sd.check_output_settings(device=device, samplerate=22050, channels=1)
+        sd.check_input_settings(device=device, samplerate=rate_hz, channels=1) if kind == "input" else \
+            sd.check_output_settings(device=device, samplerate=rate_hz, channels=1)
     except Exception as err:  # PortAudioError or ValueError for a bad index/name
         flag = "--input-device" if kind == "input" else "--output-device"
         raise DeviceError(f"no usable {kind} device ({err}): pass {flag} (see `voice devices`), "
@@ -58,16 +59,17 @@ def _check_device(sd, device, kind: str) -> None:
 
 
 class Speaker:
-    """Where reply audio goes: a sounddevice stream, a WAV file, or nowhere (said once)."""
+    """Where reply audio goes at the voice's rate: a sounddevice stream, a WAV file, or nowhere (said once)."""
 
-    def __init__(self, device, output_wav: str | None, need_device: bool) -> None:
+    def __init__(self, device, output_wav: str | None, need_device: bool, rate_hz: int) -> None:
         self.stream, self.output_wav, self.parts = None, output_wav, []
+        self.rate_hz = rate_hz
         self.playing_until = 0.0
         if output_wav is None:
             sd = _sounddevice()
             try:
-                _check_device(sd, device, "output")
-                self.stream = sd.OutputStream(samplerate=22050, channels=1, dtype="int16", device=device)
+                _check_device(sd, device, "output", rate_hz)
+                self.stream = sd.OutputStream(samplerate=rate_hz, channels=1, dtype="int16", device=device)
                 self.stream.start()
             except DeviceError:
                 if need_device:
@@ -75,7 +77,9 @@ class Speaker:
                 print("(no output device: reply audio is not played; pass --output-wav FILE to keep it)")
 
     def play(self, samples: np.ndarray, rate_hz: int) -> None:
-        """Queue reply audio."""
+        """Queue reply audio (at the rate the speaker was opened with)."""
+        if rate_hz != self.rate_hz:
+            raise ValueError(f"reply audio at {rate_hz} Hz on a speaker opened at {self.rate_hz} Hz")
         now = time.perf_counter()
         self.playing_until = max(self.playing_until, now) + len(samples) / rate_hz
         if self.stream is not None:
@@ -89,7 +93,7 @@ class Speaker:
             self.stream.stop()
             self.stream.close()
         if self.output_wav and self.parts:
-            write_wav(self.output_wav, np.concatenate(self.parts), 22050)
+            write_wav(self.output_wav, np.concatenate(self.parts), self.rate_hz)
 
 
 async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) -> None:
@@ -129,9 +133,9 @@ async def talk(cfg: Config, input_device=None, output_device=None, input_wav: st
     if audio is None:
         sd = _sounddevice()
         _check_device(sd, input_device, "input")
-    speaker = Speaker(output_device, output_wav, need_device=output_device is not None)
     print("loading models…", flush=True)
     stack = await asyncio.to_thread(load_stack, cfg)
+    speaker = Speaker(output_device, output_wav, need_device=output_device is not None, rate_hz=stack.tts.rate_hz)
     session = VoiceSession(stack, cfg)
     if not barge_in:
         session.echo_gate = lambda: session.replying or time.perf_counter() < speaker.playing_until
@@ -152,9 +156,9 @@ async def talk(cfg: Config, input_device=None, output_device=None, input_wav: st
 async def _play_wav_as_mic(session, audio: np.ndarray, turns_done: asyncio.Queue) -> None:
     """Feed the WAV in real time, then silence until its turn(s) end (at most 60 s)."""
     print("(playing the WAV as the microphone)", flush=True)
-    signal = np.concatenate([np.zeros(8000, np.float32), audio])
+    signal = np.concatenate([np.zeros(SAMPLE_RATE_HZ // 2, np.float32), audio])
     t0, i = time.perf_counter(), 0
-    deadline = t0 + len(signal) / 16000 + 60
+    deadline = t0 + len(signal) / SAMPLE_RATE_HZ + 60
     answered = 0
     while time.perf_counter() < deadline:
         frame = signal[i * FRAME:(i + 1) * FRAME]
@@ -176,7 +180,7 @@ async def _listen(sd, session, device) -> None:
     def callback(indata, frames, t, status) -> None:
         loop.call_soon_threadsafe(blocks.put_nowait, (indata[:, 0].copy(), time.perf_counter()))
 
-    with sd.InputStream(samplerate=16000, channels=1, dtype="float32", blocksize=FRAME,
+    with sd.InputStream(samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=FRAME,
                         device=device, callback=callback):
         print("listening — speak; Ctrl-C to quit", flush=True)
         while True:

@@ -1,6 +1,8 @@
+import asyncio
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -31,3 +33,37 @@ def test_talk_with_a_wav_as_microphone(stack, question_wav, tmp_path):
     assert heard and "capital of france" in heard[0].lower(), out.stdout
     assert "paris" in out.stdout.lower() and "[turn gap " in out.stdout
     assert reply.stat().st_size > 20000
+
+
+class Voice16k:
+    """The embedded piper voice, resampled to 16 kHz: a voice at another rate than 22.05 kHz."""
+
+    rate_hz = 16000
+
+    def __init__(self, tts):
+        self.tts = tts
+
+    def synthesize(self, text, deterministic=False):
+        import soxr
+
+        from voice.tts import AudioChunk
+
+        for chunk in self.tts.synthesize(text, deterministic):
+            samples = soxr.resample(chunk.samples.astype(np.float32), chunk.rate_hz, self.rate_hz)
+            yield AudioChunk(samples.astype(np.int16), self.rate_hz, chunk.t)
+
+
+@pytest.mark.slow
+def test_talk_writes_the_voices_own_rate(stack, question_wav, tmp_path, monkeypatch):
+    import dataclasses
+    import wave
+
+    import voice.stack
+    from voice.config import load_config
+    from voice.talk import talk
+
+    monkeypatch.setattr(voice.stack, "load_stack", lambda cfg: dataclasses.replace(stack, tts=Voice16k(stack.tts)))
+    out = tmp_path / "reply16k.wav"
+    assert asyncio.run(talk(load_config(), input_wav=str(question_wav), output_wav=str(out))) == 0
+    with wave.open(str(out)) as w:
+        assert w.getframerate() == 16000 and w.getnframes() > 16000 * 0.5
