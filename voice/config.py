@@ -72,6 +72,15 @@ class ASRConfig:
     min_window_frames: int = 600  # mel frames (10 ms each) encoded at least
     pad_frames: int = 300  # silence frames encoded after the speech
     final_tail_ms: int = 64  # audio awaited after the first quiet VAD window before the final decode
+    # faster-whisper's silence test on each decode: "" when P(<|nospeech|>) > no_speech_threshold
+    # and the mean token log-prob <= log_prob_threshold (its defaults; no_speech_threshold = 1: off)
+    no_speech_threshold: float = 0.4
+    log_prob_threshold: float = -1.0
+    # after a looping greedy decode: greedy on a longer window (0: none), then sampling on it at
+    # temperatures step, 2 * step, ... up to max_temperature (step 0: none)
+    loop_retry_window_frames: int = 1500
+    loop_retry_temperature_step: float = 0.2
+    loop_retry_max_temperature: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     max_sessions: int = 8
-    max_message_bytes: int = 65536
+    max_message_bytes: int = 65536  # larger audio frames get `frame_too_large`; 16x that closes the socket
+    ping_interval_s: float = 20.0  # keepalive; a peer silent for as long again is dropped
     allowed_origins: tuple[str, ...] = ()  # empty: same origin only
     idle_timeout_s: float = 120.0
 

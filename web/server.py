@@ -27,6 +27,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from audio.frames import SAMPLE_RATE_HZ
 from voice.config import Config
 from voice.pipeline import (AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError,
                             VadState, VoiceSession)
@@ -35,8 +36,7 @@ from voice.stack import Stack
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_FRAME_BYTES = 65536
-MAX_MESSAGE_BYTES = 1 << 20  # larger messages close the socket (1009); 64 KiB–1 MiB get an error
+SOCKET_LIMIT_FACTOR = 16  # messages over 16 x server.max_message_bytes close the socket (1009)
 MAX_TEXT_CHARS = 2000
 FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
 
@@ -74,7 +74,8 @@ def event_message(event) -> str | bytes:
 class AudioInput:
     """Decodes the declared PCM format and resamples it to 16 kHz mono float32."""
 
-    def __init__(self, start: dict) -> None:
+    def __init__(self, start: dict, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
         rate, fmt, channels = start.get("sample_rate"), start.get("format", "pcm_s16le"), start.get("channels", 1)
         if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
             raise ProtocolError("bad_sample_rate", f"sample_rate must be an integer 8000–48000, got {rate!r}")
@@ -84,14 +85,16 @@ class AudioInput:
             raise ProtocolError("bad_channels", f"channels must be 1 or 2, got {channels!r}")
         self.rate, self.width, self.channels = rate, FORMATS[fmt], channels
         self.dtype = "<i2" if fmt == "pcm_s16le" else "<f4"
-        self.resampler = None if rate == 16000 else soxr.ResampleStream(rate, 16000, 1, dtype="float32")
+        self.resampler = None if rate == SAMPLE_RATE_HZ else soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1,
+                                                                                    dtype="float32")
 
     def decode(self, data: bytes) -> np.ndarray:
         """PCM bytes → 16 kHz mono float32; raises ProtocolError for malformed frames."""
         if not data:
             raise ProtocolError("empty_frame", "empty audio frame")
-        if len(data) > MAX_FRAME_BYTES:
-            raise ProtocolError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+        if len(data) > self.max_frame_bytes:
+            raise ProtocolError("frame_too_large",
+                                f"audio frame of {len(data)} bytes exceeds {self.max_frame_bytes}")
         if len(data) % (self.width * self.channels):
             raise ProtocolError("bad_frame", f"frame length {len(data)} is not a whole number of samples")
         samples = np.frombuffer(data, dtype=self.dtype).astype(np.float32)
@@ -188,7 +191,7 @@ class VoiceServer:
                     if kind == "start":
                         if session is not None:
                             raise ProtocolError("already_started", "the session has already started")
-                        audio_in = AudioInput(msg)
+                        audio_in = AudioInput(msg, self.cfg.server.max_message_bytes)
                         session = VoiceSession(self.stack, self.cfg)
                         sender = asyncio.ensure_future(self._send_events(ws, session))
                         await ws.send(json.dumps({"type": "ready", "session": sid,
@@ -257,7 +260,8 @@ async def run_server(stack: Stack, cfg: Config, host: str, port: int, ready=None
     loop.set_default_executor(ThreadPoolExecutor(max(32, 4 * cfg.server.max_sessions)))
     app = VoiceServer(stack, cfg)
     async with serve(app.handle, host, port, process_request=app.process_request,
-                     max_size=MAX_MESSAGE_BYTES, ping_interval=20, ping_timeout=20) as server:
+                     max_size=SOCKET_LIMIT_FACTOR * cfg.server.max_message_bytes,
+                     ping_interval=cfg.server.ping_interval_s, ping_timeout=cfg.server.ping_interval_s) as server:
         stop = loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
