@@ -4,15 +4,20 @@ In: WAV files (default: bundled questions synthesised once with piper and cached
 fed as 20 ms frames paced by the clock, after 0.5 s of silence and followed by silence
 until the turn ends. Out: a JSON report. The turn gap of a turn is the time the first
 reply audio chunk reached the bench minus the time the last voiced sample was fed — the
-latter from an energy scan of the source file, independent of the pipeline's endpointing,
-so endpoint waiting counts. `--baseline` runs the batch `voice turn` path on the same
+latter from `audio.frames.last_voiced_sample`, a scan of the source file against its noise
+floor (so background noise after the question does not count as speech), independent of
+the pipeline's endpointing, so endpoint waiting counts. `--baseline` runs the batch `voice turn` path on the same
 audio; its gap is asr + llm + tts with no endpoint wait (flattering the baseline).
+`--compare section.key=value` runs the same audio again on the loaded models with sessions
+built from the overridden config; `--hesitation` adds questions with a pause mid-sentence
+(`voice.hesitation`). The report names the machine (CPU, cores, SIMD flags).
+Cost: the audio's own duration per turn plus the reply, and ~5 s to load the models.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -22,7 +27,7 @@ import numpy as np
 
 from audio.frames import last_voiced_sample, split_frames
 from audio.wavio import AudioError, read_wav, write_wav
-from voice.config import Config
+from voice.config import Config, ConfigError
 from voice.models import cache_dir
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 FRAME_MS = 20
 LEAD_SILENCE_S = 0.5
 TURN_TIMEOUT_S = 60.0
+STAGES = ("endpoint", "asr_final", "first_span", "first_audio")
 BENCH_QUESTIONS = [
     "What is the capital of France?",
     "How far away is the moon?",
@@ -62,6 +68,17 @@ class TurnRecord:
     def turn_gap_ms(self) -> float | None:
         """First reply audio minus the true end of speech."""
         return (self.first_audio - self.speech_end) * 1e3 if self.first_audio else None
+
+    def stages_ms(self) -> dict[str, float | None]:
+        """Each stage's time after the bench's end of speech (through a server: the server's
+        own figures, counted from its VAD's end of speech)."""
+        out = {}
+        for stage in STAGES:
+            if self.stamps.get(stage) and self.speech_end:
+                out[stage] = round((self.stamps[stage] - self.speech_end) * 1e3, 1)
+            else:
+                out[stage] = self.metrics.get(f"{stage}_ms")
+        return out
 
 
 def bench_audio(cfg: Config, tts=None) -> list[Path]:
@@ -97,28 +114,37 @@ def resolve_audio(items: list[str]) -> list[Path]:
     return paths
 
 
-async def feed_realtime(send, audio: np.ndarray, done: asyncio.Event) -> float:
+async def feed_marked(send, audio: np.ndarray, done: asyncio.Event, marks: dict[str, int],
+                      fed_at: dict[str, float] | None = None, timeout_s: float = TURN_TIMEOUT_S) -> dict[str, float]:
     """Feed lead silence, the audio, then silence until `done`, in paced 20 ms frames.
 
-    Returns the perf_counter time the last voiced sample was fed.
+    `marks` names sample indices of `audio`; returns (and fills `fed_at` as it goes with)
+    the perf_counter time each was fed. Gives up `timeout_s` after the audio.
     """
     lead = np.zeros(int(16000 * LEAD_SILENCE_S), dtype=np.float32)
-    end_sample = len(lead) + last_voiced_sample(audio)
+    pending = sorted((len(lead) + sample, name) for name, sample in marks.items())
+    fed_at = {} if fed_at is None else fed_at
     signal = np.concatenate([lead, audio])
     silence = np.zeros(16000 * FRAME_MS // 1000, dtype=np.float32)
-    t0, fed, speech_end = time.perf_counter(), 0, 0.0
     frames = split_frames(signal, FRAME_MS)
-    i = 0
-    deadline = t0 + len(signal) / 16000 + TURN_TIMEOUT_S
+    t0, fed, i = time.perf_counter(), 0, 0
+    deadline = t0 + len(signal) / 16000 + timeout_s
     while not done.is_set() and time.perf_counter() < deadline:
         frame = frames[i] if i < len(frames) else silence
         i += 1
         await asyncio.sleep(max(0.0, t0 + i * FRAME_MS / 1000 - time.perf_counter()))
         await send(frame)
         fed += len(frame)
-        if not speech_end and fed >= end_sample:
-            speech_end = time.perf_counter()
-    return speech_end
+        while pending and fed >= pending[0][0]:
+            fed_at[pending.pop(0)[1]] = time.perf_counter()
+    return fed_at
+
+
+async def feed_realtime(send, audio: np.ndarray, done: asyncio.Event) -> float:
+    """Feed `audio` like a microphone (see `feed_marked`); returns the perf_counter time the
+    last voiced sample (`last_voiced_sample`) was fed, or 0.0 if it never was."""
+    fed_at = await feed_marked(send, audio, done, {"speech_end": last_voiced_sample(audio)})
+    return fed_at.get("speech_end", 0.0)
 
 
 async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
@@ -167,12 +193,9 @@ def percentiles(values: list[float]) -> dict:
 def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
     """The bench JSON: gaps, stage times after speech end, acceptance, per-turn results."""
     answered = [r for r in records if r.turn_gap_ms is not None]
-    stages = {}
-    for stage in ("endpoint", "asr_final", "first_span", "first_audio"):
-        vals = [(r.stamps[stage] - r.speech_end) * 1e3 for r in answered if r.stamps.get(stage)]
-        if not vals:  # through a server: its own figures, from its VAD's end of speech
-            vals = [r.metrics[f"{stage}_ms"] for r in answered if r.metrics.get(f"{stage}_ms") is not None]
-        stages[stage] = percentiles(vals)
+    per_turn = [r.stages_ms() for r in records]
+    stages = {s: percentiles([st[s] for r, st in zip(records, per_turn) if r.turn_gap_ms is not None
+                              and st[s] is not None]) for s in STAGES}
     acc = [r.metrics["acceptance"] for r in answered if r.metrics]
     ks = [r.metrics["mean_draft_len"] for r in answered if r.metrics]
     out = {"turns": len(records), "answered": len(answered),
@@ -180,8 +203,8 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
            "acceptance": round(statistics.mean(acc), 3) if acc else None,
            "mean_draft_len": round(statistics.mean(ks), 2) if ks else None,
            "results": [{"audio": r.audio, "transcript": r.transcript, "reply": r.reply,
-                        "turn_gap_ms": None if r.turn_gap_ms is None else round(r.turn_gap_ms, 1)}
-                       for r in records]}
+                        "turn_gap_ms": None if r.turn_gap_ms is None else round(r.turn_gap_ms, 1),
+                        "stages_ms": st} for r, st in zip(records, per_turn)]}
     if baseline is not None:
         gaps = [b.total_ms for b in baseline]
         out["baseline"] = {"turn_gap_ms": percentiles(gaps),
@@ -192,39 +215,135 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
     return out
 
 
-async def run_bench(cfg: Config, audio: list[str], turns: int, baseline: bool, server: str | None,
-                    progress: bool = True) -> tuple[dict, list[TurnRecord]]:
-    """Run the bench in-process (or against `server`); return the report and the records."""
-    from concurrent.futures import ThreadPoolExecutor
+def compare_report(main: dict, compared: dict, overrides: list[str]) -> dict:
+    """The `compare` section: the compared run's gaps and stages, and main p50 / compared p50
+    (below 1: the main config answers sooner)."""
+    a, b = main["turn_gap_ms"]["p50"], compared["turn_gap_ms"]["p50"]
+    return {"set": list(overrides), "turns": compared["turns"], "answered": compared["answered"],
+            "turn_gap_ms": compared["turn_gap_ms"], "stages_ms": compared["stages_ms"],
+            "p50_ratio": round(a / b, 3) if a is not None and b else None}
 
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32))
-    stack = None
-    if server is None or baseline:
-        from voice.stack import load_stack
 
-        stack = await asyncio.to_thread(load_stack, cfg)
-    paths = resolve_audio(audio) if audio else bench_audio(cfg, stack.tts if stack else None)
-    paths = [paths[i % len(paths)] for i in range(turns or len(paths))]
-    if server is None:
-        await run_inprocess_turn(stack, cfg, paths[0])  # warm-up, not counted
+def parse_cpuinfo(text: str) -> dict:
+    """CPU model, logical cores and the SIMD flags that decide int8/bf16 speed, from the text
+    of /proc/cpuinfo (x86 `flags`, or ARM `Features`)."""
+    model, cores, flags = "", 0, set()
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "processor":
+            cores += 1
+        elif key in ("model name", "Model", "Hardware") and not model:
+            model = value
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return {"cpu": model or None, "logical_cores": cores or None, "avx2": "avx2" in flags,
+            "avx512": any(f.startswith("avx512") for f in flags),
+            "amx": any(f.startswith("amx") for f in flags), "vnni": any("vnni" in f for f in flags)}
+
+
+def machine_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """`parse_cpuinfo` of this machine, falling back on `platform` and `os.cpu_count()`."""
+    import platform
+
+    info = parse_cpuinfo(cpuinfo.read_text() if cpuinfo.is_file() else "")
+    info["cpu"] = info["cpu"] or platform.processor() or platform.machine()
+    info["logical_cores"] = info["logical_cores"] or os.cpu_count()
+    return info
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one `voice bench` runs."""
+
+    audio: tuple[str, ...] = ()  # WAV files or folders; empty: the bundled questions
+    turns: int | None = None  # None: one per audio file
+    baseline: bool = False
+    server: str | None = None  # drive a running server instead of in-process sessions
+    main: bool = True  # the question set (False: --hesitation-only)
+    hesitation: bool = False
+    pauses_ms: tuple[int, ...] = (400, 700, 900)
+    questions: int | None = None  # hesitation questions; None: all
+    compare_set: tuple[str, ...] = ()  # the --compare overrides, as given
+    compare_cfg: Config | None = None  # the config they make
+    progress: bool = True
+
+
+def _say(plan: BenchPlan, text: str) -> None:
+    if plan.progress:
+        print(text, flush=True)
+
+
+async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> list[TurnRecord]:
     records = []
     for i, path in enumerate(paths):
-        if server is None:
+        if plan.server is None:
             record = await run_inprocess_turn(stack, cfg, path)
         else:
             from web.client import run_server_turn
 
-            record = await run_server_turn(server, path)
+            record = await run_server_turn(plan.server, path)
         records.append(record)
-        if progress:
-            gap = "no reply" if record.turn_gap_ms is None else f"{record.turn_gap_ms:.0f} ms"
-            print(f"[{i + 1}/{len(paths)}] {path.name}: {record.transcript!r} -> gap {gap}", flush=True)
-    base = None
-    if baseline:
-        from voice.turn import batch_turn
+        gap = "no reply" if record.turn_gap_ms is None else f"{record.turn_gap_ms:.0f} ms"
+        _say(plan, f"[{i + 1}/{len(paths)}] {path.name}: {record.transcript!r} -> gap {gap}")
+    return records
 
-        base = [await asyncio.to_thread(batch_turn, read_wav(p), stack.asr, stack.llm, stack.tts) for p in paths]
-    return report(records, base), records
+
+def check_compare(cfg: Config, compared: Config) -> None:
+    """A compared config must share the loaded models: it may not change [models]."""
+    if compared.models != cfg.models:
+        raise ConfigError("--compare cannot change [models]: the compared sessions share the loaded "
+                          "models; run a second `voice bench --set models.…` instead")
+
+
+async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord]]:
+    """Run the bench in-process (or against `plan.server`); return the report and the records."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from voice.hesitation import hesitation_audio, run_hesitation
+
+    if plan.compare_cfg is not None:
+        check_compare(cfg, plan.compare_cfg)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32))
+    stack = None
+    if plan.server is None or plan.baseline:
+        from voice.stack import load_stack
+
+        stack = await asyncio.to_thread(load_stack, cfg)
+    paths = resolve_audio(list(plan.audio)) if plan.audio else bench_audio(cfg, stack.tts if stack else None)
+    paths = [paths[i % len(paths)] for i in range(plan.turns or len(paths))]
+    if plan.server is None:
+        await run_inprocess_turn(stack, cfg, paths[0])  # warm-up, not counted
+    out, records = {"machine": machine_info()}, []
+    if plan.main:
+        records = await _main_set(stack, cfg, plan, paths)
+        out.update(report(records, await _baseline(stack, paths) if plan.baseline else None))
+    clips = hesitation_audio(cfg, stack.tts, plan.pauses_ms, plan.questions) if plan.hesitation else []
+    if clips:
+        out["hesitation"] = await run_hesitation(stack, cfg, clips, plan.progress)
+    if plan.compare_cfg is not None:
+        out["compare"] = await _compare(stack, plan, out, paths, clips)
+    return out, records
+
+
+async def _baseline(stack, paths: list[Path]) -> list:
+    from voice.turn import batch_turn
+
+    return [await asyncio.to_thread(batch_turn, read_wav(p), stack.asr, stack.llm, stack.tts) for p in paths]
+
+
+async def _compare(stack, plan: BenchPlan, main: dict, paths: list[Path], clips: list) -> dict:
+    """The same audio again, on sessions built from `plan.compare_cfg`."""
+    from voice.hesitation import hesitation_summary, run_hesitation
+
+    _say(plan, f"compare: {' '.join(plan.compare_set)}")
+    out: dict = {"set": list(plan.compare_set)}
+    if plan.main:
+        compared = report(await _main_set(stack, plan.compare_cfg, plan, paths))
+        out = compare_report(main, compared, plan.compare_set)
+    if clips:
+        result = await run_hesitation(stack, plan.compare_cfg, clips, plan.progress)
+        out["hesitation"] = hesitation_summary(result)
+    return out
 
 
 def plot(records: list[TurnRecord], path: str) -> None:

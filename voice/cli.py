@@ -157,25 +157,58 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
 
     from voice.bench import plot, run_bench
 
-    if args.server and not args.server.startswith(("ws://", "wss://")):
-        raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
-    if args.turns is not None and args.turns < 1:
-        raise UsageError("--turns must be at least 1")
-    result, records = asyncio.run(run_bench(cfg, args.audio or [], args.turns, args.baseline,
-                                            args.server, progress=not args.json))
-    if args.plot:
+    plan = _bench_plan(args)
+    result, records = asyncio.run(run_bench(cfg, plan))
+    if args.plot and records:
         plot(records, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    gap = result["turn_gap_ms"]
-    print(f"answered {result['answered']}/{result['turns']}  turn gap p50 {gap['p50']} ms  "
-          f"p90 {gap['p90']} ms  max {gap['max']} ms")
-    for stage, v in result["stages_ms"].items():
-        print(f"  {stage:12s} p50 {v['p50']} ms after speech end")
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['logical_cores']} cores, avx2 {m['avx2']} avx512 {m['avx512']} "
+          f"amx {m['amx']} vnni {m['vnni']}")
+    if "turn_gap_ms" in result:
+        gap = result["turn_gap_ms"]
+        print(f"answered {result['answered']}/{result['turns']}  turn gap p50 {gap['p50']} ms  "
+              f"p90 {gap['p90']} ms  max {gap['max']} ms")
+        for stage, v in result["stages_ms"].items():
+            print(f"  {stage:12s} p50 {v['p50']} ms after speech end")
     if "baseline" in result:
         print(f"batch baseline p50 {result['baseline']['turn_gap_ms']['p50']} ms "
               f"(ratio {result.get('gap_ratio_vs_baseline')})")
+    for name, section in (("hesitation", result.get("hesitation")),
+                          ("compared hesitation", result.get("compare", {}).get("hesitation"))):
+        if section:
+            print(f"{name}: {section['split_turns']}/{section['runs']} split turns, {section['cut_ins']} cut-ins, "
+                  f"gap p50 {section['turn_gap_ms']['p50']} ms; by pause {section['by_pause_ms']}")
+    if result.get("compare", {}).get("turn_gap_ms"):
+        c = result["compare"]
+        print(f"compared ({' '.join(c['set'])}): gap p50 {c['turn_gap_ms']['p50']} ms, "
+              f"main/compared p50 {c['p50_ratio']}")
+
+
+def _bench_plan(args: argparse.Namespace):
+    """The `voice bench` arguments, checked, as a `BenchPlan`."""
+    from voice.bench import BenchPlan
+
+    if args.server and not args.server.startswith(("ws://", "wss://")):
+        raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+    if args.server and (args.hesitation or args.hesitation_only or args.compare):
+        raise UsageError("--hesitation and --compare run in-process only: leave out --server")
+    for flag, value in (("--turns", args.turns), ("--questions", args.questions)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    try:
+        pauses = tuple(int(x) for x in args.pauses.split(","))
+    except ValueError:
+        raise UsageError(f"--pauses must be comma-separated milliseconds, got {args.pauses!r}") from None
+    if not all(0 < ms <= 5000 for ms in pauses):
+        raise UsageError(f"--pauses must be between 1 and 5000 ms, got {args.pauses!r}")
+    compare_cfg = load_config(args.config, _overrides(args) + args.compare) if args.compare else None
+    return BenchPlan(tuple(args.audio or ()), args.turns, args.baseline, args.server,
+                     main=not args.hesitation_only, hesitation=args.hesitation or args.hesitation_only,
+                     pauses_ms=pauses, questions=args.questions, compare_set=tuple(args.compare),
+                     compare_cfg=compare_cfg, progress=not args.json)
 
 
 def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
@@ -259,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="also run the batch `voice turn` path")
     p.add_argument("--plot", metavar="PNG", help="draw the stage timeline and gap distribution")
     p.add_argument("--server", metavar="WS_URL", help="drive a running server instead (ws://…/ws)")
+    p.add_argument("--hesitation", action="store_true",
+                   help="also run questions with a pause mid-sentence (split turns, cut-ins)")
+    p.add_argument("--hesitation-only", action="store_true", help="run only the hesitation questions")
+    p.add_argument("--pauses", default="400,700,900", metavar="MS,MS",
+                   help="pause lengths of the hesitation questions (default 400,700,900)")
+    p.add_argument("--questions", type=int, help="hesitation questions to use (default: all 6)")
+    p.add_argument("--compare", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="run the same audio again with this override on the loaded models (repeatable), "
+                        "e.g. turn.predictive=false")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train-drafter", parents=[common], help="train an MTP drafter for the target")
