@@ -18,8 +18,8 @@ _CLAUSE_END = re.compile(r"[.!?;:,]['\")\]]*\s")
 class PhraseChunker:
     """Accumulates text and releases phrases at natural boundaries."""
 
-    first_words: int = 3
-    max_words: int = 18
+    first_words: int
+    max_words: int
     _buffer: str = ""
     _emitted: int = 0
     phrases: list[str] = field(default_factory=list)

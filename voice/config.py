@@ -48,7 +48,7 @@ class LLMConfig:
 class DecodeConfig:
     """The speculative decoder: which drafter, and how k is chosen."""
 
-    drafter: str = "ngram"  # none | ngram | model | mtp | assistant (Gemma 4)
+    drafter: str = "mtp"  # none | ngram | model | mtp (the shipped head) | assistant (Gemma 4)
     controller: str = "adaptive"  # adaptive | fixed | heuristic
     max_draft: int = 8
     fixed_draft: int = 4
@@ -58,6 +58,8 @@ class DecodeConfig:
     mtp_path: str = ""
     probe_every: int = 16
     decay: float = 0.9
+    prior_accept: float = 0.5  # the adaptive controller's acceptance guess before it has measured any
+    cost_ema: float = 0.2  # weight of each new step in its running verify/draft cost estimates
 
 
 @dataclass(frozen=True)

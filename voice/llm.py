@@ -25,7 +25,16 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-CALIBRATION_KS = [0, 1, 2, 4, 8]
+
+
+def calibration_ks(max_draft: int) -> list[int]:
+    """Draft lengths whose verify cost is measured at load: 0, then powers of two up to max_draft
+    (the controller interpolates between them)."""
+    ks, k = [0], 1
+    while k < max_draft:
+        ks.append(k)
+        k *= 2
+    return ks + [max_draft] if max_draft > 0 else ks
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -104,7 +113,8 @@ def make_controller(cfg: Config, verify_cost_s: dict[int, float], kind: str | No
         return HeuristicController(k=cfg.decode.fixed_draft, k_max=cfg.decode.max_draft)
     if kind == "adaptive":
         return AdaptiveController(k_max=cfg.decode.max_draft, decay=cfg.decode.decay,
-                                  probe_every=cfg.decode.probe_every, verify_cost_s=dict(verify_cost_s))
+                                  probe_every=cfg.decode.probe_every, verify_cost_s=dict(verify_cost_s),
+                                  prior_accept=cfg.decode.prior_accept, cost_ema=cfg.decode.cost_ema)
     raise ConfigError(f"decode.controller: unknown controller {kind!r} (known: adaptive, fixed, heuristic)")
 
 
@@ -145,7 +155,7 @@ class ReplyModel:
             self.target = make_target(model, feature_layers=drafter_feature_layers(cfg))
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
-        self.verify_cost_s = calibrate_verify_cost(self.target, CALIBRATION_KS)
+        self.verify_cost_s = calibrate_verify_cost(self.target, calibration_ks(cfg.decode.max_draft))
         self.decoder = SpeculativeDecoder(self.target, self.tokenizer, self.drafter,
                                           make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed)
         eos = {self.tokenizer.eos_token_id, model.generation_config.eos_token_id}

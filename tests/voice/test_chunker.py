@@ -3,8 +3,8 @@ from hypothesis import given, strategies as st
 from voice.chunker import PhraseChunker
 
 
-def feed(text, pieces, **kw):
-    ch = PhraseChunker(**kw)
+def feed(text, pieces, first_words, max_words=18):
+    ch = PhraseChunker(first_words, max_words)
     out, i = [], 0
     for n in pieces:
         out += ch.push(text[i:i + n])
@@ -23,7 +23,7 @@ def test_first_phrase_after_a_few_words_then_clauses():
 
 
 def test_first_phrase_released_at_early_punctuation():
-    ch = PhraseChunker(first_words=4)
+    ch = PhraseChunker(first_words=4, max_words=18)
     assert ch.push("Sure! ") == ["Sure!"]
 
 
