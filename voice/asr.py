@@ -12,6 +12,13 @@ until the token cap. A loop never leaves this module: `is_repetition_loop` spots
 A clean first decode costs what it always did (one encode, one greedy decode, plus a ~40 µs
 check); a loop costs the longer-window decode too (~+1 s on 2 busy cores).
 
+On non-speech (a cough, a door slam, a keyboard) whisper hallucinates ("I", "I'm sorry.").
+`NoSpeechRule` is faster-whisper's own silence test on each decode: P(<|nospeech|>) above
+`no_speech_threshold` and an average token log-prob at or below `log_prob_threshold` give "".
+Both come out of the same `generate` call, so no decode is added: the no-speech probability
+costs one vocabulary projection at <|startoftranscript|> during the prompt's prefill (~7 ms
+CPU, 2-4 % of a short utterance's transcribe), the log-prob nothing.
+
 `LocalAgreement` is the streaming commit rule (whisper_streaming's HypothesisBuffer): a
 word is committed once two consecutive hypotheses agree on it.
 """
@@ -143,6 +150,45 @@ def _loop_free(text: str, is_loop: Callable[[str], bool] = is_repetition_loop) -
     return "" if is_loop(collapsed) else collapsed
 
 
+class Decoded(NamedTuple):
+    """One decode's text and whisper's own evidence that the audio held speech."""
+
+    text: str
+    no_speech_prob: float = 0.0  # P(<|nospeech|>) right after <|startoftranscript|>
+    avg_logprob: float = 0.0  # mean log-prob of the text's tokens and the end token
+
+
+def average_logprob(score: float, n_tokens: int, length_penalty: float = 1.0) -> float:
+    """faster-whisper's avg_logprob from CTranslate2's score: `score * n**length_penalty / (n + 1)`.
+
+    CTranslate2 returns the summed log-prob of the n tokens and the end token divided by
+    `n**length_penalty`; undoing that and dividing by n + 1 gives the mean over all n + 1.
+    """
+    return score * n_tokens ** length_penalty / (n_tokens + 1) if n_tokens else score
+
+
+@dataclass(frozen=True)
+class NoSpeechRule:
+    """faster-whisper's silence test: a decode is no speech when
+    `no_speech_prob > no_speech_threshold and avg_logprob <= log_prob_threshold`.
+
+    Either alone would cost words: P(<|nospeech|>) reaches 0.5-0.8 on faint short answers
+    too, and a low log-prob alone means an unsure transcript. faster-whisper's 0.6 is set for
+    30 s windows; on our short ones whisper-base gives noise less (0.37-0.81, the pipeline's
+    cough 0.45), hence 0.4. A loop's tokens predict each other, so its log-prob says nothing
+    about the audio: when every attempt loops, the no-speech probability decides alone
+    (`looped=True`). `no_speech_threshold = 1` turns the rule off.
+    """
+
+    no_speech_threshold: float = 0.4
+    log_prob_threshold: float = -1.0
+
+    def __call__(self, decoded: Decoded, looped: bool = False) -> bool:
+        """Whether `decoded` came from audio without speech."""
+        return decoded.no_speech_prob > self.no_speech_threshold and (
+            looped or decoded.avg_logprob <= self.log_prob_threshold)
+
+
 @dataclass(frozen=True)
 class LoopRetry:
     """What `transcribe` tries after a looping greedy decode, in this order."""
@@ -154,6 +200,14 @@ class LoopRetry:
     # than collapsing the greedy loop ("Octopus Octopus Octopus" -> "Octopus").
     windows_frames: tuple[int, ...] = (1500,)  # longer windows: more trailing silence
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6)  # sampled on the longest window
+
+    @classmethod
+    def stepped(cls, window_frames: int, temperature_step: float, max_temperature: float) -> LoopRetry:
+        """One longer window (0: none), then temperatures `step, 2 * step, ...` up to
+        `max_temperature` (whisper's temperature_increment_on_fallback; step 0: no sampling)."""
+        count = int(max_temperature / temperature_step + 1e-6) if temperature_step > 0 else 0
+        return cls(tuple(w for w in (window_frames,) if w > 0),
+                   tuple(round(temperature_step * k, 6) for k in range(1, count + 1)))
 
 
 class DecodeAttempt(NamedTuple):
@@ -179,27 +233,44 @@ class Transcription:
     text: str
     attempts: int  # decodes run: 1 unless the first one looped
     collapsed: bool = False  # every attempt looped; text is the first one with its loop collapsed
-    texts: tuple[str, ...] = ()  # what each attempt decoded, in order
+    decodes: tuple[Decoded, ...] = ()  # what each attempt decoded, in order
+    no_speech: bool = False  # whisper judged the audio non-speech (`NoSpeechRule`); text is ""
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """What each attempt decoded, in order."""
+        return tuple(d.text for d in self.decodes)
 
 
-def transcribe_until_clean(decode: Callable[[DecodeAttempt], str], plan: Sequence[DecodeAttempt],
-                           is_loop: Callable[[str], bool] = is_repetition_loop) -> Transcription:
+def transcribe_until_clean(decode: Callable[[DecodeAttempt], Decoded], plan: Sequence[DecodeAttempt],
+                           is_loop: Callable[[str], bool] = is_repetition_loop,
+                           no_speech: NoSpeechRule = NoSpeechRule()) -> Transcription:
     """Run `plan` until an attempt does not loop; a retry that hears nothing does not count
-    (the first attempt heard words). If all loop, collapse the first; if even that loops
-    (compression ratio only, e.g. "hahaha…"), return "" rather than pass a loop on."""
-    texts: list[str] = []
+    (the first attempt heard words). An attempt `no_speech` calls silence ends it with ""
+    (as in faster-whisper's fallback). If all loop, a first attempt whose no-speech
+    probability alone passes the rule gives "" (a loop on noise); otherwise collapse the
+    first, and if even that loops (compression ratio only, e.g. "hahaha…"), return ""."""
+    decodes: list[Decoded] = []
     for attempt in plan:
-        text = decode(attempt)
-        texts.append(text)
-        if not is_loop(text) and (text or len(texts) == 1):
-            return Transcription(text, len(texts), texts=tuple(texts))
-        if len(texts) < len(plan):
+        decoded = decode(attempt)
+        decodes.append(decoded)
+        if no_speech(decoded):
+            log.info("ASR attempt %d heard no speech (P(nospeech)=%.2f, avg logprob=%.2f): dropped %r",
+                     len(decodes), decoded.no_speech_prob, decoded.avg_logprob, decoded.text)
+            return Transcription("", len(decodes), decodes=tuple(decodes), no_speech=True)
+        if not is_loop(decoded.text) and (decoded.text or len(decodes) == 1):
+            return Transcription(decoded.text, len(decodes), decodes=tuple(decodes))
+        if len(decodes) < len(plan):
             log.info("ASR attempt %d (%d frames, T=%.1f) gave %r; retrying",
-                     len(texts), attempt.window_frames, attempt.temperature, text)
-    collapsed = _loop_free(texts[0], is_loop) if texts else ""
-    log.warning("ASR looped on all %d attempts; passing on %r instead of %r", len(texts), collapsed,
-                texts[0] if texts else "")
-    return Transcription(collapsed, len(texts), collapsed=True, texts=tuple(texts))
+                     len(decodes), attempt.window_frames, attempt.temperature, decoded.text)
+    if decodes and no_speech(decodes[0], looped=True):
+        log.warning("ASR looped on all %d attempts on non-speech (P(nospeech)=%.2f); dropped %r",
+                    len(decodes), decodes[0].no_speech_prob, decodes[0].text)
+        return Transcription("", len(decodes), collapsed=True, decodes=tuple(decodes), no_speech=True)
+    collapsed = _loop_free(decodes[0].text, is_loop) if decodes else ""
+    log.warning("ASR looped on all %d attempts; passing on %r instead of %r", len(decodes), collapsed,
+                decodes[0].text if decodes else "")
+    return Transcription(collapsed, len(decodes), collapsed=True, decodes=tuple(decodes))
 
 
 class WindowDecoder:
@@ -207,13 +278,14 @@ class WindowDecoder:
     window once (the sampled retries share the longest window's encoding)."""
 
     def __init__(self, model: Any, prompt: list[int], features: np.ndarray, max_length: int,
-                 beam_size: int = 1) -> None:
+                 detokenize: Callable[[list[int]], str], beam_size: int = 1) -> None:
         self.model, self.prompt, self.features = model, prompt, features
-        self.max_length, self.beam_size = max_length, beam_size
+        self.max_length, self.detokenize, self.beam_size = max_length, detokenize, beam_size
         self.encoded: dict[int, Any] = {}
 
-    def __call__(self, attempt: DecodeAttempt) -> list[int]:
-        """Token ids (no prompt) of one greedy (T = 0) or sampled (top-k 0, T > 0) decode."""
+    def __call__(self, attempt: DecodeAttempt) -> Decoded:
+        """Text, no-speech probability and average log-prob of one greedy (T = 0) or sampled
+        (top-k 0, T > 0) decode; the two numbers come with the decode, not from another one."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_ctranslate2_storage
 
@@ -224,8 +296,11 @@ class WindowDecoder:
         search = ({"beam_size": 1, "sampling_topk": 0, "sampling_temperature": attempt.temperature}
                   if attempt.temperature > 0 else {"beam_size": self.beam_size})
         result = self.model.generate(self.encoded[window], [self.prompt], max_length=self.max_length,
-                                     suppress_blank=True, suppress_tokens=[-1], **search)
-        return list(result[0].sequences_ids[0])
+                                     suppress_blank=True, suppress_tokens=[-1], return_scores=True,
+                                     return_no_speech_prob=True, **search)[0]
+        token_ids = list(result.sequences_ids[0])
+        return Decoded(self.detokenize(token_ids).strip(), result.no_speech_prob,
+                       average_logprob(result.scores[0], len(token_ids)))
 
 
 class WhisperASR:
@@ -233,20 +308,25 @@ class WhisperASR:
 
     def __init__(self, model_dir: str, language: str = "en", beam_size: int = 1,
                  compute_type: str = "int8", threads: int = 0, min_window_frames: int = 600,
-                 pad_frames: int = 300, retry: LoopRetry = LoopRetry()) -> None:
+                 pad_frames: int = 300, no_speech_threshold: float = 0.4,
+                 log_prob_threshold: float = -1.0, loop_retry_window_frames: int = 1500,
+                 loop_retry_temperature_step: float = 0.2, loop_retry_max_temperature: float = 0.6) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
         self.model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
         self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
                                    task="transcribe", language=language)
-        self.language, self.beam_size, self.retry = language, beam_size, retry
+        self.language, self.beam_size = language, beam_size
+        self.no_speech = NoSpeechRule(no_speech_threshold, log_prob_threshold)
+        self.retry = LoopRetry.stepped(loop_retry_window_frames, loop_retry_temperature_step,
+                                       loop_retry_max_temperature)
         self.min_window_frames, self.pad_frames = min_window_frames, pad_frames
         self._prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
         self.last_transcription: Transcription | None = None  # for callers that log attempts
 
     def transcribe(self, audio: np.ndarray) -> str:
-        """Text of one utterance (16 kHz float32); never a repetition loop."""
+        """Text of one utterance (16 kHz float32); never a repetition loop, "" for non-speech."""
         return self.transcribe_detailed(audio).text
 
     def transcribe_detailed(self, audio: np.ndarray) -> Transcription:
@@ -258,10 +338,11 @@ class WhisperASR:
         if audio.size == 0:
             return Transcription("", 0)
         if audio.size > SAMPLE_RATE_HZ * MAX_FRAMES // FRAMES_PER_S:
+            # faster-whisper applies its own silence test, with thresholds set for its 30 s windows
             segments, _ = self.model.transcribe(audio, language=self.language, beam_size=self.beam_size)
             text = " ".join(s.text.strip() for s in segments).strip()
             looped = is_repetition_loop(text)  # faster-whisper retried already; still never pass one on
-            return Transcription(_loop_free(text) if looped else text, 1, looped, (text,))
+            return Transcription(_loop_free(text) if looped else text, 1, looped, (Decoded(text),))
         features = self.model.feature_extractor(audio)
         # Silence after the speech (pad_frames, at least min_window_frames) keeps whisper from
         # repeating itself or dropping the last word: measured on the bench questions, +50
@@ -270,9 +351,9 @@ class WhisperASR:
         window = min(MAX_FRAMES, max(self.min_window_frames, -(-frames // 100) * 100))
         max_tokens = int(16 + 8 * len(audio) / SAMPLE_RATE_HZ)  # ~3 words/s speech; stops loops
         decoder = WindowDecoder(self.model.model, self._prompt, features,
-                                min(224, len(self._prompt) + max_tokens), self.beam_size)
-        return transcribe_until_clean(lambda attempt: self.tokenizer.decode(decoder(attempt)).strip(),
-                                      decode_plan(window, self.retry))
+                                min(224, len(self._prompt) + max_tokens), self.tokenizer.decode,
+                                self.beam_size)
+        return transcribe_until_clean(decoder, decode_plan(window, self.retry), no_speech=self.no_speech)
 
 
 @dataclass

@@ -39,7 +39,9 @@ def load_stack(cfg: Config) -> Stack:
     t = time.perf_counter()
     asr = WhisperASR(str(whisper_path(cfg.models)), cfg.asr.language, cfg.asr.beam_size,
                      cfg.asr.compute_type, cfg.asr.threads, cfg.asr.min_window_frames,
-                     cfg.asr.pad_frames)
+                     cfg.asr.pad_frames, cfg.asr.no_speech_threshold, cfg.asr.log_prob_threshold,
+                     cfg.asr.loop_retry_window_frames, cfg.asr.loop_retry_temperature_step,
+                     cfg.asr.loop_retry_max_temperature)
     tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
     llm = ReplyModel(cfg)
     log.info("models loaded in %.1f s", time.perf_counter() - t)

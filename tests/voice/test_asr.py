@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voice.asr import (LOOP_MAX_PERIOD_WORDS, MAX_FRAMES, DecodeAttempt, LocalAgreement, LoopRetry,
-                       WindowDecoder, collapse_repetition, compression_ratio, decode_plan,
-                       find_repetitions, is_repetition_loop, transcribe_until_clean)
+from voice.asr import (LOOP_MAX_PERIOD_WORDS, MAX_FRAMES, DecodeAttempt, Decoded, LocalAgreement, LoopRetry,
+                       NoSpeechRule, WindowDecoder, average_logprob, collapse_repetition, compression_ratio,
+                       decode_plan, find_repetitions, is_repetition_loop, transcribe_until_clean)
+from voice.config import ASRConfig
 
 # What greedy whisper-base returned on piper fragments with a 600-frame window.
 WHISPER_LOOPS = [
@@ -152,14 +153,16 @@ def test_decode_plan_widens_the_window_then_samples_on_the_widest():
 
 
 class ScriptedDecode:
-    """A fake decoder: returns scripted texts in order and records the attempts it was given."""
+    """A fake decoder: returns scripted decodes in order (a plain string is confident speech)
+    and records the attempts it was given."""
 
-    def __init__(self, *texts):
-        self.texts, self.attempts = list(texts), []
+    def __init__(self, *decodes):
+        self.decodes = [Decoded(d) if isinstance(d, str) else d for d in decodes]
+        self.attempts = []
 
     def __call__(self, attempt):
         self.attempts.append(attempt)
-        return self.texts[len(self.attempts) - 1]
+        return self.decodes[len(self.attempts) - 1]
 
 
 PLAN = decode_plan(600, LoopRetry((1500, 3000), (0.2, 0.4, 0.6)))
@@ -201,7 +204,8 @@ def test_a_loop_collapse_cannot_mend_becomes_silence():
 
 
 class FakeWhisper:
-    """Stands in for ctranslate2.models.Whisper: records encodes and generate arguments."""
+    """Stands in for ctranslate2.models.Whisper: records encodes and generate arguments; each
+    output is token ids, or (token ids, score, no-speech probability)."""
 
     def __init__(self, *outputs):
         self.outputs, self.encoded_frames, self.generate_kwargs = list(outputs), [], []
@@ -212,12 +216,21 @@ class FakeWhisper:
 
     def generate(self, encoded, prompts, **kwargs):
         self.generate_kwargs.append({"encoded": encoded, **kwargs})
-        return [SimpleNamespace(sequences_ids=[self.outputs.pop(0)])]
+        out = self.outputs.pop(0)
+        ids, score, no_speech_prob = out if isinstance(out, tuple) else (out, -0.1, 0.01)
+        return [SimpleNamespace(sequences_ids=[ids], scores=[score], no_speech_prob=no_speech_prob)]
+
+
+VOCAB = {1: " one", 2: " two", 3: " three", 4: " four", 7: " Italy", 8: ".", 9: " I"}
+
+
+def detokenize(ids):
+    return "".join(VOCAB[t] for t in ids)
 
 
 def test_window_decoder_encodes_each_window_once_and_samples_with_full_top_k():
     model = FakeWhisper([1], [2], [3], [4])
-    decoder = WindowDecoder(model, [50258], np.zeros((80, 150), np.float32), max_length=40)
+    decoder = WindowDecoder(model, [50258], np.zeros((80, 150), np.float32), 40, detokenize)
     for attempt in [DecodeAttempt(600, 0.0), DecodeAttempt(3000, 0.0), DecodeAttempt(3000, 0.2),
                     DecodeAttempt(3000, 0.4)]:
         decoder(attempt)
@@ -229,14 +242,110 @@ def test_window_decoder_encodes_each_window_once_and_samples_with_full_top_k():
     assert all(k["max_length"] == 40 for k in model.generate_kwargs)
 
 
+def test_window_decoder_reads_the_no_speech_evidence_from_the_same_generate():
+    # CTranslate2's score for " I" + end: (log p(I) + log p(end)) / 1 token; the mean is over 2
+    model = FakeWhisper(([9], -4.6, 0.62))
+    decoder = WindowDecoder(model, [50258], np.zeros((80, 40), np.float32), 20, detokenize)
+    decoded = decoder(DecodeAttempt(600, 0.0))
+    assert decoded == Decoded("I", pytest.approx(0.62), pytest.approx(-2.3))
+    (kwargs,) = model.generate_kwargs  # one generate: the evidence costs no extra decode
+    assert kwargs["return_scores"] and kwargs["return_no_speech_prob"]
+
+
 def test_a_looping_generate_is_retried_and_the_clean_text_returned():
     # token ids stand for words here: 7 = "Italy", 8 = "."
     model = FakeWhisper([7] * 12, [7, 8])
-    vocab = {7: " Italy", 8: "."}
-    decoder = WindowDecoder(model, [50258], np.zeros((80, 60), np.float32), max_length=20)
-    result = transcribe_until_clean(lambda a: "".join(vocab[t] for t in decoder(a)).strip(), PLAN)
+    decoder = WindowDecoder(model, [50258], np.zeros((80, 60), np.float32), 20, detokenize)
+    result = transcribe_until_clean(decoder, PLAN)
     assert (result.text, result.attempts) == ("Italy.", 2)
     assert model.encoded_frames == [600, 1500]
+
+
+def faster_whisper_skips(no_speech_prob, avg_logprob, no_speech_threshold, log_prob_threshold):
+    """faster-whisper's segment skip, as written in WhisperModel.generate_segments."""
+    should_skip = no_speech_prob > no_speech_threshold
+    if avg_logprob > log_prob_threshold:
+        should_skip = False
+    return should_skip
+
+
+probability_st = st.floats(0.0, 1.0)
+logprob_st = st.floats(-10.0, 0.0)
+
+
+@given(probability_st, logprob_st, probability_st, st.floats(-3.0, 0.0))
+def test_the_no_speech_rule_is_faster_whispers_skip(no_speech_prob, avg_logprob, no_speech_threshold,
+                                                    log_prob_threshold):
+    rule = NoSpeechRule(no_speech_threshold, log_prob_threshold)
+    assert rule(Decoded("I", no_speech_prob, avg_logprob)) == faster_whisper_skips(
+        no_speech_prob, avg_logprob, no_speech_threshold, log_prob_threshold)
+
+
+@pytest.mark.parametrize("no_speech_prob, avg_logprob, looped, no_speech", [
+    (0.62, -2.29, False, True),  # a cough heard as "I"
+    (0.45, -2.77, False, True),  # the pipeline's cough, on a short window
+    (0.62, -0.47, False, False),  # likely silence, but whisper is sure of the words: keep them
+    (0.12, -2.10, False, False),  # an unsure transcript of speech: keep it
+    (0.40, -2.00, False, False),  # at the threshold is not above it
+    (0.62, -1.00, False, True),  # at the log-prob threshold counts, as in faster-whisper
+    (0.62, -0.10, True, True),  # a confident loop on likely silence
+    (0.05, -0.10, True, False),  # a loop on speech
+])
+def test_no_speech_needs_a_likely_silence_and_an_unsure_transcript(no_speech_prob, avg_logprob, looped,
+                                                                    no_speech):
+    assert NoSpeechRule()(Decoded("I", no_speech_prob, avg_logprob), looped=looped) == no_speech
+
+
+@given(st.lists(st.floats(-8.0, 0.0), min_size=1, max_size=40), st.sampled_from([0.5, 1.0, 2.0]))
+def test_average_logprob_is_the_mean_over_the_tokens_and_the_end_token(logprobs, length_penalty):
+    # CTranslate2 scores n tokens + the end token as their summed log-prob / n**length_penalty
+    n = len(logprobs) - 1
+    score = sum(logprobs) / max(n, 1) ** length_penalty
+    expected = np.mean(logprobs) if n else score
+    assert average_logprob(score, n, length_penalty) == pytest.approx(expected, abs=1e-9)
+
+
+NOISE = Decoded("I", 0.62, -2.3)
+
+
+def test_a_no_speech_decode_is_silence_without_retries():
+    decode = ScriptedDecode(NOISE, "never decoded")
+    result = transcribe_until_clean(decode, PLAN)
+    assert (result.text, result.attempts, result.no_speech) == ("", 1, True)
+    assert result.texts == ("I",)
+
+
+def test_a_loop_on_noise_is_silence_not_a_collapsed_word():
+    loop = "I'm not I'm not I'm not I'm not"
+    # the loop itself passes the rule: no retries
+    assert transcribe_until_clean(ScriptedDecode(Decoded(loop, 0.7, -1.5)), PLAN).text == ""
+    # confident loops on every attempt: the no-speech probability decides alone
+    decode = ScriptedDecode(*[Decoded(loop, 0.7, -0.2)] * len(PLAN))
+    result = transcribe_until_clean(decode, PLAN)
+    assert (result.text, result.attempts, result.no_speech) == ("", len(PLAN), True)
+    # a retry that hears no speech ends the retries
+    result = transcribe_until_clean(ScriptedDecode(Decoded(loop, 0.3, -0.2), Decoded("I", 0.7, -2.0)), PLAN)
+    assert (result.text, result.attempts, result.no_speech) == ("", 2, True)
+
+
+def test_a_loop_on_speech_is_still_retried_then_collapsed():
+    decode = ScriptedDecode(*[Decoded("Italy Italy Italy Italy", 0.1, -0.2)] * len(PLAN))
+    result = transcribe_until_clean(decode, PLAN, no_speech=NoSpeechRule())
+    assert (result.text, result.collapsed, result.no_speech) == ("Italy", True, False)
+
+
+def test_loop_retry_steps_temperatures_as_whisper_does():
+    assert LoopRetry.stepped(1500, 0.2, 0.6) == LoopRetry((1500,), (0.2, 0.4, 0.6))
+    assert LoopRetry.stepped(3000, 0.25, 1.0) == LoopRetry((3000,), (0.25, 0.5, 0.75, 1.0))
+    assert LoopRetry.stepped(0, 0.0, 0.6) == LoopRetry((), ())
+    assert decode_plan(600, LoopRetry.stepped(0, 0.0, 0.6)) == [DecodeAttempt(600, 0.0)]
+
+
+def test_asr_config_defaults_are_the_rules_defaults():
+    cfg = ASRConfig()
+    assert LoopRetry.stepped(cfg.loop_retry_window_frames, cfg.loop_retry_temperature_step,
+                             cfg.loop_retry_max_temperature) == LoopRetry()
+    assert NoSpeechRule(cfg.no_speech_threshold, cfg.log_prob_threshold) == NoSpeechRule()
 
 
 @pytest.mark.slow
@@ -261,3 +370,52 @@ def test_short_fragments_never_come_back_as_a_loop(stack, fragment, lead_s):
     assert result.text and not is_repetition_loop(result.text)
     if fragment == "Mount Everest?":  # greedy whisper-base loops on this one at 600 frames
         assert "everest" in result.text.lower()
+
+
+def noise_clips(seed=0):
+    """Non-speech a misfiring VAD passes on, each after 0.3 s of silence: a cough, a door slam,
+    0.5 s of white noise at five levels, a keyboard-click train, breathing."""
+    rng = np.random.default_rng(seed)
+    rate = 16000
+    t = np.arange(int(rate * 0.35)) / rate
+    clips = {"cough": 0.5 * rng.standard_normal(len(t)) * np.exp(-t / 0.08) * (1 - np.exp(-t / 0.01))}
+    t = np.arange(int(rate * 0.4)) / rate
+    clips["door slam"] = (0.9 * np.sin(2 * np.pi * 70 * t) * np.exp(-t / 0.06)
+                          + 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.02))
+    for level in (0.003, 0.01, 0.03, 0.1, 0.3):
+        clips[f"white noise {level}"] = level * rng.standard_normal(rate // 2)
+    clicks, click = np.zeros(rate), np.arange(int(rate * 0.005)) / rate
+    for k in range(9):  # ~9 keys/s, each a 5 ms decaying click
+        at = int((k / 9 + rng.uniform(0, 0.05)) * rate)
+        burst = 0.4 * rng.standard_normal(len(click)) * np.exp(-click / 0.001)
+        clicks[at:at + len(click)] += burst[:rate - at]
+    clips["keyboard"] = clicks
+    n = int(rate * 1.2)  # breathing: 200-2000 Hz noise, falling above 500 Hz, one slow swell
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    breath = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * ((freqs > 200) & (freqs < 2000))
+                          / np.maximum(1, freqs / 500), n)
+    for level in (0.05, 0.2):
+        swell = np.sin(np.pi * np.arange(n) / n) ** 2
+        clips[f"breathing {level}"] = level * breath / np.abs(breath).max() * swell
+    return {name: np.concatenate([np.zeros(int(0.3 * rate)), clip]).astype(np.float32)
+            for name, clip in clips.items()}
+
+
+@pytest.mark.slow
+def test_noise_transcribes_to_nothing(stack):
+    heard = {name: stack.asr.transcribe_detailed(clip) for name, clip in noise_clips().items()}
+    assert {name: r.text for name, r in heard.items() if r.text} == {}
+    assert all(r.no_speech and r.texts[0] for r in heard.values())  # whisper did hallucinate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answer, word", [("Yes.", "yes"), ("No.", "no"), ("Thanks.", "thank"),
+                                          ("Paris.", "paris"), ("Okay.", "okay")])
+def test_short_spoken_answers_are_not_taken_for_noise(stack, tmp_path, answer, word):
+    from audio.wavio import read_wav, write_wav
+
+    speech = stack.tts.synthesize_all(answer, deterministic=True)
+    write_wav(tmp_path / "answer.wav", speech, stack.tts.rate_hz)
+    audio = np.concatenate([np.zeros(4800, np.float32), read_wav(tmp_path / "answer.wav")])  # 0.3 s lead
+    result = stack.asr.transcribe_detailed(audio)
+    assert word in result.text.lower() and not result.no_speech
