@@ -187,6 +187,7 @@ class VoiceSession:
     async def _act(self, actions: list[Action]) -> None:
         """Carry out the turn-taker's actions, in order."""
         for action in actions:
+            log.debug("turn-taker: %s", action)
             if isinstance(action, SpeechStarted):
                 self._utterance, self._utterance_id = list(self._preroll), action.utterance
                 await self.events.put(VadState("speech_start", action.t))

@@ -128,3 +128,31 @@ def test_deterministic_synthesis_repeats_to_the_sample(stack):
     # piper samples noise on every call by default; test and bench speech must not
     same = [stack.tts.synthesize_all("What is the capital of France?", deterministic=True) for _ in range(2)]
     assert np.array_equal(same[0], same[1]) and len(same[0]) > stack.tts.rate_hz
+
+
+def noise_bursts(seed=0):
+    """A cough-like burst of shaped noise, then a door slam (a decaying thud), with silence around."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * 0.35)) / 16000
+    cough = (0.5 * rng.standard_normal(len(t)) * np.exp(-t / 0.08) * (1 - np.exp(-t / 0.01))).astype(np.float32)
+    t = np.arange(int(16000 * 0.4)) / 16000
+    thud = (0.9 * np.sin(2 * np.pi * 70 * t) * np.exp(-t / 0.06)
+            + 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.02)).astype(np.float32)
+    return np.concatenate([silence(0.3), cough, silence(1.5), thud, silence(1.5)])
+
+
+@pytest.mark.parametrize("vad_threshold", [0.5, 0.03])  # 0.03: the VAD misfires, whisper hears the noise
+def test_a_cough_or_a_door_slam_never_starts_a_reply(stack, vad_threshold):
+    async def main():
+        session = VoiceSession(stack, load_config(overrides=[f"vad.threshold={vad_threshold}", "vad.hysteresis=0.0"]))
+        await feed(session, noise_bursts())
+        await asyncio.sleep(1.0)
+        await session.close()
+        events = []
+        while not session.events.empty():
+            events.append(session.events.get_nowait())
+        return events
+
+    events = asyncio.run(main())
+    assert not [e for e in events if isinstance(e, (AudioStart, AudioOut, TurnEnd))], events
+    assert not [e for e in events if isinstance(e, Transcript) and e.final and e.text], events
