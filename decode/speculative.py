@@ -123,8 +123,9 @@ class SpeculativeDecoder:
             self._hidden = out.hidden[-1]
             observe(drafter or self.drafter, keep, out.hidden)
 
-    def next_token_prob(self, ids: list[int], token_id: int) -> float:
-        """P(token_id | ids) under the target: prefill `ids` (reusing the cache), read one softmax.
+    def next_token_prob(self, ids: list[int], token_ids: list[int]) -> float:
+        """P(next token in token_ids | ids) under the target: prefill `ids` (reusing the cache),
+        then one softmax, summed over `token_ids`.
 
         The cache then holds all of `ids`, so a prompt that extends them (the reply to the same
         transcript) is only prefilled past them: the score costs one softmax over a prefill
@@ -135,7 +136,7 @@ class SpeculativeDecoder:
         self._cached = list(ids)
         self._hidden = out.hidden[-1]
         observe(self.drafter, len(ids) - 1, out.hidden)
-        return float(torch.softmax(out.logits[-1].float(), dim=-1)[token_id])
+        return float(torch.softmax(out.logits[-1].float(), dim=-1)[list(token_ids)].sum())
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, drafter: Drafter | None = None,

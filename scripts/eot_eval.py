@@ -202,8 +202,9 @@ def load_items() -> tuple[list[Item], list[list[dict[str, str]]]]:
 class TurnScorer:
     """LLM end-of-turn scores of a conversation whose last user message is `words`, cached and timed.
 
-    `end`: P(end-of-user token | words), the pipeline's `ReplyModel.end_of_turn_prob`.
-    `close`: P(end-of-user token or a closing-punctuation token | words), read from the same
+    `end`: P(end-of-user token | words) (the pipeline's score before it read punctuation too).
+    `close`: P(end-of-user token or a closing-punctuation token | words) — `ReplyModel.end_of_turn_prob`
+    on unpunctuated words — read from the same
     softmax: unpunctuated words that form a finished sentence are followed by '.', '?' or '!'
     (SmolLM2 puts little mass on ending a message without one).
     """
@@ -221,16 +222,18 @@ class TurnScorer:
         if (words, ctx) not in self.cache:
             history = self.contexts[ctx - 1] if ctx else []
             messages = history + [{"role": "user", "content": words}]
-            t = time.perf_counter()
-            end = self.llm.end_of_turn_prob(messages)
-            self.ms.append((time.perf_counter() - t) * 1e3)
             ids = self.llm.chat_ids(messages)
             at = max(i for i, tok in enumerate(ids) if tok == self.llm.end_of_user_id)
             with torch.no_grad():  # a plain forward: the decoder's own cache is left alone
                 logits = self.llm.model(torch.tensor([ids[:at]]), use_cache=False).logits[0, -1]
             probs = torch.softmax(logits.float(), dim=-1)
-            if abs(float(probs[self.llm.end_of_user_id]) - end) > 1e-3:
-                raise RuntimeError(f"the plain forward disagrees with end_of_turn_prob on {words!r}")
+            end = float(probs[self.llm.end_of_user_id])
+            if words == words.rstrip(".?!… "):  # unpunctuated: the pipeline's score is `close`
+                t = time.perf_counter()
+                close = self.llm.end_of_turn_prob(messages)
+                self.ms.append((time.perf_counter() - t) * 1e3)
+                if abs(end + float(probs[self.closing].sum()) - close) > 1e-3:
+                    raise RuntimeError(f"the plain forward disagrees with end_of_turn_prob on {words!r}")
             self.cache[words, ctx] = end, end + float(probs[self.closing].sum())
         return self.cache[words, ctx]
 

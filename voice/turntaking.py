@@ -22,6 +22,7 @@ The rules:
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -156,14 +157,15 @@ Action = SpeechStarted | Transcribe | ScoreText | StartReply | DropReply | Endpo
 def required_silence_ms(prob: float | None, min_ms: float, max_ms: float, low: float, high: float) -> float:
     """Silence that ends a turn whose words score `prob`.
 
-    s(p) = max_ms for p <= low (or unknown), min_ms for p >= high, and between them
-    s(p) = max_ms - (max_ms - min_ms) * (p - low) / (high - low).
+    s(p) = max_ms for p <= low (or unknown), min_ms for p >= high, and between them linear in
+    log p (the scores span orders of magnitude):
+    s(p) = max_ms - (max_ms - min_ms) * ln(p / low) / ln(high / low).
     """
     if prob is None or prob <= low:
         return max_ms
     if prob >= high:
         return min_ms
-    return max_ms - (max_ms - min_ms) * (prob - low) / (high - low)
+    return max_ms - (max_ms - min_ms) * math.log(prob / low) / math.log(high / low)
 
 
 def same_words(a: str, b: str) -> bool:
@@ -187,8 +189,8 @@ class TurnSettings:
     final_tail_ms: int = 64
     min_silence_ms: int = 200
     max_silence_ms: int = 1200
-    eot_low: float = 0.05
-    eot_high: float = 0.5
+    eot_low: float = 0.005
+    eot_high: float = 0.1
     max_utterance_s: float = 20.0
     predictive: bool = True
 

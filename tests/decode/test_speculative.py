@@ -183,7 +183,10 @@ def test_end_of_turn_probability_is_the_targets_and_the_reply_after_it_is_unchan
     want = torch.softmax(logits, -1)[end_token].item()
     dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(), NgramDrafter(), FixedController(2))
     dec.prefill(history + [5, 6, 7])  # a cache holding other words after the shared history
-    assert dec.next_token_prob(prompt, end_token) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert dec.next_token_prob(prompt, [end_token]) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    two = [end_token, end_token % 63 + 1]
+    both = torch.softmax(logits, -1)[two].sum().item()
+    assert dec.next_token_prob(prompt, two) == pytest.approx(both, rel=1e-4, abs=1e-6)
     reply = prompt + [end_token, 9]
     spans = list(dec.generate(reply, GenerationSettings(max_new_tokens=8)))
     assert [t for s in spans for t in s.token_ids] == plain_greedy(TARGET, reply, 8)

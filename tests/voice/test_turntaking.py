@@ -87,7 +87,7 @@ def test_required_silence_falls_linearly_with_the_score():
     assert required_silence_ms(None, 200, 1200, 0.05, 0.5) == 1200
     assert required_silence_ms(0.01, 200, 1200, 0.05, 0.5) == 1200
     assert required_silence_ms(0.9, 200, 1200, 0.05, 0.5) == 200
-    assert required_silence_ms(0.275, 200, 1200, 0.05, 0.5) == pytest.approx(700)
+    assert required_silence_ms(0.05 * 10 ** 0.5, 200, 1200, 0.05, 0.5) == pytest.approx(700)  # halfway in log p
 
 
 @given(st.floats(0, 1), st.floats(0, 1))
