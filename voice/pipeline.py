@@ -98,6 +98,8 @@ class _Turn:
         self.created = time.perf_counter()
         self.cancel = threading.Event()
         self.gate = asyncio.Event()  # set at the endpoint: output may flow
+        self.released = threading.Event()  # the same, or cancelled: for the decode thread
+        self.first_phrase = threading.Event()  # the first phrase went to TTS
         self.m = TurnMetrics(transcript=text)
         self.task: asyncio.Task | None = None
         self.out: asyncio.Queue = asyncio.Queue()  # events held until the gate opens
@@ -223,11 +225,13 @@ class VoiceSession:
                    predictive=turn.created < end.t,
                    end_of_turn_prob=self.turns.score_of(end.transcript))
         turn.gate.set()
+        turn.released.set()
 
     async def _stop(self, turn: _Turn, report: bool) -> None:
         """Cancel a reply; if the user heard part of it, report and remember it."""
         self._replies.pop(turn.id, None)
         turn.cancel.set()
+        turn.released.set()
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()
             try:
@@ -276,6 +280,7 @@ class VoiceSession:
             now = time.perf_counter()
             turn.stamp(speech_end=now, endpoint=now, asr_final=now)
             turn.gate.set()
+            turn.released.set()
         turn.task = asyncio.ensure_future(self._reply(turn))
 
     async def _forward(self, turn: _Turn) -> None:
@@ -338,6 +343,10 @@ class VoiceSession:
                     turn.stamp(llm_start=time.perf_counter())
                     for span in llm.reply(messages, turn.cancel):
                         loop.call_soon_threadsafe(spans.put_nowait, span)
+                        if turn.first_phrase.is_set() and not turn.released.is_set():
+                            # a held reply with its first phrase made waits for the endpoint, leaving
+                            # the cores to the final transcript (bounded: never a stuck worker)
+                            turn.released.wait(self.cfg.turn.max_silence_ms / 1e3)
                     st = llm.decoder.stats
                     turn.stamp(tokens=st.tokens, acceptance=st.acceptance, mean_draft_len=st.mean_draft_len)
             finally:
@@ -354,6 +363,7 @@ class VoiceSession:
                     turn.reply_text += span.text
                     for phrase in chunker.push(span.text):
                         phrases.put_nowait(phrase)
+                        turn.first_phrase.set()
                     turn.out.put_nowait(ReplyText(span.text, span.t))
             await decoding
             for phrase in chunker.flush():

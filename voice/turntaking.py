@@ -10,11 +10,12 @@ scripted timelines. Costs microseconds per window.
 The rules:
 - While the user speaks, the utterance is re-transcribed every `asr.interval_ms` (one decode
   at a time); each new hypothesis is scored (P(end of user message) from the LLM).
-- Predictive reply: a hypothesis whose score reaches `turn.eot_high` gets a reply at once,
-  held back; a later hypothesis with other words drops it (and may start another).
-- Final transcript: the first hypothesis, once the user is silent, whose audio reaches
-  `asr.final_tail_ms` past the last voiced window — or that covers the last voiced window and
-  repeats the previous hypothesis word for word. Audio already covered is never re-decoded.
+- Predictive reply: a hypothesis that may be complete (score above `turn.eot_low`) gets a
+  reply at once, held back (it stops after its first phrase until released); a later
+  hypothesis with other words drops it (and may start another).
+- Final transcript: once the user is silent, a decode at the first quiet window is final if it
+  repeats the previous hypothesis word for word; otherwise one whose audio reaches
+  `asr.final_tail_ms` past the last voiced window is. Audio already covered is never re-decoded.
 - Endpoint: silence >= required_silence_ms(score of the final transcript); the reply built on
   the final transcript's words is released, any other is dropped and one is started.
 - Speech while a released reply plays is a barge-in (`StopReply`), unless `echo` says the
@@ -294,9 +295,11 @@ class TurnTaker:
         if u.final is None:
             if self.asr_busy or u.last_decode_t >= u.last_voiced_t + s.final_tail_ms / 1e3:
                 return []  # the decode in flight (or its answer, on its way) covers the pause
+            if u.last_decode_t < u.last_voiced_t:
+                return self._transcribe(t)  # at the first quiet window: final if it repeats the last words
             if (t - u.last_voiced_t) * 1e3 < s.final_tail_ms + WINDOW_MS and not u.endpoint_due:
                 return []
-            return self._transcribe(t)
+            return self._transcribe(t)  # with the tail: soft word endings ("France") are in
         silence_ms = (t - u.last_voiced_t) * 1e3
         if u.endpoint_due or silence_ms >= self._required_ms(u.final.text):
             return self._endpoint(t)
@@ -331,11 +334,13 @@ class TurnTaker:
         if self.reply is not None and not self.reply.released and not same_words(self.reply.text, h.text):
             actions += self._drop_held("words changed")
         if u.final is not None:
-            actions += self._reply_for_final() + self._tick(self.now)  # audio may have stopped coming
+            actions += self._reply_for_final()
         elif h.text.strip() and self.reply is None and self.score_of(h.text) is None:
             actions.append(ScoreText(h.text))
         elif self._worth_predicting(h.text):
             actions += self._start(h.text)
+        if u.silent_since_t is not None:  # act now: the audio may have stopped coming
+            actions += self._tick(self.now)
         return actions
 
     def _maybe_final(self, h: Hypothesis) -> list[Action]:
@@ -364,7 +369,7 @@ class TurnTaker:
     def _worth_predicting(self, text: str) -> bool:
         prob = self.score_of(text)
         return (self.settings.predictive and self.reply is None and bool(text.strip())
-                and prob is not None and prob >= self.settings.eot_high)
+                and prob is not None and prob > self.settings.eot_low)
 
     def _score(self, sc: Score) -> list[Action]:
         self.scores[sc.text] = sc.prob

@@ -25,9 +25,8 @@ def test_shipped_mtp_drafter_is_lossless_and_accepts_drafts(stack):
     assert tried > 20 and accepted / tried > 0.15
 
 
-def test_calibration_covers_every_draft_length_range_the_controller_may_pick():
+def test_calibration_covers_every_draft_length_the_controller_may_pick():
     from voice.llm import calibration_ks
 
-    assert calibration_ks(8) == [0, 1, 2, 4, 8]
-    assert calibration_ks(6) == [0, 1, 2, 4, 6]
+    assert calibration_ks(8) == list(range(9))
     assert calibration_ks(1) == [0, 1] and calibration_ks(0) == [0]

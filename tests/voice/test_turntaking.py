@@ -253,3 +253,23 @@ def test_a_turn_ends_when_its_final_words_arrive_after_the_audio_stopped():
     sim.drain()
     (_, end), = sim.of(Endpoint)
     assert end.transcript == QUESTION and sim.of(ReleaseReply)
+
+
+def test_words_repeated_at_the_first_quiet_window_are_final_without_waiting_for_the_tail():
+    sim = Sim([(0.9, QUESTION)], SCORES, asr_s=0.3, interval_ms=1000)  # one partial, at 1.0 s
+    sim.run(speech(1.6) + quiet(1.0))
+    last_voiced = round(1.6 / W) * W - W
+    after = [t for t, _ in sim.of(Transcribe) if t > last_voiced]
+    (t_end, end), = sim.of(Endpoint)
+    assert len(after) == 1 and after[0] == pytest.approx(last_voiced + W)
+    assert end.transcript == QUESTION and t_end <= last_voiced + W + 0.3 + W + 1e-9
+
+
+def test_new_words_at_the_first_quiet_window_wait_for_a_decode_with_the_tail():
+    words = [(0.9, "What is the capital of"), (1.5, QUESTION)]
+    sim = Sim(words, SCORES, asr_s=0.3, final_tail_ms=64, interval_ms=1000)
+    sim.run(speech(1.6) + quiet(1.5))
+    last_voiced = round(1.6 / W) * W - W
+    after = [t for t, _ in sim.of(Transcribe) if t > last_voiced]
+    assert len(after) == 2 and after[1] >= last_voiced + 0.064
+    assert sim.of(Endpoint)[0][1].transcript == QUESTION
