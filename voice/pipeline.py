@@ -112,7 +112,7 @@ class _Turn:
 def turn_settings(cfg: Config) -> TurnSettings:
     """The turn-taking tunables from the `vad`, `asr` and `turn` sections."""
     v, a, t = cfg.vad, cfg.asr, cfg.turn
-    return TurnSettings(v.threshold, v.hysteresis, v.min_speech_ms, a.interval_ms, a.final_tail_ms,
+    return TurnSettings(v.threshold, v.hysteresis, v.min_speech_ms, a.interval_ms, a.partial_load, a.final_tail_ms,
                         t.min_silence_ms, t.max_silence_ms, t.eot_low, t.eot_high, v.max_utterance_s,
                         t.predictive)
 

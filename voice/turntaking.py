@@ -8,8 +8,9 @@ session to carry out (`Transcribe`, `ScoreText`, `StartReply`, `DropReply`, `Rel
 scripted timelines. Costs microseconds per window.
 
 The rules:
-- While the user speaks, the utterance is re-transcribed every `asr.interval_ms` (one decode
-  at a time); each new hypothesis is scored (P(end of user message) from the LLM).
+- While the user speaks, the utterance is re-transcribed every `asr.interval_ms`, one decode
+  at a time, and never more often than keeps partial decodes within `asr.partial_load` of
+  the time (a slow CPU stays free for the final decode); each hypothesis is scored by the LLM.
 - Predictive reply: a hypothesis that may be complete (score above `turn.eot_low`) gets a
   reply at once, held back (it stops after its first phrase until released); a later
   hypothesis with other words drops it (and may start another).
@@ -187,6 +188,7 @@ class TurnSettings:
     hysteresis: float = 0.15
     min_speech_ms: int = 150
     interval_ms: int = 250
+    partial_load: float = 0.5
     final_tail_ms: int = 64
     min_silence_ms: int = 200
     max_silence_ms: int = 1200
@@ -233,6 +235,7 @@ class TurnTaker:
         self.scores: dict[str, float] = {}
         self.asr_busy = False
         self.now = 0.0  # the time of the newest window
+        self.decode_ms = 0.0  # how long the last decode took (at window resolution)
         self._ids = 0
 
     def _next_id(self) -> int:
@@ -289,7 +292,8 @@ class TurnTaker:
             u.endpoint_due = True
             u.silent_since_t = u.silent_since_t or t
         if u.silent_since_t is None:
-            if not self.asr_busy and (t - u.last_decode_t) * 1e3 >= s.interval_ms:
+            gap_ms = max(s.interval_ms, self.decode_ms / s.partial_load)
+            if not self.asr_busy and (t - u.last_decode_t) * 1e3 >= gap_ms:
                 return self._transcribe(t)
             return []
         if u.final is None:
@@ -326,6 +330,7 @@ class TurnTaker:
     # ---- transcripts and scores ----
     def _hypothesis(self, h: Hypothesis) -> list[Action]:
         self.asr_busy = False
+        self.decode_ms = max(0.0, (self.now - h.audio_end_t) * 1e3)
         u = self.utterance
         if u is None or h.utterance != u.id:
             return []  # an utterance already ended
@@ -335,6 +340,9 @@ class TurnTaker:
             actions += self._drop_held("words changed")
         if u.final is not None:
             actions += self._reply_for_final()
+        elif (h.text.strip() and self.reply is None and self.score_of(h.text) is None
+              and u.silent_since_t is not None and self.settings.predictive):
+            actions += self._start(h.text)  # the user paused: the reply scores the words itself
         elif h.text.strip() and self.reply is None and self.score_of(h.text) is None:
             actions.append(ScoreText(h.text))
         elif self._worth_predicting(h.text):
@@ -378,6 +386,9 @@ class TurnTaker:
             return self._tick(self.now)
         if u is None or u.hypothesis is None:
             return []
+        held = self.reply is not None and not self.reply.released
+        if held and sc.text == self.reply.text and sc.prob <= self.settings.eot_low:
+            return self._drop_held("words look unfinished")
         if sc.text == u.hypothesis.text and self._worth_predicting(sc.text):
             return self._start(sc.text)
         return []
