@@ -188,7 +188,7 @@ class TurnSettings:
     hysteresis: float = 0.15
     min_speech_ms: int = 150
     interval_ms: int = 250
-    partial_load: float = 0.5
+    partial_load: float = 1.0
     final_tail_ms: int = 64
     min_silence_ms: int = 200
     max_silence_ms: int = 1200

@@ -277,7 +277,7 @@ def test_new_words_at_the_first_quiet_window_wait_for_a_decode_with_the_tail():
 
 
 def test_partial_decodes_leave_a_slow_cpu_free():
-    fast, slow = Sim(WORDS, SCORES, asr_s=0.05), Sim(WORDS, SCORES, asr_s=0.4)
+    fast, slow = Sim(WORDS, SCORES, asr_s=0.05, partial_load=0.5), Sim(WORDS, SCORES, asr_s=0.4, partial_load=0.5)
     for sim in (fast, slow):
         sim.run(speech(3.0))
     busy = [len(sim.of(Transcribe)) * sim.asr_s / 3.0 for sim in (fast, slow)]
