@@ -18,16 +18,13 @@ On non-speech (a cough, a door slam, a keyboard) whisper hallucinates ("I", "I'm
 Both come out of the same `generate` call, so no decode is added: the no-speech probability
 costs one vocabulary projection at <|startoftranscript|> during the prompt's prefill (~7 ms
 CPU, 2-4 % of a short utterance's transcribe), the log-prob nothing.
-
-`LocalAgreement` is the streaming commit rule (whisper_streaming's HypothesisBuffer): a
-word is committed once two consecutive hypotheses agree on it.
 """
 from __future__ import annotations
 
 import logging
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -354,34 +351,3 @@ class WhisperASR:
                                 min(224, len(self._prompt) + max_tokens), self.tokenizer.decode,
                                 self.beam_size)
         return transcribe_until_clean(decoder, decode_plan(window, self.retry), no_speech=self.no_speech)
-
-
-@dataclass
-class LocalAgreement:
-    """Commits the longest common word prefix of two consecutive hypotheses (LocalAgreement-2)."""
-
-    committed: list[str] = field(default_factory=list)
-    _previous: list[str] = field(default_factory=list)
-
-    def update(self, hypothesis: str) -> list[str]:
-        """Feed a full-utterance hypothesis; return the words newly committed."""
-        words = hypothesis.split()
-        fresh: list[str] = []
-        i = len(self.committed)
-        while (i < len(words) and i < len(self._previous)
-               and _norm(words[i]) == _norm(self._previous[i])
-               and all(_norm(a) == _norm(b) for a, b in zip(self.committed, words))):
-            fresh.append(words[i])
-            i += 1
-        self.committed.extend(fresh)
-        self._previous = words
-        return fresh
-
-    def text(self) -> str:
-        """The committed words so far."""
-        return " ".join(self.committed)
-
-    def reset(self) -> None:
-        """Start a new utterance."""
-        self.committed.clear()
-        self._previous = []

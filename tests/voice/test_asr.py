@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voice.asr import (LOOP_MAX_PERIOD_WORDS, MAX_FRAMES, DecodeAttempt, Decoded, LocalAgreement, LoopRetry,
+from voice.asr import (LOOP_MAX_PERIOD_WORDS, MAX_FRAMES, DecodeAttempt, Decoded, LoopRetry,
                        NoSpeechRule, WindowDecoder, average_logprob, collapse_repetition, compression_ratio,
                        decode_plan, find_repetitions, is_repetition_loop, transcribe_until_clean)
 from voice.config import ASRConfig
@@ -49,23 +49,6 @@ def _keys(words):
 def _is_subsequence(small, big):
     it = iter(big)
     return all(any(b == s for b in it) for s in small)
-
-
-def test_local_agreement_commits_words_two_hypotheses_agree_on():
-    la = LocalAgreement()
-    assert la.update("what is") == []
-    assert la.update("what is the cap") == ["what", "is"]
-    assert la.update("what is the capital of") == ["the"]
-    assert la.update("What is the capital of France?") == ["capital", "of"]
-    assert la.text() == "what is the capital of"
-
-
-def test_local_agreement_never_retracts_and_ignores_case_punctuation():
-    la = LocalAgreement()
-    la.update("Hello, world")
-    assert la.update("hello world again") == ["hello", "world"]
-    assert la.update("yellow word again") == []  # disagreement with committed words commits nothing
-    assert la.text() == "hello world"
 
 
 def test_compression_ratio_is_faster_whispers():
