@@ -216,12 +216,15 @@ class VoiceSession:
         self._utterance, self._preroll = None, deque(maxlen=PREROLL_WINDOWS)
         await self.events.put(VadState("speech_end", end.t))
         if not end.transcript.strip():  # noise or a cough: no words, no reply
-            await self.events.put(Transcript("", True, self._heard_at.get((end.utterance, end.final_t), end.t)))
+            await self.events.put(Transcript("", True, self._heard(end)))
         self._heard_at = {k: v for k, v in self._heard_at.items() if k[0] >= end.utterance}
 
+    def _heard(self, end: Endpoint) -> float:
+        """When the final transcript's decode came back (the endpoint's time if unknown)."""
+        return self._heard_at.get((end.utterance, end.final_audio_end_t), end.t)
+
     def _release(self, turn: _Turn, end: Endpoint) -> None:
-        heard = self._heard_at.get((end.utterance, end.final_t), end.t)
-        turn.stamp(speech_end=end.speech_end_t, endpoint=end.t, asr_final=heard, transcript=end.transcript,
+        turn.stamp(speech_end=end.speech_end_t, endpoint=end.t, asr_final=self._heard(end), transcript=end.transcript,
                    predictive=turn.created < end.t,
                    end_of_turn_prob=self.turns.score_of(end.transcript))
         turn.gate.set()

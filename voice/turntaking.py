@@ -126,13 +126,14 @@ class DropReply:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """The user's turn ended: `speech_end_t` last voiced window, `t` the decision, `final_t`
-    when the final transcript was known, `transcript` the final words (empty: no reply)."""
+    """The user's turn ended: `speech_end_t` last voiced window, `t` the decision,
+    `final_audio_end_t` the audio extent of the final transcript's decode, `transcript` the
+    final words (empty: no reply)."""
 
     utterance: int
     t: float
     speech_end_t: float
-    final_t: float
+    final_audio_end_t: float
     transcript: str
 
 
@@ -210,7 +211,6 @@ class _Utterance:
     hypothesis: Hypothesis | None = None
     previous_text: str | None = None
     final: Hypothesis | None = None
-    final_t: float = 0.0
     endpoint_due: bool = False  # the silence (or length) limit passed before the final was known
 
 
@@ -335,7 +335,8 @@ class TurnTaker:
         if u is None or h.utterance != u.id:
             return []  # an utterance already ended
         u.previous_text, u.hypothesis = (u.hypothesis.text if u.hypothesis else None), h
-        actions = self._maybe_final(h)
+        self._maybe_final(h)
+        actions: list[Action] = []
         if self.reply is not None and not self.reply.released and not same_words(self.reply.text, h.text):
             actions += self._drop_held("words changed")
         if u.final is not None:
@@ -351,16 +352,15 @@ class TurnTaker:
             actions += self._tick(self.now)
         return actions
 
-    def _maybe_final(self, h: Hypothesis) -> list[Action]:
+    def _maybe_final(self, h: Hypothesis) -> None:
         u, s = self.utterance, self.settings
         if u.silent_since_t is None:
-            return []
+            return
         covers_tail = h.audio_end_t >= u.last_voiced_t + s.final_tail_ms / 1e3
         stable = h.audio_end_t >= u.last_voiced_t and u.previous_text is not None and same_words(
             u.previous_text, h.text)
         if covers_tail or stable or (u.endpoint_due and h.audio_end_t >= u.last_voiced_t):
-            u.final, u.final_t = h, h.audio_end_t
-        return []
+            u.final = h
 
     def _reply_for_final(self) -> list[Action]:
         """Once the final words are known: a reply on them, unless they look unfinished."""
@@ -414,7 +414,7 @@ class TurnTaker:
         u = self.utterance
         self.utterance = None
         self.endpointer.reset()
-        end = Endpoint(u.id, t, u.last_voiced_t, u.final_t, u.final.text)
+        end = Endpoint(u.id, t, u.last_voiced_t, u.final.audio_end_t, u.final.text)
         if not u.final.text.strip():
             return self._drop_held("no words") + [end]
         actions: list[Action] = []
