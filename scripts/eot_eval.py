@@ -1,7 +1,7 @@
 """End-of-turn scores, semantic (LLM) and acoustic (Smart Turn), on the same spoken items.
 
 In: tests/data/eot/items.json (complete turns, incomplete prefixes with the turn each was
-cut from, earlier exchanges) plus voice.bench.BENCH_QUESTIONS. Each item is spoken by
+cut from, earlier exchanges) plus commands.bench.BENCH_QUESTIONS. Each item is spoken by
 piper (deterministic), ends with `--silence-ms` of silence (what the models see at a
 decision) and is transcribed by the pipeline's whisper. Incomplete items come two ways:
 `cut`, the full turn's audio cut at the gap after the prefix's last word (piper's phoneme
@@ -190,7 +190,7 @@ def bare(text: str) -> str:
 
 def load_items() -> tuple[list[Item], list[list[dict[str, str]]]]:
     """Every item to score, and the earlier exchanges."""
-    from voice.bench import BENCH_QUESTIONS
+    from commands.bench import BENCH_QUESTIONS
 
     data = json.loads(ITEMS.read_text())
     items = [Item("complete", t, t) for t in BENCH_QUESTIONS + data["complete"]]

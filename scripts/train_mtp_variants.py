@@ -24,7 +24,7 @@ import torch
 
 from decode.mtp import MTPConfig, MTPHead, save_mtp
 from voice.llm import load_causal_lm
-from voice.train_drafter import Sequences, fit, make_sequences, reduced_vocab, teacher_pass
+from commands.train_drafter import Sequences, fit, make_sequences, reduced_vocab, teacher_pass
 
 
 def parse_variant(text: str) -> tuple[str, tuple[int, ...], int, int]:

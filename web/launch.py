@@ -15,7 +15,7 @@ import time
 
 def spawn_server(*args: str, timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
     """`voice serve --port 0 ARGS…` as a child; returns (process, page URL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "voice.cli", "serve", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen, deadline = [], time.time() + timeout_s

@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from voice.cli import main
+from commands.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "voice.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "commands.cli", *args], capture_output=True, text=True)
 
 
 def test_help_lists_only_built_commands():

@@ -3,8 +3,8 @@ import torch
 from conftest import tiny_llama
 from decode.mtp import MTPConfig, MTPHead
 from decode.target import StaticLlamaTarget
-from voice.decode_bench import bundled_prompts
-from voice.train_drafter import (HELD_OUT_TOPICS, TOPICS, acceptance, fit, held_out_prompts, prompt_bank,
+from commands.decode_bench import bundled_prompts
+from commands.train_drafter import (HELD_OUT_TOPICS, TOPICS, acceptance, fit, held_out_prompts, prompt_bank,
                                  reduced_vocab, teacher_pass, training_prompts)
 
 MODEL = tiny_llama(seed=5, layers=3)

@@ -7,7 +7,7 @@ import pytest
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "voice.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "commands.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -60,7 +60,7 @@ def test_talk_writes_the_voices_own_rate(stack, question_wav, tmp_path, monkeypa
 
     import voice.stack
     from voice.config import load_config
-    from voice.talk import talk
+    from commands.talk import talk
 
     monkeypatch.setattr(voice.stack, "load_stack", lambda cfg: dataclasses.replace(stack, tts=Voice16k(stack.tts)))
     out = tmp_path / "reply16k.wav"

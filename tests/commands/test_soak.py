@@ -1,18 +1,22 @@
-"""Fast soak and disconnect storm against the live server (slow: real models)."""
+"""Fast soak and disconnect storm against a live server of their own (slow: real models)."""
 import asyncio
 
 import pytest
 
-from voice.bench import bench_audio
+from commands.bench import bench_audio
+from commands.soak import disconnect_storm, soak
 from voice.config import load_config
-from voice.soak import disconnect_storm, soak
+from web.launch import spawn_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ws_url(server_url):
-    return server_url.replace("http://", "ws://") + "ws"
+def ws_url(stack):  # `stack` prepares the models first
+    proc, url = spawn_server("--set", "server.max_sessions=6")
+    yield url.replace("http://", "ws://") + "ws"
+    out = stop_server(proc)
+    assert proc.returncode == 0, out
 
 
 def test_concurrent_sessions_lose_no_turn_and_resources_return(ws_url, stack):

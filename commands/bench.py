@@ -1,7 +1,7 @@
 """`voice bench`: turn latency of the streaming pipeline, fed in real time like a microphone.
 
 In: WAV files (default: bundled questions synthesised once with piper and cached). Each is
-fed as 20 ms frames paced by the clock, after 0.5 s of silence and followed by silence
+fed as 20 ms frames paced by the clock (`audio.pacing`), after 0.5 s of silence and followed by silence
 until the turn ends. Out: a JSON report. The turn gap of a turn is the time the first
 reply audio chunk reached the bench minus the time the last voiced sample was fed — the
 latter from `audio.frames.last_voiced_sample`, a scan of the source file against its noise
@@ -10,7 +10,7 @@ the pipeline's endpointing, so endpoint waiting counts. `--baseline` runs the ba
 audio; its gap is asr + llm + tts with no endpoint wait (flattering the baseline).
 `--compare section.key=value` runs the same audio again on the loaded models with sessions
 built from the overridden config; `--hesitation` adds questions with a pause mid-sentence
-(`voice.hesitation`). The report names the machine (CPU, cores, SIMD flags).
+(`commands.hesitation`). The report names the machine (CPU, cores, SIMD flags).
 Cost: the audio's own duration per turn plus the reply, and ~5 s to load the models.
 """
 from __future__ import annotations
@@ -25,17 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.frames import last_voiced_sample, split_frames
+from audio.pacing import feed_realtime
 from audio.wavio import AudioError, read_wav, write_wav
 from voice.config import Config, ConfigError
 from voice.models import cache_dir
+from voice.turns import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
 
-FRAME_MS = 20
-LEAD_SILENCE_S = 0.5
-TURN_TIMEOUT_S = 60.0
-STAGES = ("endpoint", "asr_final", "first_span", "first_audio")
 BENCH_QUESTIONS = [
     "What is the capital of France?",
     "How far away is the moon?",
@@ -50,35 +47,6 @@ BENCH_QUESTIONS = [
     "How do airplanes stay in the air?",
     "Tell me a short joke.",
 ]
-
-
-@dataclass
-class TurnRecord:
-    """What the bench saw of one turn (times in perf_counter seconds)."""
-
-    audio: str
-    speech_end: float = 0.0
-    first_audio: float = 0.0
-    transcript: str = ""
-    reply: str = ""
-    metrics: dict = field(default_factory=dict)  # the pipeline's turn_end metrics
-    stamps: dict = field(default_factory=dict)  # absolute stage times, in-process only
-
-    @property
-    def turn_gap_ms(self) -> float | None:
-        """First reply audio minus the true end of speech."""
-        return (self.first_audio - self.speech_end) * 1e3 if self.first_audio else None
-
-    def stages_ms(self) -> dict[str, float | None]:
-        """Each stage's time after the bench's end of speech (through a server: the server's
-        own figures, counted from its VAD's end of speech)."""
-        out = {}
-        for stage in STAGES:
-            if self.stamps.get(stage) and self.speech_end:
-                out[stage] = round((self.stamps[stage] - self.speech_end) * 1e3, 1)
-            else:
-                out[stage] = self.metrics.get(f"{stage}_ms")
-        return out
 
 
 def bench_audio(cfg: Config, tts=None) -> list[Path]:
@@ -112,39 +80,6 @@ def resolve_audio(items: list[str]) -> list[Path]:
     if not paths:
         raise AudioError(f"no .wav files in {', '.join(items)}")
     return paths
-
-
-async def feed_marked(send, audio: np.ndarray, done: asyncio.Event, marks: dict[str, int],
-                      fed_at: dict[str, float] | None = None, timeout_s: float = TURN_TIMEOUT_S) -> dict[str, float]:
-    """Feed lead silence, the audio, then silence until `done`, in paced 20 ms frames.
-
-    `marks` names sample indices of `audio`; returns (and fills `fed_at` as it goes with)
-    the perf_counter time each was fed. Gives up `timeout_s` after the audio.
-    """
-    lead = np.zeros(int(16000 * LEAD_SILENCE_S), dtype=np.float32)
-    pending = sorted((len(lead) + sample, name) for name, sample in marks.items())
-    fed_at = {} if fed_at is None else fed_at
-    signal = np.concatenate([lead, audio])
-    silence = np.zeros(16000 * FRAME_MS // 1000, dtype=np.float32)
-    frames = split_frames(signal, FRAME_MS)
-    t0, fed, i = time.perf_counter(), 0, 0
-    deadline = t0 + len(signal) / 16000 + timeout_s
-    while not done.is_set() and time.perf_counter() < deadline:
-        frame = frames[i] if i < len(frames) else silence
-        i += 1
-        await asyncio.sleep(max(0.0, t0 + i * FRAME_MS / 1000 - time.perf_counter()))
-        await send(frame)
-        fed += len(frame)
-        while pending and fed >= pending[0][0]:
-            fed_at[pending.pop(0)[1]] = time.perf_counter()
-    return fed_at
-
-
-async def feed_realtime(send, audio: np.ndarray, done: asyncio.Event) -> float:
-    """Feed `audio` like a microphone (see `feed_marked`); returns the perf_counter time the
-    last voiced sample (`last_voiced_sample`) was fed, or 0.0 if it never was."""
-    fed_at = await feed_marked(send, audio, done, {"speech_end": last_voiced_sample(audio)})
-    return fed_at.get("speech_end", 0.0)
 
 
 async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
@@ -299,7 +234,7 @@ async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord
     """Run the bench in-process (or against `plan.server`); return the report and the records."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from voice.hesitation import hesitation_audio, run_hesitation
+    from commands.hesitation import hesitation_audio, run_hesitation
 
     if plan.compare_cfg is not None:
         check_compare(cfg, plan.compare_cfg)
@@ -326,14 +261,14 @@ async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord
 
 
 async def _baseline(stack, paths: list[Path]) -> list:
-    from voice.turn import batch_turn
+    from commands.turn import batch_turn
 
     return [await asyncio.to_thread(batch_turn, read_wav(p), stack.asr, stack.llm, stack.tts) for p in paths]
 
 
 async def _compare(stack, plan: BenchPlan, main: dict, paths: list[Path], clips: list) -> dict:
     """The same audio again, on sessions built from `plan.compare_cfg`."""
-    from voice.hesitation import hesitation_summary, run_hesitation
+    from commands.hesitation import hesitation_summary, run_hesitation
 
     _say(plan, f"compare: {' '.join(plan.compare_set)}")
     out: dict = {"set": list(plan.compare_set)}

@@ -213,7 +213,7 @@ def generate_replies(model, tokenizer, prompts: list[str], max_new: int, batch: 
 def make_sequences(model, tokenizer, prompts: int, max_new: int, gen_batch: int, sampled: float,
                    seed: int = 0) -> dict:
     """Training and held-out sequences: a greedy reply per prompt plus `sampled` sampled ones per prompt."""
-    from voice.decode_bench import bundled_prompts
+    from commands.decode_bench import bundled_prompts
 
     torch.manual_seed(seed)
     texts = training_prompts(prompts, set(bundled_prompts()), seed)

@@ -26,7 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from voice.models import ModelNotReady
     from voice.tts import TTSError
 
-    from voice.talk import DeviceError
+    from commands.talk import DeviceError
 
     return (ConfigError, ModelNotReady, AudioError, TTSError, UsageError, FileNotFoundError, DeviceError)
 
@@ -49,7 +49,7 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     """voice turn AUDIO.wav: one batch turn (the baseline)."""
     from audio.wavio import read_wav, write_wav
     from voice.stack import load_stack
-    from voice.turn import batch_turn
+    from commands.turn import batch_turn
 
     audio = read_wav(args.audio)
     stack = load_stack(cfg)
@@ -71,7 +71,7 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice decode-bench: speculative decoding against plain greedy and baselines."""
-    from voice.decode_bench import print_table, run_decode_bench
+    from commands.decode_bench import print_table, run_decode_bench
 
     report = run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter,
                               progress=not args.json)
@@ -106,7 +106,7 @@ def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
     """voice talk: the pipeline on the local microphone and speaker."""
     import asyncio
 
-    from voice.talk import talk
+    from commands.talk import talk
 
     asyncio.run(talk(cfg, _device(args.input_device), _device(args.output_device), args.input_wav,
                      args.output_wav, args.barge_in))
@@ -114,7 +114,7 @@ def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
     """voice devices: list audio devices."""
-    from voice.talk import list_devices
+    from commands.talk import list_devices
 
     print(list_devices())
 
@@ -127,8 +127,8 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     """voice soak: concurrent sessions and a disconnect storm against a server."""
     import asyncio
 
-    from voice.bench import bench_audio
-    from voice.soak import disconnect_storm, soak
+    from commands.bench import bench_audio
+    from commands.soak import disconnect_storm, soak
     from web.launch import spawn_server, stop_server
 
     try:
@@ -155,7 +155,7 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
 
-    from voice.bench import plot, run_bench
+    from commands.bench import plot, run_bench
 
     plan = _bench_plan(args)
     result, records = asyncio.run(run_bench(cfg, plan))
@@ -189,7 +189,7 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
 
 def _bench_plan(args: argparse.Namespace):
     """The `voice bench` arguments, checked, as a `BenchPlan`."""
-    from voice.bench import BenchPlan
+    from commands.bench import BenchPlan
 
     if args.server and not args.server.startswith(("ws://", "wss://")):
         raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
@@ -213,7 +213,7 @@ def _bench_plan(args: argparse.Namespace):
 
 def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
     """voice train-drafter: self-distil an MTP drafter for the target."""
-    from voice.train_drafter import train_drafter
+    from commands.train_drafter import train_drafter
 
     if args.target:
         cfg = _replace(cfg, "models", llm=args.target)

@@ -29,7 +29,7 @@ COST_KS = [0, 1, 2, 3, 4, 6, 8, 12, 16]
 
 def bundled_prompts() -> list[str]:
     """The bundled voice-assistant prompts."""
-    return json.loads(files("voice").joinpath("data/prompts.json").read_text())
+    return json.loads(files("commands").joinpath("data/prompts.json").read_text())
 
 
 def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, controller: Controller) -> dict:

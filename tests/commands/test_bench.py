@@ -6,9 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from voice.bench import TurnRecord, compare_report, parse_cpuinfo, report
-from voice.hesitation import (classify, hesitation_report, insert_pause, quietest_point, run_result,
+from commands.bench import compare_report, parse_cpuinfo, report
+from commands.hesitation import (classify, hesitation_report, insert_pause, quietest_point, run_result,
                               HesitationClip, HesitationRun, word_boundary)
+from voice.turns import TurnRecord
 
 RATE = 16000
 
@@ -178,7 +179,7 @@ def test_quietest_point_and_pause_insertion():
 def test_hesitation_audio_puts_the_pause_at_the_word_boundary(stack, tmp_path):
     from audio.wavio import read_wav
     from voice.config import load_config
-    from voice.hesitation import hesitation_audio
+    from commands.hesitation import hesitation_audio
 
     cfg = load_config()
     cfg = replace(cfg, models=replace(cfg.models, cache_dir=str(tmp_path)))
@@ -199,7 +200,7 @@ def test_hesitation_audio_puts_the_pause_at_the_word_boundary(stack, tmp_path):
 
 @pytest.mark.slow
 def test_bench_hesitation_only_json(stack):
-    out = subprocess.run([sys.executable, "-m", "voice.cli", "bench", "--hesitation-only", "--pauses", "700",
+    out = subprocess.run([sys.executable, "-m", "commands.cli", "bench", "--hesitation-only", "--pauses", "700",
                           "--questions", "1", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

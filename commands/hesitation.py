@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from audio.frames import SAMPLE_RATE_HZ, last_voiced_sample
+from audio.pacing import feed_marked
 from audio.wavio import pcm16_to_float, read_wav, resample, write_wav
-from voice.bench import feed_marked, percentiles
+from commands.bench import percentiles
 from voice.config import Config
 from voice.models import cache_dir
 

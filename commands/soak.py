@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from audio.wavio import float_to_pcm16, read_wav
-from voice.bench import percentiles
+from commands.bench import percentiles
 from web.client import open_session, spoken_turn
 
 
