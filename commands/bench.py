@@ -20,13 +20,12 @@ import logging
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from audio.pacing import feed_realtime
 from audio.wavio import AudioError, read_wav, write_wav
+from commands.summary import percentiles
 from voice.config import Config, ConfigError
 from voice.models import cache_dir
 from voice.turns import STAGES, TurnRecord
@@ -115,14 +114,6 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     consumer.cancel()
     await session.close()
     return record
-
-
-def percentiles(values: list[float]) -> dict:
-    """p50, p90 and max of a list (None when empty)."""
-    if not values:
-        return {"p50": None, "p90": None, "max": None}
-    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
-    return {"p50": round(statistics.median(values), 1), "p90": round(q[8], 1), "max": round(max(values), 1)}
 
 
 def report(records: list[TurnRecord], baseline: list | None = None) -> dict:

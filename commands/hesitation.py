@@ -26,7 +26,7 @@ import numpy as np
 from audio.frames import SAMPLE_RATE_HZ, last_voiced_sample
 from audio.pacing import feed_marked
 from audio.wavio import pcm16_to_float, read_wav, resample, write_wav
-from commands.bench import percentiles
+from commands.summary import percentiles
 from voice.config import Config
 from voice.models import cache_dir
 
@@ -148,7 +148,8 @@ def _sentences(folder: Path, pairs: list[tuple[str, str]], tts_factory) -> list[
     return out
 
 
-def hesitation_audio(cfg: Config, tts=None, pauses_ms=DEFAULT_PAUSES_MS, questions: int | None = None) -> list[HesitationClip]:
+def hesitation_audio(cfg: Config, tts=None, pauses_ms=DEFAULT_PAUSES_MS,
+                     questions: int | None = None) -> list[HesitationClip]:
     """The hesitation clips, question by question and pause by pause; WAVs cached under the
     bench cache dir (`bench-hesitation/`, with the cut of each sentence in boundaries.json)."""
     folder = cache_dir(cfg.models) / "bench-hesitation"

@@ -14,9 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from audio.wavio import float_to_pcm16, read_wav
-from commands.bench import percentiles
+from commands.summary import percentiles
 from web.client import open_session, spoken_turn
 
 
