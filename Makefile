@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VOICE := .venv/bin/voice
 
-.PHONY: setup setup-test prepare serve test bench decode-bench
+.PHONY: setup setup-test prepare serve lint test bench decode-bench
 
 setup:
 	bash scripts/bootstrap
@@ -16,7 +16,12 @@ prepare: setup
 serve: prepare
 	$(VOICE) serve
 
-test: setup-test
+# ruff's lint rules and the import contracts (layers, no cycles) are in pyproject.toml.
+lint: setup-test
+	$(PY) -m ruff check .
+	.venv/bin/lint-imports
+
+test: lint
 	$(VOICE) models prepare
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 from voice.config import Config, ConfigError, load_config
 
@@ -23,10 +22,9 @@ class UsageError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from audio.wavio import AudioError
+    from commands.talk import DeviceError
     from voice.models import ModelNotReady
     from voice.tts import TTSError
-
-    from commands.talk import DeviceError
 
     return (ConfigError, ModelNotReady, AudioError, TTSError, UsageError, FileNotFoundError, DeviceError)
 
@@ -48,8 +46,8 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> None:
 def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     """voice turn AUDIO.wav: one batch turn (the baseline)."""
     from audio.wavio import read_wav, write_wav
-    from voice.stack import load_stack
     from commands.turn import batch_turn
+    from voice.stack import load_stack
 
     audio = read_wav(args.audio)
     stack = load_stack(cfg)

@@ -147,7 +147,7 @@ def print_table(report: dict) -> str:
              f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
              f"{'mean k':>6s} identical"]
     for r in report["runs"]:
-        def f(key: str, spec: str) -> str:
+        def f(key: str, spec: str, r: dict = r) -> str:
             return "-" if r.get(key) is None else format(r[key], spec)
         lines.append(f"{r['mode']:12s} {'-' if r['k'] is None else r['k']:>3} {f('tokens_per_s', '7.1f')} "
                      f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "

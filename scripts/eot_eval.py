@@ -306,7 +306,7 @@ def summarise(items: list[Item], n_contexts: int, min_ms: float, max_ms: float, 
 
     out: dict[str, dict] = {}
     for name, score in scorers.items():
-        def on(group: list[Item], lo: float = 0.0, hi: float = 1.0) -> list[float]:
+        def on(group: list[Item], lo: float = 0.0, hi: float = 1.0, score=score) -> list[float]:
             return [score(i, lo, hi) for i in group]
 
         entry: dict = {}

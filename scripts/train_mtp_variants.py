@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from commands.train_drafter import Sequences, fit, make_sequences, reduced_vocab, teacher_pass
 from decode.mtp import MTPConfig, MTPHead, save_mtp
 from voice.llm import load_causal_lm
-from commands.train_drafter import Sequences, fit, make_sequences, reduced_vocab, teacher_pass
 
 
 def parse_variant(text: str) -> tuple[str, tuple[int, ...], int, int]:
@@ -70,7 +70,7 @@ def main() -> None:
     for name, layers, blocks, context in args.variant:
         columns = [0] + [1 + all_layers.index(layer) for layer in layers]  # last hidden state first
         keep = torch.cat([torch.arange(c * size, (c + 1) * size) for c in columns]).to(device)
-        view = lambda d: Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)  # noqa: E731
+        view = lambda d, keep=keep: Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)  # noqa: E731
         cfg = MTPConfig(hidden_size=size, intermediate_size=model.config.intermediate_size, layers=blocks,
                         vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
                         target="embedded (SmolLM2-135M-Instruct)", feature_layers=layers, context=context)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
-from audio.wavio import float_to_pcm16, read_wav
 from audio.pacing import feed_realtime
+from audio.wavio import float_to_pcm16, read_wav
 from voice.turns import TurnRecord
 
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}

@@ -29,8 +29,7 @@ from websockets.http11 import Request, Response
 
 from audio.frames import SAMPLE_RATE_HZ
 from voice.config import Config
-from voice.pipeline import (AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError,
-                            VadState, VoiceSession)
+from voice.pipeline import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, VoiceSession
 from voice.stack import Stack
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from commands.bench import compare_report, parse_cpuinfo, report
-from commands.hesitation import (classify, hesitation_report, insert_pause, quietest_point, run_result,
-                              HesitationClip, HesitationRun, word_boundary)
+from commands.hesitation import (
+    HesitationClip,
+    HesitationRun,
+    classify,
+    hesitation_report,
+    insert_pause,
+    quietest_point,
+    run_result,
+    word_boundary,
+)
 from voice.turns import TurnRecord
 
 RATE = 16000
@@ -178,8 +186,8 @@ def test_quietest_point_and_pause_insertion():
 @pytest.mark.slow
 def test_hesitation_audio_puts_the_pause_at_the_word_boundary(stack, tmp_path):
     from audio.wavio import read_wav
-    from voice.config import load_config
     from commands.hesitation import hesitation_audio
+    from voice.config import load_config
 
     cfg = load_config()
     cfg = replace(cfg, models=replace(cfg.models, cache_dir=str(tmp_path)))

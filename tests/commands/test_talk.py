@@ -59,8 +59,8 @@ def test_talk_writes_the_voices_own_rate(stack, question_wav, tmp_path, monkeypa
     import wave
 
     import voice.stack
-    from voice.config import load_config
     from commands.talk import talk
+    from voice.config import load_config
 
     monkeypatch.setattr(voice.stack, "load_stack", lambda cfg: dataclasses.replace(stack, tts=Voice16k(stack.tts)))
     out = tmp_path / "reply16k.wav"

@@ -1,11 +1,20 @@
 import torch
 
+from commands.decode_bench import bundled_prompts
+from commands.train_drafter import (
+    HELD_OUT_TOPICS,
+    TOPICS,
+    acceptance,
+    fit,
+    held_out_prompts,
+    prompt_bank,
+    reduced_vocab,
+    teacher_pass,
+    training_prompts,
+)
 from conftest import tiny_llama
 from decode.mtp import MTPConfig, MTPHead
 from decode.target import StaticLlamaTarget
-from commands.decode_bench import bundled_prompts
-from commands.train_drafter import (HELD_OUT_TOPICS, TOPICS, acceptance, fit, held_out_prompts, prompt_bank,
-                                 reduced_vocab, teacher_pass, training_prompts)
 
 MODEL = tiny_llama(seed=5, layers=3)
 
@@ -36,7 +45,7 @@ def test_teacher_pass_features_and_labels_are_what_the_decoder_sees():
     data = teacher_pass(MODEL, seqs, depth=2, feature_layers=(2,), batch=3)
     assert data.features.shape == (sum(len(s) for s, _ in seqs), 128)
     start = 0
-    for ids, n_prompt in seqs:
+    for ids, _ in seqs:
         fwd = StaticLlamaTarget(MODEL, feature_layers=(2,)).forward(ids)
         span = slice(start, start + len(ids))
         assert torch.allclose(data.features[span].float(), fwd.hidden, atol=1e-2)

@@ -1,5 +1,4 @@
-from decode.controller import (AdaptiveController, HeuristicController, StepStats,
-                               expected_tokens, interpolate_cost)
+from decode.controller import AdaptiveController, HeuristicController, StepStats, expected_tokens, interpolate_cost
 
 
 def test_expected_tokens_matches_closed_form():

@@ -3,12 +3,24 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from voice.asr import (LOOP_MAX_PERIOD_WORDS, MAX_FRAMES, DecodeAttempt, Decoded, LoopRetry,
-                       NoSpeechRule, WindowDecoder, average_logprob, collapse_repetition, compression_ratio,
-                       decode_plan, find_repetitions, is_repetition_loop, transcribe_until_clean)
+from voice.asr import (
+    LOOP_MAX_PERIOD_WORDS,
+    MAX_FRAMES,
+    DecodeAttempt,
+    Decoded,
+    LoopRetry,
+    NoSpeechRule,
+    WindowDecoder,
+    average_logprob,
+    collapse_repetition,
+    compression_ratio,
+    decode_plan,
+    find_repetitions,
+    is_repetition_loop,
+    transcribe_until_clean,
+)
 from voice.config import ASRConfig
 
 # What greedy whisper-base returned on piper fragments with a 600-frame window.

@@ -5,12 +5,28 @@ import heapq
 import itertools
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from voice.turntaking import (ClientInterrupt, DropReply, Endpoint, Hypothesis, ReleaseReply, ReplyDone,
-                              Score, ScoreText, SpeechStarted, StartReply, StopReply, Transcribe,
-                              TurnSettings, TurnTaker, TypedText, Window, normalise, required_silence_ms)
+from voice.turntaking import (
+    ClientInterrupt,
+    DropReply,
+    Endpoint,
+    Hypothesis,
+    ReleaseReply,
+    ReplyDone,
+    Score,
+    ScoreText,
+    SpeechStarted,
+    StartReply,
+    StopReply,
+    Transcribe,
+    TurnSettings,
+    TurnTaker,
+    TypedText,
+    Window,
+    normalise,
+    required_silence_ms,
+)
 
 W = 0.032  # one VAD window
 

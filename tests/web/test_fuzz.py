@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 SENT = {"messages": 0, "internal": 0}
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                           lambda kids: (st.lists(kids, max_size=4)
+                                         | st.dictionaries(st.text(max_size=8), kids, max_size=4)),
                            max_leaves=8)
 types = st.sampled_from(["start", "text", "interrupt", "stop", "dance", "", "START"]) | st.text(max_size=10)
 json_messages = st.builds(lambda t, extra: json.dumps({"type": t, **extra}), types,
