@@ -26,11 +26,13 @@ def tiny_llama(seed: int, vocab: int = 64, hidden: int = 64, layers: int = 2):
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True)
+                      max_position_embeddings=512, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).eval()
-    # sharper logits than the default init, so greedy paths are not all one token
+    # sharper logits than the default init, so greedy paths are not all one token. The head is
+    # untied and scaled, not the embedding: a tied head over a scaled embedding made the model
+    # repeat its last input token whatever the context (attention bugs were invisible).
     with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(20.0)
+        model.lm_head.weight.mul_(30.0)
     return model
 
 
