@@ -26,7 +26,7 @@ class StepStats:
     draft_len: int  # tokens actually proposed (may be < k asked)
     accepted_len: int
     draft_s: float
-    verify_s: float
+    verify_s: float | None  # None: the forward was shared with other sequences (its time is not this k's cost)
 
 
 class Controller(Protocol):
@@ -127,9 +127,14 @@ class AdaptiveController:
         cost = k * self.draft_cost_s + interpolate_cost(self.verify_cost_s, k)
         return expected_tokens(self.acceptance(), k) / cost
 
+    @property
+    def probe_due(self) -> bool:
+        """`probe_every` steps have passed without a draft: try one so a stale estimate can recover."""
+        return self._since_draft >= self.probe_every
+
     def next_k(self) -> int:
         best = max(range(self.k_max + 1), key=self.score)
-        if best == 0 and self._since_draft >= self.probe_every:
+        if best == 0 and self.probe_due:
             return 1
         return best
 
@@ -140,10 +145,47 @@ class AdaptiveController:
         for j in range(min(n + 1, k)):
             self._hits[j] = self.decay * self._hits[j] + (1.0 if j < n else 0.0)
             self._trials[j] = self.decay * self._trials[j] + 1.0
-        old = self.verify_cost_s.get(k)
-        self.verify_cost_s[k] = stats.verify_s if old is None else (
-            (1 - self.cost_ema) * old + self.cost_ema * stats.verify_s)
+        if stats.verify_s is not None:
+            old = self.verify_cost_s.get(k)
+            self.verify_cost_s[k] = stats.verify_s if old is None else (
+                (1 - self.cost_ema) * old + self.cost_ema * stats.verify_s)
         if k:
             per_token = stats.draft_s / k
             self.draft_cost_s = per_token if self.draft_cost_s == 0 else (
                 (1 - self.cost_ema) * self.draft_cost_s + self.cost_ema * per_token)
+
+
+def plan_batch(acceptance: list[list[float]], weights: list[float], k_max: list[int], k_min: list[int],
+               fixed_tokens: int, verify_cost_s: dict[int, float], draft_cost_s: float = 0.0,
+               rounds: int = 3) -> list[int]:
+    """Draft lengths k_i for the decoding sequences of one batched step:
+
+        maximise  sum_i w_i E_i[tokens | k_i] / (c(T) + c_draft * sum_i k_i),
+        T = fixed_tokens + sum_i (k_i + 1)
+
+    where E_i is `expected_tokens` over sequence i's acceptance estimates and c(T) the measured
+    cost of one packed forward of T tokens (`interpolate_cost` between measured widths; the
+    surface is not smooth, so every width in reach is evaluated). Coordinate ascent from
+    k_i = k_min_i: each k_i in turn over k_min_i..k_max_i with the others fixed, `rounds` passes
+    (stops early when a pass changes nothing). With one sequence this is the exact argmax.
+    """
+    ks = list(k_min)
+
+    def rate(ks: list[int]) -> float:
+        width = fixed_tokens + sum(k + 1 for k in ks)
+        cost = interpolate_cost(verify_cost_s, width) + draft_cost_s * sum(ks)
+        return sum(w * expected_tokens(a, k) for w, a, k in zip(weights, acceptance, ks)) / cost
+
+    for _ in range(rounds):
+        changed = False
+        for i in range(len(ks)):
+            best_k, best = ks[i], rate(ks)
+            for k in range(k_min[i], k_max[i] + 1):
+                trial = ks[:i] + [k] + ks[i + 1:]
+                if (score := rate(trial)) > best + 1e-12:
+                    best_k, best = k, score
+            changed |= best_k != ks[i]
+            ks[i] = best_k
+        if not changed:
+            break
+    return ks

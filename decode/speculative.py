@@ -14,14 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import torch
 
 from decode.controller import Controller, StepStats
-from decode.drafters import Drafter, common_prefix_len, observe
+from decode.drafters import Draft, Drafter, common_prefix_len, observe
 from decode.spans import Span, StableDetokenizer
-from decode.target import Target
+from decode.target import Forward, Target
 from decode.verify import greedy_accept, probs_from_logits, sample_accept
 
 
@@ -95,7 +95,12 @@ class DecodeStats:
 
 
 class SpeculativeDecoder:
-    """Owns the target's KV cache across calls; one reply at a time."""
+    """One sequence's state over a target (or one slot of it): its cached tokens, hidden state, drafter.
+
+    Work on it is a job (`ReplyJob`, `PrefillJob`): the job says what to feed, a driver runs the
+    target forward, the job takes the output. `generate`, `prefill` and `next_token_prob` drive
+    one job alone; `decode.scheduler.StepScheduler` drives the jobs of many slots in one forward.
+    """
 
     def __init__(self, target: Target, tokenizer, drafter: Drafter, controller: Controller,
                  seed: int = 0) -> None:
@@ -106,22 +111,49 @@ class SpeculativeDecoder:
         self._hidden: torch.Tensor | None = None  # hidden state at the last cached position
         self.stats = DecodeStats()
 
+    @property
+    def cached(self) -> list[int]:
+        """The tokens whose KV the target holds (a scheduler picks the slot sharing most of a prompt)."""
+        return self._cached
+
+    def plan_prefill(self, want: list[int], drafter: Drafter | None = None, need_last: bool = False) -> list[int]:
+        """Roll the cache back to its common prefix with `want`; return the tokens still to feed.
+
+        `need_last`: the last token of `want` is fed again even if cached (its logits are wanted).
+        """
+        keep = common_prefix_len(self._cached, want)
+        if need_last:
+            keep = min(keep, len(want) - 1)
+        elif keep == len(want) == len(self._cached):
+            return []
+        elif keep == len(want) and keep > 0:
+            keep -= 1  # re-feed one token to recover its hidden state
+        if keep < len(self._cached):
+            self.target.rollback(keep)
+            del self._cached[keep:]
+            self._hidden = None
+        return list(want[keep:])
+
+    def took_prefill(self, tokens: list[int], out: Forward, drafter: Drafter | None = None) -> None:
+        """The target now caches `tokens` after the cached ones; `out` is its forward over them."""
+        observe(drafter or self.drafter, len(self._cached), out.hidden)
+        self._cached.extend(tokens)
+        self._hidden = out.hidden[-1]
+
+    def run(self, job: Job) -> Iterator[Span]:
+        """Drive one job alone: feed, forward, take, until it is done; yield its spans as they come."""
+        while not job.done:
+            feed = job.feed()
+            if feed:
+                t = time.perf_counter()
+                out = self.target.forward(feed)
+                job.take(out, time.perf_counter() - t)
+            yield from job.drain()
+
     def prefill(self, ids: list[int], drafter: Drafter | None = None) -> None:
         """Bring the target cache to `ids[:-1]`, reusing the common prefix with what is cached."""
-        want = ids[:-1]
-        keep = common_prefix_len(self._cached, want)
-        if keep == len(want) == len(self._cached):
-            return
-        if keep == len(want) and keep > 0:
-            keep -= 1  # re-feed one token to recover its hidden state
-        self.target.rollback(keep)
-        self._cached = want[:keep]
-        self._hidden = None
-        if keep < len(want):
-            out = self.target.forward(want[keep:])
-            self._cached = list(want)
-            self._hidden = out.hidden[-1]
-            observe(drafter or self.drafter, keep, out.hidden)
+        for _ in self.run(PrefillJob(self, ids[:-1], drafter=drafter)):
+            pass
 
     def next_token_prob(self, ids: list[int], token_ids: list[int]) -> float:
         """P(next token in token_ids | ids) under the target: prefill `ids` (reusing the cache),
@@ -131,12 +163,10 @@ class SpeculativeDecoder:
         transcript) is only prefilled past them: the score costs one softmax over a prefill
         the reply needs anyway.
         """
-        self.prefill(ids)  # cache = ids[:-1]
-        out = self.target.forward([ids[-1]])
-        self._cached = list(ids)
-        self._hidden = out.hidden[-1]
-        observe(self.drafter, len(ids) - 1, out.hidden)
-        return float(torch.softmax(out.logits[-1].float(), dim=-1)[list(token_ids)].sum())
+        job = PrefillJob(self, ids, token_ids=token_ids)
+        for _ in self.run(job):
+            pass
+        return job.prob
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings,
                  cancel: threading.Event | None = None, drafter: Drafter | None = None,
@@ -145,58 +175,153 @@ class SpeculativeDecoder:
 
         `drafter`/`controller` override the decoder's own for this call (benchmarks, baselines).
         """
-        drafter = drafter or self.drafter
-        controller = controller or self.controller
-        self.stats = stats = DecodeStats()
-        t0 = time.perf_counter()
-        self.prefill(prompt_ids, drafter)
-        stats.prefill_s = time.perf_counter() - t0
-        ids = list(prompt_ids)
-        detok = StableDetokenizer(self.tokenizer)
-        room = getattr(self.target, "max_len", 1 << 30)
-        while True:
-            if cancel is not None and cancel.is_set():
-                stats.cancelled = True
-                yield Span((), detok.flush(), 0, 0, time.perf_counter(), final=True)
-                return
-            budget = settings.max_new_tokens - stats.tokens
-            k = max(0, min(controller.next_k(), budget - 1, room - len(ids) - 1))
-            t_draft = time.perf_counter()
-            draft = drafter.propose(ids, k, self._hidden) if k else None
-            tokens = draft.tokens[:k] if draft else []
-            t_verify = time.perf_counter()
-            out = self.target.forward([ids[-1]] + tokens)
-            if settings.temperature > 0:
-                p = probs_from_logits(out.logits, settings.temperature, settings.top_p)
-                q = draft.probs[:len(tokens)] if draft and draft.probs is not None else None
-                accepted = sample_accept(tokens, q, p, self.generator)
-            else:
-                accepted = greedy_accept(tokens, out.logits)
-            t_done = time.perf_counter()
-            n = accepted.accepted_len
-            self.target.rollback(len(ids) + n)
-            self._cached = ids + tokens[:n]
-            self._hidden = out.hidden[n]
-            observe(drafter, len(ids) - 1, out.hidden[:n + 1])
-            controller.update(StepStats(len(tokens), n, t_verify - t_draft, t_done - t_verify))
-            emitted = accepted.tokens[:budget]
-            final = len(emitted) == budget
-            for i, tok in enumerate(emitted):
-                if tok in settings.eos_ids:
-                    emitted, final = emitted[:i], True
-                    break
-            ids.extend(emitted)
-            stats.steps += 1
-            stats.tokens += len(emitted)
-            stats.record(len(tokens), n)
-            stats.draft_s += t_verify - t_draft
-            stats.verify_s += t_done - t_verify
-            text = detok.push(emitted)
-            if final:
-                text += detok.flush()
-            yield Span(tuple(emitted), text, len(tokens), n, time.perf_counter(), final=final)
-            if final:
-                return
+        job = ReplyJob(self, prompt_ids, settings, cancel, drafter, controller)
+        self.stats = job.stats
+        return self.run(job)
+
+
+class Job(Protocol):
+    """Work on one sequence, one target forward at a time."""
+
+    done: bool
+    last_only: bool  # the next feed needs the logits of its last position only (a prefill chunk)
+
+    def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:
+        """Tokens for the next forward ([] when it has finished without one); k overrides the controller."""
+        ...
+
+    def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
+        """The forward's rows for this job's feed; `shared`: other sequences were in the same forward."""
+        ...
+
+    def drain(self) -> list[Span]: ...
+
+
+class PrefillJob:
+    """Bring a sequence's cache to `ids` (in chunks of at most `max_tokens`); with `token_ids`,
+    also P(next token in token_ids | ids)."""
+
+    def __init__(self, dec: SpeculativeDecoder, ids: list[int], drafter: Drafter | None = None,
+                 token_ids: list[int] | None = None) -> None:
+        self.dec, self.drafter, self.token_ids = dec, drafter, token_ids
+        self.pending = dec.plan_prefill(ids, drafter, need_last=token_ids is not None)
+        self.done = not self.pending
+        self.last_only = True
+        self.prob = 0.0
+        self.seconds = 0.0
+        self._fed: list[int] = []
+
+    @property
+    def prefilling(self) -> bool:
+        return not self.done
+
+    def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:
+        self._fed = self.pending[:max_tokens] if max_tokens else list(self.pending)
+        return self._fed
+
+    def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
+        self.dec.took_prefill(self._fed, out, self.drafter)
+        del self.pending[:len(self._fed)]
+        self.seconds += seconds
+        if not self.pending:
+            self.done = True
+            if self.token_ids is not None:
+                self.prob = float(torch.softmax(out.logits[-1].float(), dim=-1)[list(self.token_ids)].sum())
+
+    def drain(self) -> list[Span]:
+        return []
+
+
+class ReplyJob:
+    """One reply: prefill the prompt (chunked when a scheduler asks), then draft, verify, accept.
+
+    Each step forwards `[last_token] + draft` (k + 1 tokens); after a partial acceptance the
+    cache is rolled back to the accepted length.
+    """
+
+    def __init__(self, dec: SpeculativeDecoder, prompt_ids: list[int], settings: GenerationSettings,
+                 cancel: threading.Event | None = None, drafter: Drafter | None = None,
+                 controller: Controller | None = None) -> None:
+        self.dec, self.settings, self.cancel = dec, settings, cancel
+        self.drafter = drafter or dec.drafter
+        self.controller = controller or dec.controller
+        self.stats = DecodeStats()
+        self.prefill = PrefillJob(dec, prompt_ids[:-1], self.drafter)
+        self.ids = list(prompt_ids)
+        self.detok = StableDetokenizer(dec.tokenizer)
+        self.room = getattr(dec.target, "max_len", 1 << 30)
+        self.done = False
+        self._out: list[Span] = []
+        self._draft: Draft | None = None
+        self._tokens: list[int] = []
+        self._draft_s = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return not self.prefill.done
+
+    @property
+    def last_only(self) -> bool:
+        return self.prefilling
+
+    def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:
+        if self.cancel is not None and self.cancel.is_set():
+            self.stats.cancelled = self.done = True
+            self._out.append(Span((), self.detok.flush(), 0, 0, time.perf_counter(), final=True))
+            return []
+        if self.prefilling:
+            return self.prefill.feed(max_tokens=max_tokens)
+        budget = self.settings.max_new_tokens - self.stats.tokens
+        k = self.controller.next_k() if k is None else k
+        k = max(0, min(k, budget - 1, self.room - len(self.ids) - 1))
+        t = time.perf_counter()
+        self._draft = self.drafter.propose(self.ids, k, self.dec._hidden) if k else None
+        self._tokens = self._draft.tokens[:k] if self._draft else []
+        self._draft_s = time.perf_counter() - t
+        return [self.ids[-1]] + self._tokens
+
+    def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
+        if self.prefilling:
+            self.prefill.take(out, seconds)
+            self.stats.prefill_s += seconds
+            return
+        dec, tokens, draft, settings = self.dec, self._tokens, self._draft, self.settings
+        if settings.temperature > 0:
+            p = probs_from_logits(out.logits, settings.temperature, settings.top_p)
+            q = draft.probs[:len(tokens)] if draft and draft.probs is not None else None
+            accepted = sample_accept(tokens, q, p, dec.generator)
+        else:
+            accepted = greedy_accept(tokens, out.logits)
+        n = accepted.accepted_len
+        ids = self.ids
+        dec.target.rollback(len(ids) + n)
+        dec._cached = ids + tokens[:n]
+        dec._hidden = out.hidden[n]
+        observe(self.drafter, len(ids) - 1, out.hidden[:n + 1])
+        self.controller.update(StepStats(len(tokens), n, self._draft_s, None if shared else seconds))
+        budget = settings.max_new_tokens - self.stats.tokens
+        emitted = accepted.tokens[:budget]
+        final = len(emitted) == budget
+        for i, tok in enumerate(emitted):
+            if tok in settings.eos_ids:
+                emitted, final = emitted[:i], True
+                break
+        ids.extend(emitted)
+        st = self.stats
+        st.steps += 1
+        st.tokens += len(emitted)
+        st.record(len(tokens), n)
+        st.draft_s += self._draft_s
+        st.verify_s += seconds
+        text = self.detok.push(emitted)
+        if final:
+            text += self.detok.flush()
+            self.done = True
+        self._out.append(Span(tuple(emitted), text, len(tokens), n, time.perf_counter(), final=final))
+
+    def drain(self) -> list[Span]:
+        out, self._out = self._out, []
+        return out
 
 
 def calibrate_verify_cost(target: Target, ks: list[int], reps: int = 3,

@@ -86,65 +86,137 @@ class StaticLlamaTarget:
                 torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
                 mlp.down_proj.weight.detach(),
             ))
-        shape = (len(self.layers), self.n_kv, max_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self._k: list[torch.Tensor] = []  # per slot [layers, n_kv, max_len, head_dim], allocated on first use
+        self._v: list[torch.Tensor] = []
+        self.lengths: list[int] = []
         rope = getattr(cfg, "rope_parameters", None) or {}
         theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
         inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1).to(self.device)
         self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-        self.length = 0
         self.feature_layers = check_feature_layers(feature_layers, len(self.layers))
+        self._ensure_slot(0)
+
+    def _ensure_slot(self, index: int) -> None:
+        shape = (len(self.layers), self.n_kv, self.max_len, self.head_dim)
+        while len(self._k) <= index:
+            self._k.append(torch.zeros(shape, device=self.device, dtype=self.dtype))
+            self._v.append(torch.zeros(shape, device=self.device, dtype=self.dtype))
+            self.lengths.append(0)
+
+    def slot(self, index: int) -> SlotTarget:
+        """Sequence slot `index` (its own KV cache, allocated now) as a one-sequence `Target`."""
+        self._ensure_slot(index)
+        return SlotTarget(self, index)
+
+    @property
+    def length(self) -> int:
+        """Slot 0's length: the target used as one sequence."""
+        return self.lengths[0]
 
     def reset(self) -> None:
-        """Forget the whole context."""
-        self.length = 0
+        """Forget slot 0's whole context."""
+        self.lengths[0] = 0
 
-    def rollback(self, length: int) -> None:
-        """Forget positions >= length (no copy: later writes overwrite them)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot roll back to {length} from {self.length}")
-        self.length = length
+    def rollback(self, length: int, slot: int = 0) -> None:
+        """Forget positions >= length of `slot` (no copy: later writes overwrite them)."""
+        if not 0 <= length <= self.lengths[slot]:
+            raise ValueError(f"cannot roll back to {length} from {self.lengths[slot]}")
+        self.lengths[slot] = length
+
+    def forward(self, token_ids: list[int]) -> Forward:
+        """Run the model on `token_ids` at slot 0's positions length..length+n-1."""
+        return self.forward_packed([(0, token_ids, False)])[0]
 
     @torch.inference_mode()
-    def forward(self, token_ids: list[int]) -> Forward:
-        """Run the model on `token_ids` at positions length..length+n-1."""
-        n, start = len(token_ids), self.length
-        end = start + n
-        if end > self.max_len:
-            raise ValueError(f"context of {end} tokens exceeds the cache ({self.max_len})")
-        ids = torch.tensor(token_ids, device=self.device)
-        x = self.embed[ids]  # [n, H]
-        cos, sin = self.cos[start:end], self.sin[start:end]
-        mask = None
-        if n > 1:  # query i (position start+i) sees keys 0..start+i
-            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(start)
+    def forward_packed(self, feeds: list[tuple[int, list[int], bool]]) -> list[Forward]:
+        """One forward over several slots' new tokens, packed end to end (no padding).
+
+        feeds: (slot, token ids, last_only) — `last_only` returns the logits of the last position
+        only (a prefill chunk). The linear layers run once over all T = sum(n_i) tokens; attention
+        runs per slot over its own cache (query j of slot i sees keys 0..start_i + j). One feed is
+        exactly the one-sequence forward.
+        """
+        parts, offset = [], 0
+        for slot, ids, _ in feeds:
+            start, n = self.lengths[slot], len(ids)
+            if n == 0:
+                raise ValueError(f"slot {slot}: nothing to feed")
+            if start + n > self.max_len:
+                raise ValueError(f"context of {start + n} tokens exceeds the cache ({self.max_len})")
+            parts.append((slot, start, n, offset))
+            offset += n
+        total = offset
+        ids = torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)
+        x = self.embed[ids]  # [T, H]
+        if len(parts) == 1:
+            start, n = parts[0][1], parts[0][2]
+            cos, sin = self.cos[start:start + n], self.sin[start:start + n]
+        else:
+            pos = torch.cat([torch.arange(start, start + n) for _, start, n, _ in parts]).to(self.device)
+            cos, sin = self.cos[pos], self.sin[pos]
+        masks = [None if n == 1 else torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
+                 for _, start, n, _ in parts]
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         features = []
         for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
             h = rms_norm(x, ln1, self.eps)
             q, k, v = F.linear(h, w_qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-            q = q.view(n, nh, hd).transpose(0, 1)
-            k = k.view(n, nkv, hd).transpose(0, 1)
-            v = v.view(n, nkv, hd).transpose(0, 1)
+            q = q.view(total, nh, hd).transpose(0, 1)
+            k = k.view(total, nkv, hd).transpose(0, 1)
+            v = v.view(total, nkv, hd).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.k_cache[i, :, start:end] = k
-            self.v_cache[i, :, start:end] = v
-            att = F.scaled_dot_product_attention(
-                q, self.k_cache[i, :, :end], self.v_cache[i, :, :end],
-                attn_mask=mask, enable_gqa=nh != nkv)
-            x = x + F.linear(att.transpose(0, 1).reshape(n, nh * hd), w_o)
+            outs = []
+            for (slot, start, n, off), mask in zip(parts, masks):
+                end = start + n
+                k_cache, v_cache = self._k[slot][i], self._v[slot][i]
+                k_cache[:, start:end] = k[:, off:off + n]
+                v_cache[:, start:end] = v[:, off:off + n]
+                outs.append(F.scaled_dot_product_attention(
+                    q[:, off:off + n], k_cache[:, :end], v_cache[:, :end], attn_mask=mask, enable_gqa=nh != nkv))
+            att = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+            x = x + F.linear(att.transpose(0, 1).reshape(total, nh * hd), w_o)
             gate, up = F.linear(rms_norm(x, ln2, self.eps), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
             if i + 1 in self.feature_layers:
                 features.append(x)
         hidden = rms_norm(x, self.final_norm, self.eps)
-        logits = F.linear(hidden, self.lm_head).float()
-        self.length = end
-        return Forward(logits, torch.cat([hidden, *features], dim=-1) if features else hidden)
+        hidden_out = torch.cat([hidden, *features], dim=-1) if features else hidden
+        rows = [off + n - 1 if last_only else slice(off, off + n)
+                for (_, _, n, off), (_, _, last_only) in zip(parts, feeds)]
+        if any(last for _, _, last in feeds):  # the LM head only where logits are read
+            logits = [F.linear(hidden[r:r + 1] if isinstance(r, int) else hidden[r], self.lm_head).float()
+                      for r in rows]
+        else:
+            logits = list(F.linear(hidden, self.lm_head).float().split([n for _, _, n, _ in parts]))
+        for slot, start, n, _ in parts:
+            self.lengths[slot] = start + n
+        return [Forward(lg, hidden_out[off:off + n]) for lg, (_, _, n, off) in zip(logits, parts)]
+
+
+class SlotTarget:
+    """One slot of a `StaticLlamaTarget` behind the one-sequence `Target` interface."""
+
+    def __init__(self, parent: StaticLlamaTarget, index: int) -> None:
+        self.parent, self.index = parent, index
+
+    def __getattr__(self, name: str):  # vocab_size, feature_layers, max_len, embed, …
+        return getattr(self.parent, name)
+
+    @property
+    def length(self) -> int:
+        return self.parent.lengths[self.index]
+
+    def forward(self, token_ids: list[int]) -> Forward:
+        return self.parent.forward_packed([(self.index, token_ids, False)])[0]
+
+    def rollback(self, length: int) -> None:
+        self.parent.rollback(length, self.index)
+
+    def reset(self) -> None:
+        self.parent.lengths[self.index] = 0
 
 
 class HFTarget:

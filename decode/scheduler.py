@@ -1,0 +1,280 @@
+"""The step scheduler: the active jobs of all slots advance together, one packed forward per step.
+
+In: jobs (`ReplyJob`, `PrefillJob`) submitted with callbacks that say whether the job is
+urgent and whether it may run now. Out: each job's spans through its `emit` callback, from
+the scheduler's thread; `Ticket.finished` when it is done (or failed: `Ticket.error`).
+
+One step:
+1. Runnable jobs: not paused (a held reply that has its first phrase waits for its endpoint).
+2. Order: urgent jobs (a reply without its first phrase, an end-of-turn score) first, then
+   the others, oldest first. Every decoding job gets its 1 + k tokens; prefill chunks share
+   what is left of `step_tokens` (unbounded when no other job is decoding).
+3. k: one decoding job asks its own controller (the single-sequence rule, unchanged); with
+   more, `plan_batch` maximises sum_i w_i E_i[tokens | k_i] / c(T) over the packed width T
+   (urgent w = 1, talking w = `talking_weight`: they only need to stay ahead of playback).
+4. One `forward_packed` over all feeds; each job takes its rows; finished jobs free their slot.
+Slots: a job goes to the free slot whose cache shares the longest prefix with its prompt
+(a conversation stays cached across turns), else the least recently used one. Cost per
+step: one target forward over T tokens; on 2 AVX2 cores 4 × 1 token costs ~1.5 × 1 token.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from decode.controller import interpolate_cost, plan_batch
+from decode.drafters import common_prefix_len
+from decode.spans import Span
+from decode.speculative import Job, SpeculativeDecoder
+from decode.target import Forward
+
+log = logging.getLogger(__name__)
+
+
+def dec_full(dec: SpeculativeDecoder, tokens: list[int]) -> bool:
+    """Feeding `tokens` would run past the slot's cache."""
+    return dec.target.length + len(tokens) > getattr(dec.target, "max_len", 1 << 62)
+
+
+def _never() -> bool:
+    return False
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One submitted job: where its spans go and how it ended."""
+
+    make: Callable[[SpeculativeDecoder], Job]  # builds the job on the slot it gets
+    prompt: list[int]
+    emit: Callable[[Span], None]
+    urgent: Callable[[], bool] = _always
+    paused: Callable[[], bool] = _never
+    order: int = 0
+    job: Job | None = None
+    slot: int = -1
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self) -> Job:
+        """Block until the job is done; raise what it failed with."""
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
+        return self.job
+
+
+@dataclass
+class SchedulerStats:
+    """What the scheduler did: steps, tokens, and how many sequences shared each step."""
+
+    steps: int = 0
+    tokens_fed: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)  # decoding sequences per step -> steps
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "tokens_fed": self.tokens_fed,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+
+
+class StepScheduler:
+    """Runs jobs over `slots` (decoders on slots of one target) in batched steps, on its own thread."""
+
+    def __init__(self, slots: list[SpeculativeDecoder], forward_packed: Callable | None,
+                 width_cost_s: dict[int, float], step_tokens: int = 64, talking_weight: float = 0.25,
+                 cost_ema: float = 0.2, threaded: bool = True) -> None:
+        """`forward_packed(feeds)` of the slots' shared target (None: slots run one after another)."""
+        if not slots:
+            raise ValueError("the scheduler needs at least one slot")
+        self.slots, self.forward_packed = slots, forward_packed
+        self.width_cost_s = dict(width_cost_s)  # packed width T -> seconds of one forward
+        self.step_tokens, self.talking_weight, self.cost_ema = step_tokens, talking_weight, cost_ema
+        self.stats = SchedulerStats()
+        self._used = [0.0] * len(slots)  # last use, for LRU
+        self._busy: list[Ticket | None] = [None] * len(slots)
+        self._waiting: list[Ticket] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="decode-steps", daemon=True)
+        if threaded:
+            self._thread.start()
+
+    # ---- submitting ----------------------------------------------------------------
+    def submit(self, make: Callable[[SpeculativeDecoder], Job], prompt: list[int],
+               emit: Callable[[Span], None] = lambda span: None, urgent: Callable[[], bool] = _always,
+               paused: Callable[[], bool] = _never) -> Ticket:
+        """Queue a job; it starts on a slot at the next step that has one free."""
+        ticket = Ticket(make, list(prompt), emit, urgent, paused, next(self._order))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the decode scheduler is closed")
+            self._waiting.append(ticket)
+            self._cond.notify()
+        return ticket
+
+    def wake(self) -> None:
+        """Re-check paused jobs now (one was released)."""
+        with self._cond:
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the thread after the current step; waiting and running jobs fail."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    # ---- slots ---------------------------------------------------------------------
+    def _pick_slot(self, prompt: list[int]) -> int | None:
+        free = [i for i, t in enumerate(self._busy) if t is None]
+        if not free:
+            return None
+        return max(free, key=lambda i: (common_prefix_len(self.slots[i].cached, prompt), -self._used[i]))
+
+    def _assign(self) -> None:
+        """Start waiting tickets on free slots, urgent ones first."""
+        self._waiting.sort(key=lambda t: (not t.urgent(), t.order))
+        while self._waiting and (slot := self._pick_slot(self._waiting[0].prompt)) is not None:
+            ticket = self._waiting.pop(0)
+            try:
+                ticket.job = ticket.make(self.slots[slot])
+            except Exception as err:  # a bad prompt fails its ticket, not the scheduler
+                self._finish(ticket, err)
+                continue
+            ticket.slot = slot
+            self._busy[slot] = ticket
+            if ticket.job.done:  # nothing to compute (a prefill already cached)
+                self._complete(ticket)
+
+    def _finish(self, ticket: Ticket, error: BaseException | None = None) -> None:
+        ticket.error = error
+        if ticket.slot >= 0:
+            self._busy[ticket.slot] = None
+            self._used[ticket.slot] = time.perf_counter()
+        ticket.finished.set()
+
+    def _complete(self, ticket: Ticket) -> None:
+        for span in ticket.job.drain():
+            ticket.emit(span)
+        if ticket.job.done:
+            self._finish(ticket)
+
+    # ---- steps ---------------------------------------------------------------------
+    def run_step(self) -> bool:
+        """Start waiting jobs on free slots, then advance every runnable job by one step.
+
+        False when no job could run. The scheduler's thread calls it in a loop; a test without
+        the thread (`threaded=False`) calls it to place joins and cancels at chosen steps.
+        """
+        with self._cond:
+            self._assign()
+            running = [t for t in self._busy if t is not None and not t.paused()]
+        if not running:
+            return False
+        try:
+            self._step(running)
+        except Exception as err:  # the forward failed: these jobs end with the error
+            log.exception("decode step failed")
+            with self._cond:
+                for ticket in running:
+                    if not ticket.finished.is_set():
+                        self._reset_slot(ticket.slot)
+                        self._finish(ticket, err)
+        return True
+
+    def _loop(self) -> None:
+        while not self._closed:
+            if not self.run_step():
+                with self._cond:
+                    if not self._closed:  # paused jobs are polled; otherwise sleep until a submit
+                        self._cond.wait(timeout=0.02 if any(self._busy) or self._waiting else None)
+        with self._cond:
+            closed = RuntimeError("the decode scheduler closed")
+            for ticket in self._waiting + [t for t in self._busy if t is not None]:
+                self._finish(ticket, closed)
+            self._waiting.clear()
+
+    def _reset_slot(self, slot: int) -> None:
+        dec = self.slots[slot]
+        dec.target.reset()
+        dec._cached, dec._hidden = [], None
+
+    def _step(self, running: list[Ticket]) -> None:
+        running.sort(key=lambda t: (not t.urgent(), t.order))
+        decoding = [t for t in running if not getattr(t.job, "prefilling", False)]
+        ks = self._plan(decoding)
+        room = self.step_tokens - sum(k + 1 for k in ks.values())
+        alone = len(running) == 1
+        feeds, fed = [], []
+        for ticket in running:
+            if ticket in ks:
+                tokens = ticket.job.feed(k=ks[ticket])
+            else:
+                limit = None if not decoding and len(running) == 1 else max(room, 1)
+                tokens = ticket.job.feed(max_tokens=limit)
+                room -= len(tokens)
+            if tokens and dec_full(self.slots[ticket.slot], tokens):
+                with self._cond:
+                    self._finish(ticket, ValueError(
+                        f"context of {self.slots[ticket.slot].target.length + len(tokens)} tokens exceeds the cache "
+                        f"({self.slots[ticket.slot].target.max_len}); lower llm.history_tokens"))
+            elif tokens:
+                feeds.append((self.slots[ticket.slot], tokens, ticket.job.last_only))
+                fed.append(ticket)
+            else:
+                with self._cond:
+                    self._complete(ticket)
+        if not feeds:
+            return
+        t = time.perf_counter()
+        outs = self._forward(feeds)
+        seconds = time.perf_counter() - t
+        width = sum(len(tokens) for _, tokens, _ in feeds)
+        self._learn_cost(width, seconds)
+        self.stats.steps += 1
+        self.stats.tokens_fed += width
+        self.stats.batch_sizes[len(feeds)] += 1
+        with self._cond:
+            for ticket, out in zip(fed, outs):
+                ticket.job.take(out, seconds, shared=not alone)
+                self._complete(ticket)
+            self._cond.notify_all()
+
+    def _forward(self, feeds: list[tuple[SpeculativeDecoder, list[int], bool]]) -> list[Forward]:
+        if self.forward_packed is not None:
+            return self.forward_packed([(dec.target.index, tokens, last) for dec, tokens, last in feeds])
+        return [dec.target.forward(tokens) for dec, tokens, _ in feeds]
+
+    def _plan(self, decoding: list[Ticket]) -> dict[Ticket, int]:
+        """k per decoding job: its own controller alone, `plan_batch` together."""
+        if len(decoding) <= 1:
+            return {t: t.job.controller.next_k() for t in decoding}
+        adaptive = [t for t in decoding if hasattr(t.job.controller, "acceptance")]
+        ks = {t: t.job.controller.next_k() for t in decoding if t not in adaptive}
+        if adaptive:
+            ctls = [t.job.controller for t in adaptive]
+            planned = plan_batch([c.acceptance() for c in ctls],
+                                 [1.0 if t.urgent() else self.talking_weight for t in adaptive],
+                                 [c.k_max for c in ctls], [int(c.probe_due) for c in ctls],
+                                 sum(k + 1 for k in ks.values()), self.width_cost_s,
+                                 max(c.draft_cost_s for c in ctls))
+            ks.update(zip(adaptive, planned))
+        return ks
+
+    def _learn_cost(self, width: int, seconds: float) -> None:
+        old = self.width_cost_s.get(width)
+        self.width_cost_s[width] = seconds if old is None else (1 - self.cost_ema) * old + self.cost_ema * seconds
+
+    def cost(self, width: int) -> float:
+        """The current estimate of one forward of `width` packed tokens."""
+        return interpolate_cost(self.width_cost_s, width)

@@ -1,0 +1,200 @@
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ByteTokenizer, tiny_llama
+from decode.controller import AdaptiveController, FixedController, plan_batch
+from decode.drafters import ModelDrafter, NgramDrafter, NoDrafter
+from decode.mtp import MTPConfig, MTPDrafter, MTPHead
+from decode.scheduler import StepScheduler
+from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder
+from decode.target import StaticLlamaTarget
+
+TARGET = tiny_llama(seed=0)
+DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
+SLOTS = 4
+
+
+def plain_greedy(prompt, n):
+    with torch.inference_mode():
+        out = TARGET.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                              min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+def make_drafter(kind, parent):
+    if kind == "ngram":
+        return NgramDrafter(3, 1)
+    if kind == "model":
+        return ModelDrafter(StaticLlamaTarget(DRAFT, max_len=160))
+    if kind == "mtp":
+        torch.manual_seed(3)
+        head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=64, context=4)).eval()
+        return MTPDrafter(head, parent.embed)
+    return NoDrafter()
+
+
+def make_controller(kind, k):
+    if kind == "fixed":
+        return FixedController(k)
+    return AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1})
+
+
+def scheduler(drafter="ngram", controller="fixed", k=2, slots=SLOTS, step_tokens=16):
+    parent = StaticLlamaTarget(TARGET, max_len=160)
+    decs = [SpeculativeDecoder(parent.slot(i), ByteTokenizer(), make_drafter(drafter, parent),
+                               make_controller(controller, k)) for i in range(slots)]
+    return StepScheduler(decs, parent.forward_packed, {1: 1.0, 4: 1.2, 16: 2.0, 64: 6.0},
+                         step_tokens=step_tokens, threaded=False)
+
+
+def submit(sched, prompt, n, cancel=None, out=None):
+    out = [] if out is None else out
+    s = GenerationSettings(max_new_tokens=n)
+    ticket = sched.submit(lambda dec: ReplyJob(dec, prompt, s, cancel), prompt,
+                          lambda span: out.extend(span.token_ids))
+    return ticket, out
+
+
+def run_until_idle(sched, limit=2000):
+    for _ in range(limit):
+        if not sched.run_step():
+            return
+    raise AssertionError("the scheduler never went idle")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), drafter=st.sampled_from(["ngram", "model", "mtp", "none"]),
+       controller=st.sampled_from(["fixed", "adaptive"]), k=st.integers(0, 5))
+def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_greedy(data, drafter, controller, k):
+    sched = scheduler(drafter, controller, k)
+    n_seq = data.draw(st.integers(2, 6), label="sequences")
+    prompts = [data.draw(st.lists(st.integers(1, 63), min_size=1, max_size=40), label=f"prompt{i}")
+               for i in range(n_seq)]
+    joins = sorted(data.draw(st.lists(st.integers(0, 12), min_size=n_seq, max_size=n_seq), label="joins"))
+    cancels = {i: data.draw(st.integers(0, 10), label=f"cancel{i}")
+               for i in range(n_seq) if data.draw(st.booleans(), label=f"cancelled{i}")}
+    n = 16
+    runs = {}
+    step = 0
+    while len(runs) < n_seq or not all(t.finished.is_set() for t, _, _ in runs.values()):
+        for i in range(n_seq):
+            if i not in runs and joins[i] <= step:
+                cancel = threading.Event()
+                runs[i] = (*submit(sched, prompts[i], n, cancel), cancel)
+            if i in runs and i in cancels and step >= joins[i] + cancels[i]:
+                runs[i][2].set()
+        sched.run_step()
+        step += 1
+        assert step < 2000
+    for i, (ticket, got, _) in runs.items():
+        want = plain_greedy(prompts[i], n)
+        if i in cancels:
+            assert got == want[:len(got)]  # what it said before the cancel is its own greedy prefix
+        else:
+            assert ticket.error is None and got == want, f"sequence {i} diverged"
+
+
+def test_cancelling_one_sequence_never_changes_another():
+    prompts = [[5, 9, 13, 5, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9], [40, 41, 40, 41]]
+    outputs = []
+    for cancel_second in (False, True):
+        sched = scheduler("ngram", "fixed", 3)
+        cancel = threading.Event()
+        runs = [submit(sched, p, 20, cancel if i == 1 else None) for i, p in enumerate(prompts)]
+        for _ in range(3):
+            sched.run_step()
+        if cancel_second:
+            cancel.set()
+        run_until_idle(sched)
+        outputs.append([runs[0][1], runs[2][1]])
+        assert all(t.finished.is_set() and t.error is None for t, _ in runs)
+    assert outputs[0] == outputs[1] == [plain_greedy(prompts[0], 20), plain_greedy(prompts[2], 20)]
+
+
+def test_a_job_goes_to_the_slot_that_has_its_prefix_cached():
+    sched = scheduler(slots=3)
+    history = [7, 8, 9, 10, 11, 12, 13, 14]
+    first, _ = submit(sched, history + [20], 4)
+    other, _ = submit(sched, [30, 31, 32], 4)
+    run_until_idle(sched)
+    again, out = submit(sched, history + [21, 22], 4)
+    run_until_idle(sched)
+    assert again.slot == first.slot != other.slot
+    assert again.job.stats.tokens == 4 and out == plain_greedy(history + [21, 22], 4)
+
+
+def test_more_jobs_than_slots_wait_and_all_finish():
+    sched = scheduler(slots=2)
+    prompts = [[i + 1, i + 2, i + 3] for i in range(5)]
+    runs = [submit(sched, p, 6) for p in prompts]
+    run_until_idle(sched)
+    assert [out for _, out in runs] == [plain_greedy(p, 6) for p in prompts]
+
+
+def test_scores_and_replies_share_steps_and_the_score_is_the_targets():
+    sched = scheduler(slots=2)
+    _, reply = submit(sched, [3, 4, 5, 6], 12)
+    sched.run_step()
+    prompt = [9, 8, 7, 6, 5]
+    score = sched.submit(lambda dec: PrefillJob(dec, prompt, token_ids=[4]), prompt, lambda span: None)
+    run_until_idle(sched)
+    with torch.inference_mode():
+        want = torch.softmax(TARGET(torch.tensor([prompt])).logits[0, -1], -1)[4].item()
+    assert score.wait().prob == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert reply == plain_greedy([3, 4, 5, 6], 12)
+    assert max(int(size) for size in sched.stats.as_dict()["batch_sizes"]) == 2
+
+
+def test_a_paused_job_waits_and_does_not_stall_others():
+    sched = scheduler(slots=2)
+    hold = threading.Event()
+    s = GenerationSettings(max_new_tokens=8)
+    held_out, free_out = [], []
+    held = sched.submit(lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: held_out.extend(sp.token_ids),
+                        paused=lambda: not hold.is_set())
+    free, free_out = submit(sched, [4, 5, 6], 8)
+    run_until_idle(sched)
+    assert free.finished.is_set() and not held.finished.is_set() and held_out == []
+    hold.set()
+    run_until_idle(sched)
+    assert held_out == plain_greedy([1, 2, 3], 8) and free_out == plain_greedy([4, 5, 6], 8)
+
+
+def test_a_prompt_past_the_cache_fails_its_ticket_only():
+    sched = scheduler(slots=2)
+    too_long, _ = submit(sched, list(range(1, 64)) * 3, 4)
+    fine, out = submit(sched, [1, 2, 3], 5)
+    run_until_idle(sched)
+    with pytest.raises(ValueError, match="exceeds the cache"):
+        too_long.wait()
+    assert out == plain_greedy([1, 2, 3], 5)
+
+
+def test_the_threaded_scheduler_serves_concurrent_callers():
+    parent = StaticLlamaTarget(TARGET, max_len=160)
+    decs = [SpeculativeDecoder(parent.slot(i), ByteTokenizer(), NgramDrafter(), FixedController(2)) for i in range(3)]
+    sched = StepScheduler(decs, parent.forward_packed, {1: 1.0, 16: 2.0})
+    try:
+        runs = [submit(sched, [i, i + 1, i + 2], 10) for i in range(1, 6)]
+        for ticket, _ in runs:
+            ticket.wait()
+        assert [out for _, out in runs] == [plain_greedy([i, i + 1, i + 2], 10) for i in range(1, 6)]
+    finally:
+        sched.close()
+
+
+def test_plan_batch_alone_is_the_single_sequence_argmax_and_drops_k_when_width_costs():
+    acc = [[0.8] * 6]
+    costs = {1: 1.0, 2: 1.05, 3: 1.1, 4: 1.15, 5: 1.2, 6: 1.25, 7: 1.3}
+    rate = lambda k: sum(0.8 ** i for i in range(k + 1)) / costs[k + 1]
+    assert plan_batch(acc, [1.0], [6], [0], 0, costs) == [max(range(7), key=rate)]
+    # four sequences where each extra packed token costs as much as a whole step: no drafting
+    steep = {w: float(w) for w in range(1, 40)}
+    assert plan_batch([[0.6] * 6] * 4, [1.0] * 4, [6] * 4, [0] * 4, 0, steep) == [0, 0, 0, 0]
+    # flat cost: everyone drafts to k_max; a probe due keeps k >= 1 even when it does not pay
+    flat = {1: 1.0, 40: 1.0}
+    assert plan_batch([[0.9] * 4] * 2, [1.0, 0.25], [4, 4], [0, 0], 0, flat) == [4, 4]
+    assert plan_batch([[0.0] * 4], [1.0], [4], [1], 0, steep) == [1]
