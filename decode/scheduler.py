@@ -58,6 +58,7 @@ class Ticket:
     emit: Callable[[Span], None]
     urgent: Callable[[], bool] = _always
     paused: Callable[[], bool] = _never
+    done: Callable[[Ticket], None] | None = None  # called (scheduler thread) once it finished or failed
     order: int = 0
     job: Job | None = None
     slot: int = -1
@@ -111,9 +112,9 @@ class StepScheduler:
     # ---- submitting ----------------------------------------------------------------
     def submit(self, make: Callable[[SpeculativeDecoder], Job], prompt: list[int],
                emit: Callable[[Span], None] = lambda span: None, urgent: Callable[[], bool] = _always,
-               paused: Callable[[], bool] = _never) -> Ticket:
+               paused: Callable[[], bool] = _never, done: Callable[[Ticket], None] | None = None) -> Ticket:
         """Queue a job; it starts on a slot at the next step that has one free."""
-        ticket = Ticket(make, list(prompt), emit, urgent, paused, next(self._order))
+        ticket = Ticket(make, list(prompt), emit, urgent, paused, done, next(self._order))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the decode scheduler is closed")
@@ -162,10 +163,19 @@ class StepScheduler:
             self._busy[ticket.slot] = None
             self._used[ticket.slot] = time.perf_counter()
         ticket.finished.set()
+        if ticket.done is not None:
+            try:
+                ticket.done(ticket)
+            except Exception:  # a caller's callback must not stop the scheduler
+                log.exception("done callback failed")
 
     def _complete(self, ticket: Ticket) -> None:
         for span in ticket.job.drain():
-            ticket.emit(span)
+            try:
+                ticket.emit(span)
+            except Exception:  # a caller that went away must not stop the others' step
+                log.exception("span callback failed; cancelling that job")
+                ticket.job.done = True
         if ticket.job.done:
             self._finish(ticket)
 

@@ -101,8 +101,9 @@ class StaticLlamaTarget:
     def _ensure_slot(self, index: int) -> None:
         shape = (len(self.layers), self.n_kv, self.max_len, self.head_dim)
         while len(self._k) <= index:
-            self._k.append(torch.zeros(shape, device=self.device, dtype=self.dtype))
-            self._v.append(torch.zeros(shape, device=self.device, dtype=self.dtype))
+            # empty, not zeros: only written rows are read, and untouched pages cost no memory
+            self._k.append(torch.empty(shape, device=self.device, dtype=self.dtype))
+            self._v.append(torch.empty(shape, device=self.device, dtype=self.dtype))
             self.lengths.append(0)
 
     def slot(self, index: int) -> SlotTarget:

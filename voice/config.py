@@ -60,6 +60,9 @@ class DecodeConfig:
     decay: float = 0.9
     prior_accept: float = 0.5  # the adaptive controller's acceptance guess before it has measured any
     cost_ema: float = 0.2  # weight of each new step in its running verify/draft cost estimates
+    slots: int = 8  # replies decoded together in one batched forward (sessions beyond wait for a slot)
+    step_tokens: int = 64  # packed tokens per batched step: prefill chunks share what decoding leaves
+    talking_weight: float = 0.25  # a reply already speaking counts this much against one awaiting its first phrase
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from decode.spans import Span
-from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
-from decode.target import HFTarget, Target, make_target
+from decode.scheduler import StepScheduler, Ticket
+from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder, calibrate_verify_cost
+from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
 from voice.config import Config, ConfigError
 from voice.models import ModelNotReady, llm_path
 
@@ -144,8 +145,17 @@ def closing_tokens(tokenizer) -> list[int]:
     return [i for i, text in enumerate(texts) if (t := text.strip()) and set(t) <= set(CLOSING_CHARS)]
 
 
+BATCHED_DRAFTERS = ("none", "ngram", "mtp")  # drafters whose per-slot copies share weights
+CALIBRATED_WIDTHS = (16, 32, 64)  # packed widths measured at load besides 1..max_draft + 1
+
+
 class ReplyModel:
-    """Target LLM + drafter + controller; one reply at a time (callers serialise)."""
+    """Target LLM + drafter + controller.
+
+    Sessions go through `scheduler` (`submit_reply`, `end_of_turn_prob`): replies of all
+    sessions advance together in batched steps, each on its own KV slot. `decoder` (slot 0)
+    serves one caller at a time under `lock` (benchmarks, `reply`, `reply_plain`).
+    """
 
     def __init__(self, cfg: Config) -> None:
         torch.set_num_threads(cfg.llm.threads or os.cpu_count() or 1)
@@ -169,6 +179,35 @@ class ReplyModel:
         self.lock = threading.Lock()
         self.end_of_user_id = end_of_user_token(self.tokenizer)
         self.turn_end_ids = [self.end_of_user_id] + closing_tokens(self.tokenizer)
+        self.scheduler = self._make_scheduler(cfg)
+
+    def _make_scheduler(self, cfg: Config) -> StepScheduler:
+        """Slots 1..decode.slots of the static target, each with its own drafter and controller copy;
+        one slot over its own decoder when the target or drafter cannot batch."""
+        target = self.target
+        if not (isinstance(target, StaticLlamaTarget) and cfg.decode.drafter in BATCHED_DRAFTERS
+                and cfg.decode.slots > 1):
+            # one slot, slot 0: the scheduler shares it with direct callers, who must not overlap sessions
+            return StepScheduler([self.decoder], None, {k + 1: c for k, c in self.verify_cost_s.items()},
+                                 cfg.decode.step_tokens, cfg.decode.talking_weight, cfg.decode.cost_ema)
+        widths = {k + 1: c for k, c in self.verify_cost_s.items()}
+        wide = [w - 1 for w in CALIBRATED_WIDTHS if w <= cfg.decode.step_tokens and w not in widths]
+        widths.update({k + 1: c for k, c in calibrate_verify_cost(target, wide, reps=2).items()})
+        slots = []
+        for i in range(1, cfg.decode.slots + 1):
+            view = target.slot(i)
+            slots.append(SpeculativeDecoder(view, self.tokenizer, make_drafter(cfg, self.tokenizer, view, self.generator),
+                                            make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed + i))
+        return StepScheduler(slots, target.forward_packed, widths, cfg.decode.step_tokens,
+                             cfg.decode.talking_weight, cfg.decode.cost_ema)
+
+    def submit_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None,
+                     emit: Callable[[Span], None], done: Callable[[Ticket], None],
+                     urgent: Callable[[], bool], paused: Callable[[], bool]) -> Ticket:
+        """Start the reply on the scheduler: spans go to `emit` (scheduler thread), then `done`."""
+        ids = self.chat_ids(messages)
+        return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit,
+                                     urgent, paused, done)
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation with the generation prompt appended."""
@@ -198,7 +237,9 @@ class ReplyModel:
         words = messages[-1]["content"].rstrip().rstrip(CLOSING_CHARS).rstrip()
         ids = self.chat_ids(messages[:-1] + [{"role": "user", "content": words or "."}])
         end = max(i for i, tok in enumerate(ids) if tok == self.end_of_user_id)
-        return self.decoder.next_token_prob(ids[:end], self.turn_end_ids)
+        words = ids[:end]
+        ticket = self.scheduler.submit(lambda dec: PrefillJob(dec, words, token_ids=self.turn_end_ids), words)
+        return ticket.wait().prob
 
     def prefill(self, messages: list[dict[str, str]]) -> None:
         """Warm the KV cache for a conversation whose last user message may still change."""

@@ -19,7 +19,9 @@ only carries out its actions):
    verify step, queued phrases and unsent audio are dropped, the turn ends `interrupted`.
 Echo: the server relies on the browser's echo cancellation; `voice talk` ignores speech
 while its own reply is playing unless `--barge-in` is given (no AEC on a bare sound card).
-Each model runs on its own worker thread (`Stack`), so concurrent sessions queue per model.
+Sessions share the models: the replies of all sessions advance together in the decode
+scheduler's batched steps (a reply awaiting its first phrase goes first); ASR and TTS each
+run on one priority worker (a final transcript and a first phrase go first).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from audio.frames import AudioFrame, Reframer
 from audio.vad import SileroVAD
 from voice.chunker import PhraseChunker
 from voice.config import Config
-from voice.stack import Stack
+from voice.stack import NORMAL, URGENT, Stack
 from voice.tts import AudioChunk
 from voice.turns import Conversation, TurnMetrics
 from voice.turntaking import (Action, ClientInterrupt, DropReply, Endpoint, Hypothesis, ReleaseReply,
@@ -229,6 +231,7 @@ class VoiceSession:
                    end_of_turn_prob=self.turns.score_of(end.transcript))
         turn.gate.set()
         turn.released.set()
+        self.stack.llm.scheduler.wake()  # it may be waiting on this held reply
 
     async def _stop(self, turn: _Turn, report: bool) -> None:
         """Cancel a reply; if the user heard part of it, report and remember it."""
@@ -248,9 +251,9 @@ class VoiceSession:
 
     # ---- ASR and scores --------------------------------------------------------------
     async def _hypothesis(self, ask: Transcribe, audio: np.ndarray) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            text = await loop.run_in_executor(self.stack.asr_worker, self.stack.asr.transcribe, audio)
+        try:  # a decode that may be the final transcript goes before other sessions' partials
+            text = await self.stack.asr_worker.run(lambda: self.stack.asr.transcribe(audio),
+                                                   URGENT if ask.quiet else NORMAL)
         except Exception as err:  # the turn-taker must hear back, or it waits forever
             log.exception("transcription failed")
             await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
@@ -265,15 +268,10 @@ class VoiceSession:
         llm = self.stack.llm
         msgs = self.conversation.messages(text)
 
-        def score() -> float | None:
-            if text != self._latest_text:  # newer words came while this waited for the LLM
-                return None
-            with llm.lock:
-                return llm.end_of_turn_prob(msgs)
-
-        prob = await asyncio.get_running_loop().run_in_executor(self.stack.llm_worker, score)
-        if prob is not None:
-            await self._act(self.turns.step(Score(text, prob)))
+        if text != self._latest_text:  # newer words came while this waited
+            return
+        prob = await asyncio.to_thread(llm.end_of_turn_prob, msgs)
+        await self._act(self.turns.step(Score(text, prob)))
 
     # ---- reply -----------------------------------------------------------------
     def _start_reply(self, start: StartReply) -> None:
@@ -332,30 +330,19 @@ class VoiceSession:
         spans: asyncio.Queue = asyncio.Queue()
         phrases: asyncio.Queue = asyncio.Queue()
         llm = self.stack.llm
+        prob = await asyncio.to_thread(llm.end_of_turn_prob, messages)  # the start of the reply's own prefill
+        self._spawn(self._act(self.turns.step(Score(turn.text, prob))))
 
-        def report_score(prob: float) -> None:
-            asyncio.ensure_future(self._act(self.turns.step(Score(turn.text, prob))))
+        def put(item) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(spans.put_nowait, item)
 
-        def decode() -> None:
-            try:
-                if turn.cancel.is_set():  # cancelled while queued behind another session
-                    return
-                with llm.lock:
-                    prob = llm.end_of_turn_prob(messages)  # the start of the reply's own prefill
-                    loop.call_soon_threadsafe(report_score, prob)
-                    turn.stamp(llm_start=time.perf_counter())
-                    for span in llm.reply(messages, turn.cancel):
-                        loop.call_soon_threadsafe(spans.put_nowait, span)
-                        if turn.first_phrase.is_set() and not turn.released.is_set():
-                            # a held reply with its first phrase made waits for the endpoint, leaving
-                            # the cores to the final transcript (bounded: never a stuck worker)
-                            turn.released.wait(self.cfg.turn.max_silence_ms / 1e3)
-                    st = llm.decoder.stats
-                    turn.stamp(tokens=st.tokens, acceptance=st.acceptance, mean_draft_len=st.mean_draft_len)
-            finally:
-                loop.call_soon_threadsafe(spans.put_nowait, None)
-
-        decoding = loop.run_in_executor(self.stack.llm_worker, decode)
+        turn.stamp(llm_start=time.perf_counter())
+        # urgent until its first phrase is out; a held reply then waits for the endpoint, leaving
+        # the batch to others (the scheduler skips it until it is released or cancelled)
+        ticket = llm.submit_reply(messages, turn.cancel, emit=put, done=lambda _: put(None),
+                                  urgent=lambda: not turn.first_phrase.is_set(),
+                                  paused=lambda: turn.first_phrase.is_set() and not turn.released.is_set())
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
         try:
@@ -368,23 +355,29 @@ class VoiceSession:
                         phrases.put_nowait(phrase)
                         turn.first_phrase.set()
                     turn.out.put_nowait(ReplyText(span.text, span.t))
-            await decoding
+            if ticket.error is not None:
+                raise ticket.error
+            st = ticket.job.stats
+            turn.stamp(tokens=st.tokens, acceptance=st.acceptance, mean_draft_len=st.mean_draft_len)
             for phrase in chunker.flush():
                 phrases.put_nowait(phrase)
             phrases.put_nowait(None)
             await speaking
         except BaseException:
-            turn.cancel.set()  # stops the decode thread within one verify step
+            turn.cancel.set()  # the scheduler drops the reply at its next step
             speaking.cancel()
             raise
 
     async def _tts_worker(self, turn: _Turn, phrases: asyncio.Queue) -> None:
-        """Synthesise phrases as they come (ahead of the endpoint when predictive)."""
+        """Synthesise phrases as they come (ahead of the endpoint when predictive); a first phrase
+        goes before other sessions' later phrases."""
         tts = self.stack.tts
+        first = True
         while (phrase := await phrases.get()) is not None:
             if turn.cancel.is_set():
                 return
-            chunks = await asyncio.get_running_loop().run_in_executor(
-                self.stack.tts_worker, lambda p=phrase: list(tts.synthesize(p)))
+            chunks = await self.stack.tts_worker.run(lambda p=phrase: list(tts.synthesize(p)),
+                                                     URGENT if first else NORMAL)
+            first = False
             for chunk in chunks:
                 turn.out.put_nowait(AudioOut(chunk))

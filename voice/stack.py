@@ -2,16 +2,24 @@
 
 In: `Config`. Out: `Stack`. Cost on 2 cores: ~3 s (whisper 0.6 s, piper 0.4 s, SmolLM2 +
 verify-cost calibration ~2 s). Raises `ModelNotReady` naming the fix when a model is missing.
-Each model runs on its own single worker thread: calls from all sessions queue there in
-order, and each model's scratch memory lives in one thread's allocator arena instead of
-spreading over a growing pool (measured: the pool let RSS creep up with concurrency).
+ASR and TTS each run on one `PriorityWorker` thread: calls from all sessions queue there,
+the urgent ones first (a final transcript before anyone's partial; a reply's first phrase
+before phrases of replies already talking), and each model's scratch memory lives in one
+thread's allocator arena instead of spreading over a growing pool (measured: the pool let
+RSS creep up with concurrency). The LLM runs on the decode scheduler's thread
+(`ReplyModel.scheduler`), which batches all sessions' replies.
 """
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from voice.asr import WhisperASR
 from voice.config import Config
@@ -22,6 +30,45 @@ from voice.tts import PiperTTS
 log = logging.getLogger(__name__)
 
 
+URGENT, NORMAL = 0, 1
+
+
+class PriorityWorker:
+    """One thread running submitted calls, lowest priority number first, in order within one."""
+
+    def __init__(self, name: str) -> None:
+        self._heap: list[tuple[int, int, Future, Callable[[], Any]]] = []
+        self._count = itertools.count()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any], priority: int = NORMAL) -> Future:
+        """Queue `fn()`; its result or exception comes back through the future."""
+        future: Future = Future()
+        with self._cond:
+            heapq.heappush(self._heap, (priority, next(self._count), future, fn))
+            self._cond.notify()
+        return future
+
+    async def run(self, fn: Callable[[], Any], priority: int = NORMAL) -> Any:
+        """`fn()` on the worker, awaited."""
+        return await asyncio.wrap_future(self.submit(fn, priority))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                _, _, future, fn = heapq.heappop(self._heap)
+            if not future.set_running_or_notify_cancel():
+                continue  # the caller gave up on it while it waited
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # the caller gets it; the worker keeps serving
+                future.set_exception(err)
+
+
 @dataclass(frozen=True)
 class Stack:
     """The three models of the pipeline."""
@@ -29,9 +76,8 @@ class Stack:
     asr: WhisperASR
     llm: ReplyModel
     tts: PiperTTS
-    asr_worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "asr"))
-    llm_worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "llm"))
-    tts_worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "tts"))
+    asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
+    tts_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("tts"))
 
 
 def load_stack(cfg: Config) -> Stack:

@@ -95,6 +95,7 @@ class Transcribe:
 
     utterance: int
     audio_end_t: float
+    quiet: bool = False  # the user is silent: this decode may be the final transcript (it goes first)
 
 
 @dataclass(frozen=True)
@@ -300,19 +301,19 @@ class TurnTaker:
             if self.asr_busy or u.last_decode_t >= u.last_voiced_t + s.final_tail_ms / 1e3:
                 return []  # the decode in flight (or its answer, on its way) covers the pause
             if u.last_decode_t < u.last_voiced_t:
-                return self._transcribe(t)  # at the first quiet window: final if it repeats the last words
+                return self._transcribe(t, quiet=True)  # at the first quiet window: final if it repeats the last words
             if (t - u.last_voiced_t) * 1e3 < s.final_tail_ms + WINDOW_MS and not u.endpoint_due:
                 return []
-            return self._transcribe(t)  # with the tail: soft word endings ("France") are in
+            return self._transcribe(t, quiet=True)  # with the tail: soft word endings ("France") are in
         silence_ms = (t - u.last_voiced_t) * 1e3
         if u.endpoint_due or silence_ms >= self._required_ms(u.final.text):
             return self._endpoint(t)
         return []
 
-    def _transcribe(self, t: float) -> list[Action]:
+    def _transcribe(self, t: float, quiet: bool = False) -> list[Action]:
         self.asr_busy = True
         self.utterance.last_decode_t = t
-        return [Transcribe(self.utterance.id, t)]
+        return [Transcribe(self.utterance.id, t, quiet)]
 
     def _required_ms(self, text: str) -> float:
         s = self.settings
