@@ -307,3 +307,13 @@ def test_a_held_reply_whose_words_score_unfinished_is_dropped():
     starts, drops = sim.of(StartReply), sim.of(DropReply)
     assert starts and drops and drops[0][1].reason == "words look unfinished"
     assert not sim.of(Endpoint)  # still waiting for the rest of the question
+
+
+def test_decodes_while_the_user_speaks_are_partials_and_decodes_in_the_pause_are_marked_quiet():
+    sim = Sim(WORDS, SCORES)
+    sim.run(speech(1.6) + quiet(1.5))
+    decodes = sim.of(Transcribe)
+    talking = [a for t, a in decodes if t < 1.6]
+    pausing = [a for t, a in decodes if t >= 1.6]
+    assert talking and not any(a.quiet for a in talking)
+    assert pausing and all(a.quiet for a in pausing)  # these go first on a shared ASR worker

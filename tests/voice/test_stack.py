@@ -1,0 +1,42 @@
+import asyncio
+import threading
+
+import pytest
+
+from voice.stack import NORMAL, URGENT, PriorityWorker
+
+
+def test_urgent_calls_run_before_queued_normal_ones_and_in_order_within_a_priority():
+    worker = PriorityWorker("test")
+    gate, ran = threading.Event(), []
+    blocker = worker.submit(gate.wait)  # holds the thread while the queue fills
+    futures = [worker.submit(lambda i=i: ran.append(("normal", i)), NORMAL) for i in range(3)]
+    futures += [worker.submit(lambda i=i: ran.append(("urgent", i)), URGENT) for i in range(2)]
+    gate.set()
+    for f in [blocker, *futures]:
+        f.result(timeout=10)
+    assert ran == [("urgent", 0), ("urgent", 1), ("normal", 0), ("normal", 1), ("normal", 2)]
+
+
+def test_a_failing_call_reaches_its_caller_and_the_worker_keeps_serving():
+    worker = PriorityWorker("test")
+
+    async def main():
+        with pytest.raises(ZeroDivisionError):
+            await worker.run(lambda: 1 / 0)
+        return await worker.run(lambda: 42, URGENT)
+
+    assert asyncio.run(main()) == 42
+
+
+def test_a_call_cancelled_while_queued_never_runs():
+    worker = PriorityWorker("test")
+    gate, ran = threading.Event(), []
+    blocker = worker.submit(gate.wait)
+    dropped = worker.submit(lambda: ran.append("dropped"))
+    kept = worker.submit(lambda: ran.append("kept"))
+    assert dropped.cancel()
+    gate.set()
+    blocker.result(timeout=10)
+    kept.result(timeout=10)
+    assert ran == ["kept"]
