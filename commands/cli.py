@@ -67,12 +67,23 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
         print(f"reply audio: {args.out}")
 
 
+def _int_list(text: str) -> list[int]:
+    """`1,2,4` -> [1, 2, 4] (argparse type: a bad value is a usage error)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
 def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice decode-bench: speculative decoding against plain greedy and baselines."""
     from commands.decode_bench import print_table, run_decode_bench
 
     report = run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter,
-                              progress=not args.json)
+                              progress=not args.json, batch=args.batch, batch_only=args.batch_only)
     print(json.dumps(report, indent=2) if args.json else print_table(report))
 
 
@@ -338,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", help="cpu | cuda (overrides llm.device)")
     p.add_argument("--dtype", help="float32 | bf16 | fp16 (overrides llm.dtype)")
+    p.add_argument("--batch", type=_int_list, help="also decode the prompts N at a time through the batched "
+                   "scheduler, per size, e.g. 1,2,4,8")
+    p.add_argument("--batch-only", action="store_true", help="with --batch: skip the fixed/adaptive/hf modes")
     p.set_defaults(func=cmd_decode_bench)
     return parser
 

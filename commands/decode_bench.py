@@ -77,9 +77,40 @@ def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
             "mean_accepted": None, "mean_k": None, "tokens": tokens, "_outputs": outputs}
 
 
+def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: list[list[int]]) -> dict:
+    """The prompts in groups of `size`, each group submitted at once to the step scheduler.
+
+    tokens_per_s: all tokens / wall time; per_sequence_tokens_per_s: mean of each reply's tokens /
+    its own time from submit to done; identical: every reply equals its own plain greedy.
+    """
+    sched = llm.scheduler
+    sched.reset_slots()  # no prompt may find its prefill cached by an earlier size
+    outputs: list[list[int]] = []
+    per_seq, tokens, t_all = [], 0, time.perf_counter()
+    before = sched.stats.steps
+    for g in range(0, len(prompts), size):
+        group = prompts[g:g + size]
+        outs: list[list[int]] = [[] for _ in group]
+        t0 = time.perf_counter()
+        tickets = [llm.submit_ids(ids, outs[i].extend) for i, ids in enumerate(group)]
+        for ticket in tickets:
+            job = ticket.wait()
+            per_seq.append(job.stats.tokens / max(ticket.finished_t - t0, 1e-9))
+            tokens += job.stats.tokens
+        outputs.extend(outs)
+    wall = time.perf_counter() - t_all
+    return {"size": size, "tokens_per_s": round(tokens / wall, 2),
+            "per_sequence_tokens_per_s": round(sum(per_seq) / len(per_seq), 2),
+            "steps": sched.stats.steps - before, "tokens": tokens, "identical": outputs == reference}
+
+
 def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: str | None = None,
-                     progress: bool = True) -> dict:
-    """Run every mode on the same prompts; return the report."""
+                     progress: bool = True, batch: list[int] | None = None, batch_only: bool = False) -> dict:
+    """Run every mode on the same prompts; return the report.
+
+    `batch`: also run the prompts through the step scheduler `size` at a time, for each size;
+    `batch_only`: of the single-sequence modes run only greedy (the reference).
+    """
     from dataclasses import replace
 
     cfg = replace(cfg, llm=replace(cfg.llm, max_new_tokens=max_new_tokens),
@@ -90,11 +121,12 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
     _run_ours(llm, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
     costs = calibrate_verify_cost(llm.target, COST_KS, reps=5)
     modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
-    modes += [("fixed", k, None) for k in FIXED_KS]
-    hf_kwargs = _hf_assist_kwargs(cfg, llm)
-    if hf_kwargs is not None:
-        modes.append(("hf_assisted", hf_kwargs.get("prompt_lookup_num_tokens"), hf_kwargs))
-    modes += [("heuristic", None, None), ("adaptive", None, None)]
+    if not batch_only:
+        modes += [("fixed", k, None) for k in FIXED_KS]
+        hf_kwargs = _hf_assist_kwargs(cfg, llm)
+        if hf_kwargs is not None:
+            modes.append(("hf_assisted", hf_kwargs.get("prompt_lookup_num_tokens"), hf_kwargs))
+        modes += [("heuristic", None, None), ("adaptive", None, None)]
     runs, greedy_out = [], None
     for mode, k, extra in tqdm(modes, desc="decode-bench", disable=not progress):
         if mode == "hf_assisted":
@@ -107,10 +139,19 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
         outputs = result.pop("_outputs")
         greedy_out = greedy_out or outputs
         runs.append({"mode": mode, "k": k, **_rounded(result), "identical": outputs == greedy_out})
-    return {"target": llm.cfg.models.llm, "drafter": llm.drafter.name, "device": cfg.llm.device,
-            "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
-            "max_new_tokens": max_new_tokens, "runs": runs, "speedup": _speedups(runs),
-            "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()}}
+    report = {"target": llm.cfg.models.llm, "drafter": llm.drafter.name, "device": cfg.llm.device,
+              "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
+              "max_new_tokens": max_new_tokens, "runs": runs, "speedup": _speedups(runs),
+              "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()}}
+    if batch:
+        sizes = [_run_batch(llm, prompts, size, greedy_out)
+                 for size in tqdm(batch, desc="decode-bench batch", disable=not progress)]
+        base = sizes[0]["tokens_per_s"] if sizes[0]["size"] == 1 else None
+        for row in sizes:
+            row["vs_batch_1"] = round(row["tokens_per_s"] / base, 3) if base else None
+        report["batch"] = sizes
+        report["slots"] = len(llm.scheduler.slots)
+    return report
 
 
 def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
@@ -131,6 +172,8 @@ def _rounded(result: dict) -> dict:
 
 def _speedups(runs: list[dict]) -> dict:
     by_mode = {r["mode"]: r for r in runs}
+    if "adaptive" not in by_mode:
+        return {}
     ours = by_mode["adaptive"]["tokens_per_s"]
     best_fixed = max(r["tokens_per_s"] for r in runs if r["mode"] == "fixed")
     out = {"adaptive_vs_greedy": ours / by_mode["greedy"]["tokens_per_s"],
@@ -153,6 +196,10 @@ def print_table(report: dict) -> str:
                      f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "
                      f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']}")
     lines.append("speedup: " + ", ".join(f"{k}={v}" for k, v in report["speedup"].items()))
+    for row in report.get("batch", []):
+        lines.append(f"batch {row['size']}: {row['tokens_per_s']:.1f} tok/s aggregate "
+                     f"({row['vs_batch_1']}x batch 1), {row['per_sequence_tokens_per_s']:.1f} per sequence, "
+                     f"identical={row['identical']}")
     lines.append("verify cost ms (k draft + 1): " + ", ".join(
         f"k={k}: {v}" for k, v in report["verify_cost_ms"].items()))
     return "\n".join(lines)

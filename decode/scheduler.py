@@ -19,6 +19,7 @@ step: one target forward over T tokens; on 2 AVX2 cores 4 × 1 token costs ~1.5 
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import threading
@@ -64,6 +65,7 @@ class Ticket:
     slot: int = -1
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    finished_t: float = 0.0  # perf_counter() when it finished
 
     def wait(self) -> Job:
         """Block until the job is done; raise what it failed with."""
@@ -108,6 +110,7 @@ class StepScheduler:
         self._thread = threading.Thread(target=self._loop, name="decode-steps", daemon=True)
         if threaded:
             self._thread.start()
+            atexit.register(self.close)  # a step running at interpreter exit aborts the process
 
     # ---- submitting ----------------------------------------------------------------
     def submit(self, make: Callable[[SpeculativeDecoder], Job], prompt: list[int],
@@ -126,6 +129,13 @@ class StepScheduler:
         """Re-check paused jobs now (one was released)."""
         with self._cond:
             self._cond.notify()
+
+    def reset_slots(self) -> None:
+        """Forget every idle slot's cached context (benchmarks that must not reuse a prefill)."""
+        with self._cond:
+            for i, ticket in enumerate(self._busy):
+                if ticket is None:
+                    self._reset_slot(i)
 
     def close(self) -> None:
         """Stop the thread after the current step; waiting and running jobs fail."""
@@ -162,6 +172,7 @@ class StepScheduler:
         if ticket.slot >= 0:
             self._busy[ticket.slot] = None
             self._used[ticket.slot] = time.perf_counter()
+        ticket.finished_t = time.perf_counter()
         ticket.finished.set()
         if ticket.done is not None:
             try:

@@ -209,6 +209,11 @@ class ReplyModel:
         return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit,
                                      urgent, paused, done)
 
+    def submit_ids(self, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
+        """A reply to prompt token ids on the scheduler (benchmarks): its tokens go to `on_tokens`."""
+        return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings), ids,
+                                     lambda span: on_tokens(span.token_ids))
+
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation with the generation prompt appended."""
         if self.cfg.llm.system_prompt:
