@@ -136,7 +136,7 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     """voice soak: concurrent sessions and a disconnect storm against a server."""
     import asyncio
 
-    from commands.bench import bench_audio
+    from commands.bench import bench_audio, machine_info
     from commands.soak import disconnect_storm, soak
     from web.launch import spawn_server, stop_server
 
@@ -152,8 +152,9 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
     try:
         result = asyncio.run(soak(ws_url, paths, levels, args.turns))
+        result["machine"] = machine_info()
         if args.storm:
-            result["disconnect_storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
+            result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
     finally:
         if proc is not None:
             stop_server(proc)
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", default="1,2,4", help="concurrency levels, e.g. 1,2,4")
     p.add_argument("--turns", type=int, default=10, help="spoken turns per client")
     p.add_argument("--storm", type=int, default=20, help="clients in the disconnect storm (0: none)")
+    p.add_argument("--json", action="store_true", help="print JSON (what it always prints)")
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")

@@ -49,6 +49,17 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
     return gaps, lost, errors
 
 
+def decode_delta(start: dict | None, end: dict | None) -> dict:
+    """What the server's decode scheduler did between two `/stats`: sequences per step (a
+    histogram) and reply tokens per second of decoding time."""
+    if not start or not end:
+        return {"batch_sizes": None, "decode_tokens_per_s": None}
+    sizes = {k: v - start["batch_sizes"].get(k, 0) for k, v in end["batch_sizes"].items()}
+    busy = end["busy_s"] - start["busy_s"]
+    return {"batch_sizes": {k: v for k, v in sizes.items() if v},
+            "decode_tokens_per_s": round((end["tokens_out"] - start["tokens_out"]) / busy, 1) if busy > 0 else None}
+
+
 async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
     """Server stats once sessions and tasks are back to the baseline (or after the timeout)."""
     deadline = time.perf_counter() + timeout_s
@@ -72,12 +83,15 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> di
     out = {"server": url, "turns_per_client": turns, "before": before, "levels": []}
     for n in levels:
         t0 = time.perf_counter()
+        start = await asyncio.to_thread(server_stats, url)
         results = await asyncio.gather(*(_client(url, paths, turns, i) for i in range(n)))
         gaps = [g for r in results for g in r[0]]
+        after = await settle(url, before)
         out["levels"].append({"clients": n, "turns": n * turns, "answered": len(gaps),
                               "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
                               "turn_gap_ms": percentiles(gaps), "wall_s": round(time.perf_counter() - t0, 1),
-                              "server_after": await settle(url, before)})
+                              **decode_delta(start.get("decode"), after.get("decode")),
+                              "rss_mb": round(after["rss_bytes"] / 2**20, 1), "server_after": after})
     out["after"] = out["levels"][-1]["server_after"] if out["levels"] else before
     return out
 

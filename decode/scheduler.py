@@ -80,11 +80,14 @@ class SchedulerStats:
     """What the scheduler did: steps, tokens, and how many sequences shared each step."""
 
     steps: int = 0
-    tokens_fed: int = 0
-    batch_sizes: Counter = field(default_factory=Counter)  # decoding sequences per step -> steps
+    tokens_fed: int = 0  # packed into forwards: prefill, last tokens and drafts
+    tokens_out: int = 0  # reply tokens emitted
+    busy_s: float = 0.0  # time spent in forwards
+    batch_sizes: Counter = field(default_factory=Counter)  # sequences per step -> steps
 
     def as_dict(self) -> dict:
-        return {"steps": self.steps, "tokens_fed": self.tokens_fed,
+        return {"steps": self.steps, "tokens_fed": self.tokens_fed, "tokens_out": self.tokens_out,
+                "busy_s": round(self.busy_s, 3),
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
 
@@ -182,6 +185,7 @@ class StepScheduler:
 
     def _complete(self, ticket: Ticket) -> None:
         for span in ticket.job.drain():
+            self.stats.tokens_out += len(span.token_ids)
             try:
                 ticket.emit(span)
             except Exception:  # a caller that went away must not stop the others' step
@@ -264,6 +268,7 @@ class StepScheduler:
         self._learn_cost(width, seconds)
         self.stats.steps += 1
         self.stats.tokens_fed += width
+        self.stats.busy_s += seconds
         self.stats.batch_sizes[len(feeds)] += 1
         with self._cond:
             for ticket, out in zip(fed, outs):

@@ -144,7 +144,8 @@ class VoiceServer:
         return Response(200, "OK", headers, body)
 
     def stats(self) -> dict:
-        """Sessions, asyncio tasks, threads and resident memory: for soak tests and operators."""
+        """Sessions, asyncio tasks, threads, resident memory and the decode scheduler's totals
+        (steps, tokens, batch sizes): for soak tests and operators."""
         import resource
         import threading
 
@@ -155,7 +156,8 @@ class VoiceServer:
         except (OSError, StopIteration):
             rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"sessions": len(self.sessions), "tasks": len(asyncio.all_tasks()),
-                "threads": threading.active_count(), "rss_bytes": rss_kb * 1024}
+                "threads": threading.active_count(), "rss_bytes": rss_kb * 1024,
+                "decode": self.stack.llm.scheduler.stats.as_dict()}
 
     # ---- websocket ---------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
