@@ -99,12 +99,21 @@ def interpolate_cost(costs: dict[int, float], k: int) -> float:
 
 @dataclass
 class AdaptiveController:
-    """Chooses k maximising E[tokens | k] / (k·c_draft + c_verify(k)) from online estimates."""
+    """Chooses k maximising E[tokens | k] / (k·c_draft + c_verify(k)) from online estimates.
+
+    Verify cost: c_verify(k) = load · shape(k). `shape` starts as the calibrated curve (not
+    smooth on CPUs, so it is kept per k); `load` follows every step (measured / shape(k)), so
+    when the machine gets busier or quieter all widths move together, not just the k in use
+    (a stale cheap k otherwise looks like a win on a loaded machine). shape(k > 0) itself adapts
+    slowly to what k measures (shape(0) anchors it). Probing: after `probe_every` plain steps one k = 1 step is
+    tried; each probe that accepts nothing doubles the wait (up to 16x), one that accepts
+    resets it, so a drafter that never pays costs < 1 % (AVX2: a k = 1 step is ~1.7x a plain one).
+    """
 
     k_max: int = 8
     decay: float = 0.9
     probe_every: int = 16
-    verify_cost_s: dict[int, float] = field(default_factory=dict)  # seeded by calibration
+    verify_cost_s: dict[int, float] = field(default_factory=dict)  # seeded by calibration: the shape
     draft_cost_s: float = 0.0
     prior_accept: float = 0.5
     prior_weight: float = 1.0
@@ -112,47 +121,65 @@ class AdaptiveController:
     _hits: list[float] = field(default_factory=list)
     _trials: list[float] = field(default_factory=list)
     _since_draft: int = 0
+    _probe_gap: int = 0
+    _probing: bool = False
+    load: float = 1.0
 
     def __post_init__(self) -> None:
         self._hits = [0.0] * self.k_max
         self._trials = [0.0] * self.k_max
+        self._probe_gap = self.probe_every
 
     def acceptance(self) -> list[float]:
         """Per-position acceptance estimates a_1..a_kmax (decayed counts with a weak prior)."""
         w = self.prior_weight
         return [(h + w * self.prior_accept) / (t + w) for h, t in zip(self._hits, self._trials)]
 
+    def verify_cost(self, k: int) -> float:
+        """c_verify(k) = load · shape(k)."""
+        return self.load * interpolate_cost(self.verify_cost_s, k)
+
     def score(self, k: int) -> float:
         """Expected tokens per second at draft length k."""
-        cost = k * self.draft_cost_s + interpolate_cost(self.verify_cost_s, k)
+        cost = k * self.draft_cost_s + self.verify_cost(k)
         return expected_tokens(self.acceptance(), k) / cost
 
     @property
     def probe_due(self) -> bool:
-        """`probe_every` steps have passed without a draft: try one so a stale estimate can recover."""
-        return self._since_draft >= self.probe_every
+        """Enough plain steps have passed: try a draft so a stale estimate can recover."""
+        return self._since_draft >= self._probe_gap
 
     def next_k(self) -> int:
         best = max(range(self.k_max + 1), key=self.score)
-        if best == 0 and self.probe_due:
-            return 1
-        return best
+        self._probing = best == 0 and self.probe_due
+        return 1 if self._probing else best
 
     def update(self, stats: StepStats) -> None:
         k, n = stats.draft_len, stats.accepted_len
         self._since_draft = 0 if k else self._since_draft + 1
+        if self._probing and k:
+            self._probe_gap = self.probe_every if n else min(2 * self._probe_gap, 16 * self.probe_every)
+        self._probing = False
         # position j was tried iff all before it were accepted: j <= n, and j < k
         for j in range(min(n + 1, k)):
             self._hits[j] = self.decay * self._hits[j] + (1.0 if j < n else 0.0)
             self._trials[j] = self.decay * self._trials[j] + 1.0
         if stats.verify_s is not None:
-            old = self.verify_cost_s.get(k)
-            self.verify_cost_s[k] = stats.verify_s if old is None else (
-                (1 - self.cost_ema) * old + self.cost_ema * stats.verify_s)
+            self._learn_cost(k, stats.verify_s)
         if k:
             per_token = stats.draft_s / k
             self.draft_cost_s = per_token if self.draft_cost_s == 0 else (
                 (1 - self.cost_ema) * self.draft_cost_s + self.cost_ema * per_token)
+
+    def _learn_cost(self, k: int, seconds: float) -> None:
+        if not self.verify_cost_s:
+            self.verify_cost_s[k] = seconds
+            return
+        shape = interpolate_cost(self.verify_cost_s, k)
+        self.load = (1 - self.cost_ema) * self.load + self.cost_ema * seconds / shape
+        if k:  # shape(0), the plain step, anchors the curve; the widths above it adapt slowly
+            slow = self.cost_ema / 4
+            self.verify_cost_s[k] = (1 - slow) * shape + slow * seconds / self.load
 
 
 def plan_batch(acceptance: list[list[float]], weights: list[float], k_max: list[int], k_min: list[int],

@@ -48,7 +48,8 @@ def test_assistant_drafts_are_lossless_under_our_controllers(pair):
             dec = SpeculativeDecoder(hf_target, ByteTokenizer(), AssistantDrafter(assistant, hf_target), ctl)
             out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=24)) for t in s.token_ids]
             assert out == greedy(target, prompt, 24)
-            assert dec.stats.drafted > 0
+            if isinstance(ctl, FixedController):  # what the adaptive one drafts depends on the machine's speed
+                assert dec.stats.drafted > 0
 
 
 def test_sampling_with_the_assistant_gives_full_probability_rows(pair):

@@ -1,3 +1,5 @@
+import pytest
+
 from decode.controller import AdaptiveController, HeuristicController, StepStats, expected_tokens, interpolate_cost
 
 
@@ -58,3 +60,32 @@ def test_heuristic_schedule():
     for _ in range(10):
         ctl.update(StepStats(ctl.next_k(), 0, 0, 0))
     assert ctl.next_k() == 1
+
+
+def test_a_busier_machine_scales_every_width_not_only_the_k_in_use():
+    # calibrated quiet: k = 2 at 1.4x a plain step pays at a = 0.6 (E = 1.96)
+    ctl = AdaptiveController(k_max=2, verify_cost_s={0: 1.0, 1: 1.3, 2: 1.4}, prior_accept=0.6,
+                             prior_weight=1000.0, probe_every=1000)
+    assert ctl.next_k() == 2
+    for _ in range(30):  # now only plain steps run, and they take 3x as long
+        ctl.update(StepStats(0, 0, 0.0, 3.0))
+    assert ctl.verify_cost(2) / ctl.verify_cost(0) == pytest.approx(1.4, rel=0.1)  # the shape holds
+    assert ctl.verify_cost(2) > 3.0  # and k = 2 is no longer priced at its quiet cost
+
+
+def test_failed_probes_back_off_and_an_accepted_one_resets_the_wait():
+    ctl = AdaptiveController(k_max=2, probe_every=4, verify_cost_s={0: 1.0, 1: 3.0, 2: 4.0})
+    probes = []
+    for step in range(200):
+        k = ctl.next_k()
+        if k:
+            probes.append(step)
+        ctl.update(StepStats(k, 0, 0.0, 1.0 if k == 0 else 3.0))
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] >= 4 * gaps[0]  # doubling, capped at 16x
+    assert max(gaps) <= 16 * 4 + 1
+    ctl.next_k()
+    ctl._since_draft = ctl._probe_gap
+    assert ctl.next_k() == 1
+    ctl.update(StepStats(1, 1, 0.0, 3.0))  # the probe was accepted
+    assert ctl._probe_gap == 4
