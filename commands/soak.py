@@ -40,8 +40,13 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
                 lost += 1
                 errors.append(f"{type(err).__name__}: {err}")
                 continue
-            if record.turn_gap_ms is None:
+            if not record.speech_end:  # the server ended the turn before the question did
                 lost += 1
+                errors.append(f"turn ended before the speech did: heard {record.transcript!r}, "
+                              f"replied {record.reply!r}")
+            elif record.turn_gap_ms is None:
+                lost += 1
+                errors.append(f"no reply audio: heard {record.transcript!r}")
             else:
                 gaps.append(record.turn_gap_ms)
     finally:

@@ -251,6 +251,13 @@ class VoiceSession:
 
     # ---- ASR and scores --------------------------------------------------------------
     async def _hypothesis(self, ask: Transcribe, audio: np.ndarray) -> None:
+        current = ask.utterance == self._utterance_id and self._utterance is not None
+        if not ask.quiet and self.stack.asr_worker.waiting():
+            # under load partials thin out: another decode already waits, so this one is skipped
+            # (the words so far stand); decodes that may be final are never skipped
+            text = self._latest_text if current else ""
+            await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t)))
+            return
         try:  # a decode that may be the final transcript goes before other sessions' partials
             text = await self.stack.asr_worker.run(lambda: self.stack.asr.transcribe(audio),
                                                    URGENT if ask.quiet else NORMAL)

@@ -51,6 +51,11 @@ class PriorityWorker:
             self._cond.notify()
         return future
 
+    def waiting(self) -> int:
+        """Calls queued and not yet started."""
+        with self._cond:
+            return len(self._heap)
+
     async def run(self, fn: Callable[[], Any], priority: int = NORMAL) -> Any:
         """`fn()` on the worker, awaited."""
         return await asyncio.wrap_future(self.submit(fn, priority))

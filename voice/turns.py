@@ -91,8 +91,8 @@ class TurnRecord:
 
     @property
     def turn_gap_ms(self) -> float | None:
-        """First reply audio minus the true end of speech."""
-        return (self.first_audio - self.speech_end) * 1e3 if self.first_audio else None
+        """First reply audio minus the true end of speech (None if either never came)."""
+        return (self.first_audio - self.speech_end) * 1e3 if self.first_audio and self.speech_end else None
 
     def stages_ms(self) -> dict[str, float | None]:
         """Each stage's time after the bench's end of speech (through a server: the server's

@@ -156,3 +156,48 @@ def test_a_cough_or_a_door_slam_never_starts_a_reply(stack, vad_threshold):
     events = asyncio.run(main())
     assert not [e for e in events if isinstance(e, (AudioStart, AudioOut, TurnEnd))], events
     assert not [e for e in events if isinstance(e, Transcript) and e.final and e.text], events
+
+
+def _ask(stack, wav, cfg=None):
+    """One spoken question on a fresh session; the events up to the turn's end."""
+    async def main():
+        session = VoiceSession(stack, cfg or load_config())
+        audio = np.concatenate([silence(0.3), read_wav(wav), silence(3.0)])
+        feeder = asyncio.ensure_future(feed(session, audio))
+        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)), timeout=60)
+        feeder.cancel()
+        await session.close()
+        return [e for _, e in events]
+    return main()
+
+
+def test_with_the_asr_busy_partials_are_skipped_and_the_final_transcript_still_answers(stack, question_wav,
+                                                                                       monkeypatch):
+    calls = []
+    transcribe = stack.asr.transcribe
+    monkeypatch.setattr(stack.asr, "transcribe", lambda audio: calls.append(len(audio)) or transcribe(audio))
+    asyncio.run(_ask(stack, question_wav))
+    free = len(calls)
+    calls.clear()
+    monkeypatch.setattr(stack.asr_worker, "waiting", lambda: 1)  # as if other sessions' decodes were queued
+    events = asyncio.run(_ask(stack, question_wav))
+    assert len(calls) < free  # only the decodes that may be final ran
+    finals = [e.text for e in events if isinstance(e, Transcript) and e.final]
+    assert finals and "capital of france" in finals[0].lower()
+    assert isinstance(events[-1], TurnEnd) and "paris" in events[-1].metrics.reply.lower()
+
+
+def test_sessions_speaking_at_once_each_get_their_own_answer(stack, question_wav, tmp_path):
+    from audio.wavio import write_wav
+
+    other = tmp_path / "other.wav"
+    write_wav(other, stack.tts.synthesize_all("What is the largest ocean on Earth?", deterministic=True),
+              stack.tts.rate_hz)
+
+    async def both():
+        return await asyncio.gather(_ask(stack, question_wav), _ask(stack, other))
+
+    first, second = asyncio.run(both())
+    for events, heard, answer in ((first, "capital of france", "paris"), (second, "largest ocean", "pacific")):
+        assert isinstance(events[-1], TurnEnd), [type(e).__name__ for e in events]
+        assert heard in events[-1].metrics.transcript.lower() and answer in events[-1].metrics.reply.lower()

@@ -40,3 +40,17 @@ def test_a_call_cancelled_while_queued_never_runs():
     blocker.result(timeout=10)
     kept.result(timeout=10)
     assert ran == ["kept"]
+
+
+def test_waiting_counts_queued_calls_not_the_running_one():
+    worker = PriorityWorker("test")
+    gate, started = threading.Event(), threading.Event()
+    running = worker.submit(lambda: (started.set(), gate.wait()))
+    started.wait(10)
+    assert worker.waiting() == 0
+    queued = worker.submit(lambda: None)
+    assert worker.waiting() == 1
+    gate.set()
+    running.result(timeout=10)
+    queued.result(timeout=10)
+    assert worker.waiting() == 0
