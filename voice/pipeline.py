@@ -337,8 +337,9 @@ class VoiceSession:
         spans: asyncio.Queue = asyncio.Queue()
         phrases: asyncio.Queue = asyncio.Queue()
         llm = self.stack.llm
-        prob = await asyncio.to_thread(llm.end_of_turn_prob, messages)  # the start of the reply's own prefill
-        self._spawn(self._act(self.turns.step(Score(turn.text, prob))))
+        if self.turns.score_of(turn.text) is None:  # the endpoint rule needs it; usually it is known already
+            prob = await asyncio.to_thread(llm.end_of_turn_prob, messages)  # the start of the reply's own prefill
+            self._spawn(self._act(self.turns.step(Score(turn.text, prob))))
 
         def put(item) -> None:
             if not loop.is_closed():
