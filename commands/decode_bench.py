@@ -78,26 +78,29 @@ def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
 
 
 def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: list[list[int]]) -> dict:
-    """The prompts in groups of `size`, each group submitted at once to the step scheduler.
+    """The prompts through the step scheduler with `size` replies in flight: the next one starts
+    as soon as one ends, like `size` clients that always have a question.
 
     tokens_per_s: all tokens / wall time; per_sequence_tokens_per_s: mean of each reply's tokens /
     its own time from submit to done; identical: every reply equals its own plain greedy.
     """
     sched = llm.scheduler
     sched.reset_slots()  # no prompt may find its prefill cached by an earlier size
-    outputs: list[list[int]] = []
-    per_seq, tokens, t_all = [], 0, time.perf_counter()
-    before = sched.stats.steps
-    for g in range(0, len(prompts), size):
-        group = prompts[g:g + size]
-        outs: list[list[int]] = [[] for _ in group]
-        t0 = time.perf_counter()
-        tickets = [llm.submit_ids(ids, outs[i].extend) for i, ids in enumerate(group)]
-        for ticket in tickets:
-            job = ticket.wait()
-            per_seq.append(job.stats.tokens / max(ticket.finished_t - t0, 1e-9))
-            tokens += job.stats.tokens
-        outputs.extend(outs)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    flying: dict[int, tuple[object, float]] = {}
+    per_seq, tokens, nxt, before = [], 0, 0, sched.stats.steps
+    t_all = time.perf_counter()
+    while nxt < len(prompts) or flying:
+        while nxt < len(prompts) and len(flying) < size:
+            flying[nxt] = (llm.submit_ids(prompts[nxt], outputs[nxt].extend), time.perf_counter())
+            nxt += 1
+        for i, (ticket, t0) in list(flying.items()):
+            if ticket.finished.is_set():
+                job = ticket.wait()
+                per_seq.append(job.stats.tokens / max(ticket.finished_t - t0, 1e-9))
+                tokens += job.stats.tokens
+                del flying[i]
+        time.sleep(0.002)
     wall = time.perf_counter() - t_all
     return {"size": size, "tokens_per_s": round(tokens / wall, 2),
             "per_sequence_tokens_per_s": round(sum(per_seq) / len(per_seq), 2),
