@@ -105,9 +105,10 @@ class AdaptiveController:
     smooth on CPUs, so it is kept per k); `load` follows every step (measured / shape(k)), so
     when the machine gets busier or quieter all widths move together, not just the k in use
     (a stale cheap k otherwise looks like a win on a loaded machine). shape(k > 0) itself adapts
-    slowly to what k measures (shape(0) anchors it). Probing: after `probe_every` plain steps one k = 1 step is
-    tried; each probe that accepts nothing doubles the wait (up to 16x), one that accepts
-    resets it, so a drafter that never pays costs < 1 % (AVX2: a k = 1 step is ~1.7x a plain one).
+    slowly to what k measures (shape(0) anchors it). Probing: after `probe_every` plain steps one
+    step at the best k > 0 is tried (where the curve is flat it tests several positions at once);
+    each probe that accepts nothing doubles the wait (up to 16x), one that accepts resets it, so a
+    drafter that never pays costs < 1 % (AVX2: a drafting step is ~1.8x a plain one).
     """
 
     k_max: int = 8
@@ -151,8 +152,10 @@ class AdaptiveController:
 
     def next_k(self) -> int:
         best = max(range(self.k_max + 1), key=self.score)
-        self._probing = best == 0 and self.probe_due
-        return 1 if self._probing else best
+        self._probing = best == 0 and self.probe_due and self.k_max > 0
+        if self._probing:  # the best drafting k: where the cost curve is flat a probe tests several positions
+            return max(range(1, self.k_max + 1), key=self.score)
+        return best
 
     def update(self, stats: StepStats) -> None:
         k, n = stats.draft_len, stats.accepted_len

@@ -331,6 +331,9 @@ def calibrate_verify_cost(target: Target, ks: list[int], reps: int = 3,
     base = max(saved, min(context, getattr(target, "max_len", 1 << 30) - max(ks) - 2))
     if base > saved:
         target.forward([0] * (base - saved))
+    for k in ks:  # untimed first pass: a cold width (allocator, kernel choice) is not its cost
+        target.forward([0] * (k + 1))
+        target.rollback(base)
     costs = {}
     for k in ks:
         times = []
