@@ -92,7 +92,10 @@ class ContextAttention(nn.Module):
         width, heads = kv.shape[-2], self.heads
         k, v = kv.chunk(2, dim=-1)
         k = k + self.distance[:width].flip(0)
-        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(-2, -3)  # [..., heads, n, d]
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [..., n, H] -> [..., heads, n, d]
+            return t.unflatten(-1, (heads, -1)).transpose(-2, -3)
+
         q = split(self.q(self.norm_q(x)).unsqueeze(-2))
         mask = None if valid is None else valid[..., None, None, :]
         att = F.scaled_dot_product_attention(q, split(k), split(v), attn_mask=mask)

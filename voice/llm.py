@@ -15,8 +15,8 @@ import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from decode.spans import Span
 from decode.scheduler import StepScheduler, Ticket
+from decode.spans import Span
 from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder, calibrate_verify_cost
 from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
 from voice.config import Config, ConfigError
@@ -196,8 +196,9 @@ class ReplyModel:
         slots = []
         for i in range(1, cfg.decode.slots + 1):
             view = target.slot(i)
-            slots.append(SpeculativeDecoder(view, self.tokenizer, make_drafter(cfg, self.tokenizer, view, self.generator),
-                                            make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed + i))
+            drafter = make_drafter(cfg, self.tokenizer, view, self.generator)
+            slots.append(SpeculativeDecoder(view, self.tokenizer, drafter, make_controller(cfg, self.verify_cost_s),
+                                            seed=cfg.llm.seed + i))
         return StepScheduler(slots, target.forward_packed, widths, cfg.decode.step_tokens,
                              cfg.decode.talking_weight, cfg.decode.cost_ema)
 

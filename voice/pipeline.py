@@ -42,9 +42,25 @@ from voice.config import Config
 from voice.stack import NORMAL, URGENT, Stack
 from voice.tts import AudioChunk
 from voice.turns import Conversation, TurnMetrics
-from voice.turntaking import (Action, ClientInterrupt, DropReply, Endpoint, Hypothesis, ReleaseReply,
-                              ReplyDone, Score, ScoreText, SpeechStarted, StartReply, StopReply,
-                              Transcribe, TurnSettings, TurnTaker, TypedText, Window)
+from voice.turntaking import (
+    Action,
+    ClientInterrupt,
+    DropReply,
+    Endpoint,
+    Hypothesis,
+    ReleaseReply,
+    ReplyDone,
+    Score,
+    ScoreText,
+    SpeechStarted,
+    StartReply,
+    StopReply,
+    Transcribe,
+    TurnSettings,
+    TurnTaker,
+    TypedText,
+    Window,
+)
 
 log = logging.getLogger(__name__)
 

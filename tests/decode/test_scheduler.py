@@ -189,7 +189,10 @@ def test_the_threaded_scheduler_serves_concurrent_callers():
 def test_plan_batch_alone_is_the_single_sequence_argmax_and_drops_k_when_width_costs():
     acc = [[0.8] * 6]
     costs = {1: 1.0, 2: 1.05, 3: 1.1, 4: 1.15, 5: 1.2, 6: 1.25, 7: 1.3}
-    rate = lambda k: sum(0.8 ** i for i in range(k + 1)) / costs[k + 1]
+
+    def rate(k):
+        return sum(0.8 ** i for i in range(k + 1)) / costs[k + 1]
+
     assert plan_batch(acc, [1.0], [6], [0], 0, costs) == [max(range(7), key=rate)]
     # four sequences where each extra packed token costs as much as a whole step: no drafting
     steep = {w: float(w) for w in range(1, 40)}
