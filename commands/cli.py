@@ -83,7 +83,8 @@ def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
     from commands.decode_bench import print_table, run_decode_bench
 
     report = run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter,
-                              progress=not args.json, batch=args.batch, batch_only=args.batch_only)
+                              progress=not args.json, batch=args.batch, batch_only=args.batch_only,
+                              conversation=args.conversation)
     print(json.dumps(report, indent=2) if args.json else print_table(report))
 
 
@@ -237,7 +238,8 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
                             batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
                             device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch,
                             sampled=args.sampled, feature_layers=args.feature_layers, lr=args.lr,
-                            sequences_file=args.sequences or "", context=args.context)
+                            sequences_file=args.sequences or "", context=args.context,
+                            conversations=args.conversations)
     print(json.dumps(summary, indent=2))
 
 
@@ -330,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=0,
                    help="recent target positions each draft step attends to (0: none)")
     p.add_argument("--sequences", metavar="JSON", help="reuse generated sequences from this file (written if absent)")
+    p.add_argument("--conversations", type=int, default=0,
+                   help="multi-turn training chats (earlier turns answered by the target) besides the prompts")
     p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")
     p.add_argument("--out", help="output folder (default: the shipped drafter's folder)")
@@ -354,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, help="also decode the prompts N at a time through the batched "
                    "scheduler, per size, e.g. 1,2,4,8")
     p.add_argument("--batch-only", action="store_true", help="with --batch: skip the fixed/adaptive/hf modes")
+    p.add_argument("--conversation", action="store_true",
+                   help="the bundled held-out multi-turn conversations instead of single questions")
     p.set_defaults(func=cmd_decode_bench)
     return parser
 

@@ -1,8 +1,11 @@
 """`voice decode-bench`: speculative decoding against plain greedy, fixed k, and transformers.
 
-In: config, prompt count, max new tokens. Out: a JSON-able report (keys documented in the
-decoder issue): per mode tokens/s, ms to the first 8 tokens, acceptance, mean accepted per
-target forward, mean k, and token identity with plain greedy; plus the verify-cost curve.
+In: config, prompt count, max new tokens, prompt set (single bundled questions, or with
+`conversation` the bundled held-out multi-turn conversations, as the live pipeline builds
+its prompts: `llm.system_prompt` if set, 1-3 earlier turns, a new question). Out: a
+JSON-able report (keys documented in the decoder issue): per mode tokens/s, ms to the first
+8 tokens, acceptance (overall and per draft position), mean accepted per target forward,
+mean k, and token identity with plain greedy; plus the verify-cost curve.
 Runs every mode on the same prompts in one process after a warm-up.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from importlib.resources import files
 import torch
 from tqdm import tqdm
 
+from commands.prompt_sets import bundled_conversations
 from decode.controller import Controller, FixedController
 from decode.drafters import Drafter, NoDrafter
 from decode.speculative import DecodeStats, calibrate_verify_cost
@@ -30,6 +34,13 @@ COST_KS = [0, 1, 2, 3, 4, 6, 8, 12, 16]
 def bundled_prompts() -> list[str]:
     """The bundled voice-assistant prompts."""
     return json.loads(files("commands").joinpath("data/prompts.json").read_text())
+
+
+def bench_prompt_ids(llm: ReplyModel, n_prompts: int, conversation: bool = False) -> list[list[int]]:
+    """Token ids of the first `n_prompts` bundled questions, or of the bundled conversations."""
+    if conversation:
+        return [llm.chat_ids(messages) for messages in bundled_conversations()[:max(1, n_prompts)]]
+    return [llm.chat_ids([{"role": "user", "content": t}]) for t in bundled_prompts()[:max(1, n_prompts)]]
 
 
 def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, controller: Controller) -> dict:
@@ -108,9 +119,11 @@ def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: 
 
 
 def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: str | None = None,
-                     progress: bool = True, batch: list[int] | None = None, batch_only: bool = False) -> dict:
+                     progress: bool = True, batch: list[int] | None = None, batch_only: bool = False,
+                     conversation: bool = False) -> dict:
     """Run every mode on the same prompts; return the report.
 
+    `conversation`: the bundled multi-turn conversations instead of single questions.
     `batch`: also run the prompts through the step scheduler `size` at a time, for each size;
     `batch_only`: of the single-sequence modes run only greedy (the reference).
     """
@@ -119,8 +132,7 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
     cfg = replace(cfg, llm=replace(cfg.llm, max_new_tokens=max_new_tokens),
                   decode=replace(cfg.decode, drafter=drafter or cfg.decode.drafter))
     llm = ReplyModel(cfg)
-    texts = bundled_prompts()[:max(1, n_prompts)]
-    prompts = [llm.chat_ids([{"role": "user", "content": t}]) for t in texts]
+    prompts = bench_prompt_ids(llm, n_prompts, conversation)
     _run_ours(llm, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
     costs = calibrate_verify_cost(llm.target, COST_KS, reps=5)
     modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
@@ -144,6 +156,8 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
         runs.append({"mode": mode, "k": k, **_rounded(result), "identical": outputs == greedy_out})
     report = {"target": llm.cfg.models.llm, "drafter": llm.drafter.name, "device": cfg.llm.device,
               "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
+              "prompt_set": "conversation" if conversation else "single",
+              "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
               "max_new_tokens": max_new_tokens, "runs": runs, "speedup": _speedups(runs),
               "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()}}
     if batch:
@@ -189,7 +203,8 @@ def _speedups(runs: list[dict]) -> dict:
 def print_table(report: dict) -> str:
     """A readable table of the report."""
     lines = [f"target={report['target']} drafter={report['drafter']} device={report['device']} "
-             f"dtype={report['dtype']} prompts={report['prompts']} max_new_tokens={report['max_new_tokens']}",
+             f"dtype={report['dtype']} prompts={report['prompts']} ({report['prompt_set']}, "
+             f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']}",
              f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
              f"{'mean k':>6s} identical"]
     for r in report["runs"]:

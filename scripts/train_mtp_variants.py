@@ -10,7 +10,10 @@ machine:
 
 `--variant NAME:LAYERS:BLOCKS:CONTEXT` (LAYERS comma-separated or 'none'); each lands in
 OUT/NAME with config.json, model.safetensors and training.json. `--sequences FILE.json.gz`
-reuses (or writes) the generated sequences.
+reuses (or writes) the generated sequences. `--conversations N` adds N multi-turn chats
+(`make_sequences`) and a held-out conversation set; `--baseline DIR` first scores an
+existing head on the same held-out sets (teacher-forced acceptance per position), so a new
+head and the shipped one compare on identical data.
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from commands.train_drafter import Sequences, fit, make_sequences, reduced_vocab, teacher_pass
-from decode.mtp import MTPConfig, MTPHead, save_mtp
+from commands.train_drafter import Sequences, acceptance, fit, make_sequences, reduced_vocab, teacher_pass
+from decode.mtp import MTPConfig, MTPHead, load_mtp, save_mtp
 from voice.llm import load_causal_lm
 
 
@@ -46,6 +49,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--sequences", help="generated sequences (.json.gz): reused if present, else written")
+    p.add_argument("--conversations", type=int, default=0, help="multi-turn training chats besides the prompts")
+    p.add_argument("--baseline", help="an existing head to score on the same held-out sets")
     p.add_argument("--variant", action="append", type=parse_variant, required=True)
     args = p.parse_args()
     out, depth = Path(args.out), 4
@@ -55,33 +60,52 @@ def main() -> None:
     if args.sequences and Path(args.sequences).is_file():
         seqs = json.loads(gzip.open(args.sequences).read())
     else:
-        seqs = make_sequences(model, tokenizer, args.prompts, args.max_new_tokens, args.gen_batch, args.sampled)
+        seqs = make_sequences(model, tokenizer, args.prompts, args.max_new_tokens, args.gen_batch, args.sampled,
+                              conversations=args.conversations)
         if args.sequences:
             with gzip.open(args.sequences, "wt") as f:
                 f.write(json.dumps(seqs))
     print(f"generated {len(seqs['train'])} sequences in {time.perf_counter() - t0:.1f} s", flush=True)
     model = model.float()
     all_layers = tuple(sorted({layer for _, layers, _, _ in args.variant for layer in layers}))
-    data = teacher_pass(model, seqs["train"], depth, all_layers, batch=64)
-    held = teacher_pass(model, seqs["held_out"], depth, all_layers, batch=64)
+    reach = max(context for _, _, _, context in args.variant)
+    data = teacher_pass(model, seqs["train"], depth, all_layers, batch=64, prompt_context=reach)
+    held = {name: teacher_pass(model, seqs[key], depth, all_layers, batch=64, prompt_context=reach)
+            for name, key in (("held_out", "held_out"), ("held_out_conversation", "held_out_conversations"))
+            if key in seqs}
+    print(f"teacher pass done at {time.perf_counter() - t0:.1f} s: {len(data.anchors)} anchors", flush=True)
     embed = model.get_input_embeddings().weight.detach().float()
     size = embed.shape[1]
-    vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], 8192)
-    for name, layers, blocks, context in args.variant:
+
+    def view(d: Sequences, layers: tuple[int, ...]) -> Sequences:
         columns = [0] + [1 + all_layers.index(layer) for layer in layers]  # last hidden state first
         keep = torch.cat([torch.arange(c * size, (c + 1) * size) for c in columns]).to(device)
-        view = lambda d, keep=keep: Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)  # noqa: E731
+        return Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)
+
+    if args.baseline:
+        base = load_mtp(args.baseline).to(device)
+        ids = torch.tensor(base.cfg.vocab_ids)
+        base_remap = torch.full((embed.shape[0],), -1, dtype=torch.long)
+        base_remap[ids] = torch.arange(len(ids))
+        scores = {name: acceptance(base, view(h, base.cfg.feature_layers), embed, embed[ids.to(device)],
+                                   base_remap.to(device), depth) for name, h in held.items()}
+        print("baseline", args.baseline, json.dumps(scores), flush=True)
+        (out / "baseline.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "baseline.json").write_text(json.dumps({"head": args.baseline, **scores}, indent=2))
+    vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], 8192)
+    for name, layers, blocks, context in args.variant:
         cfg = MTPConfig(hidden_size=size, intermediate_size=model.config.intermediate_size, layers=blocks,
                         vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
                         target="embedded (SmolLM2-135M-Instruct)", feature_layers=layers, context=context)
         torch.manual_seed(0)
         head = MTPHead(cfg).to(device)
         t1 = time.perf_counter()
-        history = fit(head, view(data), view(held), embed, embed[vocab_ids], remap.to(device), args.steps,
-                      args.batch, depth, args.lr)
+        history = fit(head, view(data, layers), {k: view(h, layers) for k, h in held.items()}, embed,
+                      embed[vocab_ids], remap.to(device), args.steps, args.batch, depth, args.lr)
         save_mtp(head.cpu(), out / name)
         summary = {"variant": name, "feature_layers": list(layers), "layers": blocks, "context": context,
                    "steps": args.steps, "batch": args.batch, "sequences": len(seqs["train"]),
+                   "prompts": args.prompts, "sampled_per_prompt": args.sampled, "conversations": args.conversations,
                    "reply_tokens": sum(len(s) - n for s, n in seqs["train"]), "anchors": len(data.anchors),
                    "train_s": round(time.perf_counter() - t1, 1), "history": history}
         (out / name / "training.json").write_text(json.dumps(summary, indent=2))

@@ -1,17 +1,8 @@
 import torch
 
 from commands.decode_bench import bundled_prompts
-from commands.train_drafter import (
-    HELD_OUT_TOPICS,
-    TOPICS,
-    acceptance,
-    fit,
-    held_out_prompts,
-    prompt_bank,
-    reduced_vocab,
-    teacher_pass,
-    training_prompts,
-)
+from commands.prompt_sets import HELD_OUT_TOPICS, TOPICS, held_out_prompts, prompt_bank, training_prompts
+from commands.train_drafter import acceptance, fit, reduced_vocab, teacher_pass
 from conftest import tiny_llama
 from decode.mtp import MTPConfig, MTPHead
 from decode.target import StaticLlamaTarget
@@ -70,3 +61,28 @@ def test_fit_raises_held_out_acceptance_on_the_targets_own_replies():
     after = history[-1]["held_out_acceptance"]
     assert len(history) == 3 and len(after) == depth
     assert after[0] > before[0] + 0.2, (before, after)
+
+
+def test_teacher_pass_with_prompt_context_keeps_the_reply_and_the_same_anchors():
+    seqs = greedy_sequences(2, 10, seed=3) + [([5, 6, 7, 8, 9, 10, 11, 12, 13], 6)]
+    full = teacher_pass(MODEL, seqs, depth=2, feature_layers=(2,))
+    trimmed = teacher_pass(MODEL, seqs, depth=2, feature_layers=(2,), prompt_context=1)
+    assert len(trimmed.tokens) == sum(len(ids) - max(0, n - 2) for ids, n in seqs) < len(full.tokens)
+    assert len(trimmed.anchors) == len(full.anchors)
+    for data in (full, trimmed):  # the same positions: token, features and labels at and after each anchor
+        assert data.tokens[data.anchors].tolist() == full.tokens[full.anchors].tolist()
+    assert torch.equal(trimmed.labels[trimmed.anchors + 1], full.labels[full.anchors + 1])
+    assert torch.allclose(trimmed.features[trimmed.anchors].float(), full.features[full.anchors].float(), atol=1e-3)
+    # a context window may not reach into the sequence before (starts mark each kept sequence's first row)
+    assert trimmed.starts[trimmed.anchors[-1]] == len(trimmed.tokens) - 5  # 9 tokens, the first 4 dropped
+
+
+def test_fit_reports_every_held_out_set():
+    data = teacher_pass(MODEL, greedy_sequences(8, 12, seed=4), 2, ())
+    held = {"held_out": teacher_pass(MODEL, greedy_sequences(2, 12, seed=5), 2, ()),
+            "held_out_conversation": teacher_pass(MODEL, greedy_sequences(2, 12, seed=6), 2, ())}
+    embed = MODEL.model.embed_tokens.weight.detach()
+    ids, remap = reduced_vocab(data.labels, 64, keep=48)
+    head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, vocab_ids=tuple(ids.tolist())))
+    history = fit(head, data, held, embed, embed[ids], remap, steps=10, batch=16, depth=2, lr=1e-3, evals=2)
+    assert [sorted(h) for h in history] == [["held_out_acceptance", "held_out_conversation_acceptance", "step"]] * 2
