@@ -16,6 +16,7 @@ from pathlib import Path
 
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
+from voice.turns import STAGES
 from web.client import open_session, spoken_turn
 
 
@@ -26,8 +27,9 @@ def server_stats(ws_url: str) -> dict:
         return json.loads(resp.read())
 
 
-async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple[list[float], int, list[str]]:
-    gaps, lost, errors = [], 0, []
+async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple[list[dict], int, list[str]]:
+    """One talker's turns: the answered ones' stage times (gap last), lost turns, errors."""
+    answered, lost, errors = [], 0, []
     try:
         ws = await open_session(url)
     except Exception as err:  # a refused session loses all its turns
@@ -48,10 +50,11 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
                 lost += 1
                 errors.append(f"no reply audio: heard {record.transcript!r}")
             else:
-                gaps.append(record.turn_gap_ms)
+                answered.append({**record.stages_ms(), "llm_start": record.metrics.get("llm_start_ms"),
+                                 "turn_gap": record.turn_gap_ms})
     finally:
         await ws.close()
-    return gaps, lost, errors
+    return answered, lost, errors
 
 
 def decode_delta(start: dict | None, end: dict | None) -> dict:
@@ -90,11 +93,14 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> di
         t0 = time.perf_counter()
         start = await asyncio.to_thread(server_stats, url)
         results = await asyncio.gather(*(_client(url, paths, turns, i) for i in range(n)))
-        gaps = [g for r in results for g in r[0]]
+        turns_done = [t for r in results for t in r[0]]
         after = await settle(url, before)
-        out["levels"].append({"clients": n, "turns": n * turns, "answered": len(gaps),
+        out["levels"].append({"clients": n, "turns": n * turns, "answered": len(turns_done),
                               "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
-                              "turn_gap_ms": percentiles(gaps), "wall_s": round(time.perf_counter() - t0, 1),
+                              "turn_gap_ms": percentiles([t["turn_gap"] for t in turns_done]),
+                              "stages_ms": {s: percentiles([t[s] for t in turns_done if t[s] is not None])
+                                            for s in ("llm_start", *STAGES)},
+                              "wall_s": round(time.perf_counter() - t0, 1),
                               **decode_delta(start.get("decode"), after.get("decode")),
                               "rss_mb": round(after["rss_bytes"] / 2**20, 1), "server_after": after})
     out["after"] = out["levels"][-1]["server_after"] if out["levels"] else before

@@ -5,7 +5,10 @@ urgent and whether it may run now. Out: each job's spans through its `emit` call
 the scheduler's thread; `Ticket.finished` when it is done (or failed: `Ticket.error`).
 
 One step:
-1. Runnable jobs: not paused (a held reply that has its first phrase waits for its endpoint).
+1. Runnable jobs: not paused (a held reply that has its first phrase waits for its endpoint);
+   while an urgent job runs, a job whose output is `defer_ahead_s` or more ahead of its
+   listener (`Ticket.ahead`, seconds of speech not yet played) sits the step out: it only has
+   to stay ahead of playback, and a narrower step gives the urgent job its tokens sooner.
 2. Order: urgent jobs (a reply without its first phrase, an end-of-turn score) first, then
    the others, oldest first. Every decoding job gets its 1 + k tokens; prefill chunks share
    what is left of `step_tokens` (unbounded when no other job is decoding).
@@ -50,6 +53,10 @@ def _always() -> bool:
     return True
 
 
+def _zero() -> float:
+    return 0.0
+
+
 @dataclass(eq=False)
 class Ticket:
     """One submitted job: where its spans go and how it ended."""
@@ -60,6 +67,7 @@ class Ticket:
     urgent: Callable[[], bool] = _always
     paused: Callable[[], bool] = _never
     done: Callable[[Ticket], None] | None = None  # called (scheduler thread) once it finished or failed
+    ahead: Callable[[], float] = _zero  # seconds its output is ahead of its listener (speech not yet played)
     order: int = 0
     job: Job | None = None
     slot: int = -1
@@ -96,13 +104,14 @@ class StepScheduler:
 
     def __init__(self, slots: list[SpeculativeDecoder], forward_packed: Callable | None,
                  width_cost_s: dict[int, float], step_tokens: int = 64, talking_weight: float = 0.25,
-                 cost_ema: float = 0.2, threaded: bool = True) -> None:
+                 cost_ema: float = 0.2, threaded: bool = True, defer_ahead_s: float = float("inf")) -> None:
         """`forward_packed(feeds)` of the slots' shared target (None: slots run one after another)."""
         if not slots:
             raise ValueError("the scheduler needs at least one slot")
         self.slots, self.forward_packed = slots, forward_packed
         self.width_cost_s = dict(width_cost_s)  # packed width T -> seconds of one forward
         self.step_tokens, self.talking_weight, self.cost_ema = step_tokens, talking_weight, cost_ema
+        self.defer_ahead_s = defer_ahead_s
         self.stats = SchedulerStats()
         self._used = [0.0] * len(slots)  # last use, for LRU
         self._busy: list[Ticket | None] = [None] * len(slots)
@@ -118,9 +127,10 @@ class StepScheduler:
     # ---- submitting ----------------------------------------------------------------
     def submit(self, make: Callable[[SpeculativeDecoder], Job], prompt: list[int],
                emit: Callable[[Span], None] = lambda span: None, urgent: Callable[[], bool] = _always,
-               paused: Callable[[], bool] = _never, done: Callable[[Ticket], None] | None = None) -> Ticket:
+               paused: Callable[[], bool] = _never, done: Callable[[Ticket], None] | None = None,
+               ahead: Callable[[], float] = _zero) -> Ticket:
         """Queue a job; it starts on a slot at the next step that has one free."""
-        ticket = Ticket(make, list(prompt), emit, urgent, paused, done, next(self._order))
+        ticket = Ticket(make, list(prompt), emit, urgent, paused, done, ahead, next(self._order))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the decode scheduler is closed")
@@ -203,7 +213,7 @@ class StepScheduler:
         """
         with self._cond:
             self._assign()
-            running = [t for t in self._busy if t is not None and not t.paused()]
+            running = self._runnable()
         if not running:
             return False
         try:
@@ -216,6 +226,13 @@ class StepScheduler:
                         self._reset_slot(ticket.slot)
                         self._finish(ticket, err)
         return True
+
+    def _runnable(self) -> list[Ticket]:
+        """Jobs that take part in the next step (rule 1 above)."""
+        running = [t for t in self._busy if t is not None and not t.paused()]
+        if any(t.urgent() for t in running):
+            running = [t for t in running if t.urgent() or t.ahead() < self.defer_ahead_s]
+        return running
 
     def _loop(self) -> None:
         while not self._closed:
@@ -270,6 +287,9 @@ class StepScheduler:
         self.stats.tokens_fed += width
         self.stats.busy_s += seconds
         self.stats.batch_sizes[len(feeds)] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step: %d urgent of %d jobs, widths %s, %.0f ms", sum(t.urgent() for t in fed), len(fed),
+                      [len(tokens) for _, tokens, _ in feeds], seconds * 1e3)
         with self._cond:
             for ticket, out in zip(fed, outs):
                 ticket.job.take(out, seconds, shared=not alone)

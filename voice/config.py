@@ -63,6 +63,8 @@ class DecodeConfig:
     slots: int = 8  # replies decoded together in one batched forward (sessions beyond wait for a slot)
     step_tokens: int = 64  # packed tokens per batched step: prefill chunks share what decoding leaves
     talking_weight: float = 0.25  # a reply already speaking counts this much against one awaiting its first phrase
+    defer_ahead_s: float = 3.0  # a reply this far ahead of playback sits steps out while one awaits its first phrase
+    max_ahead_s: float = 8.0  # ... and this far ahead it waits for playback (inf: decode the whole reply at once)
 
 
 @dataclass(frozen=True)

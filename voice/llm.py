@@ -189,7 +189,8 @@ class ReplyModel:
                 and cfg.decode.slots > 1):
             # one slot, slot 0: the scheduler shares it with direct callers, who must not overlap sessions
             return StepScheduler([self.decoder], None, {k + 1: c for k, c in self.verify_cost_s.items()},
-                                 cfg.decode.step_tokens, cfg.decode.talking_weight, cfg.decode.cost_ema)
+                                 cfg.decode.step_tokens, cfg.decode.talking_weight, cfg.decode.cost_ema,
+                                 defer_ahead_s=cfg.decode.defer_ahead_s)
         widths = {k + 1: c for k, c in self.verify_cost_s.items()}
         wide = [w - 1 for w in CALIBRATED_WIDTHS if w <= cfg.decode.step_tokens and w not in widths]
         widths.update({k + 1: c for k, c in calibrate_verify_cost(target, wide, reps=2).items()})
@@ -200,15 +201,17 @@ class ReplyModel:
             slots.append(SpeculativeDecoder(view, self.tokenizer, drafter, make_controller(cfg, self.verify_cost_s),
                                             seed=cfg.llm.seed + i))
         return StepScheduler(slots, target.forward_packed, widths, cfg.decode.step_tokens,
-                             cfg.decode.talking_weight, cfg.decode.cost_ema)
+                             cfg.decode.talking_weight, cfg.decode.cost_ema, defer_ahead_s=cfg.decode.defer_ahead_s)
 
     def submit_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None,
                      emit: Callable[[Span], None], done: Callable[[Ticket], None],
-                     urgent: Callable[[], bool], paused: Callable[[], bool]) -> Ticket:
-        """Start the reply on the scheduler: spans go to `emit` (scheduler thread), then `done`."""
+                     urgent: Callable[[], bool], paused: Callable[[], bool],
+                     ahead: Callable[[], float] = lambda: 0.0) -> Ticket:
+        """Start the reply on the scheduler: spans go to `emit` (scheduler thread), then `done`;
+        `ahead()`: seconds of its speech not yet played (see `StepScheduler`)."""
         ids = self.chat_ids(messages)
         return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit,
-                                     urgent, paused, done)
+                                     urgent, paused, done, ahead)
 
     def submit_ids(self, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
         """A reply to prompt token ids on the scheduler (benchmarks): its tokens go to `on_tokens`."""

@@ -122,6 +122,18 @@ class _Turn:
         self.task: asyncio.Task | None = None
         self.out: asyncio.Queue = asyncio.Queue()  # events held until the gate opens
         self.reply_text = ""
+        self.audio_s = 0.0  # reply audio sent to the client
+
+    def ahead_s(self) -> float:
+        """Seconds of reply audio sent and not yet played (playback counted from the first audio)."""
+        return self.audio_s - (time.perf_counter() - self.m.first_audio) if self.m.first_audio else 0.0
+
+    def waits(self, max_ahead_s: float) -> bool:
+        """Whether its decoding waits: held (first phrase made, endpoint not yet confirmed), or
+        `max_ahead_s` of its audio not yet played (it resumes as playback catches up)."""
+        if self.cancel.is_set():
+            return False  # the scheduler drops it at its next step
+        return (self.first_phrase.is_set() and not self.released.is_set()) or self.ahead_s() >= max_ahead_s
 
     def stamp(self, **fields) -> None:
         self.m = replace(self.m, **fields)
@@ -321,6 +333,7 @@ class VoiceSession:
                     turn.stamp(first_audio=now)
                     await self.events.put(AudioStart(event.chunk.rate_hz, now))
                 turn.stamp(last_audio=now)
+                turn.audio_s += len(event.chunk.samples) / event.chunk.rate_hz
             elif isinstance(event, TurnEnd):
                 event = TurnEnd(turn.m)
             await self.events.put(event)
@@ -362,11 +375,11 @@ class VoiceSession:
                 loop.call_soon_threadsafe(spans.put_nowait, item)
 
         turn.stamp(llm_start=time.perf_counter())
-        # urgent until its first phrase is out; a held reply then waits for the endpoint, leaving
-        # the batch to others (the scheduler skips it until it is released or cancelled)
+        # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
+        # reply far ahead of playback waits for it, leaving the batch and the cores to others
         ticket = llm.submit_reply(messages, turn.cancel, emit=put, done=lambda _: put(None),
                                   urgent=lambda: not turn.first_phrase.is_set(),
-                                  paused=lambda: turn.first_phrase.is_set() and not turn.released.is_set())
+                                  paused=lambda: turn.waits(self.cfg.decode.max_ahead_s), ahead=turn.ahead_s)
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
         try:

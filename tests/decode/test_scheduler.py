@@ -163,6 +163,30 @@ def test_a_paused_job_waits_and_does_not_stall_others():
     assert held_out == plain_greedy([1, 2, 3], 8) and free_out == plain_greedy([4, 5, 6], 8)
 
 
+def test_a_talking_job_far_ahead_of_playback_sits_out_while_an_urgent_one_runs():
+    sched = scheduler(slots=2)
+    sched.defer_ahead_s = 3.0
+    ahead = [10.0]
+    s = GenerationSettings(max_new_tokens=12)
+    talk_out = []
+    sched.submit(lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: talk_out.extend(sp.token_ids),
+                 urgent=lambda: False, ahead=lambda: ahead[0])
+    sched.run_step()  # alone it runs (prefill) however far ahead it is
+    sched.run_step()
+    before = len(talk_out)
+    assert before > 0
+    urgent, urgent_out = submit(sched, [4, 5, 6], 6)
+    while not urgent.finished.is_set():
+        assert sched.run_step()
+        assert len(talk_out) == before  # sat out every step the urgent job ran
+    ahead[0] = 2.0  # playback caught up: it runs beside urgent work again
+    urgent2, _ = submit(sched, [7, 8], 6)
+    sched.run_step()
+    assert len(talk_out) > before
+    run_until_idle(sched)
+    assert talk_out == plain_greedy([1, 2, 3], 12) and urgent_out == plain_greedy([4, 5, 6], 6)
+
+
 def test_a_prompt_past_the_cache_fails_its_ticket_only():
     sched = scheduler(slots=2)
     too_long, _ = submit(sched, list(range(1, 64)) * 3, 4)
