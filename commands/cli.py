@@ -148,8 +148,10 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     if any(n < 1 for n in levels) or args.turns < 1:
         raise UsageError("--clients and --turns must be at least 1")
     paths = bench_audio(cfg)
+    # the server it starts runs this command's config and --set overrides
+    passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
     proc, url = (None, args.server) if args.server else spawn_server(
-        "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
+        *passed, "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
     ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
     try:
         result = asyncio.run(soak(ws_url, paths, levels, args.turns))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,18 @@ def reduced_vocab(labels: torch.Tensor, vocab_size: int, keep: int) -> tuple[tor
     return ids, remap
 
 
+def cached_sequences(path: str, make: Callable[[], dict]) -> dict:
+    """The training sequences from `path` when it exists, else `make()` (saved to `path` if given)."""
+    cached = Path(path) if path else None
+    if cached and cached.is_file():
+        return json.loads(cached.read_text())
+    seqs = make()
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(seqs))
+    return seqs
+
+
 def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int = 1500,
                   batch: int = 256, depth: int = 4, layers: int = 1, vocab: int = 8192,
                   device: str = "cpu", out: str = "", gen_batch: int = 32, seed: int = 0,
@@ -276,15 +289,8 @@ def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int
         feature_layers = check_feature_layers(feature_layers, n)
     except ValueError as err:
         raise ConfigError(f"--feature-layers: {err}") from None
-    cached = Path(sequences_file) if sequences_file else None
-    if cached and cached.is_file():
-        seqs = json.loads(cached.read_text())
-    else:
-        seqs = make_sequences(model, tokenizer, prompts, max_new, gen_batch, sampled, seed, conversations,
-                              cfg.llm.system_prompt)
-        if cached:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(seqs))
+    seqs = cached_sequences(sequences_file, lambda m=model: make_sequences(
+        m, tokenizer, prompts, max_new, gen_batch, sampled, seed, conversations, cfg.llm.system_prompt))
     t_gen = time.perf_counter() - t_start
     model = model.to(torch_dtype("float32"))
     data = teacher_pass(model, seqs["train"], depth, feature_layers, prompt_context=context)

@@ -131,14 +131,9 @@ class StaticLlamaTarget:
         return self.forward_packed([(0, token_ids, False)])[0]
 
     @torch.inference_mode()
-    def forward_packed(self, feeds: list[tuple[int, list[int], bool]]) -> list[Forward]:
-        """One forward over several slots' new tokens, packed end to end (no padding).
-
-        feeds: (slot, token ids, last_only) — `last_only` returns the logits of the last position
-        only (a prefill chunk). The linear layers run once over all T = sum(n_i) tokens; attention
-        runs per slot over its own cache (query j of slot i sees keys 0..start_i + j). One feed is
-        exactly the one-sequence forward.
-        """
+    def _pack(self, feeds: list[tuple[int, list[int], bool]]) -> tuple[list, torch.Tensor, torch.Tensor, list]:
+        """Each feed's (slot, start, n, offset in the packed tokens), the rotary tables at every
+        packed position, and each feed's causal mask over its cache (None for one token)."""
         parts, offset = [], 0
         for slot, ids, _ in feeds:
             start, n = self.lengths[slot], len(ids)
@@ -148,9 +143,6 @@ class StaticLlamaTarget:
                 raise ValueError(f"context of {start + n} tokens exceeds the cache ({self.max_len})")
             parts.append((slot, start, n, offset))
             offset += n
-        total = offset
-        ids = torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)
-        x = self.embed[ids]  # [T, H]
         if len(parts) == 1:
             start, n = parts[0][1], parts[0][2]
             cos, sin = self.cos[start:start + n], self.sin[start:start + n]
@@ -159,6 +151,34 @@ class StaticLlamaTarget:
             cos, sin = self.cos[pos], self.sin[pos]
         masks = [None if n == 1 else torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
                  for _, start, n, _ in parts]
+        return parts, cos, sin, masks
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, parts: list,
+                masks: list) -> torch.Tensor:
+        """Layer `layer`'s attention, per slot: write each feed's keys/values into its slot's cache,
+        attend its queries over that cache; the outputs packed again ([heads, T, head_dim])."""
+        outs = []
+        for (slot, start, n, off), mask in zip(parts, masks):
+            end = start + n
+            k_cache, v_cache = self._k[slot][layer], self._v[slot][layer]
+            k_cache[:, start:end] = k[:, off:off + n]
+            v_cache[:, start:end] = v[:, off:off + n]
+            outs.append(F.scaled_dot_product_attention(
+                q[:, off:off + n], k_cache[:, :end], v_cache[:, :end], attn_mask=mask,
+                enable_gqa=self.n_heads != self.n_kv))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def forward_packed(self, feeds: list[tuple[int, list[int], bool]]) -> list[Forward]:
+        """One forward over several slots' new tokens, packed end to end (no padding).
+
+        feeds: (slot, token ids, last_only) — `last_only` returns the logits of the last position
+        only (a prefill chunk). The linear layers run once over all T = sum(n_i) tokens; attention
+        runs per slot over its own cache (query j of slot i sees keys 0..start_i + j). One feed is
+        exactly the one-sequence forward.
+        """
+        parts, cos, sin, masks = self._pack(feeds)
+        total = sum(n for _, _, n, _ in parts)
+        x = self.embed[torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)]  # [T, H]
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         features = []
         for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
@@ -169,15 +189,7 @@ class StaticLlamaTarget:
             v = v.view(total, nkv, hd).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            outs = []
-            for (slot, start, n, off), mask in zip(parts, masks):
-                end = start + n
-                k_cache, v_cache = self._k[slot][i], self._v[slot][i]
-                k_cache[:, start:end] = k[:, off:off + n]
-                v_cache[:, start:end] = v[:, off:off + n]
-                outs.append(F.scaled_dot_product_attention(
-                    q[:, off:off + n], k_cache[:, :end], v_cache[:, :end], attn_mask=mask, enable_gqa=nh != nkv))
-            att = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+            att = self._attend(i, q, k, v, parts, masks)
             x = x + F.linear(att.transpose(0, 1).reshape(total, nh * hd), w_o)
             gate, up = F.linear(rms_norm(x, ln2, self.eps), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
