@@ -11,22 +11,22 @@ import logging
 import sys
 import time
 
-from voice.config import Config, ConfigError, load_config
+from voice.config import Config, load_config
+from voice.errors import USER_ERRORS, VoiceError
 
 log = logging.getLogger("voice")
 
 
-class UsageError(ValueError):
+class UsageError(VoiceError, ValueError):
     """Bad command-line input."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from audio.wavio import AudioError
+    """What becomes a one-line error: user-facing errors only (a FileNotFoundError from a bug keeps
+    its traceback; files the user names are checked where they are opened)."""
     from commands.talk import DeviceError
-    from voice.models import ModelNotReady
-    from voice.tts import TTSError
 
-    return (ConfigError, ModelNotReady, AudioError, TTSError, UsageError, FileNotFoundError, DeviceError)
+    return (*USER_ERRORS, DeviceError)
 
 
 def cmd_models(args: argparse.Namespace, cfg: Config) -> None:

@@ -12,10 +12,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from voice.errors import VoiceError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
 
-class ConfigError(ValueError):
+class ConfigError(VoiceError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 

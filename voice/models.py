@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voice.config import ModelsConfig
+from voice.errors import VoiceError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ WHISPER_DIR = "whisper-base-ct2"
 LLM_DIR = "smollm2-135m-instruct"
 
 
-class ModelNotReady(RuntimeError):
+class ModelNotReady(VoiceError, RuntimeError):
     """A model is missing; the message says which command fixes it."""
 
 

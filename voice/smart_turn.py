@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voice.errors import VoiceError
+
 log = logging.getLogger(__name__)
 
 PACKAGE = "pipecat-ai"
@@ -29,7 +31,7 @@ WINDOW_S = 8
 N_MELS = 80
 
 
-class SmartTurnNotInstalled(RuntimeError):
+class SmartTurnNotInstalled(VoiceError, RuntimeError):
     """The pipecat-ai wheel that carries the Smart Turn model is missing."""
 
 

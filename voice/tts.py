@@ -14,6 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
+from voice.errors import VoiceError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,7 @@ class AudioChunk:
     t: float
 
 
-class TTSError(RuntimeError):
+class TTSError(VoiceError, RuntimeError):
     """Synthesis failed for a phrase."""
 
 

@@ -16,12 +16,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from audio.pacing import feed_realtime
 from audio.wavio import float_to_pcm16, read_wav
+from voice.errors import VoiceError
 from voice.turns import TurnRecord
 
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
 
 
-class ServerError(RuntimeError):
+class ServerError(VoiceError, RuntimeError):
     """The server answered with an `error` event."""
 
 

@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 
 from audio.frames import SAMPLE_RATE_HZ
 from voice.config import Config
+from voice.errors import VoiceError
 from voice.pipeline import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, VoiceSession
 from voice.stack import Stack
 
@@ -40,7 +41,7 @@ MAX_TEXT_CHARS = 2000
 FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(VoiceError, ValueError):
     """A client message the protocol does not allow; `code` goes into the error event."""
 
     def __init__(self, code: str, message: str) -> None:

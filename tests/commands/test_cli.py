@@ -45,6 +45,30 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
     assert "24-bit samples are not supported" in capsys.readouterr().err
 
 
+def test_only_user_facing_errors_become_one_line_errors(tmp_path, capsys, monkeypatch):
+    from commands import cli
+    from commands.talk import DeviceError
+    from voice.errors import VoiceError
+    from voice.smart_turn import SmartTurnNotInstalled
+    from voice.tts import TTSError
+    from web.client import ServerError
+    from web.server import ProtocolError
+
+    for cls in (cli.UsageError, TTSError, SmartTurnNotInstalled, ServerError, ProtocolError):
+        assert issubclass(cls, VoiceError)
+    assert DeviceError in cli._user_errors()
+    # a FileNotFoundError from a bug is not a user error: it keeps its traceback
+    monkeypatch.setattr(cli, "cmd_turn", lambda args, cfg: open(tmp_path / "nowhere" / "x"))
+    with pytest.raises(FileNotFoundError):
+        main(["turn", "x.wav"])
+    # a missing file the user named is one
+    from voice.config import ConfigError, load_config
+    from voice.llm import drafter_feature_layers
+
+    with pytest.raises(ConfigError, match="decode.mtp_path: no MTP drafter"):
+        drafter_feature_layers(load_config(None, [f"decode.mtp_path={tmp_path / 'no-head'}"]))
+
+
 @pytest.mark.slow
 def test_gemma4_configs_say_the_hub_models_cannot_be_downloaded(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty hub cache, whatever this machine has
