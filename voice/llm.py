@@ -80,7 +80,10 @@ def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Genera
     if name == "mtp":
         from decode.mtp import load_mtp_drafter
 
-        return load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
+        try:
+            return load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
+        except FileNotFoundError as err:
+            raise ConfigError(f"decode.mtp_path: {err}") from None
     if name == "assistant":
         return load_assistant_drafter(cfg, target, generator)
     raise ConfigError(f"decode.drafter: unknown drafter {name!r} (known: none, ngram, model, mtp, assistant)")
@@ -121,7 +124,10 @@ def drafter_feature_layers(cfg: Config) -> tuple[int, ...]:
         return ()
     from decode.mtp import read_mtp_config
 
-    return read_mtp_config(cfg.decode.mtp_path).feature_layers
+    try:
+        return read_mtp_config(cfg.decode.mtp_path).feature_layers
+    except FileNotFoundError as err:
+        raise ConfigError(f"decode.mtp_path: {err}") from None
 
 
 END_OF_USER_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<turn|>")
