@@ -10,7 +10,8 @@ the pipeline's endpointing, so endpoint waiting counts. `--baseline` runs the ba
 audio; its gap is asr + llm + tts with no endpoint wait (flattering the baseline).
 `--compare section.key=value` runs the same audio again on the loaded models with sessions
 built from the overridden config; `--hesitation` adds questions with a pause mid-sentence
-(`commands.hesitation`). The report names the machine (CPU, cores, SIMD flags).
+(`commands.hesitation`). The report names the machine (CPU, cores, SIMD flags); per turn the reply's sentences, tokens,
+audio seconds and how it ended (the reply policy), and p50/p90 of the reply audio seconds.
 Cost: the audio's own duration per turn plus the reply, and ~5 s to load the models.
 """
 from __future__ import annotations
@@ -28,9 +29,12 @@ from audio.wavio import AudioError, read_wav, write_wav
 from commands.summary import percentiles
 from voice.config import Config, ConfigError
 from voice.models import cache_dir
+from voice.reply_policy import ends_sentence
 from voice.turns import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
+
+REPLY_FIELDS = ("reply_sentences", "reply_tokens", "reply_audio_s", "reply_end", "shortened")  # per turn, from turn_end
 
 BENCH_QUESTIONS = [
     "What is the capital of France?",
@@ -124,11 +128,16 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
                               and st[s] is not None]) for s in STAGES}
     acc = [r.metrics["acceptance"] for r in answered if r.metrics]
     ks = [r.metrics["mean_draft_len"] for r in answered if r.metrics]
+    audio_s = [r.metrics["reply_audio_s"] for r in answered if r.metrics.get("reply_audio_s") is not None]
     out = {"turns": len(records), "answered": len(answered),
            "turn_gap_ms": percentiles([r.turn_gap_ms for r in answered]), "stages_ms": stages,
            "acceptance": round(statistics.mean(acc), 3) if acc else None,
            "mean_draft_len": round(statistics.mean(ks), 2) if ks else None,
+           "reply_audio_s": percentiles(audio_s),
+           "replies_shortened": sum(bool(r.metrics.get("shortened")) for r in answered),
+           "replies_ending_a_sentence": sum(ends_sentence(r.reply) for r in answered),
            "results": [{"audio": r.audio, "transcript": r.transcript, "reply": r.reply,
+                        **{k: r.metrics.get(k) for k in REPLY_FIELDS},
                         "turn_gap_ms": None if r.turn_gap_ms is None else round(r.turn_gap_ms, 1),
                         "stages_ms": st} for r, st in zip(records, per_turn)]}
     if baseline is not None:

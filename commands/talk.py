@@ -113,6 +113,8 @@ async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) ->
         elif isinstance(ev, TurnEnd):
             m = ev.metrics.as_dict()
             note = " (interrupted)" if m["interrupted"] else ""
+            if m["shortened"]:
+                print(" (shortened — say 'tell me more')", end="", flush=True)
             print(f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
                   f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
                   f"mean k {m['mean_draft_len']}]", flush=True)

@@ -47,6 +47,19 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class ReplyConfig:
+    """How much of a reply is spoken (`voice.reply_policy`); the hard cap is `llm.max_new_tokens`.
+
+    Once `soft_tokens` tokens or `soft_sentences` sentences are decoded (0: no limit), the reply
+    ends at the next sentence close; "tell me more" continues a reply the policy shortened.
+    """
+
+    soft_tokens: int = 32
+    soft_sentences: int = 2
+    continue_on_more: bool = True  # "tell me more", "go on", ... after a shortened reply continue it
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
     """The speculative decoder: which drafter, and how k is chosen."""
 
@@ -147,6 +160,7 @@ class Config:
 
     models: ModelsConfig = field(default_factory=ModelsConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    reply: ReplyConfig = field(default_factory=ReplyConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     asr: ASRConfig = field(default_factory=ASRConfig)
     vad: VADConfig = field(default_factory=VADConfig)

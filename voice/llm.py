@@ -225,11 +225,26 @@ class ReplyModel:
                                      lambda span: on_tokens(span.token_ids))
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the conversation with the generation prompt appended."""
+        """Token ids of the conversation with the generation prompt appended; when the last message
+        is the assistant's, the ids end inside it (no end-of-turn token) so the reply continues it."""
         if self.cfg.llm.system_prompt:
             messages = [{"role": "system", "content": self.cfg.llm.system_prompt}] + messages
+        if messages[-1]["role"] == "assistant" and messages[-1]["content"]:
+            return self._continuation_ids(messages)
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def _continuation_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat rendered up to the end of the last (assistant) message's text."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        content = messages[-1]["content"]
+        return list(self.tokenizer(text[:text.rindex(content) + len(content)], add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a piece of reply text (the spoken reply's length)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
         """Spans of the reply to the conversation; hold `lock` while iterating."""

@@ -39,6 +39,7 @@ from audio.frames import AudioFrame, Reframer
 from audio.vad import SileroVAD
 from voice.chunker import PhraseChunker
 from voice.config import Config
+from voice.reply_policy import ReplyBudget, ReplyShaper, asks_for_more
 from voice.stack import NORMAL, URGENT, Stack
 from voice.tts import AudioChunk
 from voice.turns import Conversation, TurnMetrics
@@ -108,17 +109,31 @@ class TurnError:
     message: str
 
 
+class _EitherSet:
+    """Set while any of its events is: the decoder ends a reply on a barge-in (`cancel`) or once
+    the reply policy has what it will speak (`finish`)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
 class _Turn:
     """One reply in flight: its cancel flag, output gate and timestamps."""
 
-    def __init__(self, reply_id: int, text: str) -> None:
+    def __init__(self, reply_id: int, text: str, budget: ReplyBudget, continued: bool = False) -> None:
         self.id, self.text = reply_id, text
         self.created = time.perf_counter()
         self.cancel = threading.Event()
+        self.finish = threading.Event()  # the reply policy ended the reply: decoding stops, output goes on
+        self.shaper = ReplyShaper(budget)  # what of the decoded text is spoken
+        self.continued = continued  # "tell me more": it continues the previous reply
         self.gate = asyncio.Event()  # set at the endpoint: output may flow
         self.released = threading.Event()  # the same, or cancelled: for the decode thread
         self.first_phrase = threading.Event()  # the first phrase went to TTS
-        self.m = TurnMetrics(transcript=text)
+        self.m = TurnMetrics(transcript=text, continued=continued)
         self.task: asyncio.Task | None = None
         self.out: asyncio.Queue = asyncio.Queue()  # events held until the gate opens
         self.reply_text = ""
@@ -137,6 +152,11 @@ class _Turn:
 
     def stamp(self, **fields) -> None:
         self.m = replace(self.m, **fields)
+
+
+def reply_budget(cfg: Config) -> ReplyBudget:
+    """The soft budget from the `reply` section."""
+    return ReplyBudget(cfg.reply.soft_tokens, cfg.reply.soft_sentences)
 
 
 def turn_settings(cfg: Config) -> TurnSettings:
@@ -273,9 +293,16 @@ class VoiceSession:
             except asyncio.CancelledError:
                 pass
         if report and turn.gate.is_set():
-            turn.stamp(interrupted=True, reply=turn.reply_text)
-            self.conversation.add(turn.m.transcript, turn.reply_text)
+            turn.stamp(interrupted=True, reply=turn.reply_text, reply_audio_s=round(turn.audio_s, 2))
+            self._remember(turn)
             await self.events.put(TurnEnd(turn.m))
+
+    def _remember(self, turn: _Turn) -> None:
+        """Put the spoken reply in the history (a continuation extends the previous answer)."""
+        if turn.continued:
+            self.conversation.extend_last(turn.reply_text.rstrip(), turn.m.shortened)
+        else:
+            self.conversation.add(turn.m.transcript, turn.reply_text.strip(), turn.m.shortened)
 
     # ---- ASR and scores --------------------------------------------------------------
     async def _hypothesis(self, ask: Transcribe, audio: np.ndarray) -> None:
@@ -310,7 +337,8 @@ class VoiceSession:
 
     # ---- reply -----------------------------------------------------------------
     def _start_reply(self, start: StartReply) -> None:
-        turn = _Turn(start.reply, start.text)
+        more = self.cfg.reply.continue_on_more and self.conversation.shortened and asks_for_more(start.text)
+        turn = _Turn(start.reply, start.text, reply_budget(self.cfg), continued=more)
         self._replies[turn.id] = turn
         if start.released:  # a typed turn: no speech to wait for
             now = time.perf_counter()
@@ -335,19 +363,21 @@ class VoiceSession:
                 turn.stamp(last_audio=now)
                 turn.audio_s += len(event.chunk.samples) / event.chunk.rate_hz
             elif isinstance(event, TurnEnd):
+                turn.stamp(reply_audio_s=round(turn.audio_s, 2))
                 event = TurnEnd(turn.m)
             await self.events.put(event)
 
     async def _reply(self, turn: _Turn) -> None:
         forward = asyncio.ensure_future(self._forward(turn))
         try:
-            await self._speak_reply(turn, self.conversation.messages(turn.text))
+            messages = self.conversation.continuation() if turn.continued else self.conversation.messages(turn.text)
+            await self._speak_reply(turn, messages)
             turn.stamp(reply=turn.reply_text.strip())
             turn.out.put_nowait(TurnEnd(turn.m))
             turn.out.put_nowait(None)
             await forward  # held until the endpoint
             if not turn.cancel.is_set():
-                self.conversation.add(turn.m.transcript, turn.m.reply)
+                self._remember(turn)
             self._replies.pop(turn.id, None)
             await self._act(self.turns.step(ReplyDone(turn.id)))
         except asyncio.CancelledError:
@@ -367,7 +397,7 @@ class VoiceSession:
         phrases: asyncio.Queue = asyncio.Queue()
         llm = self.stack.llm
         if self.turns.score_of(turn.text) is None:  # the endpoint rule needs it; usually it is known already
-            prob = await asyncio.to_thread(llm.end_of_turn_prob, messages)  # the start of the reply's own prefill
+            prob = await asyncio.to_thread(llm.end_of_turn_prob, self.conversation.messages(turn.text))
             self._spawn(self._act(self.turns.step(Score(turn.text, prob))))
 
         def put(item) -> None:
@@ -377,25 +407,29 @@ class VoiceSession:
         turn.stamp(llm_start=time.perf_counter())
         # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
         # reply far ahead of playback waits for it, leaving the batch and the cores to others
-        ticket = llm.submit_reply(messages, turn.cancel, emit=put, done=lambda _: put(None),
+        ticket = llm.submit_reply(messages, _EitherSet(turn.cancel, turn.finish), emit=put, done=lambda _: put(None),
                                   urgent=lambda: not turn.first_phrase.is_set(),
                                   paused=lambda: turn.waits(self.cfg.decode.max_ahead_s), ahead=turn.ahead_s)
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
+        shaper = turn.shaper
         try:
             while (span := await spans.get()) is not None:
                 if not turn.m.first_span:
                     turn.stamp(first_span=span.t)
-                if span.text:
-                    turn.reply_text += span.text
-                    for phrase in chunker.push(span.text):
-                        phrases.put_nowait(phrase)
-                        turn.first_phrase.set()
-                    turn.out.put_nowait(ReplyText(span.text, span.t))
+                self._say(turn, shaper.push(span.text, len(span.token_ids)), chunker, phrases, span.t)
+                if shaper.stopped:  # the reply policy has what it will speak
+                    turn.finish.set()  # the decoder ends the reply at its next step
+                    break
             if ticket.error is not None:
                 raise ticket.error
             st = ticket.job.stats
-            turn.stamp(tokens=st.tokens, acceptance=st.acceptance, mean_draft_len=st.mean_draft_len)
+            if not shaper.stopped:  # decoding ended: the model's end token, or the hard cap
+                capped = st.tokens >= llm.settings.max_new_tokens
+                self._say(turn, shaper.finish(capped), chunker, phrases, time.perf_counter())
+            turn.stamp(tokens=st.tokens, acceptance=st.acceptance, mean_draft_len=st.mean_draft_len,
+                       reply_end=shaper.end, shortened=shaper.shortened, reply_sentences=shaper.sentences,
+                       reply_tokens=llm.count_tokens(turn.reply_text.strip()), dropped=shaper.dropped)
             for phrase in chunker.flush():
                 phrases.put_nowait(phrase)
             phrases.put_nowait(None)
@@ -404,6 +438,17 @@ class VoiceSession:
             turn.cancel.set()  # the scheduler drops the reply at its next step
             speaking.cancel()
             raise
+
+    @staticmethod
+    def _say(turn: _Turn, text: str, chunker: PhraseChunker, phrases: asyncio.Queue, t: float) -> None:
+        """Send text the reply policy released to TTS and the client; a closed sentence goes out whole."""
+        if not text:
+            return
+        turn.reply_text += text
+        for phrase in chunker.push(text) + (chunker.flush() if turn.shaper.at_close else []):
+            phrases.put_nowait(phrase)
+            turn.first_phrase.set()
+        turn.out.put_nowait(ReplyText(text, t))
 
     async def _tts_worker(self, turn: _Turn, phrases: asyncio.Queue) -> None:
         """Synthesise phrases as they come (ahead of the endpoint when predictive); a first phrase

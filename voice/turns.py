@@ -19,20 +19,38 @@ class Conversation:
     count_tokens: object  # callable(list[dict]) -> int
     budget_tokens: int = 1024
     turns: list[tuple[str, str]] = field(default_factory=list)
+    shortened: bool = False  # the last answer was cut short by the reply policy: it can be continued
+
+    def _history(self) -> list[dict[str, str]]:
+        return [m for u, a in self.turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
 
     def messages(self, user_text: str) -> list[dict[str, str]]:
         """History plus the new user message, within the budget."""
         while True:
-            msgs = [m for u, a in self.turns for m in ({"role": "user", "content": u},
-                                                       {"role": "assistant", "content": a})]
-            msgs.append({"role": "user", "content": user_text})
+            msgs = self._history() + [{"role": "user", "content": user_text}]
             if not self.turns or self.count_tokens(msgs) <= self.budget_tokens:
                 return msgs
             self.turns.pop(0)
 
-    def add(self, user_text: str, reply_text: str) -> None:
+    def continuation(self) -> list[dict[str, str]]:
+        """The history ending in the last (shortened) answer, for the model to continue it; within
+        the budget, the last turn always kept."""
+        while len(self.turns) > 1 and self.count_tokens(self._history()) > self.budget_tokens:
+            self.turns.pop(0)
+        return self._history()
+
+    def add(self, user_text: str, reply_text: str, shortened: bool = False) -> None:
         """Record a finished (or interrupted) turn."""
         self.turns.append((user_text, reply_text))
+        self.shortened = shortened
+
+    def extend_last(self, more_text: str, shortened: bool = False) -> None:
+        """Append a continuation ("tell me more") to the last answer: the history reads as one answer."""
+        if not self.turns:
+            raise ValueError("no answer to continue")
+        user, answer = self.turns[-1]
+        self.turns[-1] = (user, answer + more_text)
+        self.shortened = shortened
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,13 @@ class TurnMetrics:
     acceptance: float = 0.0
     mean_draft_len: float = 0.0
     interrupted: bool = False
+    reply_end: str = ""  # done (the model's end) | budget (soft budget, at a sentence close) | cap (hard cap)
+    shortened: bool = False  # the reply policy ended it before the model did: "tell me more" continues it
+    continued: bool = False  # it continues the previous answer ("tell me more")
+    reply_tokens: int = 0  # tokens of the spoken reply
+    reply_sentences: int = 0
+    reply_audio_s: float = 0.0  # reply audio sent
+    dropped: str = ""  # an unfinished sentence cut by the hard cap, never spoken
     predictive: bool = False  # the reply was prepared before the endpoint
     end_of_turn_prob: float | None = None  # the final words' semantic end-of-turn score
     transcript: str = ""
@@ -72,6 +97,13 @@ class TurnMetrics:
             "mean_draft_len": round(self.mean_draft_len, 2),
             "tokens": self.tokens,
             "interrupted": self.interrupted,
+            "reply_end": self.reply_end,
+            "shortened": self.shortened,
+            "continued": self.continued,
+            "reply_tokens": self.reply_tokens,
+            "reply_sentences": self.reply_sentences,
+            "reply_audio_s": self.reply_audio_s,
+            "dropped_words": len(self.dropped.split()),
             "predictive": self.predictive,
             "end_of_turn_prob": None if self.end_of_turn_prob is None else round(self.end_of_turn_prob, 4),
         }

@@ -74,6 +74,23 @@ def test_report_gives_each_turn_its_stages_after_the_bench_end_of_speech():
     assert out["stages_ms"]["endpoint"]["p50"] == 200.0
 
 
+def test_report_gives_reply_lengths_per_turn_and_reply_audio_percentiles():
+    turns = []
+    for i, (audio_s, reply) in enumerate([(4.0, "Paris is the capital."), (8.0, "Light scatters. Blue most."),
+                                          (12.0, "It is about")]):
+        r = record(0.4, f"q{i}.wav")
+        r.reply = reply
+        r.metrics.update(reply_audio_s=audio_s, reply_tokens=10 * (i + 1), reply_sentences=i + 1,
+                         reply_end="budget" if i else "done", shortened=bool(i))
+        turns.append(r)
+    out = report(turns)
+    assert out["reply_audio_s"]["p50"] == 8.0 and out["reply_audio_s"]["p90"] == 11.2
+    assert out["replies_shortened"] == 2 and out["replies_ending_a_sentence"] == 2
+    first = out["results"][0]
+    assert (first["reply_sentences"], first["reply_tokens"], first["reply_audio_s"], first["reply"]) == \
+        (1, 10, 4.0, "Paris is the capital.")
+
+
 def test_turn_through_a_server_reports_the_server_stage_figures():
     r = TurnRecord("q.wav", speech_end=5.0, first_audio=5.6,
                    metrics={"endpoint_ms": 310.0, "asr_final_ms": 320.0, "first_span_ms": 400.0,

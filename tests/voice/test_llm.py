@@ -30,3 +30,14 @@ def test_calibration_covers_every_draft_length_the_controller_may_pick():
 
     assert calibration_ks(8) == list(range(9))
     assert calibration_ks(1) == [0, 1] and calibration_ks(0) == [0]
+
+
+@pytest.mark.slow
+def test_a_prompt_ending_in_an_assistant_message_continues_it(stack):
+    llm = stack.llm
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    answer = "The sky looks blue because of Rayleigh scattering."
+    ids = llm.chat_ids(question + [{"role": "assistant", "content": answer}])
+    start = llm.chat_ids(question)
+    assert ids[:len(start)] == start and llm.tokenizer.decode(ids[len(start):]) == answer
+    assert llm.end_of_user_id not in ids[len(start):]

@@ -201,3 +201,31 @@ def test_sessions_speaking_at_once_each_get_their_own_answer(stack, question_wav
     for events, heard, answer in ((first, "capital of france", "paris"), (second, "largest ocean", "pacific")):
         assert isinstance(events[-1], TurnEnd), [type(e).__name__ for e in events]
         assert heard in events[-1].metrics.transcript.lower() and answer in events[-1].metrics.reply.lower()
+
+
+def test_a_budget_ended_reply_ends_on_a_sentence_and_tell_me_more_continues_it(stack):
+    from voice.pipeline import ReplyText
+    from voice.reply_policy import ends_sentence
+
+    cfg = load_config(None, ["reply.soft_tokens=8", "reply.soft_sentences=1"])
+
+    async def main():
+        session = VoiceSession(stack, cfg)
+        turns = []
+        for text in ("Why is the sky blue?", "Tell me more."):
+            await session.user_text(text)
+            turns.append([e for _, e in await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)))])
+        history = list(session.conversation.turns)
+        await session.close()
+        return turns, history
+
+    (first, second), history = asyncio.run(main())
+    m1, m2 = first[-1].metrics, second[-1].metrics
+    assert m1.shortened and m1.reply_end == "budget" and m1.reply_sentences == 1 and ends_sentence(m1.reply)
+    assert "".join(e.text for e in first if isinstance(e, ReplyText)).strip() == m1.reply  # shown = spoken
+    assert m1.reply_audio_s > 0.5 and 0 < m1.reply_tokens <= m1.tokens
+    assert m2.continued and not m1.continued and m2.reply and ends_sentence(m2.reply)
+    # one answer in the history, continued where it stopped: the user's "tell me more" is not a turn
+    assert len(history) == 1 and history[0][0] == "Why is the sky blue?"
+    assert history[0][1].startswith(m1.reply) and history[0][1].rstrip().endswith(m2.reply)
+    assert m2.reply not in m1.reply

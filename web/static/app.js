@@ -45,8 +45,10 @@ function onEvent(msg) {
       break;
     case 'transcript':
       stats.transcripts.push(msg);
-      if (msg.final) { $('final').textContent = msg.text; $('partial').textContent = ''; $('reply').textContent = ''; }
-      else $('partial').textContent = msg.text;
+      if (msg.final) {
+        $('final').textContent = msg.text; $('partial').textContent = ''; $('reply').textContent = '';
+        $('reply-note').hidden = true;
+      } else $('partial').textContent = msg.text;
       break;
     case 'reply':
       stats.replies.push(msg.text);
@@ -60,6 +62,7 @@ function onEvent(msg) {
       stats.turnEnds.push(msg.metrics);
       replyActive = false; $('interrupt').disabled = true;
       if (msg.metrics.interrupted) flushPlayback();
+      $('reply-note').hidden = !msg.metrics.shortened;  // the reply policy cut it short: it can be continued
       showMetrics(msg.metrics);
       break;
     case 'error':
