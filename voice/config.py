@@ -42,7 +42,10 @@ class LLMConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
-    system_prompt: str = ""  # empty: the model's own chat template default
+    # empty: the model's own chat template default. The brief instruction scored 14/20 against 12/20
+    # without it on tests/data/factual.json (scripts/brief_eval.py; README "Reply length")
+    system_prompt: str = ("You are a helpful AI assistant named SmolLM, trained by Hugging Face. "
+                          "Answer in one or two short sentences.")
     history_tokens: int = 1024
 
 

@@ -372,6 +372,11 @@ class VoiceSession:
         try:
             messages = self.conversation.continuation() if turn.continued else self.conversation.messages(turn.text)
             await self._speak_reply(turn, messages)
+            if turn.continued and not turn.reply_text.strip():
+                # the model had nothing to add to its answer: "tell me more" is answered as a question
+                turn.continued, turn.shaper = False, ReplyShaper(reply_budget(self.cfg))
+                turn.stamp(continued=False)
+                await self._speak_reply(turn, self.conversation.messages(turn.text))
             turn.stamp(reply=turn.reply_text.strip())
             turn.out.put_nowait(TurnEnd(turn.m))
             turn.out.put_nowait(None)
