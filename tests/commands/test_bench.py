@@ -237,3 +237,17 @@ def test_bench_hesitation_only_json(stack):
     assert {"finals", "answered", "split_turn", "cut_in", "turn_gap_ms"} <= set(run)
     assert "largest ocean" in " ".join(run["finals"]).lower()
     assert "turns" not in result  # --hesitation-only: no main set
+
+
+def test_bench_replies_are_brief_and_end_on_a_sentence(stack):
+    from voice.reply_policy import ends_sentence
+
+    out = subprocess.run([sys.executable, "-m", "commands.cli", "bench", "--turns", "4", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["answered"] == 4 and set(result["reply_audio_s"]) == {"p50", "p90", "max"}
+    for turn in result["results"]:  # includes "Why is the sky blue?" (27 s and cut mid-sentence before)
+        assert ends_sentence(turn["reply"]), turn["reply"]
+        assert 0 < turn["reply_audio_s"] <= 15 and turn["reply_sentences"] >= 1 and turn["reply_tokens"] > 0
+    assert result["reply_audio_s"]["p50"] <= 10
