@@ -130,6 +130,7 @@ class _Turn:
         self.finish = threading.Event()  # the reply policy ended the reply: decoding stops, output goes on
         self.shaper = ReplyShaper(budget)  # what of the decoded text is spoken
         self.continued = continued  # "tell me more": it continues the previous reply
+        self.remembered = False  # its reply is in the conversation history
         self.gate = asyncio.Event()  # set at the endpoint: output may flow
         self.released = threading.Event()  # the same, or cancelled: for the decode thread
         self.first_phrase = threading.Event()  # the first phrase went to TTS
@@ -298,7 +299,10 @@ class VoiceSession:
             await self.events.put(TurnEnd(turn.m))
 
     def _remember(self, turn: _Turn) -> None:
-        """Put the spoken reply in the history (a continuation extends the previous answer)."""
+        """Put the spoken reply in the history (a continuation extends the previous answer), once."""
+        if turn.remembered:
+            return
+        turn.remembered = True
         if turn.continued:
             self.conversation.extend_last(turn.reply_text.rstrip(), turn.m.shortened)
         else:
@@ -364,6 +368,7 @@ class VoiceSession:
                 turn.audio_s += len(event.chunk.samples) / event.chunk.rate_hz
             elif isinstance(event, TurnEnd):
                 turn.stamp(reply_audio_s=round(turn.audio_s, 2))
+                self._remember(turn)  # before the client hears the turn ended: its next turn sees it
                 event = TurnEnd(turn.m)
             await self.events.put(event)
 
@@ -381,8 +386,6 @@ class VoiceSession:
             turn.out.put_nowait(TurnEnd(turn.m))
             turn.out.put_nowait(None)
             await forward  # held until the endpoint
-            if not turn.cancel.is_set():
-                self._remember(turn)
             self._replies.pop(turn.id, None)
             await self._act(self.turns.step(ReplyDone(turn.id)))
         except asyncio.CancelledError:

@@ -215,6 +215,8 @@ def test_a_budget_ended_reply_ends_on_a_sentence_and_tell_me_more_continues_it(s
         for text in ("Why is the sky blue?", "Tell me more."):
             await session.user_text(text)
             turns.append([e for _, e in await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)))])
+            while not session.idle:  # the reply finished (a typed turn during one would stop it)
+                await asyncio.sleep(0.05)
         history = list(session.conversation.turns)
         await session.close()
         return turns, history
