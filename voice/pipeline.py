@@ -147,8 +147,8 @@ class _Turn:
     def waits(self, max_ahead_s: float) -> bool:
         """Whether its decoding waits: held (first phrase made, endpoint not yet confirmed), or
         `max_ahead_s` of its audio not yet played (it resumes as playback catches up)."""
-        if self.cancel.is_set():
-            return False  # the scheduler drops it at its next step
+        if self.cancel.is_set() or self.finish.is_set():
+            return False  # the scheduler ends it at its next step and frees its slot
         return (self.first_phrase.is_set() and not self.released.is_set()) or self.ahead_s() >= max_ahead_s
 
     def stamp(self, **fields) -> None:
