@@ -466,8 +466,14 @@ class VoiceSession:
         while (phrase := await phrases.get()) is not None:
             if turn.cancel.is_set():
                 return
-            chunks = await self.stack.tts_worker.run(lambda p=phrase: list(tts.synthesize(p)),
-                                                     URGENT if first else NORMAL)
+            def synthesize(p: str = phrase) -> tuple[list[AudioChunk], float, float]:
+                start = time.perf_counter()
+                return list(tts.synthesize(p)), start, time.perf_counter()
+
+            queued = time.perf_counter()
+            chunks, start, end = await self.stack.tts_worker.run(synthesize, URGENT if first else NORMAL)
+            log.debug("tts: %s phrase of %d words waited %.0f ms, synthesised in %.0f ms",
+                      "first" if first else "later", len(phrase.split()), (start - queued) * 1e3, (end - start) * 1e3)
             first = False
             for chunk in chunks:
                 turn.out.put_nowait(AudioOut(chunk))
