@@ -18,6 +18,7 @@ from importlib.resources import files
 import torch
 from tqdm import tqdm
 
+from commands.bench import machine_info
 from commands.prompt_sets import bundled_conversations
 from decode.controller import Controller, FixedController
 from decode.drafters import Drafter, NoDrafter
@@ -154,7 +155,10 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
         outputs = result.pop("_outputs")
         greedy_out = greedy_out or outputs
         runs.append({"mode": mode, "k": k, **_rounded(result), "identical": outputs == greedy_out})
-    report = {"target": llm.cfg.models.llm, "drafter": llm.drafter.name, "device": cfg.llm.device,
+    layout = getattr(llm.target, "weight_major", None)
+    report = {"machine": machine_info(), "target": llm.cfg.models.llm, "drafter": llm.drafter.name,
+              "device": cfg.llm.device,
+              "linear_layout": None if layout is None else "weight_major" if layout else "linear",
               "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
               "prompt_set": "conversation" if conversation else "single",
               "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
@@ -204,7 +208,8 @@ def print_table(report: dict) -> str:
     """A readable table of the report."""
     lines = [f"target={report['target']} drafter={report['drafter']} device={report['device']} "
              f"dtype={report['dtype']} prompts={report['prompts']} ({report['prompt_set']}, "
-             f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']}",
+             f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']} "
+             f"linear_layout={report.get('linear_layout')} cpu={report.get('machine', {}).get('cpu')}",
              f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
              f"{'mean k':>6s} identical"]
     for r in report["runs"]:

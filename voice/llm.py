@@ -174,6 +174,7 @@ class ReplyModel:
             self.target = HFTarget(model, keep_shared_kv=True)
         else:
             self.target = make_target(model, feature_layers=drafter_feature_layers(cfg))
+            self.layout_s = self._set_layout(cfg.decode.linear_layout)
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
         self.verify_cost_s = calibrate_verify_cost(self.target, calibration_ks(cfg.decode.max_draft))
@@ -186,6 +187,21 @@ class ReplyModel:
         self.end_of_user_id = end_of_user_token(self.tokenizer)
         self.turn_end_ids = [self.end_of_user_id] + closing_tokens(self.tokenizer)
         self.scheduler = self._make_scheduler(cfg)
+
+    def _set_layout(self, layout: str) -> dict[str, float]:
+        """Pick the static target's matmul layout (see `decode.target.project`); the timings if measured."""
+        if layout not in ("auto", "linear", "weight_major"):
+            raise ConfigError(f"decode.linear_layout: expected auto, linear or weight_major, got {layout!r}")
+        if not isinstance(self.target, StaticLlamaTarget):
+            return {}
+        if layout == "auto":
+            costs = self.target.choose_layout()
+            log.info("linear layout: %s (steps of 3 and 8 tokens: %s)",
+                     "weight_major" if self.target.weight_major else "linear",
+                     ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in costs.items()))
+            return costs
+        self.target.weight_major = layout == "weight_major"
+        return {}
 
     def _make_scheduler(self, cfg: Config) -> StepScheduler:
         """Slots 1..decode.slots of the static target, each with its own drafter and controller copy;

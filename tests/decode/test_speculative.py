@@ -8,7 +8,7 @@ from conftest import ByteTokenizer, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import Draft, ModelDrafter, NgramDrafter, NoDrafter
 from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
-from decode.target import HFTarget, StaticLlamaTarget
+from decode.target import HFTarget, StaticLlamaTarget, project
 
 TARGET = tiny_llama(seed=0)
 DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
@@ -57,15 +57,16 @@ def decode(target, drafter, controller, prompt, n):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prompt=st.lists(st.integers(1, 63), min_size=1, max_size=12),
        k=st.integers(0, 6), drafter=st.sampled_from(["ngram", "model", "none"]),
-       controller=st.sampled_from(["fixed", "adaptive", "heuristic"]))
-def test_speculative_greedy_equals_plain_greedy(prompt, k, drafter, controller):
+       controller=st.sampled_from(["fixed", "adaptive", "heuristic"]), weight_major=st.booleans())
+def test_speculative_greedy_equals_plain_greedy(prompt, k, drafter, controller, weight_major):
     n = 24
     want = plain_greedy(TARGET, prompt, n)
     drafters = {"ngram": NgramDrafter(3, 1), "none": NoDrafter(),
                 "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128))}
     ctl = {"fixed": FixedController(k), "heuristic": HeuristicController(max(k, 1), 6),
            "adaptive": AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1})}[controller]
-    got, _ = decode(StaticLlamaTarget(TARGET, max_len=128), drafters[drafter], ctl, prompt, n)
+    got, _ = decode(StaticLlamaTarget(TARGET, max_len=128, weight_major=weight_major), drafters[drafter], ctl,
+                    prompt, n)
     assert got == want
 
 
@@ -120,11 +121,36 @@ def test_rollback_equals_fresh_prefill():
             assert target.cache.get_seq_length() == len(ids)
 
 
-def test_static_target_matches_transformers_logits():
+@pytest.mark.parametrize("weight_major", [False, True])
+def test_static_target_matches_transformers_logits(weight_major):
     ids = [1, 2, 3, 4, 5, 6]
     with torch.inference_mode():
         ref = TARGET(torch.tensor([ids])).logits[0]
-    assert torch.allclose(StaticLlamaTarget(TARGET).forward(ids).logits, ref, atol=1e-4)
+    target = StaticLlamaTarget(TARGET, weight_major=weight_major)
+    assert torch.allclose(target.forward(ids).logits, ref, atol=1e-4)
+
+
+def test_project_is_x_times_w_transposed_in_both_layouts():
+    torch.manual_seed(0)
+    w = torch.randn(40, 16)
+    for rows in (1, 2, 5, 33):
+        x = torch.randn(rows, 16)
+        for major in (False, True):
+            got = project(x, w, major)
+            assert got.shape == (rows, 40) and got.is_contiguous()
+            assert torch.allclose(got, x @ w.t(), atol=1e-5)
+
+
+def test_choose_layout_keeps_the_faster_and_restores_the_context():
+    target = StaticLlamaTarget(TARGET, max_len=128)
+    before = target.forward([4, 5, 6]).logits
+    target.rollback(0)
+    target.forward([4, 5])
+    costs = target.choose_layout(widths=(2, 3), rounds=1, context=16)
+    assert set(costs) == {"linear", "weight_major"} and all(c > 0 for c in costs.values())
+    assert target.weight_major == (costs["weight_major"] < costs["linear"])
+    assert target.length == 2  # the timing steps are rolled back
+    assert torch.allclose(target.forward([6]).logits, before[-1:], atol=1e-4)
 
 
 def test_cancel_stops_within_one_step():
