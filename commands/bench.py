@@ -87,7 +87,8 @@ def resolve_audio(items: list[str]) -> list[Path]:
 
 async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     """One turn through an in-process `VoiceSession`."""
-    from voice.pipeline import AudioOut, Transcript, TurnEnd, TurnError, VoiceSession
+    from voice.pipeline import VoiceSession
+    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnError
 
     session = VoiceSession(stack, cfg)
     record, done = TurnRecord(str(path)), asyncio.Event()

@@ -210,7 +210,7 @@ class HesitationRun:
 async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
     """Record events until the clip is fed, no utterance or answered turn is open, and
     `QUIET_S` passed with no event."""
-    from voice.pipeline import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
+    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
 
     open_turns, speaking, last, new_reply = 0, False, time.perf_counter(), False
     while True:

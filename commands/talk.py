@@ -97,31 +97,38 @@ class Speaker:
 
 
 async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) -> None:
-    from voice.pipeline import AudioOut, ReplyText, Transcript, TurnEnd, TurnError, VadState
+    from voice.session_events import AudioOut, ReplyText, Transcript, TurnEnd, TurnError, VadState, dispatch
 
-    while True:
-        ev = await session.events.get()
-        if isinstance(ev, VadState) and ev.state == "speech_start":
+    def heard(ev: VadState) -> None:
+        if ev.state == "speech_start":
             print("(listening…)", flush=True)
-        elif isinstance(ev, Transcript) and ev.final and ev.text:
+
+    def transcript(ev: Transcript) -> None:
+        if ev.final and ev.text:
             print(f"you:       {ev.text}", flush=True)
             print("assistant: ", end="", flush=True)
-        elif isinstance(ev, ReplyText):
-            print(ev.text, end="", flush=True)
-        elif isinstance(ev, AudioOut):
-            await asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz)
-        elif isinstance(ev, TurnEnd):
-            m = ev.metrics.as_dict()
-            note = " (interrupted)" if m["interrupted"] else ""
-            if m["shortened"]:
-                print(" (shortened — say 'tell me more')", end="", flush=True)
-            print(f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
-                  f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
-                  f"mean k {m['mean_draft_len']}]", flush=True)
-            turns_done.put_nowait(m)
-        elif isinstance(ev, TurnError):
-            print(f"\nerror: {ev.message}", file=sys.stderr, flush=True)
-            turns_done.put_nowait(None)
+
+    def turn_end(ev: TurnEnd) -> None:
+        m = ev.metrics.as_dict()
+        note = " (interrupted)" if m["interrupted"] else ""
+        if m["shortened"]:
+            print(" (shortened — say 'tell me more')", end="", flush=True)
+        print(f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
+              f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
+              f"mean k {m['mean_draft_len']}]", flush=True)
+        turns_done.put_nowait(m)
+
+    def error(ev: TurnError) -> None:
+        print(f"\nerror: {ev.message}", file=sys.stderr, flush=True)
+        turns_done.put_nowait(None)
+
+    handlers = {VadState: heard, Transcript: transcript, TurnEnd: turn_end, TurnError: error,
+                ReplyText: lambda ev: print(ev.text, end="", flush=True),
+                AudioOut: lambda ev: asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz)}
+    while True:
+        played = dispatch(await session.events.get(), handlers)
+        if played is not None:  # audio plays before the next event is read
+            await played
 
 
 async def talk(cfg: Config, input_device=None, output_device=None, input_wav: str | None = None,

@@ -32,7 +32,7 @@ DEFAULT_PROMPTS = ["", "Answer in one or two short sentences.",
 
 def answer(llm, cfg, system_prompt: str, question: str) -> dict:
     """The greedy reply, as decoded and as the reply policy would speak it."""
-    from voice.pipeline import reply_budget
+    from voice.reply_turn import reply_budget
 
     llm.cfg = replace(cfg, llm=replace(cfg.llm, system_prompt=system_prompt))  # what chat_ids reads
     shaper = ReplyShaper(reply_budget(cfg))

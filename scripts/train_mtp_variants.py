@@ -37,7 +37,7 @@ def parse_variant(text: str) -> tuple[str, tuple[int, ...], int, int]:
     return name, feature_layers, int(blocks), int(context)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, help="target model dir (transformers)")
     p.add_argument("--out", required=True)
@@ -52,7 +52,11 @@ def main() -> None:
     p.add_argument("--conversations", type=int, default=0, help="multi-turn training chats besides the prompts")
     p.add_argument("--baseline", help="an existing head to score on the same held-out sets")
     p.add_argument("--variant", action="append", type=parse_variant, required=True)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out, depth = Path(args.out), 4
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -39,10 +37,12 @@ from audio.frames import AudioFrame, Reframer
 from audio.vad import SileroVAD
 from voice.chunker import PhraseChunker
 from voice.config import Config
-from voice.reply_policy import ReplyBudget, ReplyShaper, asks_for_more
+from voice.reply_policy import ReplyShaper, asks_for_more
+from voice.reply_turn import EitherSet, ReplyTurn, reply_budget
+from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState
 from voice.stack import NORMAL, URGENT, Stack
 from voice.tts import AudioChunk
-from voice.turns import Conversation, TurnMetrics
+from voice.turns import Conversation
 from voice.turntaking import (
     Action,
     ClientInterrupt,
@@ -66,98 +66,6 @@ from voice.turntaking import (
 log = logging.getLogger(__name__)
 
 PREROLL_WINDOWS = 10  # 320 ms kept before speech_start: the detector fires late
-
-
-@dataclass(frozen=True)
-class VadState:
-    state: str  # speech_start | speech_end
-    t: float
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    final: bool
-    t: float
-
-
-@dataclass(frozen=True)
-class ReplyText:
-    text: str
-    t: float
-
-
-@dataclass(frozen=True)
-class AudioStart:
-    rate_hz: int
-    t: float
-
-
-@dataclass(frozen=True)
-class AudioOut:
-    chunk: AudioChunk
-
-
-@dataclass(frozen=True)
-class TurnEnd:
-    metrics: TurnMetrics
-
-
-@dataclass(frozen=True)
-class TurnError:
-    code: str
-    message: str
-
-
-class _EitherSet:
-    """Set while any of its events is: the decoder ends a reply on a barge-in (`cancel`) or once
-    the reply policy has what it will speak (`finish`)."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
-
-
-class _Turn:
-    """One reply in flight: its cancel flag, output gate and timestamps."""
-
-    def __init__(self, reply_id: int, text: str, budget: ReplyBudget, continued: bool = False) -> None:
-        self.id, self.text = reply_id, text
-        self.created = time.perf_counter()
-        self.cancel = threading.Event()
-        self.finish = threading.Event()  # the reply policy ended the reply: decoding stops, output goes on
-        self.shaper = ReplyShaper(budget)  # what of the decoded text is spoken
-        self.continued = continued  # "tell me more": it continues the previous reply
-        self.remembered = False  # its reply is in the conversation history
-        self.gate = asyncio.Event()  # set at the endpoint: output may flow
-        self.released = threading.Event()  # the same, or cancelled: for the decode thread
-        self.first_phrase = threading.Event()  # the first phrase went to TTS
-        self.m = TurnMetrics(transcript=text, continued=continued)
-        self.task: asyncio.Task | None = None
-        self.out: asyncio.Queue = asyncio.Queue()  # events held until the gate opens
-        self.reply_text = ""
-        self.audio_s = 0.0  # reply audio sent to the client
-
-    def ahead_s(self) -> float:
-        """Seconds of reply audio sent and not yet played (playback counted from the first audio)."""
-        return self.audio_s - (time.perf_counter() - self.m.first_audio) if self.m.first_audio else 0.0
-
-    def waits(self, max_ahead_s: float) -> bool:
-        """Whether its decoding waits: held (first phrase made, endpoint not yet confirmed), or
-        `max_ahead_s` of its audio not yet played (it resumes as playback catches up)."""
-        if self.cancel.is_set() or self.finish.is_set():
-            return False  # the scheduler ends it at its next step and frees its slot
-        return (self.first_phrase.is_set() and not self.released.is_set()) or self.ahead_s() >= max_ahead_s
-
-    def stamp(self, **fields) -> None:
-        self.m = replace(self.m, **fields)
-
-
-def reply_budget(cfg: Config) -> ReplyBudget:
-    """The soft budget from the `reply` section."""
-    return ReplyBudget(cfg.reply.soft_tokens, cfg.reply.soft_sentences)
 
 
 def turn_settings(cfg: Config) -> TurnSettings:
@@ -185,7 +93,7 @@ class VoiceSession:
         self._utterance_id = 0
         self._latest_text = ""  # the newest hypothesis: older ones are not worth scoring
         self._heard_at: dict[tuple[int, float], float] = {}  # (utterance, audio end) -> hypothesis time
-        self._replies: dict[int, _Turn] = {}
+        self._replies: dict[int, ReplyTurn] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -274,7 +182,7 @@ class VoiceSession:
         """When the final transcript's decode came back (the endpoint's time if unknown)."""
         return self._heard_at.get((end.utterance, end.final_audio_end_t), end.t)
 
-    def _release(self, turn: _Turn, end: Endpoint) -> None:
+    def _release(self, turn: ReplyTurn, end: Endpoint) -> None:
         turn.stamp(speech_end=end.speech_end_t, endpoint=end.t, asr_final=self._heard(end), transcript=end.transcript,
                    predictive=turn.created < end.t,
                    end_of_turn_prob=self.turns.score_of(end.transcript))
@@ -282,7 +190,7 @@ class VoiceSession:
         turn.released.set()
         self.stack.llm.scheduler.wake()  # it may be waiting on this held reply
 
-    async def _stop(self, turn: _Turn, report: bool) -> None:
+    async def _stop(self, turn: ReplyTurn, report: bool) -> None:
         """Cancel a reply; if the user heard part of it, report and remember it."""
         self._replies.pop(turn.id, None)
         turn.cancel.set()
@@ -298,7 +206,7 @@ class VoiceSession:
             self._remember(turn)
             await self.events.put(TurnEnd(turn.m))
 
-    def _remember(self, turn: _Turn) -> None:
+    def _remember(self, turn: ReplyTurn) -> None:
         """Put the spoken reply in the history (a continuation extends the previous answer), once."""
         if turn.remembered:
             return
@@ -342,7 +250,7 @@ class VoiceSession:
     # ---- reply -----------------------------------------------------------------
     def _start_reply(self, start: StartReply) -> None:
         more = self.cfg.reply.continue_on_more and self.conversation.shortened and asks_for_more(start.text)
-        turn = _Turn(start.reply, start.text, reply_budget(self.cfg), continued=more)
+        turn = ReplyTurn(start.reply, start.text, reply_budget(self.cfg), continued=more)
         self._replies[turn.id] = turn
         if start.released:  # a typed turn: no speech to wait for
             now = time.perf_counter()
@@ -351,7 +259,7 @@ class VoiceSession:
             turn.released.set()
         turn.task = asyncio.ensure_future(self._reply(turn))
 
-    async def _forward(self, turn: _Turn) -> None:
+    async def _forward(self, turn: ReplyTurn) -> None:
         """Release the turn's events in order once the endpoint confirms it."""
         await turn.gate.wait()
         await self.events.put(Transcript(turn.m.transcript, True, turn.m.asr_final))
@@ -372,7 +280,7 @@ class VoiceSession:
                 event = TurnEnd(turn.m)
             await self.events.put(event)
 
-    async def _reply(self, turn: _Turn) -> None:
+    async def _reply(self, turn: ReplyTurn) -> None:
         forward = asyncio.ensure_future(self._forward(turn))
         try:
             messages = self.conversation.continuation() if turn.continued else self.conversation.messages(turn.text)
@@ -399,7 +307,7 @@ class VoiceSession:
             await self._act(self.turns.step(ReplyDone(turn.id)))
             await self.events.put(TurnError("turn_failed", f"{type(err).__name__}: {err}"))
 
-    async def _speak_reply(self, turn: _Turn, messages: list[dict]) -> None:
+    async def _speak_reply(self, turn: ReplyTurn, messages: list[dict]) -> None:
         loop = asyncio.get_running_loop()
         spans: asyncio.Queue = asyncio.Queue()
         phrases: asyncio.Queue = asyncio.Queue()
@@ -415,7 +323,7 @@ class VoiceSession:
         turn.stamp(llm_start=time.perf_counter())
         # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
         # reply far ahead of playback waits for it, leaving the batch and the cores to others
-        ticket = llm.submit_reply(messages, _EitherSet(turn.cancel, turn.finish), emit=put, done=lambda _: put(None),
+        ticket = llm.submit_reply(messages, EitherSet(turn.cancel, turn.finish), emit=put, done=lambda _: put(None),
                                   urgent=lambda: not turn.first_phrase.is_set(),
                                   paused=lambda: turn.waits(self.cfg.decode.max_ahead_s), ahead=turn.ahead_s)
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
@@ -448,7 +356,7 @@ class VoiceSession:
             raise
 
     @staticmethod
-    def _say(turn: _Turn, text: str, chunker: PhraseChunker, phrases: asyncio.Queue, t: float) -> None:
+    def _say(turn: ReplyTurn, text: str, chunker: PhraseChunker, phrases: asyncio.Queue, t: float) -> None:
         """Send text the reply policy released to TTS and the client; a closed sentence goes out whole."""
         if not text:
             return
@@ -458,7 +366,7 @@ class VoiceSession:
             turn.first_phrase.set()
         turn.out.put_nowait(ReplyText(text, t))
 
-    async def _tts_worker(self, turn: _Turn, phrases: asyncio.Queue) -> None:
+    async def _tts_worker(self, turn: ReplyTurn, phrases: asyncio.Queue) -> None:
         """Synthesise phrases as they come (ahead of the endpoint when predictive); a first phrase
         goes before other sessions' later phrases."""
         tts = self.stack.tts

@@ -30,7 +30,17 @@ from websockets.http11 import Request, Response
 from audio.frames import SAMPLE_RATE_HZ
 from voice.config import Config
 from voice.errors import VoiceError
-from voice.pipeline import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, VoiceSession
+from voice.pipeline import VoiceSession
+from voice.session_events import (
+    AudioOut,
+    AudioStart,
+    ReplyText,
+    Transcript,
+    TurnEnd,
+    TurnError,
+    VadState,
+    dispatch,
+)
 from voice.stack import Stack
 
 log = logging.getLogger(__name__)
@@ -49,26 +59,24 @@ class ProtocolError(VoiceError, ValueError):
         self.code = code
 
 
+_MESSAGES = {
+    VadState: lambda e: {"type": "vad", "state": e.state},
+    Transcript: lambda e: {"type": "transcript", "final": e.final, "text": e.text},
+    ReplyText: lambda e: {"type": "reply", "text": e.text},
+    AudioStart: lambda e: {"type": "audio_start", "sample_rate": e.rate_hz},
+    TurnEnd: lambda e: {"type": "turn_end", "metrics": e.metrics.as_dict(), "transcript": e.metrics.transcript,
+                        "reply": e.metrics.reply},
+    TurnError: lambda e: {"type": "error", "code": e.code, "message": e.message},
+    AudioOut: lambda e: e.chunk.samples.astype("<i2").tobytes(),
+}
+
+
 def event_message(event) -> str | bytes:
-    """A pipeline event as a protocol message."""
-    if isinstance(event, AudioOut):
-        return event.chunk.samples.astype("<i2").tobytes()
-    if isinstance(event, VadState):
-        msg = {"type": "vad", "state": event.state}
-    elif isinstance(event, Transcript):
-        msg = {"type": "transcript", "final": event.final, "text": event.text}
-    elif isinstance(event, ReplyText):
-        msg = {"type": "reply", "text": event.text}
-    elif isinstance(event, AudioStart):
-        msg = {"type": "audio_start", "sample_rate": event.rate_hz}
-    elif isinstance(event, TurnEnd):
-        msg = {"type": "turn_end", "metrics": event.metrics.as_dict(),
-               "transcript": event.metrics.transcript, "reply": event.metrics.reply}
-    elif isinstance(event, TurnError):
-        msg = {"type": "error", "code": event.code, "message": event.message}
-    else:
+    """A pipeline event as a protocol message: reply audio as binary PCM, the rest as JSON."""
+    msg = dispatch(event, _MESSAGES)
+    if msg is None:
         raise TypeError(f"unknown event {event!r}")
-    return json.dumps(msg)
+    return msg if isinstance(msg, bytes) else json.dumps(msg)
 
 
 class AudioInput:

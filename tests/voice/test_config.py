@@ -37,3 +37,25 @@ def test_bad_file(tmp_path):
     bad.write_text("[vad]\nthreshold = 'high'\n")
     with pytest.raises(ConfigError, match="vad.threshold"):
         load_config(bad)
+
+
+def test_every_config_key_is_read_outside_the_config_module():
+    """A key nothing reads does nothing when set (as `server.max_message_bytes` once did): each
+    `section.key` must be read as `…section.key`, or as `.key` in a file that uses `.section`."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from voice.config import Config
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [p.read_text() for d in ("voice", "web", "commands") for p in (root / d).rglob("*.py")
+               if p.name != "config.py"]
+    unread = []
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(getattr(Config(), section.name)):
+            direct = re.compile(rf"\b{section.name}\.{key.name}\b")
+            loose, used = re.compile(rf"\.{key.name}\b"), re.compile(rf"\.{section.name}\b")
+            if not any(direct.search(t) or (loose.search(t) and used.search(t)) for t in sources):
+                unread.append(f"{section.name}.{key.name}")
+    assert not unread, f"config keys nothing reads: {unread}"

@@ -7,7 +7,8 @@ import pytest
 
 from audio.wavio import read_wav
 from voice.config import load_config
-from voice.pipeline import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState, VoiceSession
+from voice.pipeline import VoiceSession
+from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
 
 pytestmark = pytest.mark.slow
 
@@ -204,8 +205,8 @@ def test_sessions_speaking_at_once_each_get_their_own_answer(stack, question_wav
 
 
 def test_a_budget_ended_reply_ends_on_a_sentence_and_tell_me_more_continues_it(stack):
-    from voice.pipeline import ReplyText
     from voice.reply_policy import ends_sentence
+    from voice.session_events import ReplyText
 
     cfg = load_config(None, ["reply.soft_tokens=8", "reply.soft_sentences=1"])
 
