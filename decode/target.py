@@ -18,7 +18,7 @@ Two implementations:
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,7 @@ class StaticLlamaTarget:
         self.vocab_size = cfg.vocab_size
         self.max_len = max_len
         self.weight_major = weight_major  # see `project`
+        self.step_graphs: dict = {}  # slot → its fixed-width steps (`decode.graphs.StepGraphs`)
         self.embed = inner.embed_tokens.weight.detach()
         self.lm_head = model.lm_head.weight.detach()
         self.final_norm = inner.norm.weight.detach()
@@ -135,6 +136,8 @@ class StaticLlamaTarget:
                 for w in widths:
                     self.forward([0] * w)
                     self.rollback(base)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
                 if i:  # round 0 warms both layouts up
                     best[name] = min(best[name], time.perf_counter() - start)
         self.weight_major = best["weight_major"] < best["linear"]
@@ -211,17 +214,13 @@ class StaticLlamaTarget:
                 enable_gqa=self.n_heads != self.n_kv))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def forward_packed(self, feeds: list[tuple[int, list[int], bool]]) -> list[Forward]:
-        """One forward over several slots' new tokens, packed end to end (no padding).
-
-        feeds: (slot, token ids, last_only) — `last_only` returns the logits of the last position
-        only (a prefill chunk). The linear layers run once over all T = sum(n_i) tokens; attention
-        runs per slot over its own cache (query j of slot i sees keys 0..start_i + j). One feed is
-        exactly the one-sequence forward.
-        """
-        parts, cos, sin, masks = self._pack(feeds)
-        total = sum(n for _, _, n, _ in parts)
-        x = self.embed[torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)]  # [T, H]
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder layers over packed rows x [T, H] with their rotary tables; `attend(layer, q, k,
+        v)` stores the keys/values and returns the attention output [heads, T, head_dim]. Returns the
+        final-normed hidden state [T, H] and it followed by the `feature_layers` residuals [T, F]."""
+        total = x.shape[0]
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         major = self.weight_major
         features = []
@@ -233,14 +232,31 @@ class StaticLlamaTarget:
             v = v.view(total, nkv, hd).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            att = self._attend(i, q, k, v, parts, masks)
+            att = attend(i, q, k, v)
             x = x + project(att.transpose(0, 1).reshape(total, nh * hd), w_o, major)
             gate, up = project(rms_norm(x, ln2, self.eps), w_gu, major).chunk(2, dim=-1)
             x = x + project(F.silu(gate) * up, w_down, major)
             if i + 1 in self.feature_layers:
                 features.append(x)
         hidden = rms_norm(x, self.final_norm, self.eps)
-        hidden_out = torch.cat([hidden, *features], dim=-1) if features else hidden
+        return hidden, (torch.cat([hidden, *features], dim=-1) if features else hidden)
+
+    def forward_packed(self, feeds: list[tuple[int, list[int], bool]]) -> list[Forward]:
+        """One forward over several slots' new tokens, packed end to end (no padding).
+
+        feeds: (slot, token ids, last_only) — `last_only` returns the logits of the last position
+        only (a prefill chunk). The linear layers run once over all T = sum(n_i) tokens; attention
+        runs per slot over its own cache (query j of slot i sees keys 0..start_i + j). One feed is
+        exactly the one-sequence forward.
+        """
+        if len(feeds) == 1 and not feeds[0][2] and (graphs := self.step_graphs.get(feeds[0][0])) is not None:
+            done = graphs.run(feeds[0][1])  # a captured step of this width
+            if done is not None:
+                return [done]
+        parts, cos, sin, masks = self._pack(feeds)
+        major = self.weight_major
+        x = self.embed[torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)]  # [T, H]
+        hidden, hidden_out = self.run_layers(x, cos, sin, lambda i, q, k, v: self._attend(i, q, k, v, parts, masks))
         rows = [off + n - 1 if last_only else slice(off, off + n)
                 for (_, _, n, off), (_, _, last_only) in zip(parts, feeds)]
         if any(last for _, _, last in feeds):  # the LM head only where logits are read

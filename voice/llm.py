@@ -177,6 +177,7 @@ class ReplyModel:
             self.layout_s = self._set_layout(cfg.decode.linear_layout)
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
+        self._capture_graphs(cfg)
         self.verify_cost_s = calibrate_verify_cost(self.target, calibration_ks(cfg.decode.max_draft))
         self.decoder = SpeculativeDecoder(self.target, self.tokenizer, self.drafter,
                                           make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed)
@@ -202,6 +203,22 @@ class ReplyModel:
             return costs
         self.target.weight_major = layout == "weight_major"
         return {}
+
+    def _capture_graphs(self, cfg: Config) -> None:
+        """On CUDA, capture the static target's one-sequence steps of 1..max_draft + 1 tokens for slot 0
+        and every scheduler slot (`decode.graphs`); where capture fails, steps stay eager (one log line)."""
+        if not (cfg.decode.cuda_graphs and isinstance(self.target, StaticLlamaTarget)
+                and self.target.device.type == "cuda"):
+            return
+        from decode.graphs import StepGraphs
+
+        slots = [0] + (list(range(1, cfg.decode.slots + 1)) if cfg.decode.slots > 1 else [])
+        try:
+            for slot in slots:
+                StepGraphs(self.target, list(range(1, cfg.decode.max_draft + 2)), slot)
+        except Exception as err:  # a driver or kernel that cannot be captured: eager steps still work
+            self.target.step_graphs.clear()
+            log.warning("CUDA graph capture failed, steps stay eager: %s: %s", type(err).__name__, err)
 
     def _make_scheduler(self, cfg: Config) -> StepScheduler:
         """Slots 1..decode.slots of the static target, each with its own drafter and controller copy;

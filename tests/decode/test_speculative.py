@@ -78,8 +78,9 @@ def test_hf_target_with_cache_crop_is_lossless_too():
 
 def test_always_wrong_drafter_drives_adaptive_k_to_zero():
     target = StaticLlamaTarget(TARGET)
-    costs = calibrate_verify_cost(target, [0, 1, 2, 4, 8])
-    ctl = AdaptiveController(k_max=6, probe_every=1000, verify_cost_s=costs)
+    # costs fixed and timing ignored: measured on a busy machine, drafting can look free
+    ctl = AdaptiveController(k_max=6, probe_every=1000, verify_cost_s={0: 1e-3, 1: 1.05e-3, 8: 1.4e-3})
+    ctl.update = _ignore_timing(ctl.update)
     got, dec = decode(target, WrongDrafter(TARGET), ctl, [3, 4, 5], 30)
     assert got == plain_greedy(TARGET, [3, 4, 5], 30)
     assert dec.stats.accepted == 0

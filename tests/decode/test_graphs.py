@@ -1,0 +1,58 @@
+"""The static-shape step that CUDA graphs capture (`decode.graphs`), run eagerly on the CPU."""
+import pytest
+import torch
+
+from conftest import ByteTokenizer, tiny_llama
+from decode.controller import FixedController
+from decode.drafters import NgramDrafter
+from decode.graphs import StepGraphs
+from decode.speculative import GenerationSettings, SpeculativeDecoder
+from decode.target import StaticLlamaTarget
+
+TARGET = tiny_llama(seed=0)
+
+
+def plain_greedy(prompt, n):
+    with torch.inference_mode():
+        out = TARGET.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                              min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+def test_static_step_matches_the_eager_forward_and_rolls_back():
+    eager = StaticLlamaTarget(TARGET, max_len=64)
+    static = StaticLlamaTarget(TARGET, max_len=64)
+    graphs = StepGraphs(static, widths=[1, 3], capture=False)
+    assert static.step_graphs == {0: graphs} and not graphs.captured
+    for ids in ([5, 9, 13], [7], [2, 4, 6], [8]):
+        want, got = eager.forward(ids), static.forward(ids)
+        assert torch.allclose(got.logits, want.logits, atol=1e-4)
+        assert torch.allclose(got.hidden, want.hidden, atol=1e-4)
+    assert static.length == eager.length == 8
+    static.rollback(5), eager.rollback(5)  # a rejected draft: the static step overwrites those rows
+    assert torch.allclose(static.forward([1, 2, 3]).logits, eager.forward([1, 2, 3]).logits, atol=1e-4)
+
+
+def test_a_width_without_a_static_step_takes_the_eager_path():
+    target = StaticLlamaTarget(TARGET, max_len=64)
+    graphs = StepGraphs(target, widths=[1], capture=False)
+    assert graphs.run([1, 2]) is None and target.length == 0
+    target.forward([1, 2, 3, 4])  # eager (width 4), then width 1 static
+    assert target.forward([5]).logits.shape[0] == 1 and target.length == 5
+
+
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_speculative_greedy_over_static_steps_equals_plain_greedy(k):
+    prompt, n = [5, 9, 13, 5, 9, 13], 24
+    target = StaticLlamaTarget(TARGET, max_len=128)
+    StepGraphs(target, widths=list(range(1, k + 2)), capture=False)
+    dec = SpeculativeDecoder(target, ByteTokenizer(), NgramDrafter(3, 1), FixedController(k))
+    got = [t for span in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in span.token_ids]
+    assert got == plain_greedy(prompt, n)
+
+
+def test_capture_needs_an_empty_slot():
+    target = StaticLlamaTarget(TARGET, max_len=64)
+    target.forward([1, 2])
+    with pytest.raises(ValueError, match="before the slot holds"):
+        StepGraphs(target, widths=[1], capture=False)
