@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="smollm2-135m", choices=sorted(CONFIGS))
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layout", default="linear", choices=["linear", "weight_major"])
     args = parser.parse_args()
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
@@ -68,13 +69,15 @@ def main() -> None:
         target.rollback(0)
         return out
 
-    eager = StaticLlamaTarget(model, max_len=1024)
-    graphed = StaticLlamaTarget(model, max_len=1024)
+    major = args.layout == "weight_major"
+    eager = StaticLlamaTarget(model, max_len=1024, weight_major=major)
+    graphed = StaticLlamaTarget(model, max_len=1024, weight_major=major)
     t0 = time.perf_counter()
     StepGraphs(graphed, widths)
     capture_s = time.perf_counter() - t0
     report = {"gpu": torch.cuda.get_device_name(), "config": args.config, "dtype": args.dtype,
-              "capture_s": round(capture_s, 2), "eager_ms": step_ms(eager), "graph_ms": step_ms(graphed)}
+              "layout": args.layout, "capture_s": round(capture_s, 2), "eager_ms": step_ms(eager),
+              "graph_ms": step_ms(graphed)}
     prompt = [5, 9, 13, 5, 9, 13, 21, 5, 9]
     settings = GenerationSettings(max_new_tokens=48)
 

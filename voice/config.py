@@ -83,7 +83,7 @@ class DecodeConfig:
     talking_weight: float = 0.25  # a reply already speaking counts this much against one awaiting its first phrase
     defer_ahead_s: float = 3.0  # a reply this far ahead of playback sits steps out while one awaits its first phrase
     max_ahead_s: float = 8.0  # ... and this far ahead it waits for playback (inf: decode the whole reply at once)
-    # how the static target multiplies rows by a weight: auto (timed at load, the faster kept) |
+    # how the static target multiplies rows by a weight: auto (CPU: timed at load, the faster kept; CUDA: linear) |
     # linear (torch's F.linear) | weight_major ((W xᵀ)ᵀ; 2x cheaper 3–8 token steps on an AVX2 EPYC)
     linear_layout: str = "auto"
     cuda_graphs: bool = True  # on CUDA: one-sequence steps of 1..max_draft + 1 tokens replay captured graphs
