@@ -30,6 +30,7 @@ from websockets.http11 import Request, Response
 from audio.frames import SAMPLE_RATE_HZ
 from voice.config import Config
 from voice.errors import VoiceError
+from voice.models import LLM_DIR, PIPER_VOICE, WHISPER_DIR
 from voice.pipeline import VoiceSession
 from voice.session_events import (
     AudioOut,
@@ -168,6 +169,21 @@ class VoiceServer:
                 "threads": threading.active_count(), "rss_bytes": rss_kb * 1024,
                 "decode": self.stack.llm.scheduler.stats.as_dict()}
 
+    def ready_message(self, sid: str) -> str:
+        """The `ready` event: the session id, the reply audio's rate and the active configuration."""
+        return json.dumps({"type": "ready", "session": sid, "output_sample_rate": self.stack.tts.rate_hz,
+                           "config": self.active_config()})
+
+    def active_config(self) -> dict:
+        """What the page shows read-only: the models, drafter, controller, device and matmul layout."""
+        models, weight_major = self.cfg.models, getattr(self.stack.llm.target, "weight_major", None)
+        return {"llm": LLM_DIR if models.llm == "embedded" else models.llm,
+                "drafter": self.cfg.decode.drafter, "controller": self.cfg.decode.controller,
+                "device": self.cfg.llm.device, "dtype": self.cfg.llm.dtype,
+                "linear_layout": None if weight_major is None else ("weight_major" if weight_major else "linear"),
+                "asr": WHISPER_DIR if models.asr == "embedded" else models.asr,
+                "tts_voice": PIPER_VOICE.removesuffix(".onnx") if models.tts == "embedded" else models.tts}
+
     # ---- websocket ---------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
         """One client connection: the protocol's state machine."""
@@ -204,8 +220,7 @@ class VoiceServer:
                         audio_in = AudioInput(msg, self.cfg.server.max_message_bytes)
                         session = VoiceSession(self.stack, self.cfg)
                         sender = asyncio.ensure_future(self._send_events(ws, session))
-                        await ws.send(json.dumps({"type": "ready", "session": sid,
-                                                  "output_sample_rate": self.stack.tts.rate_hz}))
+                        await ws.send(self.ready_message(sid))
                     elif session is None and kind in ("text", "interrupt"):
                         raise ProtocolError("not_started", "send a `start` message first")
                     elif kind == "text":
