@@ -1,16 +1,27 @@
-// The voice page: mic → websocket (16 kHz PCM), server events → transcript, reply, audio, latency.
+// The voice page: mic → websocket (16 kHz PCM), server events → state, conversation log, audio, latency.
 'use strict';
 const $ = (id) => document.getElementById(id);
+// The test hook: what the page received, showed and played.
 const stats = window.voiceStats = {
   connected: false, ready: false, transcripts: [], replies: [], turnEnds: [], errors: [],
   audioChunksReceived: 0, audioChunksPlayed: 0, audioSecondsPlayed: 0,
+  states: [], log: [], levelMax: 0, waterfalls: [], gaps: [], config: null,
 };
+const SETTINGS_KEY = 'voice.settings';
+const settings = Object.assign({ voiceForTyped: true, bargeIn: true },
+                               JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}'));
+const state = new StateIndicator($('state'), stats.states);
+const log = new ConversationLog($('log'), stats);
 let ws = null, audioCtx = null, micStream = null, micNode = null, talking = false;
-let reconnectDelay = 500, outRate = 22050, nextPlayTime = 0, sources = new Set(), replyActive = false;
+let reconnectDelay = 500, outRate = 22050, nextPlayTime = 0, sources = new Set();
+let typedQueue = [], muteReply = false, turnOver = true, sessions = 0;
 const JITTER_S = 0.06;  // small playback buffer against network jitter
+const INTERRUPTED_SHOW_MS = 1500;  // how long "Interrupted" stays up before "Listening"
 
 function setStatus(text, kind = '') { const s = $('status'); s.textContent = text; s.className = kind; }
+function announce(text) { $('announce').textContent = text; }
 function wsUrl() { return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws'; }
+function restState() { return talking ? 'listening' : 'off'; }
 
 function connect() {
   ws = new WebSocket(wsUrl());
@@ -24,6 +35,7 @@ function connect() {
     stats.connected = stats.ready = false;
     $('talk').disabled = $('interrupt').disabled = true;
     flushPlayback();
+    state.set(restState());
     setStatus(`Connection lost — reconnecting in ${(reconnectDelay / 1000).toFixed(1)} s…`, 'error');
     setTimeout(connect, reconnectDelay);
     reconnectDelay = Math.min(reconnectDelay * 2, 10000);
@@ -34,36 +46,39 @@ function onEvent(msg) {
   switch (msg.type) {
     case 'ready':
       stats.ready = true; outRate = msg.output_sample_rate;
+      if (sessions++ && stats.log.length) log.note('Reconnected: a new session, the assistant does not remember the turns above.');
+      showConfig(msg.config);
       $('talk').disabled = false;
-      setStatus(talking ? 'Listening…' : 'Ready — press “Start talking”.', talking ? 'live' : '');
+      setStatus(talking ? 'Connected.' : 'Connected — press “Talk” (or Space) and ask a question.', 'live');
       break;
     case 'vad':
       if (msg.state === 'speech_start') {
-        flushPlayback();  // barge-in: the server stops the reply too
-        $('partial').textContent = ''; $('final').textContent = '';
-      }
+        if (settings.bargeIn) flushPlayback();  // barge-in: the server stops the reply too
+        state.set('hearing');
+      } else state.set('thinking');
       break;
     case 'transcript':
       stats.transcripts.push(msg);
-      if (msg.final) {
-        $('final').textContent = msg.text; $('partial').textContent = ''; $('reply').textContent = '';
-        $('reply-note').hidden = true;
-      } else $('partial').textContent = msg.text;
+      if (!msg.final) { log.partial(msg.text); break; }
+      log.final(msg.text);
+      if (!msg.text) { state.set(restState()); break; }
+      announce(`You said: ${msg.text}`);
+      // a typed turn comes back as its final transcript: its audio is muted if voice is off for typed turns
+      muteReply = typedQueue[0] === msg.text ? (typedQueue.shift(), !settings.voiceForTyped) : false;
+      turnOver = false;
+      state.set('thinking');
       break;
     case 'reply':
       stats.replies.push(msg.text);
-      replyActive = true; $('interrupt').disabled = false;
-      $('reply').textContent += msg.text;
+      $('interrupt').disabled = false;
+      log.replyText(msg.text);
       break;
     case 'audio_start':
       outRate = msg.sample_rate;
+      if (!muteReply) state.set('speaking');
       break;
     case 'turn_end':
-      stats.turnEnds.push(msg.metrics);
-      replyActive = false; $('interrupt').disabled = true;
-      if (msg.metrics.interrupted) flushPlayback();
-      $('reply-note').hidden = !msg.metrics.shortened;  // the reply policy cut it short: it can be continued
-      showMetrics(msg.metrics);
+      onTurnEnd(msg);
       break;
     case 'error':
       stats.errors.push(msg);
@@ -72,23 +87,38 @@ function onEvent(msg) {
   }
 }
 
-function ms(v) { return v == null ? '–' : `${Math.round(v)} ms`; }
-function showMetrics(m) {
-  $('m-gap').textContent = ms(m.turn_gap_ms) + (m.interrupted ? ' (interrupted)' : '');
-  $('m-endpoint').textContent = ms(m.endpoint_ms);
-  $('m-asr').textContent = ms(m.asr_final_ms);
-  $('m-span').textContent = ms(m.first_span_ms);
-  $('m-audio').textContent = ms(m.first_audio_ms);
-  $('m-acc').textContent = `${(m.acceptance * 100).toFixed(0)} % / ${m.mean_draft_len.toFixed(2)}`;
-  const li = document.createElement('li');
-  li.textContent = ms(m.turn_gap_ms);
-  $('history').prepend(li);
-  while ($('history').children.length > 10) $('history').lastChild.remove();
+function onTurnEnd(msg) {
+  const m = msg.metrics;
+  stats.turnEnds.push(m);
+  stats.waterfalls.push(waterfallValues(m));
+  stats.gaps.push(m.turn_gap_ms);
+  $('interrupt').disabled = true;
+  log.turnEnd(msg);
+  announce(`Assistant: ${msg.reply}` + (m.interrupted ? ' (interrupted)' : '') + (m.shortened ? ' (shortened)' : ''));
+  $('sparkline').replaceChildren(sparklineSvg(stats.gaps.slice(-20)));
+  $('last-gap').textContent = fmtMs(m.turn_gap_ms);
+  turnOver = true;
+  if (m.interrupted) {
+    flushPlayback();
+    if (state.name === 'hearing') return;  // a barge-in: the user is already talking
+    state.set('interrupted');
+    setTimeout(() => { if (state.name === 'interrupted') state.set(restState()); }, INTERRUPTED_SHOW_MS);
+  } else if (!sources.size) state.set(restState());  // else: when the buffered audio has played
+}
+
+function showConfig(config) {
+  stats.config = config || null;
+  const rows = Object.entries(config || {}).filter(([, v]) => v != null);
+  $('config').replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement('dt'), dd = document.createElement('dd');
+    dt.textContent = k.replace(/_/g, ' '); dd.textContent = String(v);
+    return [dt, dd];
+  }));
 }
 
 function onAudio(buf) {
   stats.audioChunksReceived++;
-  if (!audioCtx) return;
+  if (!audioCtx || muteReply) return;
   const pcm = new Int16Array(buf);
   const audio = audioCtx.createBuffer(1, pcm.length, outRate);
   const ch = audio.getChannelData(0);
@@ -102,7 +132,9 @@ function onAudio(buf) {
   nextPlayTime += audio.duration;
   sources.add(src);
   src.onended = () => {
-    if (sources.delete(src)) { stats.audioChunksPlayed++; stats.audioSecondsPlayed += audio.duration; }
+    if (!sources.delete(src)) return;
+    stats.audioChunksPlayed++; stats.audioSecondsPlayed += audio.duration;
+    if (!sources.size && turnOver && state.name === 'speaking') state.set(restState());
   };
 }
 
@@ -110,6 +142,25 @@ function flushPlayback() {
   for (const src of sources) { try { src.stop(); } catch (e) { /* not started */ } }
   sources.clear();
   nextPlayTime = 0;
+}
+
+// The mic level: RMS of each 20 ms frame sent, in dBFS mapped from -60..0 to 0..1.
+function showLevel(frame) {
+  const pcm = new Int16Array(frame);
+  let sum = 0;
+  for (let i = 0; i < pcm.length; i++) sum += pcm[i] * pcm[i];
+  const rms = Math.sqrt(sum / Math.max(1, pcm.length)) / 32768;
+  const level = rms > 0 ? Math.min(1, Math.max(0, (20 * Math.log10(rms) + 60) / 60)) : 0;
+  stats.levelMax = Math.max(stats.levelMax, level);
+  $('level').value = level;
+}
+
+// With barge-in off the page sends silence while a reply plays: the server cannot hear the user then.
+function micFrame(frame) {
+  showLevel(frame);
+  if (!ws || ws.readyState !== WebSocket.OPEN || !stats.ready) return;
+  const replying = state.name === 'speaking' || sources.size > 0;
+  ws.send(!settings.bargeIn && replying ? new ArrayBuffer(frame.byteLength) : frame);
 }
 
 async function startMic() {
@@ -130,7 +181,7 @@ async function startMic() {
   await audioCtx.audioWorklet.addModule('/static/capture-worklet.js');
   const source = audioCtx.createMediaStreamSource(micStream);
   micNode = new AudioWorkletNode(audioCtx, 'capture-processor');
-  micNode.port.onmessage = (ev) => { if (ws && ws.readyState === WebSocket.OPEN && stats.ready) ws.send(ev.data); };
+  micNode.port.onmessage = (ev) => micFrame(ev.data);
   source.connect(micNode);
   return true;
 }
@@ -138,25 +189,35 @@ async function startMic() {
 function stopMic() {
   if (micNode) { micNode.port.onmessage = null; micNode.disconnect(); micNode = null; }
   if (micStream) { micStream.getTracks().forEach((t) => t.stop()); micStream = null; }
+  $('level').value = 0;
 }
 
-$('talk').onclick = async () => {
+async function toggleTalk() {
+  const button = $('talk');
+  if (button.disabled) return;
   if (talking) {
     talking = false; stopMic();
-    $('talk').textContent = 'Start talking'; $('talk').classList.remove('on');
-    setStatus('Paused — press “Start talking”.');
+    button.textContent = 'Talk'; button.setAttribute('aria-pressed', 'false');
+    setStatus('Connected — the microphone is off.');
+    if (state.name === 'listening' || state.name === 'hearing') state.set('off');
     return;
   }
   if (!(await startMic())) return;
   talking = true;
-  $('talk').textContent = 'Stop talking'; $('talk').classList.add('on');
-  setStatus('Listening…', 'live');
-};
+  button.textContent = 'Stop'; button.setAttribute('aria-pressed', 'true');
+  setStatus('Connected — the microphone is on.', 'live');
+  if (state.name === 'off') state.set('listening');
+}
 
-$('interrupt').onclick = () => {
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'interrupt' }));
+function interrupt() {
+  if (!ws || ws.readyState !== WebSocket.OPEN || $('interrupt').disabled) return;
+  ws.send(JSON.stringify({ type: 'interrupt' }));
   flushPlayback();
-};
+}
+
+$('talk').onclick = toggleTalk;
+$('interrupt').onclick = interrupt;
+$('clear').onclick = () => log.clear();
 
 $('typed').onsubmit = async (ev) => {
   ev.preventDefault();
@@ -165,8 +226,22 @@ $('typed').onsubmit = async (ev) => {
   audioCtx = audioCtx || new AudioContext();
   await audioCtx.resume();
   flushPlayback();
+  typedQueue.push(text);
   ws.send(JSON.stringify({ type: 'text', text }));
   $('text').value = '';
 };
 
+// Space talks / stops and Escape interrupts, unless the focus is somewhere that uses those keys.
+document.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Escape') { interrupt(); return; }
+  if (ev.code !== 'Space' || ev.repeat || ev.target.closest('input, textarea, select, button, a, [contenteditable]')) return;
+  ev.preventDefault();
+  toggleTalk();
+});
+
+for (const [id, key] of [['voice-typed', 'voiceForTyped'], ['barge-in', 'bargeIn']]) {
+  $(id).checked = settings[key];
+  $(id).onchange = () => { settings[key] = $(id).checked; localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings)); };
+}
+$('sparkline').replaceChildren(sparklineSvg([]));
 connect();
