@@ -26,6 +26,7 @@ run on one priority worker (a final transcript and a first phrase go first).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -39,7 +40,7 @@ from voice.chunker import PhraseChunker
 from voice.config import Config
 from voice.reply_policy import ReplyShaper, asks_for_more
 from voice.reply_turn import EitherSet, ReplyTurn, reply_budget
-from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState
+from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, log_line
 from voice.stack import NORMAL, URGENT, Stack
 from voice.tts import AudioChunk
 from voice.turns import Conversation
@@ -66,6 +67,7 @@ from voice.turntaking import (
 log = logging.getLogger(__name__)
 
 PREROLL_WINDOWS = 10  # 320 ms kept before speech_start: the detector fires late
+_local_ids = itertools.count(1)
 
 
 def turn_settings(cfg: Config) -> TurnSettings:
@@ -79,8 +81,9 @@ def turn_settings(cfg: Config) -> TurnSettings:
 class VoiceSession:
     """One user's conversation over the shared models: carries out the `TurnTaker`'s actions."""
 
-    def __init__(self, stack: Stack, cfg: Config) -> None:
+    def __init__(self, stack: Stack, cfg: Config, session_id: str | None = None) -> None:
         self.stack, self.cfg = stack, cfg
+        self.id = session_id or f"local{next(_local_ids)}"  # in every log line of this session
         self.events: asyncio.Queue = asyncio.Queue()
         self.vad = SileroVAD()
         self.turns = TurnTaker(turn_settings(cfg))
@@ -96,6 +99,10 @@ class VoiceSession:
         self._replies: dict[int, ReplyTurn] = {}
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self._log("session_open")
+
+    def _log(self, event: str, level: int = logging.INFO, **fields) -> None:
+        log.log(level, log_line(event, session=self.id, **fields))
 
     # ---- input -------------------------------------------------------------------
     async def feed_audio(self, samples: np.ndarray, t: float | None = None) -> None:
@@ -118,6 +125,7 @@ class VoiceSession:
     async def close(self) -> None:
         """End the session: cancel everything in flight."""
         self._closed = True
+        self._log("session_close", replies_in_flight=len(self._replies))
         for turn in list(self._replies.values()):
             await self._stop(turn, report=False)
         for task in list(self._tasks):
@@ -163,12 +171,12 @@ class VoiceSession:
             elif (turn := self._replies.get(action.reply)) is None:
                 continue  # that reply already ended (it failed, or all its output went out)
             elif isinstance(action, DropReply):
-                log.info("dropped a prepared reply (%s): %r", action.reason, turn.text)
+                self._log("reply_dropped", turn=turn.id, reason=action.reason, text=turn.text)
                 await self._stop(turn, report=False)
             elif isinstance(action, ReleaseReply):
                 self._release(turn, action.endpoint)
             elif isinstance(action, StopReply):
-                log.info("reply stopped: %s", action.reason)
+                self._log("reply_stopped", turn=turn.id, reason=action.reason)
                 await self._stop(turn, report=True)
 
     async def _endpoint(self, end: Endpoint) -> None:
@@ -211,6 +219,9 @@ class VoiceSession:
         if turn.remembered:
             return
         turn.remembered = True
+        m = turn.m.as_dict()
+        self._log("turn_end", turn=turn.id, gap_ms=m["turn_gap_ms"], interrupted=m["interrupted"],
+                  reply_end=m["reply_end"] or None, tokens=m["tokens"], acceptance=m["acceptance"])
         if turn.continued:
             self.conversation.extend_last(turn.reply_text.rstrip(), turn.m.shortened)
         else:
@@ -229,7 +240,7 @@ class VoiceSession:
             text = await self.stack.asr_worker.run(lambda: self.stack.asr.transcribe(audio),
                                                    URGENT if ask.quiet else NORMAL)
         except Exception as err:  # the turn-taker must hear back, or it waits forever
-            log.exception("transcription failed")
+            log.exception(log_line("asr_failed", session=self.id))
             await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
             text = ""
         self._heard_at[(ask.utterance, ask.audio_end_t)] = time.perf_counter()
@@ -252,6 +263,7 @@ class VoiceSession:
         more = self.cfg.reply.continue_on_more and self.conversation.shortened and asks_for_more(start.text)
         turn = ReplyTurn(start.reply, start.text, reply_budget(self.cfg), continued=more)
         self._replies[turn.id] = turn
+        self._log("turn_start", turn=turn.id, typed=start.released, continued=more)
         if start.released:  # a typed turn: no speech to wait for
             now = time.perf_counter()
             turn.stamp(speech_end=now, endpoint=now, asr_final=now)
@@ -301,7 +313,7 @@ class VoiceSession:
             forward.cancel()
             raise
         except Exception as err:  # a failing stage ends this turn, not the session
-            log.exception("turn failed")
+            log.exception(log_line("turn_failed", session=self.id, turn=turn.id))
             forward.cancel()
             self._replies.pop(turn.id, None)
             await self._act(self.turns.step(ReplyDone(turn.id)))

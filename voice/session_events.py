@@ -7,6 +7,7 @@ after the event's kind, so every consumer (server, talk, bench, hesitation) read
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,3 +63,20 @@ def dispatch(event: SessionEvent, handlers: dict[type, Callable[[Any], Any]]) ->
     """`handlers[type(event)](event)`; None for an event type without a handler."""
     handler = handlers.get(type(event))
     return handler(event) if handler is not None else None
+
+
+def log_line(event: str, **fields: Any) -> str:
+    """One grep-able log line, `event=NAME key=value …` (None fields left out; floats to 0.1; text
+    with spaces, quotes or '=' JSON-quoted), e.g. `event=turn_end session=s1 turn=2 gap_ms=812.4`."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = f"{value:.1f}" if isinstance(value, float) else str(value)
+        if not text or any(c.isspace() or c in "\"=" for c in text):
+            text = json.dumps(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

@@ -62,7 +62,9 @@ def test_spoken_question_gets_transcript_reply_audio_and_consistent_metrics(stac
     assert m.speech_end <= m.endpoint <= m.first_audio and m.tokens > 0
 
 
-def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path):
+def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path, caplog):
+    import logging
+
     from audio.wavio import write_wav
 
     long_q = tmp_path / "long.wav"
@@ -72,7 +74,7 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path):
     write_wav(second, tts.synthesize_all("How far away is the moon?", deterministic=True), tts.rate_hz)
 
     async def main():
-        session = VoiceSession(stack, load_config())
+        session = VoiceSession(stack, load_config(), session_id="barge1")
         feeder = asyncio.ensure_future(feed(session, np.concatenate(
             [silence(0.3), read_wav(long_q), silence(30.0)])))
         await collect_until(session, lambda e: isinstance(e, AudioOut))
@@ -85,7 +87,15 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path):
         await session.close()
         return events
 
-    events = asyncio.run(main())
+    with caplog.at_level(logging.INFO, logger="voice.pipeline"):
+        events = asyncio.run(main())
+    # structured log lines: one per session event, each naming the session
+    lines = [r.getMessage() for r in caplog.records if "session=barge1" in r.getMessage()]
+    kinds = [line.split()[0] for line in lines]
+    assert kinds[0] == "event=session_open" and kinds[-1] == "event=session_close", lines
+    assert any(k == "event=reply_stopped" for k in kinds), lines
+    assert any(line.startswith("event=turn_end") and "interrupted=true" in line for line in lines), lines
+    assert any(line.startswith("event=turn_end") and "interrupted=false" in line for line in lines), lines
     start_t = next(t for t, e in events if isinstance(e, VadState) and e.state == "speech_start")
     cut_t, cut = next((t, e) for t, e in events if isinstance(e, TurnEnd))
     assert cut.metrics.interrupted

@@ -9,3 +9,12 @@ def test_dispatch_calls_the_handler_of_the_events_type_only():
     assert dispatch(ReplyText("Paris.", 2.0), handlers) == "reply"
     assert dispatch(TurnError("asr_failed", "boom"), handlers) is None  # no handler: nothing runs
     assert seen == [("vad", "speech_start"), ("reply", "Paris.")]
+
+
+def test_log_line_is_key_value_with_quoted_text():
+    from voice.session_events import log_line
+
+    line = log_line("reply_dropped", session="s1", turn=2, reason="words changed", gap_ms=812.44,
+                     interrupted=False, skipped=None)
+    assert line == 'event=reply_dropped session=s1 turn=2 reason="words changed" gap_ms=812.4 interrupted=false'
+    assert log_line("x", text='say "hi"') == 'event=x text="say \\"hi\\""'
