@@ -19,11 +19,6 @@ STAGES = ("endpoint_ms", "asr_final_ms", "first_span_ms", "first_audio_ms")
 
 @pytest.fixture
 def browser(tmp_path, stack):
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.fail("chromium and chromium-driver are needed: run `scripts/bootstrap --test` as root")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     # "France" used to come out as "friends": piper samples noise on every call (test speech is
     # now synthesised without it), and the browser's noise suppression ate the final /s/
     # (with the noise-free speech: 3 of 3 runs "friends" with it on, 4 of 4 "France" off).
@@ -35,17 +30,25 @@ def browser(tmp_path, stack):
     silence = lambda s: np.zeros(int(16000 * s), np.float32)  # noqa: E731
     mic = tmp_path / "mic.wav"
     write_wav(mic, np.concatenate([silence(0.5), speech[0], silence(BETWEEN_S), speech[1], silence(AFTER_S)]), 16000)
+    driver = _chromium(tmp_path, f"--use-file-for-fake-audio-capture={mic}")
+    yield driver
+    driver.quit()
+
+
+def _chromium(tmp_path, *flags: str):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("chromium and chromium-driver are needed: run `scripts/bootstrap --test` as root")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}",
-                 "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400"):
+                 "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400", *flags):
         opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    yield driver
-    driver.quit()
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
 
 def _is_subsequence(wanted: list[str], seen: list[str]) -> bool:
@@ -101,3 +104,97 @@ def test_page_holds_a_two_question_conversation_with_state_waterfalls_and_level(
         assert f"mean draft {metrics['mean_draft_len']:.2f}" in figure.get_attribute("textContent")
     assert s["gaps"] == [m["turn_gap_ms"] for m in s["turnEnds"]]
     assert s["config"]["drafter"] in browser.find_element(By.ID, "config").text
+
+
+# ---- the page against a scripted server (no models): typed turns, voice off, interruptions, reload ----
+def _metrics(gap_ms: float, interrupted: bool = False) -> dict:
+    return {"turn_gap_ms": gap_ms, "endpoint_ms": 0.0, "asr_final_ms": 0.0, "llm_start_ms": 1.5,
+            "first_span_ms": 120.5, "first_audio_ms": gap_ms, "acceptance": 0.5, "mean_draft_len": 2.0,
+            "tokens": 8, "interrupted": interrupted, "shortened": False, "predictive": False}
+
+
+def _scripted_turn(ws, text: str) -> None:
+    """Answer a typed turn as the server does; a text containing 'story' is cut short by an interruption."""
+    import json
+
+    story = "story" in text
+    ws.send(json.dumps({"type": "transcript", "final": True, "text": text}))
+    ws.send(json.dumps({"type": "reply", "text": "Once upon a time" if story else "Hi there."}))
+    ws.send(json.dumps({"type": "audio_start", "sample_rate": 22050}))
+    for _ in range(3):
+        ws.send(np.zeros(2205, "<i2").tobytes())
+    ws.send(json.dumps({"type": "turn_end", "metrics": _metrics(250.5, interrupted=story), "transcript": text,
+                        "reply": "Once upon a time" if story else "Hi there."}))
+
+
+@pytest.fixture
+def scripted_server():
+    import json
+    import mimetypes
+    import threading
+
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+    from websockets.sync.server import serve
+
+    from web.server import STATIC
+
+    def static(connection, request):
+        if request.path == "/ws":
+            return None
+        file = STATIC / ("index.html" if request.path == "/" else request.path.removeprefix("/static/"))
+        body = file.read_bytes()
+        return Response(200, "OK", Headers([("Content-Type", mimetypes.guess_type(file.name)[0]),
+                                            ("Content-Length", str(len(body)))]), body)
+
+    def session(ws):
+        for message in ws:
+            msg = json.loads(message) if isinstance(message, str) else {"type": "audio"}
+            if msg["type"] == "start":
+                ws.send(json.dumps({"type": "ready", "session": "s1", "output_sample_rate": 22050,
+                                    "config": {"drafter": "scripted"}}))
+            elif msg["type"] == "text":
+                _scripted_turn(ws, msg["text"])
+
+    server = serve(session, "127.0.0.1", 0, process_request=static)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.socket.getsockname()[1]}/"
+    server.shutdown()
+
+
+def test_page_settings_interruptions_and_log_across_reload(tmp_path, scripted_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium(tmp_path)
+    try:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+        browser.get(scripted_server)
+        wait.until(lambda d: d.execute_script("return window.voiceStats.ready"))
+        browser.find_element(By.ID, "voice-typed").click()  # voice off for typed turns
+        browser.find_element(By.ID, "text").send_keys("hello", Keys.ENTER)
+        wait.until(lambda d: d.execute_script("return window.voiceStats.turnEnds.length === 1"))
+        s = browser.execute_script("return window.voiceStats")
+        assert s["audioChunksReceived"] == 3 and s["audioChunksPlayed"] == 0  # received, not played
+        assert "speaking" not in s["states"] and s["states"][-1] == "off"  # the mic was never on
+
+        browser.find_element(By.ID, "voice-typed").click()  # voice on again
+        browser.find_element(By.ID, "text").send_keys("tell me a story", Keys.ENTER)
+        wait.until(lambda d: d.execute_script("return window.voiceStats.turnEnds.length === 2"))
+        s = browser.execute_script("return window.voiceStats")
+        assert _is_subsequence(["thinking", "speaking", "interrupted"], s["states"]), s["states"]
+        last = browser.find_elements(By.CSS_SELECTOR, "#log .entry.assistant")[-1]
+        assert "(interrupted)" in last.text
+        log = [(e["role"], e["text"]) for e in s["log"]]
+        assert log == [("user", "hello"), ("assistant", "Hi there."),
+                       ("user", "tell me a story"), ("assistant", "Once upon a time")]
+
+        browser.find_element(By.ID, "barge-in").click()  # barge-in off: a setting kept across reloads
+        browser.refresh()  # the same tab: the log comes back, with a note that the session is new
+        wait.until(lambda d: d.execute_script("return window.voiceStats.ready"))
+        assert [(e["role"], e["text"]) for e in browser.execute_script("return window.voiceStats.log")] == log
+        assert "new session" in browser.find_element(By.ID, "log").text
+        assert not browser.find_element(By.ID, "barge-in").is_selected()
+    finally:
+        browser.quit()
