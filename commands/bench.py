@@ -88,30 +88,36 @@ def resolve_audio(items: list[str]) -> list[Path]:
 async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     """One turn through an in-process `VoiceSession`."""
     from voice.pipeline import VoiceSession
-    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnError
+    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnError, dispatch
 
     session = VoiceSession(stack, cfg)
     record, done = TurnRecord(str(path)), asyncio.Event()
 
+    def audio(event: AudioOut) -> bool:
+        record.first_audio = record.first_audio or time.perf_counter()
+        return False
+
+    def transcript(event: Transcript) -> bool:
+        if event.final:
+            record.transcript = event.text
+        return event.final and not event.text  # no words: no reply comes
+
+    def turn_end(event: TurnEnd) -> bool:
+        m = event.metrics
+        record.reply, record.metrics = m.reply, m.as_dict()
+        record.stamps = {"endpoint": m.endpoint, "asr_final": m.asr_final, "llm_start": m.llm_start,
+                         "first_span": m.first_span, "first_audio": m.first_audio, "last_audio": m.last_audio}
+        return True
+
+    def error(event: TurnError) -> bool:
+        log.warning("turn error: %s", event.message)
+        return True
+
+    handlers = {AudioOut: audio, Transcript: transcript, TurnEnd: turn_end, TurnError: error}
+
     async def consume() -> None:
-        while True:
-            event = await session.events.get()
-            if isinstance(event, AudioOut) and not record.first_audio:
-                record.first_audio = time.perf_counter()
-            elif isinstance(event, Transcript) and event.final:
-                record.transcript = event.text
-                if not event.text:
-                    break
-            elif isinstance(event, TurnEnd):
-                m = event.metrics
-                record.reply, record.metrics = m.reply, m.as_dict()
-                record.stamps = {"endpoint": m.endpoint, "asr_final": m.asr_final, "llm_start": m.llm_start,
-                                 "first_span": m.first_span, "first_audio": m.first_audio,
-                                 "last_audio": m.last_audio}
-                break
-            elif isinstance(event, TurnError):
-                log.warning("turn error: %s", event.message)
-                break
+        while not dispatch(await session.events.get(), handlers):  # True: the turn is over
+            pass
         done.set()
 
     consumer = asyncio.ensure_future(consume())

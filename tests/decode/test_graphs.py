@@ -56,3 +56,13 @@ def test_capture_needs_an_empty_slot():
     target.forward([1, 2])
     with pytest.raises(ValueError, match="before the slot holds"):
         StepGraphs(target, widths=[1], capture=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU (scripts/step_graphs.py)")
+def test_captured_steps_replay_like_the_eager_forward_on_cuda():
+    model = tiny_llama(seed=0).to("cuda")
+    eager, graphed = StaticLlamaTarget(model, max_len=64), StaticLlamaTarget(model, max_len=64)
+    graphs = StepGraphs(graphed, widths=[1, 3])
+    assert graphs.captured
+    for ids in ([5, 9, 13], [7], [2, 4, 6]):
+        assert torch.allclose(graphed.forward(ids).logits, eager.forward(ids).logits, atol=1e-4)
