@@ -41,6 +41,7 @@ from voice.session_events import (
     TurnError,
     VadState,
     dispatch,
+    log_line,
 )
 from voice.stack import Stack
 
@@ -218,7 +219,7 @@ class VoiceServer:
                         if session is not None:
                             raise ProtocolError("already_started", "the session has already started")
                         audio_in = AudioInput(msg, self.cfg.server.max_message_bytes)
-                        session = VoiceSession(self.stack, self.cfg)
+                        session = VoiceSession(self.stack, self.cfg, session_id=sid)
                         sender = asyncio.ensure_future(self._send_events(ws, session))
                         await ws.send(self.ready_message(sid))
                     elif session is None and kind in ("text", "interrupt"):
@@ -236,7 +237,7 @@ class VoiceServer:
         except ConnectionClosed:
             pass
         except Exception:  # never let one session's bug take the server down
-            log.exception("session %s failed", sid)
+            log.exception(log_line("session_failed", session=sid))
             await _send_quietly(ws, {"type": "error", "code": "internal", "message": "internal error; session closed"})
         finally:
             self.sessions.discard(sid)
