@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def dec_full(dec: SpeculativeDecoder, tokens: list[int]) -> bool:
     """Feeding `tokens` would run past the slot's cache."""
-    return dec.target.length + len(tokens) > getattr(dec.target, "max_len", 1 << 62)
+    return dec.target.length + len(tokens) > dec.target.max_len
 
 
 def _never() -> bool:

@@ -249,7 +249,7 @@ class ReplyJob:
         self.prefill = PrefillJob(dec, prompt_ids[:-1], self.drafter)
         self.ids = list(prompt_ids)
         self.detok = StableDetokenizer(dec.tokenizer)
-        self.room = getattr(dec.target, "max_len", 1 << 30)
+        self.room = dec.target.max_len
         self.done = False
         self._out: list[Span] = []
         self._draft: Draft | None = None
@@ -328,7 +328,7 @@ def calibrate_verify_cost(target: Target, ks: list[int], reps: int = 3,
                           context: int = 64) -> dict[int, float]:
     """Measured seconds of one target forward of k + 1 tokens after `context` tokens (median)."""
     saved = target.length
-    base = max(saved, min(context, getattr(target, "max_len", 1 << 30) - max(ks) - 2))
+    base = max(saved, min(context, target.max_len - max(ks) - 2))
     if base > saved:
         target.forward([0] * (base - saved))
     for k in ks:  # untimed first pass: a cold width (allocator, kernel choice) is not its cost

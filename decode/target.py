@@ -37,6 +37,7 @@ class Target(Protocol):
     length: int
     vocab_size: int
     feature_layers: tuple[int, ...]
+    max_len: int  # positions the cache holds (a reply stops before it would overflow)
 
     def forward(self, token_ids: list[int]) -> Forward: ...
 
@@ -306,6 +307,7 @@ class HFTarget:
         self.cache = self._new_cache()
         self.length = 0
         self.feature_layers = check_feature_layers(feature_layers, model.config.get_text_config().num_hidden_layers)
+        self.max_len = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 1 << 30
         self.keep_shared_kv = keep_shared_kv
         self.shared_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.shared_kv_end = 0  # the cache length when `shared_kv` was taken (its last row is position end-1)
