@@ -210,37 +210,31 @@ class HesitationRun:
 async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
     """Record events until the clip is fed, no utterance or answered turn is open, and
     `QUIET_S` passed with no event."""
-    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState, dispatch
+    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
 
-    state = {"open_turns": 0, "speaking": False, "new_reply": False, "now": 0.0}
-
-    def final(event: Transcript) -> None:
-        if event.final:
-            run.finals.append((event.text, state["now"]))
-            state["open_turns"] += bool(event.text.strip())
-
-    def audio(event: AudioOut) -> None:
-        if state["new_reply"]:
-            run.reply_starts.append(state["now"])
-            state["new_reply"] = False
-
-    def ended(event: TurnEnd | TurnError) -> None:
-        state["open_turns"] = max(0, state["open_turns"] - 1)
-
-    handlers = {VadState: lambda e: state.update(speaking=e.state == "speech_start"), Transcript: final,
-                AudioStart: lambda e: state.update(new_reply=True), AudioOut: audio, TurnEnd: ended, TurnError: ended}
-    last = time.perf_counter()
+    open_turns, speaking, last, new_reply = 0, False, time.perf_counter(), False
     while True:
         try:
             event = await asyncio.wait_for(session.events.get(), 0.1)
         except asyncio.TimeoutError:
             event = None
-        state["now"] = now = time.perf_counter()
+        now = time.perf_counter()
         if event is not None:
             last = now
-            dispatch(event, handlers)
+        if isinstance(event, VadState):
+            speaking = event.state == "speech_start"
+        elif isinstance(event, Transcript) and event.final:
+            run.finals.append((event.text, now))
+            open_turns += bool(event.text.strip())
+        elif isinstance(event, AudioStart):
+            new_reply = True
+        elif isinstance(event, AudioOut) and new_reply:
+            run.reply_starts.append(now)
+            new_reply = False
+        elif isinstance(event, (TurnEnd, TurnError)):
+            open_turns = max(0, open_turns - 1)
         fed = run.fed_at.get("audio_end")
-        if fed is not None and not state["speaking"] and state["open_turns"] == 0 and now - max(last, fed) >= QUIET_S:
+        if fed is not None and not speaking and open_turns == 0 and now - max(last, fed) >= QUIET_S:
             done.set()
             return
 
