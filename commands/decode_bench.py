@@ -155,10 +155,9 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
         outputs = result.pop("_outputs")
         greedy_out = greedy_out or outputs
         runs.append({"mode": mode, "k": k, **_rounded(result), "identical": outputs == greedy_out})
-    layout = getattr(llm.target, "weight_major", None)
     report = {"machine": machine_info(), "target": llm.cfg.models.llm, "drafter": llm.drafter.name,
               "device": cfg.llm.device,
-              "linear_layout": None if layout is None else "weight_major" if layout else "linear",
+              "linear_layout": getattr(llm.target, "layout", None),
               "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
               "prompt_set": "conversation" if conversation else "single",
               "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),

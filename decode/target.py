@@ -118,6 +118,11 @@ class StaticLlamaTarget:
         self.feature_layers = check_feature_layers(feature_layers, len(self.layers))
         self._ensure_slot(0)
 
+    @property
+    def layout(self) -> str:
+        """The name of `project`'s layout in use: "weight_major" or "linear"."""
+        return "weight_major" if self.weight_major else "linear"
+
     def choose_layout(self, widths: tuple[int, ...] = (3, 8), rounds: int = 3, context: int = 64) -> dict[str, float]:
         """Time steps of `widths` tokens (slot 0, after `context` tokens) with each layout of `project`,
         interleaved, and keep the faster: seconds per layout (best round, summed over widths).

@@ -174,10 +174,10 @@ class ReplyModel:
             self.target = HFTarget(model, keep_shared_kv=True)
         else:
             self.target = make_target(model, feature_layers=drafter_feature_layers(cfg))
-            self.layout_s = self._set_layout(cfg.decode.linear_layout)
+            self._set_layout(cfg.decode.linear_layout)
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
-        self._capture_graphs(cfg)
+        self._capture_graphs(cfg, [0])
         self.verify_cost_s = calibrate_verify_cost(self.target, calibration_ks(cfg.decode.max_draft))
         self.decoder = SpeculativeDecoder(self.target, self.tokenizer, self.drafter,
                                           make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed)
@@ -189,35 +189,32 @@ class ReplyModel:
         self.turn_end_ids = [self.end_of_user_id] + closing_tokens(self.tokenizer)
         self.scheduler = self._make_scheduler(cfg)
 
-    def _set_layout(self, layout: str) -> dict[str, float]:
-        """Pick the static target's matmul layout (see `decode.target.project`); the timings if measured."""
+    def _set_layout(self, layout: str) -> None:
+        """Pick the static target's matmul layout (see `decode.target.project`)."""
         if layout not in ("auto", "linear", "weight_major"):
             raise ConfigError(f"decode.linear_layout: expected auto, linear or weight_major, got {layout!r}")
         if not isinstance(self.target, StaticLlamaTarget):
-            return {}
+            return
         if layout == "auto" and self.target.device.type == "cuda":
             # eager GPU steps are launch-bound, so timing them picks at random; in CUDA graphs on an
             # H100 torch's layout measured 4.4–4.9 ms for 2–9 tokens against 5.0 ms weight-major
             self.target.weight_major = False
-            return {}
-        if layout == "auto":
+        elif layout == "auto":
             costs = self.target.choose_layout()
-            log.info("linear layout: %s (steps of 3 and 8 tokens: %s)",
-                     "weight_major" if self.target.weight_major else "linear",
+            log.info("linear layout: %s (steps of 3 and 8 tokens: %s)", self.target.layout,
                      ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in costs.items()))
-            return costs
-        self.target.weight_major = layout == "weight_major"
-        return {}
+        else:
+            self.target.weight_major = layout == "weight_major"
 
-    def _capture_graphs(self, cfg: Config) -> None:
-        """On CUDA, capture the static target's one-sequence steps of 1..max_draft + 1 tokens for slot 0
-        and every scheduler slot (`decode.graphs`); where capture fails, steps stay eager (one log line)."""
+    def _capture_graphs(self, cfg: Config, slots: list[int]) -> None:
+        """On CUDA, capture the static target's one-sequence steps of 1..max_draft + 1 tokens for `slots`
+        (`decode.graphs`): slot 0 first, then the scheduler's, unless slot 0's capture failed; where
+        capture fails, steps stay eager (one log line)."""
         if not (cfg.decode.cuda_graphs and isinstance(self.target, StaticLlamaTarget)
-                and self.target.device.type == "cuda"):
+                and self.target.device.type == "cuda") or (slots != [0] and 0 not in self.target.step_graphs):
             return
         from decode.graphs import StepGraphs
 
-        slots = [0] + (list(range(1, cfg.decode.slots + 1)) if cfg.decode.slots > 1 else [])
         try:
             for slot in slots:
                 StepGraphs(self.target, list(range(1, cfg.decode.max_draft + 2)), slot)
@@ -238,6 +235,7 @@ class ReplyModel:
         widths = {k + 1: c for k, c in self.verify_cost_s.items()}
         wide = [w - 1 for w in CALIBRATED_WIDTHS if w <= cfg.decode.step_tokens and w not in widths]
         widths.update({k + 1: c for k, c in calibrate_verify_cost(target, wide, reps=2).items()})
+        self._capture_graphs(cfg, list(range(1, cfg.decode.slots + 1)))
         slots = []
         for i in range(1, cfg.decode.slots + 1):
             view = target.slot(i)

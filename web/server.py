@@ -177,11 +177,11 @@ class VoiceServer:
 
     def active_config(self) -> dict:
         """What the page shows read-only: the models, drafter, controller, device and matmul layout."""
-        models, weight_major = self.cfg.models, getattr(self.stack.llm.target, "weight_major", None)
+        models = self.cfg.models
         return {"llm": LLM_DIR if models.llm == "embedded" else models.llm,
                 "drafter": self.cfg.decode.drafter, "controller": self.cfg.decode.controller,
                 "device": self.cfg.llm.device, "dtype": self.cfg.llm.dtype,
-                "linear_layout": None if weight_major is None else ("weight_major" if weight_major else "linear"),
+                "linear_layout": getattr(self.stack.llm.target, "layout", None),
                 "asr": WHISPER_DIR if models.asr == "embedded" else models.asr,
                 "tts_voice": PIPER_VOICE.removesuffix(".onnx") if models.tts == "embedded" else models.tts}
 

@@ -150,6 +150,7 @@ def test_choose_layout_keeps_the_faster_and_restores_the_context():
     costs = target.choose_layout(widths=(2, 3), rounds=1, context=16)
     assert set(costs) == {"linear", "weight_major"} and all(c > 0 for c in costs.values())
     assert target.weight_major == (costs["weight_major"] < costs["linear"])
+    assert target.layout == ("weight_major" if target.weight_major else "linear")
     assert target.length == 2  # the timing steps are rolled back
     assert torch.allclose(target.forward([6]).logits, before[-1:], atol=1e-4)
 
