@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VOICE := .venv/bin/voice
 
-.PHONY: setup setup-test prepare serve lint test bench decode-bench
+.PHONY: setup setup-test setup-fleet prepare serve fleet lint test bench decode-bench
 
 setup:
 	bash scripts/bootstrap
@@ -10,11 +10,20 @@ setup:
 setup-test:
 	bash scripts/bootstrap --test
 
+setup-fleet:
+	bash scripts/bootstrap --fleet
+
 prepare: setup
 	$(VOICE) models prepare
 
 serve: prepare
 	$(VOICE) serve
+
+# N workers (default 2, ports 8801…) behind HAProxy on http://127.0.0.1:8765/; Ctrl-C drains them.
+# e.g. make fleet FLEET_ARGS="--workers 3"
+fleet: setup-fleet
+	$(VOICE) models prepare
+	$(VOICE) fleet $(FLEET_ARGS)
 
 # ruff's lint rules and the import contracts (layers, no cycles) are in pyproject.toml.
 lint: setup-test
