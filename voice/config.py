@@ -159,6 +159,7 @@ class ServerConfig:
     ping_interval_s: float = 20.0  # keepalive; a peer silent for as long again is dropped
     allowed_origins: tuple[str, ...] = ()  # empty: same origin only
     idle_timeout_s: float = 120.0
+    drain_timeout_s: float = 60.0  # SIGTERM: running turns may finish for this long, then sessions close (1001)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 
-def spawn_server(*args: str, timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """`voice serve --port 0 ARGS…` as a child; returns (process, page URL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve", "--port", "0", *args],
+def start_server(*args: str, own_group: bool = False) -> subprocess.Popen:
+    """`voice serve ARGS…` as a child (pass `--port`), its output on a pipe; see `wait_ready`.
+    `own_group`: a terminal's Ctrl-C does not reach it (its parent stops it, e.g. by a drain)."""
+    return subprocess.Popen([sys.executable, "-m", "commands.cli", "serve", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=own_group)
+
+
+def wait_ready(proc: subprocess.Popen, timeout_s: float = 180.0) -> str:
+    """The page URL once the server says its models are loaded; kills it and raises if it does not."""
     seen, deadline = [], time.time() + timeout_s
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -25,13 +31,19 @@ def spawn_server(*args: str, timeout_s: float = 180.0) -> tuple[subprocess.Popen
             break
         seen.append(line)
         if m := re.search(r"open (http://\S+/)", line):
-            return proc, m.group(1)
+            return m.group(1)
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(seen))
 
 
-def stop_server(proc: subprocess.Popen, timeout_s: float = 30.0) -> str:
-    """Ctrl-C the server; returns what it printed after starting."""
-    proc.send_signal(2)
+def spawn_server(*args: str, timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """`voice serve --port 0 ARGS…` as a child; returns (process, page URL)."""
+    proc = start_server("--port", "0", *args)
+    return proc, wait_ready(proc, timeout_s)
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 30.0, sig: int = signal.SIGINT) -> str:
+    """Ctrl-C the server (or `sig`: SIGTERM drains first); returns what it printed after starting."""
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=timeout_s)
     return out

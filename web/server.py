@@ -1,11 +1,14 @@
 """`voice serve`: the voice page over HTTP and the voice protocol over a websocket, one port.
 
 In: browser or tool connections on 127.0.0.1 (by default). GET `/` and `/static/…` serve
-the page from `web/static`; `/ws` upgrades to the protocol of `web/PROTOCOL.md`. Out: per
-connection a `VoiceSession` over the shared models (loaded once): its events are sent as
-JSON text messages and binary PCM. Models are shared through one worker thread each, so sessions
-queue for the LLM (a waiting session sees its transcript at once and its reply when the
-LLM is free). Bad input gets an `error` message and the session goes on.
+the page from `web/static`; `/ws` upgrades to the protocol of `web/PROTOCOL.md`; `/healthz`
+(200 once the models are loaded and below `server.max_sessions`, else 503) and `/metrics`
+(Prometheus text) are for a balancer and a scraper. Out: per connection a `VoiceSession`
+over the shared models (loaded once, after the port is bound): its events are sent as JSON
+text messages and binary PCM. Models are shared through one worker thread each, so sessions
+queue for the LLM. Bad input gets an `error` message and the session goes on. SIGTERM drains:
+`/healthz` turns 503 at once, new sessions are refused, each session is closed with 1001
+(going away) at its first turn boundary, and any left at `server.drain_timeout_s`.
 """
 from __future__ import annotations
 
@@ -16,20 +19,18 @@ import logging
 import mimetypes
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
-import numpy as np
-import soxr
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from audio.frames import SAMPLE_RATE_HZ
 from voice.config import Config
-from voice.errors import VoiceError
 from voice.models import LLM_DIR, PIPER_VOICE, WHISPER_DIR
 from voice.pipeline import VoiceSession
 from voice.session_events import (
@@ -44,22 +45,17 @@ from voice.session_events import (
     log_line,
 )
 from voice.stack import Stack
+from web.drain import GOING_AWAY, TurnTracker, may_close, readiness
+from web.metrics import CONTENT_TYPE, ServerMetrics
+from web.protocol import AudioInput, ProtocolError, parse_message, turn_text
+
+__all__ = ["AudioInput", "ProtocolError", "VoiceServer", "event_message", "run_server"]
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 SOCKET_LIMIT_FACTOR = 16  # messages over 16 x server.max_message_bytes close the socket (1009)
-MAX_TEXT_CHARS = 2000
-FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
-
-
-class ProtocolError(VoiceError, ValueError):
-    """A client message the protocol does not allow; `code` goes into the error event."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
+DRAIN_POLL_S = 0.05  # how often a draining session checks for its turn boundary (a check is a few attribute reads)
 
 _MESSAGES = {
     VadState: lambda e: {"type": "vad", "state": e.state},
@@ -73,58 +69,48 @@ _MESSAGES = {
 }
 
 
-def event_message(event) -> str | bytes:
-    """A pipeline event as a protocol message: reply audio as binary PCM, the rest as JSON."""
+def event_message(event) -> dict | bytes:
+    """A pipeline event as a protocol message: reply audio as binary PCM, the rest as a JSON-able dict."""
     msg = dispatch(event, _MESSAGES)
     if msg is None:
         raise TypeError(f"unknown event {event!r}")
-    return msg if isinstance(msg, bytes) else json.dumps(msg)
+    return msg
 
 
-class AudioInput:
-    """Decodes the declared PCM format and resamples it to 16 kHz mono float32."""
+@dataclass
+class _Connection:
+    """One client's socket and the session it started."""
 
-    def __init__(self, start: dict, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        rate, fmt, channels = start.get("sample_rate"), start.get("format", "pcm_s16le"), start.get("channels", 1)
-        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
-            raise ProtocolError("bad_sample_rate", f"sample_rate must be an integer 8000–48000, got {rate!r}")
-        if fmt not in FORMATS:
-            raise ProtocolError("bad_format", f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        if channels not in (1, 2) or isinstance(channels, bool):
-            raise ProtocolError("bad_channels", f"channels must be 1 or 2, got {channels!r}")
-        self.rate, self.width, self.channels = rate, FORMATS[fmt], channels
-        self.dtype = "<i2" if fmt == "pcm_s16le" else "<f4"
-        self.resampler = None if rate == SAMPLE_RATE_HZ else soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1,
-                                                                                    dtype="float32")
+    sid: str
+    ws: ServerConnection
+    session: Any = None  # VoiceSession once `start` arrived
+    audio_in: AudioInput | None = None
+    sender: asyncio.Task | None = None
+    turn: TurnTracker = field(default_factory=TurnTracker)
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """PCM bytes → 16 kHz mono float32; raises ProtocolError for malformed frames."""
-        if not data:
-            raise ProtocolError("empty_frame", "empty audio frame")
-        if len(data) > self.max_frame_bytes:
-            raise ProtocolError("frame_too_large",
-                                f"audio frame of {len(data)} bytes exceeds {self.max_frame_bytes}")
-        if len(data) % (self.width * self.channels):
-            raise ProtocolError("bad_frame", f"frame length {len(data)} is not a whole number of samples")
-        samples = np.frombuffer(data, dtype=self.dtype).astype(np.float32)
-        if self.width == 2:
-            samples /= 32768.0
-        elif not np.isfinite(samples).all():
-            raise ProtocolError("bad_samples", "audio frame contains NaN or infinity")
-        if self.channels == 2:
-            samples = samples.reshape(-1, 2).mean(axis=1)
-        samples = np.clip(samples, -1.0, 1.0)
-        return self.resampler.resample_chunk(samples) if self.resampler else samples
+    def may_close(self) -> bool:
+        """At a turn boundary with every event sent (a draining server closes it then)."""
+        if self.session is None:
+            return True
+        return may_close(self.turn, self.session.idle, self.session.events.qsize())
 
 
 class VoiceServer:
-    """Serves the page and voice sessions over the shared models."""
+    """Serves the page, the health and metrics endpoints and voice sessions over the shared models.
 
-    def __init__(self, stack: Stack, cfg: Config) -> None:
-        self.stack, self.cfg = stack, cfg
-        self.sessions: set[str] = set()
+    `stack` is None until the models are loaded (`/healthz` answers 503 "loading" meanwhile);
+    `session_factory(stack, cfg, session_id=…)` makes a session (tests pass a scripted one).
+    """
+
+    def __init__(self, cfg: Config, stack: Stack | None = None, session_factory: Callable = VoiceSession) -> None:
+        self.stack, self.cfg, self.session_factory = stack, cfg, session_factory
+        self.sessions: dict[str, _Connection] = {}
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.metrics = ServerMetrics(self.live_metrics)
         self._ids = itertools.count(1)
+        self._drain_started = asyncio.Event()
+        self._drainer: asyncio.Task | None = None
 
     # ---- HTTP ------------------------------------------------------------------
     def _origin_allowed(self, request: Request) -> bool:
@@ -135,24 +121,39 @@ class VoiceServer:
             return True
         return urlsplit(origin).netloc == request.headers.get("Host")
 
+    def readiness(self):
+        """What `/healthz` answers now (see `web.drain.readiness`)."""
+        return readiness(self.stack is not None, self.draining, len(self.sessions), self.cfg.server.max_sessions)
+
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Static files for plain GETs; the origin check for `/ws`."""
+        """Health, metrics, stats and static files for plain GETs; the origin and drain checks for `/ws`."""
         path = urlsplit(request.path).path
         if path == "/ws":
             if not self._origin_allowed(request):
                 return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+            if self.draining or self.stack is None:  # 503: the balancer retries on another worker
+                reason = "draining" if self.draining else "loading"
+                self.metrics.sessions_refused.labels(reason).inc()
+                response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"worker {reason}; try again\n")
+                response.headers["Retry-After"] = "1"
+                return response
             return None
+        if path == "/healthz":
+            state = self.readiness()
+            body = json.dumps({"ready": state.ready, "reason": state.reason, "sessions": len(self.sessions),
+                               "max_sessions": self.cfg.server.max_sessions}) + "\n"
+            return connection.respond(state.status, body)
+        if path == "/metrics":
+            return _response(self.metrics.render(), CONTENT_TYPE)
         if path == "/stats":
+            if self.stack is None:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "loading\n")
             return connection.respond(HTTPStatus.OK, json.dumps(self.stats()) + "\n")
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
         file = (STATIC / name).resolve()
         if STATIC not in file.parents or not file.is_file():
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        body = file.read_bytes()
-        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
-                           ("Cache-Control", "no-cache")])
-        return Response(200, "OK", headers, body)
+        return _response(file.read_bytes(), mimetypes.guess_type(file.name)[0] or "application/octet-stream")
 
     def stats(self) -> dict:
         """Sessions, asyncio tasks, threads, resident memory and the decode scheduler's totals
@@ -169,6 +170,17 @@ class VoiceServer:
         return {"sessions": len(self.sessions), "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(), "rss_bytes": rss_kb * 1024,
                 "decode": self.stack.llm.scheduler.stats.as_dict()}
+
+    def live_metrics(self) -> dict:
+        """What `/metrics` reads at scrape time: sessions, turns in progress, queues, decode totals."""
+        live: dict = {"sessions": len(self.sessions), "draining": self.draining,
+                      "turns_in_progress": sum(c.turn.busy for c in self.sessions.values())}
+        if self.stack is not None:
+            live["queues"] = {"asr": self.stack.asr_worker.waiting(), "tts": self.stack.tts_worker.waiting(),
+                              "reply": sum(1 for c in self.sessions.values()
+                                           if c.session is not None and c.session.replying)}
+            live["decode"] = self.stack.llm.scheduler.stats.as_dict()
+        return live
 
     def ready_message(self, sid: str) -> str:
         """The `ready` event: the session id, the reply audio's rate and the active configuration."""
@@ -187,71 +199,158 @@ class VoiceServer:
 
     # ---- websocket ---------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
-        """One client connection: the protocol's state machine."""
+        """One client connection: the protocol's state machine, closed early by a drain."""
+        if await self._refused(ws):
+            return
+        conn = _Connection(f"s{next(self._ids)}", ws)
+        self.sessions[conn.sid] = conn
+        self.metrics.sessions_opened.inc()
+        watcher = asyncio.ensure_future(self._close_when_drained(conn))
+        try:
+            await self._serve_messages(conn)
+        except ConnectionClosed:
+            pass
+        except Exception:  # never let one session's bug take the server down
+            log.exception(log_line("session_failed", session=conn.sid))
+            await _send_quietly(ws, {"type": "error", "code": "internal", "message": "internal error; session closed"})
+        finally:
+            self.sessions.pop(conn.sid, None)
+            watcher.cancel()
+            if conn.session is not None:
+                await conn.session.close()
+            if conn.sender is not None:
+                conn.sender.cancel()
+
+    async def _refused(self, ws: ServerConnection) -> bool:
+        """Full: `server_full` and 1013. Draining or loading (a handshake that raced the check): 1001."""
+        if self.draining or self.stack is None:
+            self.metrics.sessions_refused.labels("draining" if self.draining else "loading").inc()
+            await ws.close(GOING_AWAY, "server going away: reconnect")
+            return True
         if len(self.sessions) >= self.cfg.server.max_sessions:
+            self.metrics.sessions_refused.labels("full").inc()
             await ws.send(json.dumps({"type": "error", "code": "server_full",
                                       "message": f"the server is full ({self.cfg.server.max_sessions} sessions); "
                                                  "try again later"}))
             await ws.close(1013, "server full")
-            return
-        sid = f"s{next(self._ids)}"
-        self.sessions.add(sid)
-        session: VoiceSession | None = None
-        audio_in: AudioInput | None = None
-        sender: asyncio.Task | None = None
-        try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(ws.recv(), self.cfg.server.idle_timeout_s)
-                except asyncio.TimeoutError:
-                    await ws.send(json.dumps({"type": "error", "code": "idle_timeout",
-                                              "message": "no message for too long; closing"}))
-                    break
-                try:
-                    if isinstance(message, bytes):
-                        if session is None or audio_in is None:
-                            raise ProtocolError("not_started", "send a `start` message before audio")
-                        await session.feed_audio(audio_in.decode(message))
-                        continue
-                    msg = _parse(message)
-                    kind = msg["type"]
-                    if kind == "start":
-                        if session is not None:
-                            raise ProtocolError("already_started", "the session has already started")
-                        audio_in = AudioInput(msg, self.cfg.server.max_message_bytes)
-                        session = VoiceSession(self.stack, self.cfg, session_id=sid)
-                        sender = asyncio.ensure_future(self._send_events(ws, session))
-                        await ws.send(self.ready_message(sid))
-                    elif session is None and kind in ("text", "interrupt"):
-                        raise ProtocolError("not_started", "send a `start` message first")
-                    elif kind == "text":
-                        await session.user_text(_turn_text(msg))
-                    elif kind == "interrupt":
-                        await session.interrupt()
-                    elif kind == "stop":
-                        break
-                    else:
-                        raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
-                except ProtocolError as err:
-                    await ws.send(json.dumps({"type": "error", "code": err.code, "message": str(err)}))
-        except ConnectionClosed:
-            pass
-        except Exception:  # never let one session's bug take the server down
-            log.exception(log_line("session_failed", session=sid))
-            await _send_quietly(ws, {"type": "error", "code": "internal", "message": "internal error; session closed"})
-        finally:
-            self.sessions.discard(sid)
-            if session is not None:
-                await session.close()
-            if sender is not None:
-                sender.cancel()
+            return True
+        return False
 
-    async def _send_events(self, ws: ServerConnection, session: VoiceSession) -> None:
+    async def _serve_messages(self, conn: _Connection) -> None:
+        ws = conn.ws
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.recv(), self.cfg.server.idle_timeout_s)
+            except asyncio.TimeoutError:
+                await ws.send(json.dumps({"type": "error", "code": "idle_timeout",
+                                          "message": "no message for too long; closing"}))
+                return
+            try:
+                if isinstance(message, bytes):
+                    if conn.session is None or conn.audio_in is None:
+                        raise ProtocolError("not_started", "send a `start` message before audio")
+                    await conn.session.feed_audio(conn.audio_in.decode(message))
+                elif await self._on_json(conn, parse_message(message)) == "stop":
+                    return
+            except ProtocolError as err:
+                await ws.send(json.dumps({"type": "error", "code": err.code, "message": str(err)}))
+
+    async def _on_json(self, conn: _Connection, msg: dict) -> str | None:
+        kind = msg["type"]
+        if kind == "start":
+            if conn.session is not None:
+                raise ProtocolError("already_started", "the session has already started")
+            conn.audio_in = AudioInput(msg, self.cfg.server.max_message_bytes)
+            conn.session = self.session_factory(self.stack, self.cfg, session_id=conn.sid)
+            conn.sender = asyncio.ensure_future(self._send_events(conn))
+            await conn.ws.send(self.ready_message(conn.sid))
+        elif conn.session is None and kind in ("text", "interrupt"):
+            raise ProtocolError("not_started", "send a `start` message first")
+        elif kind == "text":
+            text = turn_text(msg)
+            conn.turn.received_text_turn()
+            await conn.session.user_text(text)
+        elif kind == "interrupt":
+            await conn.session.interrupt()
+        elif kind == "stop":
+            return "stop"
+        else:
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+        return None
+
+    async def _send_events(self, conn: _Connection) -> None:
         try:
             while True:
-                await ws.send(event_message(await session.events.get()))
+                msg = event_message(await conn.session.events.get())
+                if isinstance(msg, bytes):
+                    await conn.ws.send(msg)
+                    continue
+                await conn.ws.send(json.dumps(msg))
+                conn.turn.sent(msg)
+                if msg["type"] == "turn_end":
+                    self.metrics.turn_ended(msg["metrics"])
+                elif msg["type"] == "error" and msg["code"] in TurnTracker.ENDING_ERRORS:
+                    self.metrics.turns.labels("failed").inc()
         except ConnectionClosed:
             pass
+
+    # ---- drain -------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """SIGTERM: unready at once, then close sessions at their turn boundaries; a second one stops now."""
+        if self.draining:
+            log.warning(log_line("drain_abort", sessions=len(self.sessions)))
+            self.stopped.set()
+            return
+        self.draining = True
+        log.warning(log_line("drain_start", sessions=len(self.sessions),
+                             turns_in_progress=sum(c.turn.busy for c in self.sessions.values()),
+                             timeout_s=self.cfg.server.drain_timeout_s))
+        self._drain_started.set()
+        self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _close_when_drained(self, conn: _Connection) -> None:
+        await self._drain_started.wait()
+        while not conn.may_close():
+            await asyncio.sleep(DRAIN_POLL_S)
+        await self._going_away(conn)
+
+    async def _going_away(self, conn: _Connection) -> None:
+        self.metrics.sessions_going_away.inc()
+        log.info(log_line("session_going_away", session=conn.sid, turn_in_progress=conn.turn.busy))
+        await conn.ws.close(GOING_AWAY, "server going away: reconnect")
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.server.drain_timeout_s
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        left = list(self.sessions.values())
+        await asyncio.gather(*(self._going_away(c) for c in left), return_exceptions=True)
+        log.warning(log_line("drain_end", cut_sessions=len(left)))
+        self.stopped.set()
+
+    async def serve(self, host: str, port: int, load: Callable[[], Stack] | None = None,
+                    ready: Callable[[str], None] | None = None,
+                    listening: Callable[[str], None] | None = None) -> None:
+        """Listen, load the models (`load()` in a thread, if given), then serve until `stopped`."""
+        async with serve(self.handle, host, port, process_request=self.process_request,
+                         max_size=SOCKET_LIMIT_FACTOR * self.cfg.server.max_message_bytes,
+                         ping_interval=self.cfg.server.ping_interval_s,
+                         ping_timeout=self.cfg.server.ping_interval_s) as server:
+            url = f"http://{host}:{next(iter(server.sockets)).getsockname()[1]}/"
+            if listening:
+                listening(url)
+            if load is not None:
+                self.stack = await asyncio.to_thread(load)
+            if ready and not self.stopped.is_set():
+                ready(url)
+            await self.stopped.wait()
+
+
+def _response(body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-cache")])
+    return Response(200, "OK", headers, body)
 
 
 async def _send_quietly(ws: ServerConnection, msg: dict) -> None:
@@ -261,40 +360,22 @@ async def _send_quietly(ws: ServerConnection, msg: dict) -> None:
         pass
 
 
-def _parse(message: str) -> dict:
-    try:
-        msg = json.loads(message)
-    except json.JSONDecodeError as err:
-        raise ProtocolError("bad_json", f"message is not JSON: {err}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise ProtocolError("bad_message", "a message must be a JSON object with a string `type`")
-    return msg
-
-
-def _turn_text(msg: dict) -> str:
-    text = msg.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ProtocolError("empty_text", "a `text` message needs non-empty `text`")
-    if len(text) > MAX_TEXT_CHARS:
-        raise ProtocolError("text_too_long", f"text longer than {MAX_TEXT_CHARS} characters")
-    return text.strip()
-
-
-async def run_server(stack: Stack, cfg: Config, host: str, port: int, ready=None) -> None:
-    """Serve until cancelled (Ctrl-C / SIGTERM); `ready(url)` is called once listening."""
+async def run_server(cfg: Config, host: str, port: int, load: Callable[[], Stack],
+                     ready: Callable[[str], None] | None = None,
+                     listening: Callable[[str], None] | None = None) -> None:
+    """Serve until Ctrl-C (stop now: sessions closed with 1001) or SIGTERM (drain, then stop);
+    `listening(url)` once bound, `ready(url)` once the models are loaded."""
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max(32, 4 * cfg.server.max_sessions)))
-    app = VoiceServer(stack, cfg)
-    async with serve(app.handle, host, port, process_request=app.process_request,
-                     max_size=SOCKET_LIMIT_FACTOR * cfg.server.max_message_bytes,
-                     ping_interval=cfg.server.ping_interval_s, ping_timeout=cfg.server.ping_interval_s) as server:
-        stop = loop.create_future()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-            except (NotImplementedError, RuntimeError):
-                pass
-        sock_port = next(iter(server.sockets)).getsockname()[1]
-        if ready:
-            ready(f"http://{host}:{sock_port}/")
-        await stop
+    app = VoiceServer(cfg)
+    handlers = {signal.SIGINT: app.stopped.set, signal.SIGTERM: app.begin_drain}
+    for sig, handler in handlers.items():
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await app.serve(host, port, load, ready, listening)
+    finally:
+        for sig in handlers:
+            loop.remove_signal_handler(sig)
