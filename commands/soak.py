@@ -17,7 +17,7 @@ from pathlib import Path
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
 from voice.turns import STAGES
-from web.client import open_session, spoken_turn
+from web.client import ServerGoingAway, open_session, spoken_turn
 
 
 def server_stats(ws_url: str) -> dict:
@@ -27,34 +27,60 @@ def server_stats(ws_url: str) -> dict:
         return json.loads(resp.read())
 
 
-async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple[list[dict], int, list[str]]:
-    """One talker's turns: the answered ones' stage times (gap last), lost turns, errors."""
-    answered, lost, errors = [], 0, []
-    try:
-        ws = await open_session(url)
-    except Exception as err:  # a refused session loses all its turns
-        return [], turns, [f"{type(err).__name__}: {err}"]
+TURN_RETRIES = 3  # a turn cut by a draining worker (1001) is said again on a new session this often
+
+
+async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple[list[dict], int, list[str], int]:
+    """One talker's turns: the answered ones' stage times (gap last), lost turns, errors, and turns
+    said again on a new session because a draining worker closed the old one (1001)."""
+    answered, lost, errors, retried = [], 0, [], 0
+    ws = None
     try:
         for i in range(turns):
-            try:
-                record = await spoken_turn(ws, paths[(offset + i) % len(paths)])
-            except Exception as err:
+            path = paths[(offset + i) % len(paths)]
+            record = None
+            for _ in range(TURN_RETRIES + 1):
+                try:
+                    ws = ws if ws is not None else await open_session(url)
+                    record = await spoken_turn(ws, path)
+                except ServerGoingAway:
+                    ws = None
+                    retried += 1
+                    continue
+                except Exception as err:  # a refused session or a server error loses the turn
+                    errors.append(f"{type(err).__name__}: {err}")
+                    ws = await _drop(ws)
+                break
+            else:
+                errors.append(f"turn {i + 1}: every worker went away {TURN_RETRIES + 1} times")
+            if record is None:  # its error is already listed
                 lost += 1
-                errors.append(f"{type(err).__name__}: {err}")
-                continue
-            if not record.speech_end:  # the server ended the turn before the question did
+            elif problem := _turn_problem(record):
                 lost += 1
-                errors.append(f"turn ended before the speech did: heard {record.transcript!r}, "
-                              f"replied {record.reply!r}")
-            elif record.turn_gap_ms is None:
-                lost += 1
-                errors.append(f"no reply audio: heard {record.transcript!r}")
+                errors.append(problem)
             else:
                 answered.append({**record.stages_ms(), "llm_start": record.metrics.get("llm_start_ms"),
                                  "turn_gap": record.turn_gap_ms})
     finally:
+        if ws is not None:
+            await ws.close()
+    return answered, lost, errors, retried
+
+
+async def _drop(ws):
+    """Close a session after an error (the next turn opens a new one); returns None."""
+    if ws is not None:
         await ws.close()
-    return answered, lost, errors
+    return None
+
+
+def _turn_problem(record) -> str | None:
+    """Why a turn does not count as answered (None: it does)."""
+    if not record.speech_end:  # the server ended the turn before the question did
+        return f"turn ended before the speech did: heard {record.transcript!r}, replied {record.reply!r}"
+    if record.turn_gap_ms is None:
+        return f"no reply audio: heard {record.transcript!r}"
+    return None
 
 
 def decode_delta(start: dict | None, end: dict | None) -> dict:
@@ -79,16 +105,18 @@ async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
         await asyncio.sleep(0.5)
 
 
-async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> dict:
-    """Run each concurrency level; report gaps, losses and server resources.
+async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmup: bool = True) -> dict:
+    """Run each concurrency level; report gaps, losses, retried turns and server resources.
 
-    `before` is read after a warm-up of one turn per client of the largest level, so
-    first-use allocations (model buffers, onnxruntime arenas sized by the longest phrase
-    so far) are not counted as growth.
+    `before` is read after a warm-up of one turn per client of the largest level (unless
+    `warmup` is False), so first-use allocations (model buffers, onnxruntime arenas sized by
+    the longest phrase so far) are not counted as growth. `/stats` is read only when `url`
+    reaches a worker that has it (through a balancer it is one worker's figures).
     """
-    await asyncio.gather(*(_client(url, paths, 1, i) for i in range(max(levels))))
+    warm = await asyncio.gather(*(_client(url, paths, 1, i) for i in range(max(levels)))) if warmup else []
     before = await settle(url, {"sessions": 0, "tasks": 1 << 30})
-    out = {"server": url, "turns_per_client": turns, "before": before, "levels": []}
+    out = {"server": url, "turns_per_client": turns, "warmup_answered": sum(len(r[0]) for r in warm),
+           "before": before, "levels": []}
     for n in levels:
         t0 = time.perf_counter()
         start = await asyncio.to_thread(server_stats, url)
@@ -97,6 +125,7 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int) -> di
         after = await settle(url, before)
         out["levels"].append({"clients": n, "turns": n * turns, "answered": len(turns_done),
                               "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
+                              "retried": sum(r[3] for r in results),
                               "turn_gap_ms": percentiles([t["turn_gap"] for t in turns_done]),
                               "stages_ms": {s: percentiles([t[s] for t in turns_done if t[s] is not None])
                                             for s in ("llm_start", *STAGES)},

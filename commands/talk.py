@@ -9,6 +9,7 @@ cancellation on a bare sound card, speech heard while the reply plays is ignored
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -195,3 +196,143 @@ async def _listen(sd, session, device) -> None:
         while True:
             samples, t = await blocks.get()
             await session.feed_audio(samples, t)
+
+
+# ---- `voice talk --server`: the same conversation through a running server or a fleet -----------
+async def talk_remote(url: str, input_device=None, output_device=None, input_wav: str | None = None,
+                      output_wav: str | None = None) -> int:
+    """Stream the microphone (or a WAV) to a server's `/ws`; print and play what comes back. A
+    worker that drains closes with 1001 at a turn boundary: a new session opens (through a
+    balancer, on another worker) and the microphone carries on."""
+    from web.client import ServerGoingAway, open_session
+
+    audio = read_wav(input_wav) if input_wav else None
+    sd = None
+    if audio is None:
+        sd = _sounddevice()
+        _check_device(sd, input_device, "input")
+    frames: asyncio.Queue = asyncio.Queue()
+    out = _RemoteOutput(output_device, output_wav)
+    source = asyncio.ensure_future(_paced_wav(audio, frames, out) if audio is not None
+                                   else _mic_frames(sd, input_device, frames))
+    try:
+        while not out.finished.is_set():
+            ws = await open_session(url)
+            print(f"(connected to {url})", flush=True)
+            try:
+                await _converse(ws, frames, out, source)
+            except ServerGoingAway:
+                print("\n(the server is draining — reconnecting…)", flush=True)
+    finally:
+        source.cancel()
+        out.close()
+    return 0
+
+
+class _RemoteOutput:
+    """Prints the protocol's events as `voice talk` does and plays the reply audio (speaker opened at
+    the first `audio_start`'s rate); `finished` is set once a WAV's question was fed and answered."""
+
+    def __init__(self, device, output_wav: str | None) -> None:
+        self.device, self.output_wav, self.speaker = device, output_wav, None
+        self.rate_hz, self.answered, self.fed_all = 0, 0, False
+        self.finished = asyncio.Event()
+
+    async def on_message(self, message) -> None:
+        if isinstance(message, bytes):
+            samples = np.frombuffer(message, dtype="<i2")
+            await asyncio.to_thread(self.speaker.play, samples, self.rate_hz)
+            return
+        msg = json.loads(message)
+        kind = msg["type"]
+        if kind == "transcript" and msg["final"] and msg["text"]:
+            print(f"you:       {msg['text']}\nassistant: ", end="", flush=True)
+        elif kind == "reply":
+            print(msg["text"], end="", flush=True)
+        elif kind == "audio_start":
+            if self.speaker is None:
+                self.speaker = Speaker(self.device, self.output_wav, need_device=self.device is not None,
+                                       rate_hz=msg["sample_rate"])
+            self.rate_hz = msg["sample_rate"]
+        elif kind == "turn_end":
+            m = msg["metrics"]
+            print((" (shortened — say 'tell me more')" if m["shortened"] else "")
+                  + f"\n[turn gap {m['turn_gap_ms']} ms{' (interrupted)' if m['interrupted'] else ''} · "
+                  f"transcript {m['asr_final_ms']} ms · first words {m['first_span_ms']} ms]", flush=True)
+            self.answered += 1
+            self._check_done()
+        elif kind == "error":
+            print(f"\nerror: {msg['message']}", file=sys.stderr, flush=True)
+
+    def wav_fed(self) -> None:
+        self.fed_all = True
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.fed_all and self.answered:
+            self.finished.set()
+
+    def close(self) -> None:
+        if self.speaker is not None:
+            self.speaker.close()
+
+
+async def _converse(ws, frames: asyncio.Queue, out: _RemoteOutput, source: asyncio.Task) -> None:
+    """One session: frames out, events in, until `out.finished` (or the audio source fails);
+    raises ServerGoingAway on 1001."""
+    from websockets.exceptions import ConnectionClosed
+
+    from web.client import ServerError, ServerGoingAway, is_going_away
+
+    async def send() -> None:
+        while True:
+            await ws.send((await frames.get()).tobytes())
+
+    async def receive() -> None:
+        while True:  # recv() raises ConnectionClosed with the server's close code
+            await out.on_message(await ws.recv())
+
+    tasks = [asyncio.ensure_future(send()), asyncio.ensure_future(receive()),
+             asyncio.ensure_future(out.finished.wait())]
+    try:
+        await asyncio.wait([*tasks, source], return_when=asyncio.FIRST_COMPLETED)
+        for task in (*tasks[:2], source):
+            if task.done() and task.exception():
+                raise task.exception()
+    except ConnectionClosed as err:
+        if is_going_away(err):
+            raise ServerGoingAway("the worker is draining") from None
+        raise ServerError(f"the server closed the session ({err}); is it still running?") from None
+    finally:
+        for task in tasks:
+            task.cancel()
+        if out.finished.is_set():
+            await ws.close()
+
+
+async def _paced_wav(audio: np.ndarray, frames: asyncio.Queue, out: _RemoteOutput) -> None:
+    """The WAV as a microphone: half a second of silence, the WAV, then silence (60 s at most)."""
+    signal = np.concatenate([np.zeros(SAMPLE_RATE_HZ // 2, np.float32), audio])
+    pcm = (np.clip(signal, -1, 1) * 32767).astype("<i2")
+    t0, i = time.perf_counter(), 0
+    while i * FRAME < len(pcm) + 60 * SAMPLE_RATE_HZ:
+        frame = pcm[i * FRAME:(i + 1) * FRAME]
+        i += 1
+        await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.perf_counter()))
+        frames.put_nowait(frame if len(frame) else np.zeros(FRAME, "<i2"))
+        if i * FRAME >= len(pcm) and not out.fed_all:
+            out.wav_fed()
+    raise AudioError("no reply before the time limit: was there speech in the WAV?")
+
+
+async def _mic_frames(sd, device, frames: asyncio.Queue) -> None:
+    loop = asyncio.get_running_loop()
+
+    def callback(indata, n, t, status) -> None:
+        pcm = (np.clip(indata[:, 0], -1, 1) * 32767).astype("<i2")
+        loop.call_soon_threadsafe(frames.put_nowait, pcm)
+
+    with sd.InputStream(samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=FRAME,
+                        device=device, callback=callback):
+        print("listening — speak; Ctrl-C to quit", flush=True)
+        await asyncio.Event().wait()

@@ -2,7 +2,10 @@
 
 In: a `ws://…/ws` URL (or an open session) and a WAV path. Out: a `TurnRecord` (as
 in-process `voice bench`): the turn gap is measured here, on the client — first reply
-audio received minus the time the last voiced sample was sent.
+audio received minus the time the last voiced sample was sent. A worker that drains closes
+the session with 1001 (going away): `spoken_turn` raises `ServerGoingAway` and the caller
+opens a new session (through a balancer, on another worker) and says the turn again;
+`open_session` retries a worker that answers 503 (loading or draining) or drops the handshake.
 """
 from __future__ import annotations
 
@@ -13,24 +16,58 @@ from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from audio.pacing import feed_realtime
 from audio.wavio import float_to_pcm16, read_wav
 from voice.errors import VoiceError
 from voice.turns import TurnRecord
+from web.drain import GOING_AWAY
 
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
+
+
+OPEN_TRIES = 20  # a fleet's balancer needs a health check or two to take a draining worker out
+OPEN_RETRY_DELAY_S = 0.5
 
 
 class ServerError(VoiceError, RuntimeError):
     """The server answered with an `error` event."""
 
 
-async def open_session(url: str, timeout_s: float = 60.0) -> ClientConnection:
-    """Connect and start a session; returns the open websocket after `ready`."""
+class ServerGoingAway(ServerError):
+    """The server closed the session with 1001 (it is draining): open a new session and go on."""
+
+
+def is_going_away(err: BaseException) -> bool:
+    """A socket closed by the server with 1001 (going away)."""
+    return isinstance(err, ConnectionClosed) and err.rcvd is not None and err.rcvd.code == GOING_AWAY
+
+
+async def open_session(url: str, timeout_s: float = 60.0, tries: int = OPEN_TRIES) -> ClientConnection:
+    """Connect and start a session; returns the open websocket after `ready`. A 503 (worker loading
+    or draining), a refused connection or a 1001 before `ready` is retried `tries` times."""
+    for attempt in range(tries):
+        try:
+            return await _start_session(url, timeout_s)
+        except (InvalidHandshake, OSError, ServerGoingAway) as err:
+            if isinstance(err, InvalidStatus) and err.response.status_code != 503:
+                raise ServerError(f"server refused the session: HTTP {err.response.status_code}") from None
+            if attempt == tries - 1:
+                raise ServerError(f"no worker took the session after {tries} tries: {err}") from None
+            await asyncio.sleep(OPEN_RETRY_DELAY_S)
+    raise AssertionError("unreachable")
+
+
+async def _start_session(url: str, timeout_s: float) -> ClientConnection:
     ws = await connect(url, max_size=None)
-    await ws.send(json.dumps(START))
-    ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    try:
+        await ws.send(json.dumps(START))
+        ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    except ConnectionClosed as err:
+        if is_going_away(err):
+            raise ServerGoingAway("the worker went away before the session started") from None
+        raise
     if ready.get("type") != "ready":
         await ws.close()
         raise ServerError(f"server did not start the session: {ready}")
@@ -68,11 +105,22 @@ async def spoken_turn(ws: ClientConnection, path: Path, audio: np.ndarray | None
             return
         await ws.send(float_to_pcm16(frame).tobytes())
 
-    record.speech_end = await feed_realtime(send, read_wav(path) if audio is None else audio, done)
-    if receiver.done() and receiver.exception():
-        raise receiver.exception()
+    try:
+        record.speech_end = await feed_realtime(send, read_wav(path) if audio is None else audio, done)
+    except ConnectionClosed as err:
+        receiver.cancel()
+        raise _closed(err) from None
+    if receiver.done() and (err := receiver.exception()):
+        raise _closed(err) if isinstance(err, ConnectionClosed) else err
     receiver.cancel()
     return record
+
+
+def _closed(err: ConnectionClosed) -> Exception:
+    """A closed socket as the error the caller acts on: `ServerGoingAway` for 1001."""
+    if is_going_away(err):
+        return ServerGoingAway("the worker is draining (1001 going away): open a new session and say the turn again")
+    return err
 
 
 async def run_server_turn(url: str, path: Path) -> TurnRecord:

@@ -67,3 +67,50 @@ def test_talk_writes_the_voices_own_rate(stack, question_wav, tmp_path, monkeypa
     assert asyncio.run(talk(load_config(), input_wav=str(question_wav), output_wav=str(out))) == 0
     with wave.open(str(out)) as w:
         assert w.getframerate() == 16000 and w.getnframes() > 16000 * 0.5
+
+
+def test_talk_through_a_server_reconnects_when_the_worker_goes_away(tmp_path, capsys):
+    """`voice talk --server`: the first worker closes with 1001 mid-stream (it drains); talk opens a new
+    session and the second worker answers. A scripted server: no models."""
+    import json
+
+    from websockets.asyncio.server import serve
+
+    from audio.wavio import write_wav
+    from commands.talk import talk_remote
+
+    sessions = []
+    metrics = {"turn_gap_ms": 512.0, "asr_final_ms": 100.0, "first_span_ms": 300.0, "interrupted": False,
+               "shortened": False}
+
+    async def handler(ws):
+        assert json.loads(await ws.recv())["type"] == "start"
+        sessions.append(ws)
+        await ws.send(json.dumps({"type": "ready", "session": f"s{len(sessions)}", "output_sample_rate": 16000}))
+        for _ in range(10):  # audio frames
+            assert isinstance(await ws.recv(), bytes)
+        if len(sessions) == 1:
+            await ws.close(1001, "going away")
+            return
+        for msg in ({"type": "transcript", "final": True, "text": "What is the capital of France?"},
+                    {"type": "reply", "text": "Paris."}, {"type": "audio_start", "sample_rate": 16000}):
+            await ws.send(json.dumps(msg))
+        await ws.send(np.zeros(1600, "<i2").tobytes())
+        await ws.send(json.dumps({"type": "turn_end", "metrics": metrics, "transcript": "", "reply": "Paris."}))
+        async for _ in ws:  # the client closes once its WAV is fed and answered
+            pass
+
+    wav, reply = tmp_path / "q.wav", tmp_path / "reply.wav"
+    write_wav(wav, 0.1 * np.sin(np.arange(8000) / 5.0).astype(np.float32), 16000)
+
+    async def main():
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            return await asyncio.wait_for(talk_remote(f"ws://127.0.0.1:{port}/ws", input_wav=str(wav),
+                                                      output_wav=str(reply)), 60)
+
+    assert asyncio.run(main()) == 0
+    out = capsys.readouterr().out
+    assert len(sessions) == 2 and "draining — reconnecting" in out
+    assert "you:       What is the capital of France?" in out and "Paris." in out and "[turn gap 512.0 ms" in out
+    assert reply.stat().st_size > 3000

@@ -15,6 +15,7 @@ const log = new ConversationLog($('log'), stats);
 let ws = null, audioCtx = null, micStream = null, micNode = null, talking = false;
 let reconnectDelay = 500, outRate = 22050, nextPlayTime = 0, sources = new Set();
 let typedQueue = [], muteReply = false, turnOver = true, sessions = 0;
+const GOING_AWAY = 1001;  // the server drains: reconnect now (see PROTOCOL.md)
 const JITTER_S = 0.06;  // small playback buffer against network jitter
 const INTERRUPTED_SHOW_MS = 1500;  // how long "Interrupted" stays up before "Listening"
 
@@ -31,9 +32,18 @@ function connect() {
     ws.send(JSON.stringify({ type: 'start', sample_rate: 16000, format: 'pcm_s16le', channels: 1 }));
   };
   ws.onmessage = (ev) => (typeof ev.data === 'string' ? onEvent(JSON.parse(ev.data)) : onAudio(ev.data));
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
+    const hadSession = stats.ready;
     stats.connected = stats.ready = false;
     $('talk').disabled = $('interrupt').disabled = true;
+    if (ev.code === GOING_AWAY && hadSession) {  // a refused handshake backs off as below
+      // the worker drains (restart, scale-down): it closed at a turn boundary, so the reply already
+      // received keeps playing; reconnect at once — through the balancer, to another worker
+      stats.goingAway = (stats.goingAway || 0) + 1;
+      setStatus('The server is moving this conversation — reconnecting…', 'live');
+      setTimeout(connect, 0);
+      return;
+    }
     flushPlayback();
     state.set(restState());
     setStatus(`Connection lost — reconnecting in ${(reconnectDelay / 1000).toFixed(1)} s…`, 'error');
