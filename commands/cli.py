@@ -24,9 +24,10 @@ class UsageError(VoiceError, ValueError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What becomes a one-line error: user-facing errors only (a FileNotFoundError from a bug keeps
     its traceback; files the user names are checked where they are opened)."""
+    from commands.fleet import FleetError
     from commands.talk import DeviceError
 
-    return (*USER_ERRORS, DeviceError)
+    return (*USER_ERRORS, DeviceError, FleetError)
 
 
 def cmd_models(args: argparse.Namespace, cfg: Config) -> None:
@@ -80,17 +81,16 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice decode-bench: speculative decoding against plain greedy and baselines."""
-    from commands.decode_bench import print_table, run_decode_bench
+    from commands.decode_bench import bench_from_args, print_table
 
-    report = run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter,
-                              progress=not args.json, batch=args.batch, batch_only=args.batch_only,
-                              conversation=args.conversation)
+    report = bench_from_args(args, cfg)  # --synthetic: random weights of a real config, an oracle drafter
     print(json.dumps(report, indent=2) if args.json else print_table(report))
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
-    """voice serve: the voice page and websocket on one port."""
+    """voice serve: the voice page and websocket on one port (bound first; /healthz is 503 while loading)."""
     import asyncio
+    import errno
 
     from voice.stack import load_stack
     from web.server import run_server
@@ -99,25 +99,52 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
     port = cfg.server.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0–65535, got {port}")
-    print("loading models…", flush=True)
-    stack = load_stack(cfg)
+
+    def listening(url: str) -> None:
+        print(f"listening on {url} — loading models…", flush=True)
 
     def ready(url: str) -> None:
         print(f"voice assistant ready: open {url}  (websocket: {url.replace('http', 'ws', 1)}ws)", flush=True)
 
     try:
-        asyncio.run(run_server(stack, cfg, host, port, ready))
+        asyncio.run(run_server(cfg, host, port, lambda: load_stack(cfg), ready, listening))
     except OSError as err:
+        if err.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise  # not the bind: loading failed
         raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
     print("server stopped", flush=True)
 
 
+def cmd_fleet(args: argparse.Namespace, cfg: Config) -> None:
+    """voice fleet: N local workers behind HAProxy (leastconn, /healthz checks), drained on Ctrl-C."""
+    from commands.fleet import Fleet, render_config, run_fleet
+
+    if args.workers < 1 or not 0 <= args.port <= 65535 or not 0 <= args.first_worker_port <= 65535 - args.workers:
+        raise UsageError("--workers must be at least 1 and --port / --first-worker-port valid ports")
+    if args.check_ms < 100:
+        raise UsageError(f"--check-ms must be at least 100, got {args.check_ms}")
+    passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
+    fleet = Fleet(args.workers, args.port, args.first_worker_port, args.check_ms, cfg.server.max_sessions,
+                  tuple(passed))
+    if args.print_config:
+        ports = [args.first_worker_port + i for i in range(args.workers)]
+        print(render_config(args.port, ports, args.check_ms, cfg.server.max_sessions), end="")
+        return
+    run_fleet(fleet)
+
+
 def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
-    """voice talk: the pipeline on the local microphone and speaker."""
+    """voice talk: the pipeline on the local microphone and speaker (or through `--server`)."""
     import asyncio
 
-    from commands.talk import talk
+    from commands.talk import talk, talk_remote
 
+    if args.server:
+        if not args.server.startswith(("ws://", "wss://")):
+            raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+        asyncio.run(talk_remote(args.server, _device(args.input_device), _device(args.output_device),
+                                args.input_wav, args.output_wav))
+        return
     asyncio.run(talk(cfg, _device(args.input_device), _device(args.output_device), args.input_wav,
                      args.output_wav, args.barge_in))
 
@@ -287,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default server.port, 8765; 0 = any free)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("fleet", parents=[common], help="N local workers behind HAProxy (try a fleet)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--port", type=int, default=8765, help="the balancer's port (default 8765)")
+    p.add_argument("--first-worker-port", type=int, default=8801,
+                   help="workers listen on consecutive ports from here (default 8801; 0 = any free)")
+    p.add_argument("--check-ms", type=int, default=1000, help="health check interval (default 1000 ms)")
+    p.add_argument("--print-config", action="store_true", help="print the rendered haproxy.cfg and exit")
+    p.set_defaults(func=cmd_fleet)
+
     p = sub.add_parser("talk", parents=[common], help="talk through the local microphone and speaker")
     p.add_argument("--input-device", help="input device index or name (see `voice devices`)")
     p.add_argument("--output-device", help="output device index or name")
@@ -294,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-wav", metavar="FILE", help="write the reply audio here instead of playing it")
     p.add_argument("--barge-in", action="store_true",
                    help="let speech interrupt replies (use headphones: no echo cancellation here)")
+    p.add_argument("--server", metavar="WS_URL", help="talk through a running server or fleet (ws://…/ws) instead "
+                   "of loading the models here; reconnects when a worker drains (1001)")
     p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("devices", parents=[common], help="list audio devices")
@@ -362,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-only", action="store_true", help="with --batch: skip the fixed/adaptive/hf modes")
     p.add_argument("--conversation", action="store_true",
                    help="the bundled held-out multi-turn conversations instead of single questions")
+    p.add_argument("--synthetic", metavar="CONFIG", help="random weights of a real config (llama-3.2-1b or a config"
+                   ".json) and an oracle drafter: the report says acceptance: synthetic")
+    p.add_argument("--oracle-accept", metavar="A1,A2,…", help="with --synthetic: acceptance per draft position, "
+                   "the earlier accepted; the last repeats (default 0.8,0.7,0.6,0.5)")
+    p.add_argument("--prompt-tokens", type=int, help="with --synthetic: tokens per random prompt (default 64)")
     p.set_defaults(func=cmd_decode_bench)
     return parser
 
