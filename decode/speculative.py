@@ -116,14 +116,16 @@ class SpeculativeDecoder:
         """The tokens whose KV the target holds (a scheduler picks the slot sharing most of a prompt)."""
         return self._cached
 
-    def plan_prefill(self, want: list[int], drafter: Drafter | None = None, need_last: bool = False) -> list[int]:
+    def plan_prefill(self, want: list[int], drafter: Drafter | None = None,
+                     refeed_from: int | None = None) -> list[int]:
         """Roll the cache back to its common prefix with `want`; return the tokens still to feed.
 
-        `need_last`: the last token of `want` is fed again even if cached (its logits are wanted).
+        `refeed_from`: tokens of `want` from this position on are fed again even if cached (their
+        logits are wanted).
         """
         keep = common_prefix_len(self._cached, want)
-        if need_last:
-            keep = min(keep, len(want) - 1)
+        if refeed_from is not None:
+            keep = min(keep, refeed_from)
         elif keep == len(want) == len(self._cached):
             return []
         elif keep == len(want) and keep > 0:
@@ -199,34 +201,47 @@ class Job(Protocol):
 
 class PrefillJob:
     """Bring a sequence's cache to `ids` (in chunks of at most `max_tokens`); with `token_ids`,
-    also P(next token in token_ids | ids)."""
+    also p = P(next token in token_ids | ids[:score_at + 1]), by default after all of `ids`.
+
+    A `score_at` inside `ids` reads p from that row of the same forward: a prompt that goes on
+    past the scored words (the reply's, after its end-of-turn score) costs no second prefill.
+    """
 
     def __init__(self, dec: SpeculativeDecoder, ids: list[int], drafter: Drafter | None = None,
-                 token_ids: list[int] | None = None) -> None:
+                 token_ids: list[int] | None = None, score_at: int | None = None) -> None:
         self.dec, self.drafter, self.token_ids = dec, drafter, token_ids
-        self.pending = dec.plan_prefill(ids, drafter, need_last=token_ids is not None)
+        self.score_at = len(ids) - 1 if score_at is None else score_at
+        if token_ids is not None and not 0 <= self.score_at < len(ids):
+            raise ValueError(f"score_at {score_at} is outside the {len(ids)} ids")
+        self.pending = dec.plan_prefill(ids, drafter, refeed_from=self.score_at if token_ids is not None else None)
         self.done = not self.pending
-        self.last_only = True
         self.prob = 0.0
         self.seconds = 0.0
+        self._start = len(ids) - len(self.pending)  # the position of pending[0]
         self._fed: list[int] = []
 
     @property
     def prefilling(self) -> bool:
         return not self.done
 
+    @property
+    def last_only(self) -> bool:
+        """Only the last row's logits are needed, unless the scored row is in this feed."""
+        return self.token_ids is None or not self._start <= self.score_at < self._start + len(self._fed)
+
     def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:
         self._fed = self.pending[:max_tokens] if max_tokens else list(self.pending)
         return self._fed
 
     def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
+        if not self.last_only:
+            logits = out.logits[self.score_at - self._start]
+            self.prob = float(torch.softmax(logits.float(), dim=-1)[list(self.token_ids)].sum())
         self.dec.took_prefill(self._fed, out, self.drafter)
         del self.pending[:len(self._fed)]
+        self._start += len(self._fed)
         self.seconds += seconds
-        if not self.pending:
-            self.done = True
-            if self.token_ids is not None:
-                self.prob = float(torch.softmax(out.logits[-1].float(), dim=-1)[list(self.token_ids)].sum())
+        self.done = not self.pending
 
     def drain(self) -> list[Span]:
         return []

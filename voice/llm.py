@@ -298,13 +298,21 @@ class ReplyModel:
         '?' or '.' and the model believes it): p = P(end-of-user token) + P('.', '?', '!', …)
         after the words, from the target's softmax at that position. Measured on piper speech
         (tests/data/eot): AUC 0.96-0.99 complete vs cut mid-sentence, against 0.62-0.85 for the
-        end token after whisper's punctuated text. The prefill it needs is the reply's own.
+        end token after whisper's punctuated text. The prefill it needs is the reply's own: when
+        the reply's prompt (punctuation kept, then the assistant's header) extends the scored
+        words, one prefill of that prompt reads p at the words' last row, and a reply to these
+        words then starts decoding at once.
         """
         words = messages[-1]["content"].rstrip().rstrip(CLOSING_CHARS).rstrip()
         ids = self.chat_ids(messages[:-1] + [{"role": "user", "content": words or "."}])
         end = max(i for i, tok in enumerate(ids) if tok == self.end_of_user_id)
-        words = ids[:end]
-        ticket = self.scheduler.submit(lambda dec: PrefillJob(dec, words, token_ids=self.turn_end_ids), words)
+        reply = self.chat_ids(messages)
+        if len(reply) > end + 1 and reply[:end] == ids[:end]:
+            prefill = reply[:-1]  # the reply's own prefill (`ReplyJob` feeds the last token itself)
+        else:  # a tokenization that merges the words with what follows: score the words alone
+            prefill = ids[:end]
+        ticket = self.scheduler.submit(
+            lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids, score_at=end - 1), prefill)
         return ticket.wait().prob
 
     def prefill(self, messages: list[dict[str, str]]) -> None:
