@@ -5,7 +5,8 @@ In: config, prompt count, max new tokens, prompt set (single bundled questions, 
 its prompts: `llm.system_prompt` if set, 1-3 earlier turns, a new question). Out: a
 JSON-able report (keys documented in the decoder issue): per mode tokens/s, ms to the first
 8 tokens, acceptance (overall and per draft position), mean accepted per target forward,
-mean k, and token identity with plain greedy; plus the verify-cost curve.
+mean k, and token identity with plain greedy (per prompt, the first position that differs: in
+bf16 a speculative run may leave greedy, in fp32 it must not); plus the verify-cost curve.
 Runs every mode on the same prompts in one process after a warm-up.
 """
 from __future__ import annotations
@@ -19,16 +20,17 @@ import torch
 from tqdm import tqdm
 
 from commands.bench import machine_info
+from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
 from commands.prompt_sets import bundled_conversations
-from decode.controller import Controller, FixedController
-from decode.drafters import Drafter, NoDrafter
-from decode.speculative import DecodeStats, calibrate_verify_cost
+from decode.controller import FixedController
+from decode.drafters import NoDrafter
+from decode.speculative import calibrate_verify_cost
 from voice.config import Config
+from voice.errors import VoiceError
 from voice.llm import ReplyModel, make_controller
 
 log = logging.getLogger(__name__)
 
-FIXED_KS = (1, 2, 4, 6)
 COST_KS = [0, 1, 2, 3, 4, 6, 8, 12, 16]
 
 
@@ -42,28 +44,6 @@ def bench_prompt_ids(llm: ReplyModel, n_prompts: int, conversation: bool = False
     if conversation:
         return [llm.chat_ids(messages) for messages in bundled_conversations()[:max(1, n_prompts)]]
     return [llm.chat_ids([{"role": "user", "content": t}]) for t in bundled_prompts()[:max(1, n_prompts)]]
-
-
-def _run_ours(llm: ReplyModel, prompts: list[list[int]], drafter: Drafter, controller: Controller) -> dict:
-    outputs, first8, total_s, total = [], [], 0.0, DecodeStats()
-    for ids in prompts:
-        t0 = time.perf_counter()
-        out: list[int] = []
-        t8 = None
-        for span in llm.decoder.generate(ids, llm.settings, drafter=drafter, controller=controller):
-            out.extend(span.token_ids)
-            if t8 is None and len(out) >= 8:
-                t8 = span.t - t0
-        total_s += time.perf_counter() - t0
-        first8.append((t8 if t8 is not None else time.perf_counter() - t0) * 1e3)
-        outputs.append(out)
-        total.add(llm.decoder.stats)
-    return {"tokens_per_s": total.tokens / total_s, "ms_to_first_8_tokens": sum(first8) / len(first8),
-            "acceptance": total.acceptance, "mean_accepted": total.mean_accepted, "mean_k": total.mean_draft_len,
-            "tokens": total.tokens,
-            "acceptance_per_position": [round(a / t, 3) for t, a in zip(total.tried_at, total.accepted_at)],
-            "draft_ms_per_token": total.draft_s * 1e3 / total.drafted if total.drafted else None,
-            "_outputs": outputs}
 
 
 def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
@@ -134,7 +114,7 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
                   decode=replace(cfg.decode, drafter=drafter or cfg.decode.drafter))
     llm = ReplyModel(cfg)
     prompts = bench_prompt_ids(llm, n_prompts, conversation)
-    _run_ours(llm, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
+    run_ours(llm.decoder, llm.settings, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
     costs = calibrate_verify_cost(llm.target, COST_KS, reps=5)
     modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
     if not batch_only:
@@ -151,17 +131,19 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
             use_drafter = NoDrafter() if mode == "greedy" else llm.drafter
             controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(
                 cfg, costs, kind=mode)
-            result = _run_ours(llm, prompts, use_drafter, controller)
+            result = run_ours(llm.decoder, llm.settings, prompts, use_drafter, controller)
         outputs = result.pop("_outputs")
         greedy_out = greedy_out or outputs
-        runs.append({"mode": mode, "k": k, **_rounded(result), "identical": outputs == greedy_out})
+        runs.append({"mode": mode, "k": k, **rounded(result), **against_greedy(outputs, greedy_out)})
     report = {"machine": machine_info(), "target": llm.cfg.models.llm, "drafter": llm.drafter.name,
               "device": cfg.llm.device,
               "linear_layout": getattr(llm.target, "layout", None),
-              "dtype": cfg.llm.dtype, "threads": torch.get_num_threads(), "prompts": len(prompts),
+              "cuda_graphs": bool(getattr(llm.target, "step_graphs", None)),
+              "dtype": cfg.llm.dtype, "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype),
+              "threads": torch.get_num_threads(), "prompts": len(prompts),
               "prompt_set": "conversation" if conversation else "single",
               "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
-              "max_new_tokens": max_new_tokens, "runs": runs, "speedup": _speedups(runs),
+              "max_new_tokens": max_new_tokens, "runs": runs, "speedup": speedups(runs),
               "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()}}
     if batch:
         sizes = [_run_batch(llm, prompts, size, greedy_out)
@@ -172,6 +154,38 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
         report["batch"] = sizes
         report["slots"] = len(llm.scheduler.slots)
     return report
+
+
+class BenchArgsError(VoiceError, ValueError):
+    """decode-bench flags that do not go together, or a bad value."""
+
+
+def parse_probabilities(text: str) -> list[float]:
+    """`0.8,0.7` -> [0.8, 0.7], each in [0, 1]."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise BenchArgsError(f"--oracle-accept: expected comma-separated probabilities in [0, 1], got {text!r}")
+    return values
+
+
+def bench_from_args(args, cfg: Config) -> dict:
+    """The report `voice decode-bench` asked for: the real target's, or with --synthetic CONFIG the random one's."""
+    if args.synthetic:
+        from commands.decode_bench_synthetic import ORACLE_ACCEPT, PROMPT_TOKENS, run_synthetic_bench
+
+        if args.drafter or args.batch or args.conversation:
+            raise BenchArgsError("--synthetic drafts with an oracle on random prompts: drop --drafter, --batch "
+                                 "and --conversation")
+        accept = parse_probabilities(args.oracle_accept) if args.oracle_accept else ORACLE_ACCEPT
+        return run_synthetic_bench(cfg, args.synthetic, accept, args.prompts, args.max_new_tokens,
+                                   args.prompt_tokens or PROMPT_TOKENS, progress=not args.json)
+    if args.oracle_accept or args.prompt_tokens:
+        raise BenchArgsError("--oracle-accept and --prompt-tokens go with --synthetic CONFIG")
+    return run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter, progress=not args.json,
+                            batch=args.batch, batch_only=args.batch_only, conversation=args.conversation)
 
 
 def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
@@ -186,23 +200,6 @@ def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
     return None
 
 
-def _rounded(result: dict) -> dict:
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
-
-
-def _speedups(runs: list[dict]) -> dict:
-    by_mode = {r["mode"]: r for r in runs}
-    if "adaptive" not in by_mode:
-        return {}
-    ours = by_mode["adaptive"]["tokens_per_s"]
-    best_fixed = max(r["tokens_per_s"] for r in runs if r["mode"] == "fixed")
-    out = {"adaptive_vs_greedy": ours / by_mode["greedy"]["tokens_per_s"],
-           "adaptive_vs_best_fixed": ours / best_fixed}
-    if "hf_assisted" in by_mode:
-        out["adaptive_vs_hf_assisted"] = ours / by_mode["hf_assisted"]["tokens_per_s"]
-    return {k: round(v, 3) for k, v in out.items()}
-
-
 def print_table(report: dict) -> str:
     """A readable table of the report."""
     lines = [f"target={report['target']} drafter={report['drafter']} device={report['device']} "
@@ -210,13 +207,15 @@ def print_table(report: dict) -> str:
              f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']} "
              f"linear_layout={report.get('linear_layout')} cpu={report.get('machine', {}).get('cpu')}",
              f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
-             f"{'mean k':>6s} identical"]
+             f"{'mean k':>6s} identical (diverged prompts)"]
     for r in report["runs"]:
         def f(key: str, spec: str, r: dict = r) -> str:
             return "-" if r.get(key) is None else format(r[key], spec)
         lines.append(f"{r['mode']:12s} {'-' if r['k'] is None else r['k']:>3} {f('tokens_per_s', '7.1f')} "
                      f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "
-                     f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']}")
+                     f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']} "
+                     f"({r.get('diverged_prompts', 0)}/{report['prompts']})")
+    lines += divergence_lines(report)
     lines.append("speedup: " + ", ".join(f"{k}={v}" for k, v in report["speedup"].items()))
     for row in report.get("batch", []):
         lines.append(f"batch {row['size']}: {row['tokens_per_s']:.1f} tok/s aggregate "
@@ -224,4 +223,27 @@ def print_table(report: dict) -> str:
                      f"identical={row['identical']}")
     lines.append("verify cost ms (k draft + 1): " + ", ".join(
         f"k={k}: {v}" for k, v in report["verify_cost_ms"].items()))
+    if report.get("acceptance") == "synthetic":
+        r = report
+        lines.append(f"SYNTHETIC acceptance: an oracle right at draft position i with probability {r['oracle_accept']} "
+                     f"(expected tokens per step by k: {r['oracle_expected_tokens_per_step']}); "
+                     f"{r['parameters'] / 1e9:.2f}B random parameters; graph capture {r['graph_capture_s']} s; "
+                     f"eager verify ms: {r['step_ms']['eager']}")
     return "\n".join(lines)
+
+
+def divergence_lines(report: dict) -> list[str]:
+    """Per prompt, the token position where each mode first left plain greedy ('-': identical); none
+    when every run is identical. In fp32 any divergence is a bug; in bf16 it is rounding."""
+    runs = [r for r in report["runs"] if r.get("first_divergence") is not None]
+    if all(r["identical"] for r in runs):
+        return []
+    names = [f"{r['mode']}{'' if r['k'] is None else r['k']}" for r in runs]
+    note = ("fp32: must not happen" if report.get("token_identity_guaranteed")
+            else f"{report['dtype']}: no token-identity guarantee")
+    lines = [f"first position that differs from plain greedy ({note}):",
+             "prompt " + " ".join(f"{n:>10s}" for n in names)]
+    for p in range(report["prompts"]):
+        cells = ["-" if r["first_divergence"][p] is None else str(r["first_divergence"][p]) for r in runs]
+        lines.append(f"{p:6d} " + " ".join(f"{c:>10s}" for c in cells))
+    return lines
