@@ -23,6 +23,7 @@ import contextlib
 import torch
 
 from decode.drafters import Draft, pick
+from decode.target import HFTarget
 
 
 @contextlib.contextmanager
@@ -68,7 +69,7 @@ class AssistantDrafter:
 
     def __init__(self, assistant, target, temperature: float = 0.0, top_p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
-        if not getattr(target, "keep_shared_kv", False):
+        if not (isinstance(target, HFTarget) and target.keep_shared_kv):
             raise ValueError("the Gemma 4 assistant needs HFTarget(model, keep_shared_kv=True) over a Gemma 4 target")
         self.assistant, self.target = assistant, target
         self.embed = target.model.get_input_embeddings()  # Gemma scales its embeddings: call the module

@@ -235,7 +235,7 @@ def load_mtp_drafter(path: str, target, temperature: float = 0.0, top_p: float =
                      generator: torch.Generator | None = None) -> MTPDrafter:
     """The MTP drafter at `path` (default: the one shipped for SmolLM2) over `target`'s embedding."""
     path = path or str(DEFAULT_PATH)
-    embed = target.embed if hasattr(target, "embed") else target.model.get_input_embeddings().weight.detach()
+    embed = target.embed
     head = load_mtp(path, device=embed.device)
     if head.cfg.hidden_size != embed.shape[1]:
         raise ValueError(f"MTP drafter at {path} has width {head.cfg.hidden_size}, the target {embed.shape[1]}")

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from decode.controller import interpolate_cost, plan_batch
+from decode.controller import AdaptiveController, interpolate_cost, plan_batch
 from decode.drafters import common_prefix_len
 from decode.spans import Span
 from decode.speculative import Job, SpeculativeDecoder
@@ -253,7 +253,7 @@ class StepScheduler:
 
     def _step(self, running: list[Ticket]) -> None:
         running.sort(key=lambda t: (not t.urgent(), t.order))
-        decoding = [t for t in running if not getattr(t.job, "prefilling", False)]
+        decoding = [t for t in running if not t.job.prefilling]
         ks = self._plan(decoding)
         room = self.step_tokens - sum(k + 1 for k in ks.values())
         alone = len(running) == 1
@@ -305,7 +305,7 @@ class StepScheduler:
         """k per decoding job: its own controller alone, `plan_batch` together."""
         if len(decoding) <= 1:
             return {t: t.job.controller.next_k() for t in decoding}
-        adaptive = [t for t in decoding if hasattr(t.job.controller, "acceptance")]
+        adaptive = [t for t in decoding if isinstance(t.job.controller, AdaptiveController)]
         ks = {t: t.job.controller.next_k() for t in decoding if t not in adaptive}
         if adaptive:
             ctls = [t.job.controller for t in adaptive]

@@ -186,6 +186,7 @@ class Job(Protocol):
     """Work on one sequence, one target forward at a time."""
 
     done: bool
+    prefilling: bool  # it is still bringing the cache to its prompt (its feeds are prefill chunks)
     last_only: bool  # the next feed needs the logits of its last position only (a prefill chunk)
 
     def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:

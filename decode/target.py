@@ -38,6 +38,7 @@ class Target(Protocol):
     vocab_size: int
     feature_layers: tuple[int, ...]
     max_len: int  # positions the cache holds (a reply stops before it would overflow)
+    embed: torch.Tensor  # the input embedding table [vocab, hidden] (drafters that share it read it)
 
     def forward(self, token_ids: list[int]) -> Forward: ...
 
@@ -316,6 +317,11 @@ class HFTarget:
         self.keep_shared_kv = keep_shared_kv
         self.shared_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.shared_kv_end = 0  # the cache length when `shared_kv` was taken (its last row is position end-1)
+
+    @property
+    def embed(self) -> torch.Tensor:
+        """The input embedding table (a Gemma model scales it in its embedding module)."""
+        return self.model.get_input_embeddings().weight.detach()
 
     def _new_cache(self):
         cache = self._cache_cls(config=self.model.config)
