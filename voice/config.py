@@ -47,6 +47,14 @@ class LLMConfig:
     system_prompt: str = ("You are a helpful AI assistant named SmolLM, trained by Hugging Face. "
                           "Answer in one or two short sentences.")
     history_tokens: int = 1024
+    # "local": the embedded decoder; "openai": replies streamed from an OpenAI-compatible server at
+    # base_url (vLLM, SGLang, llama.cpp, Ollama), its API key read from the env var api_key_env.
+    # The end-of-turn score stays on the embedded model either way.
+    backend: str = "local"
+    base_url: str = ""  # e.g. http://127.0.0.1:8080/v1
+    model: str = "default"  # the server's model name
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

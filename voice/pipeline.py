@@ -83,6 +83,7 @@ class VoiceSession:
 
     def __init__(self, stack: Stack, cfg: Config, session_id: str | None = None) -> None:
         self.stack, self.cfg = stack, cfg
+        self.replies = stack.replies(cfg.llm)  # the embedded decoder or a server (`llm.backend`)
         self.id = session_id or f"local{next(_local_ids)}"  # in every log line of this session
         self.events: asyncio.Queue = asyncio.Queue()
         self.vad = SileroVAD()
@@ -335,9 +336,9 @@ class VoiceSession:
         turn.stamp(llm_start=time.perf_counter())
         # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
         # reply far ahead of playback waits for it, leaving the batch and the cores to others
-        ticket = llm.submit_reply(messages, EitherSet(turn.cancel, turn.finish), emit=put, done=lambda _: put(None),
-                                  urgent=lambda: not turn.first_phrase.is_set(),
-                                  paused=lambda: turn.waits(self.cfg.decode.max_ahead_s), ahead=turn.ahead_s)
+        ticket = self.replies.submit_reply(messages, EitherSet(turn.cancel, turn.finish), emit=put,
+                                           done=lambda _: put(None), urgent=lambda: not turn.first_phrase.is_set(),
+                                           paused=lambda: turn.waits(self.cfg.decode.max_ahead_s), ahead=turn.ahead_s)
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
         shaper = turn.shaper

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from voice.asr import WhisperASR
-from voice.config import Config
+from voice.config import Config, ConfigError, LLMConfig
 from voice.llm import ReplyModel
 from voice.models import piper_path, whisper_path
+from voice.remote_llm import RemoteReplies
 from voice.tts import PiperTTS
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,28 @@ class Stack:
     tts: PiperTTS
     asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
     tts_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("tts"))
+    remote: RemoteReplies | None = None  # an OpenAI-compatible server (`llm.base_url`), if configured
+
+    def replies(self, llm: LLMConfig) -> ReplyModel | RemoteReplies:
+        """What writes the replies for sessions configured with `llm` (`llm.backend`)."""
+        if llm.backend == "local":
+            return self.llm
+        if llm.backend != "openai":
+            raise ConfigError(f"llm.backend: expected local or openai, got {llm.backend!r}")
+        if self.remote is None:
+            raise ConfigError("llm.backend=openai needs llm.base_url (the server's /v1 URL) when the models load")
+        return self.remote
+
+
+def remote_replies(cfg: Config, tokenizer) -> RemoteReplies | None:
+    """The OpenAI-compatible backend at `llm.base_url` (None when unset)."""
+    c = cfg.llm
+    if not c.base_url:
+        if c.backend == "openai":
+            raise ConfigError("llm.backend=openai needs llm.base_url, e.g. http://127.0.0.1:8080/v1")
+        return None
+    return RemoteReplies(c.base_url, c.model, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
+                         c.max_new_tokens, c.temperature, c.top_p, c.system_prompt, c.api_key_env, c.timeout_s)
 
 
 def load_stack(cfg: Config) -> Stack:
@@ -95,5 +118,6 @@ def load_stack(cfg: Config) -> Stack:
                      cfg.asr.loop_retry_max_temperature)
     tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
     llm = ReplyModel(cfg)
+    remote = remote_replies(cfg, llm.tokenizer)
     log.info("models loaded in %.1f s", time.perf_counter() - t)
-    return Stack(asr, llm, tts)
+    return Stack(asr, llm, tts, remote=remote)

@@ -90,6 +90,9 @@ class TurnMetrics:
             "endpoint_ms": self._since_speech_end(self.endpoint),
             "asr_final_ms": self._since_speech_end(self.asr_final),
             "llm_start_ms": self._since_speech_end(self.llm_start),
+            # the reply's time to first text (a remote backend's time to first token)
+            "llm_ttft_ms": round((self.first_span - self.llm_start) * 1e3, 1) if self.first_span and self.llm_start
+            else None,
             "first_span_ms": self._since_speech_end(self.first_span),
             "first_audio_ms": self._since_speech_end(self.first_audio),
             "last_audio_ms": self._since_speech_end(self.last_audio),

@@ -1,0 +1,151 @@
+"""Replies from an OpenAI-compatible chat server (`llm.backend = "openai"`).
+
+In: the conversation (chat messages). Out: `Span`s through the same callbacks as the embedded
+decoder's `ReplyModel.submit_reply`, so the reply policy, chunker and TTS are unchanged. The
+server (vLLM, SGLang, llama.cpp, Ollama, a hosted API) batches and speculates on its side;
+this side streams `chat.completions` with the `openai` client (async, one event-loop thread
+for all replies) and closes the HTTP stream when a reply is cancelled (barge-in, a dropped
+prediction, the reply policy's end), so the server stops decoding it. The end-of-turn score
+still comes from the embedded model, which reads the user's words, so turn-taking is the
+same with either backend.
+
+Costs here: one HTTP stream per reply; each streamed delta is tokenized by the embedded
+model's tokenizer (a span's `token_ids` are those local ids: the reply policy's budget is in
+tokens, and the server's own ids are not streamed).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from decode.spans import Span
+from decode.speculative import DecodeStats
+
+log = logging.getLogger(__name__)
+
+CONTINUE_PROMPT = "Please go on."  # a chat API cannot extend an assistant message: "tell me more" asks
+
+
+@dataclass
+class RemoteJob:
+    """What one streamed reply did (the pipeline reads `stats` as it reads a decoder job's)."""
+
+    stats: DecodeStats = field(default_factory=DecodeStats)
+    first_token_s: float | None = None  # time to the first streamed text, from the request
+    finish_reason: str | None = None
+
+
+@dataclass(eq=False)
+class RemoteTicket:
+    """One streamed reply: `job` as it goes, `error` if it failed; `finished` once it ended."""
+
+    job: RemoteJob = field(default_factory=RemoteJob)
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self) -> RemoteJob:
+        """Block until the reply ended; raise what it failed with."""
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
+        return self.job
+
+
+def chat_messages(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
+    """The request's messages: the system prompt first; a conversation ending in the assistant's
+    (shortened) answer gets a user turn asking it to go on."""
+    out = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(messages)
+    if out and out[-1]["role"] == "assistant":
+        out.append({"role": "user", "content": CONTINUE_PROMPT})
+    return out
+
+
+class RemoteReplies:
+    """Streams replies from `base_url` (an OpenAI-compatible `/v1`) on one event-loop thread."""
+
+    def __init__(self, base_url: str, model: str, tokenize: Callable[[str], list[int]], max_new_tokens: int = 96,
+                 temperature: float = 0.0, top_p: float = 1.0, system_prompt: str = "",
+                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 30.0, client: Any = None) -> None:
+        if client is None:
+            from openai import AsyncOpenAI
+
+            # local servers take any key; a hosted API reads it from the environment, never the config
+            client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "none",
+                                 timeout=timeout_s, max_retries=0)
+        self.client, self.model, self.tokenize = client, model, tokenize
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.system_prompt = system_prompt
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="remote-replies", daemon=True).start()
+
+    def submit_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None,
+                     emit: Callable[[Span], None], done: Callable[[RemoteTicket], None],
+                     **_scheduling: Any) -> RemoteTicket:
+        """Start streaming the reply: spans go to `emit` (from the backend's thread), then `done`.
+        The embedded scheduler's priority callbacks (`urgent`, `paused`, `ahead`) do not apply:
+        the server schedules its own batch."""
+        ticket = RemoteTicket()
+        cancelled = cancel.is_set if cancel is not None else lambda: False
+        asyncio.run_coroutine_threadsafe(self._reply(ticket, messages, cancelled, emit, done), self._loop)
+        return ticket
+
+    async def _reply(self, ticket: RemoteTicket, messages: list[dict[str, str]], cancelled: Callable[[], bool],
+                     emit: Callable[[Span], None], done: Callable[[RemoteTicket], None]) -> None:
+        job = ticket.job
+        # a cancel ends the request even while the server sends nothing (a long prefill): the
+        # connection closes, and the server stops decoding the reply
+        watcher = asyncio.ensure_future(_cancel_on(cancelled, asyncio.current_task()))
+        try:
+            await self._stream(job, messages, emit)
+        except asyncio.CancelledError:
+            job.stats.cancelled = True
+        except Exception as err:  # the pipeline reports it for this turn; the session keeps serving
+            log.warning("remote reply failed: %s: %s", type(err).__name__, err)
+            ticket.error = err
+        finally:
+            watcher.cancel()
+            if ticket.error is None:
+                emit(Span((), "", 0, 0, time.perf_counter(), final=True))
+            ticket.finished.set()
+            done(ticket)
+
+    async def _stream(self, job: RemoteJob, messages: list[dict[str, str]], emit: Callable[[Span], None]) -> None:
+        start = time.perf_counter()
+        stream = await self.client.chat.completions.create(
+            model=self.model, messages=chat_messages(messages, self.system_prompt), stream=True,
+            max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+        try:
+            async for chunk in stream:
+                self._take(job, chunk, start, emit)
+        finally:
+            await stream.close()
+        if job.finish_reason == "length":  # the server stopped at our cap
+            job.stats.tokens = max(job.stats.tokens, self.max_new_tokens)
+
+    def _take(self, job: RemoteJob, chunk: Any, start: float, emit: Callable[[Span], None]) -> None:
+        if not chunk.choices:
+            return
+        choice = chunk.choices[0]
+        job.finish_reason = choice.finish_reason or job.finish_reason
+        text = choice.delta.content if choice.delta is not None else None
+        if not text:
+            return
+        now = time.perf_counter()
+        if job.first_token_s is None:
+            job.first_token_s = now - start
+        ids = tuple(self.tokenize(text))
+        job.stats.tokens += len(ids)
+        job.stats.steps += 1
+        emit(Span(ids, text, 0, 0, now))
+
+
+async def _cancel_on(cancelled: Callable[[], bool], task: asyncio.Task, poll_s: float = 0.05) -> None:
+    """Cancel `task` once `cancelled()` (polled every `poll_s`)."""
+    while not cancelled():
+        await asyncio.sleep(poll_s)
+    task.cancel()
