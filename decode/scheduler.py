@@ -249,7 +249,7 @@ class StepScheduler:
     def _reset_slot(self, slot: int) -> None:
         dec = self.slots[slot]
         dec.target.reset()
-        dec._cached, dec._hidden = [], None
+        dec.forget()
 
     def _step(self, running: list[Ticket]) -> None:
         running.sort(key=lambda t: (not t.urgent(), t.order))

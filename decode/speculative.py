@@ -109,6 +109,7 @@ class SpeculativeDecoder:
         self.generator = torch.Generator().manual_seed(seed)
         self._cached: list[int] = []  # tokens whose KV is in the target cache
         self._hidden: torch.Tensor | None = None  # hidden state at the last cached position
+        self._next_logits: torch.Tensor | None = None  # the target's logits there, when a prefill kept them
         self.stats = DecodeStats()
 
     @property
@@ -133,14 +134,25 @@ class SpeculativeDecoder:
         if keep < len(self._cached):
             self.target.rollback(keep)
             del self._cached[keep:]
-            self._hidden = None
+            self._hidden = self._next_logits = None
         return list(want[keep:])
 
-    def took_prefill(self, tokens: list[int], out: Forward, drafter: Drafter | None = None) -> None:
-        """The target now caches `tokens` after the cached ones; `out` is its forward over them."""
+    def took_prefill(self, tokens: list[int], out: Forward, drafter: Drafter | None = None,
+                     keep_logits: bool = False) -> None:
+        """The target now caches `tokens` after the cached ones; `out` is its forward over them.
+        `keep_logits`: remember its last row's logits (what follows the cached tokens)."""
         observe(drafter or self.drafter, len(self._cached), out.hidden)
         self._cached.extend(tokens)
         self._hidden = out.hidden[-1]
+        self._next_logits = out.logits[-1] if keep_logits else None
+
+    def forget(self) -> None:
+        """Drop the whole cached context (the target's cache is reset by the caller)."""
+        self._cached, self._hidden, self._next_logits = [], None, None
+
+    def primed_for(self, prompt_ids: list[int]) -> torch.Tensor | None:
+        """The logits after `prompt_ids` if the cache holds exactly them and a prefill kept its logits."""
+        return self._next_logits if self._next_logits is not None and self._cached == list(prompt_ids) else None
 
     def run(self, job: Job) -> Iterator[Span]:
         """Drive one job alone: feed, forward, take, until it is done; yield its spans as they come."""
@@ -209,12 +221,15 @@ class PrefillJob:
     """
 
     def __init__(self, dec: SpeculativeDecoder, ids: list[int], drafter: Drafter | None = None,
-                 token_ids: list[int] | None = None, score_at: int | None = None) -> None:
-        self.dec, self.drafter, self.token_ids = dec, drafter, token_ids
+                 token_ids: list[int] | None = None, score_at: int | None = None, keep_logits: bool = False) -> None:
+        """`keep_logits`: the decoder keeps the last row's logits, so a reply to exactly `ids`
+        takes its first token from them instead of a forward (`ReplyJob`)."""
+        self.dec, self.drafter, self.token_ids, self.keep_logits = dec, drafter, token_ids, keep_logits
         self.score_at = len(ids) - 1 if score_at is None else score_at
         if token_ids is not None and not 0 <= self.score_at < len(ids):
             raise ValueError(f"score_at {score_at} is outside the {len(ids)} ids")
-        self.pending = dec.plan_prefill(ids, drafter, refeed_from=self.score_at if token_ids is not None else None)
+        refeed = self.score_at if token_ids is not None else len(ids) - 1 if keep_logits and ids else None
+        self.pending = dec.plan_prefill(ids, drafter, refeed_from=refeed)
         self.done = not self.pending
         self.prob = 0.0
         self.seconds = 0.0
@@ -238,7 +253,8 @@ class PrefillJob:
         if not self.last_only:
             logits = out.logits[self.score_at - self._start]
             self.prob = float(torch.softmax(logits.float(), dim=-1)[list(self.token_ids)].sum())
-        self.dec.took_prefill(self._fed, out, self.drafter)
+        last = len(self._fed) == len(self.pending)
+        self.dec.took_prefill(self._fed, out, self.drafter, keep_logits=self.keep_logits and last)
         del self.pending[:len(self._fed)]
         self._start += len(self._fed)
         self.seconds += seconds
@@ -252,7 +268,10 @@ class ReplyJob:
     """One reply: prefill the prompt (chunked when a scheduler asks), then draft, verify, accept.
 
     Each step forwards `[last_token] + draft` (k + 1 tokens); after a partial acceptance the
-    cache is rolled back to the accepted length.
+    cache is rolled back to the accepted length. A prompt whose prefill kept its logits (the
+    end-of-turn score's, `PrefillJob(keep_logits=True)`) is primed: its first token is chosen
+    from them (greedy, or sampled as a k = 0 step would), so the first step already verifies a
+    draft of the second — one target forward less before the first words.
     """
 
     def __init__(self, dec: SpeculativeDecoder, prompt_ids: list[int], settings: GenerationSettings,
@@ -262,7 +281,8 @@ class ReplyJob:
         self.drafter = drafter or dec.drafter
         self.controller = controller or dec.controller
         self.stats = DecodeStats()
-        self.prefill = PrefillJob(dec, prompt_ids[:-1], self.drafter)
+        self._primed = dec.primed_for(prompt_ids)
+        self.prefill = None if self._primed is not None else PrefillJob(dec, prompt_ids[:-1], self.drafter)
         self.ids = list(prompt_ids)
         self.detok = StableDetokenizer(dec.tokenizer)
         self.room = dec.target.max_len
@@ -274,7 +294,7 @@ class ReplyJob:
 
     @property
     def prefilling(self) -> bool:
-        return not self.prefill.done
+        return self.prefill is not None and not self.prefill.done
 
     @property
     def last_only(self) -> bool:
@@ -287,6 +307,11 @@ class ReplyJob:
             return []
         if self.prefilling:
             return self.prefill.feed(max_tokens=max_tokens)
+        if self._primed is not None:
+            self._take_primed(self._primed)
+            self._primed = None
+            if self.done:
+                return []
         budget = self.settings.max_new_tokens - self.stats.tokens
         k = self.controller.next_k() if k is None else k
         k = max(0, min(k, budget - 1, self.room - len(self.ids) - 1))
@@ -295,6 +320,17 @@ class ReplyJob:
         self._tokens = self._draft.tokens[:k] if self._draft else []
         self._draft_s = time.perf_counter() - t
         return [self.ids[-1]] + self._tokens
+
+    def _take_primed(self, logits: torch.Tensor) -> None:
+        """The first token from the primed logits; the cache holds the prompt, `ids` gains it."""
+        settings = self.settings
+        if settings.temperature > 0:
+            p = probs_from_logits(logits[None], settings.temperature, settings.top_p)[0]
+            token = int(torch.multinomial(p, 1, generator=self.dec.generator))
+        else:
+            token = int(logits.argmax())
+        self.dec._next_logits = None  # used: the next forward extends the cache
+        self._emit([token], 0, 0)
 
     def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
         if self.prefilling:
@@ -312,28 +348,33 @@ class ReplyJob:
         ids = self.ids
         dec.target.rollback(len(ids) + n)
         dec._cached = ids + tokens[:n]
-        dec._hidden = out.hidden[n]
+        dec._hidden, dec._next_logits = out.hidden[n], None
         observe(self.drafter, len(ids) - 1, out.hidden[:n + 1])
         self.controller.update(StepStats(len(tokens), n, self._draft_s, None if shared else seconds))
+        st = self.stats
+        st.steps += 1
+        st.record(len(tokens), n)
+        st.draft_s += self._draft_s
+        st.verify_s += seconds
+        self._emit(accepted.tokens, len(tokens), n)
+
+    def _emit(self, tokens: list[int], draft_len: int, accepted_len: int) -> None:
+        """Append accepted tokens up to the budget and the first EOS; queue their span."""
+        settings = self.settings
         budget = settings.max_new_tokens - self.stats.tokens
-        emitted = accepted.tokens[:budget]
+        emitted = tokens[:budget]
         final = len(emitted) == budget
         for i, tok in enumerate(emitted):
             if tok in settings.eos_ids:
                 emitted, final = emitted[:i], True
                 break
-        ids.extend(emitted)
-        st = self.stats
-        st.steps += 1
-        st.tokens += len(emitted)
-        st.record(len(tokens), n)
-        st.draft_s += self._draft_s
-        st.verify_s += seconds
+        self.ids.extend(emitted)
+        self.stats.tokens += len(emitted)
         text = self.detok.push(emitted)
         if final:
             text += self.detok.flush()
             self.done = True
-        self._out.append(Span(tuple(emitted), text, len(tokens), n, time.perf_counter(), final=final))
+        self._out.append(Span(tuple(emitted), text, draft_len, accepted_len, time.perf_counter(), final=final))
 
     def drain(self) -> list[Span]:
         out, self._out = self._out, []

@@ -300,19 +300,18 @@ class ReplyModel:
         (tests/data/eot): AUC 0.96-0.99 complete vs cut mid-sentence, against 0.62-0.85 for the
         end token after whisper's punctuated text. The prefill it needs is the reply's own: when
         the reply's prompt (punctuation kept, then the assistant's header) extends the scored
-        words, one prefill of that prompt reads p at the words' last row, and a reply to these
-        words then starts decoding at once.
+        words, one prefill of that prompt reads p at the words' last row and keeps the last row's
+        logits, and a reply to these words then takes its first token from them (`ReplyJob`).
         """
         words = messages[-1]["content"].rstrip().rstrip(CLOSING_CHARS).rstrip()
         ids = self.chat_ids(messages[:-1] + [{"role": "user", "content": words or "."}])
         end = max(i for i, tok in enumerate(ids) if tok == self.end_of_user_id)
         reply = self.chat_ids(messages)
-        if len(reply) > end + 1 and reply[:end] == ids[:end]:
-            prefill = reply[:-1]  # the reply's own prefill (`ReplyJob` feeds the last token itself)
-        else:  # a tokenization that merges the words with what follows: score the words alone
-            prefill = ids[:end]
-        ticket = self.scheduler.submit(
-            lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids, score_at=end - 1), prefill)
+        primes = len(reply) > end and reply[:end] == ids[:end]
+        # the reply's whole prompt, its logits kept: a reply to these words takes its first token from them
+        prefill = reply if primes else ids[:end]  # else a tokenization merging the words with what follows
+        ticket = self.scheduler.submit(lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids,
+                                                              score_at=end - 1, keep_logits=primes), prefill)
         return ticket.wait().prob
 
     def prefill(self, messages: list[dict[str, str]]) -> None:

@@ -148,25 +148,41 @@ def test_scores_and_replies_share_steps_and_the_score_is_the_targets():
     assert max(int(size) for size in sched.stats.as_dict()["batch_sizes"]) == 2
 
 
+@pytest.mark.parametrize("drafter,k", [("ngram", 2), ("mtp", 3), ("none", 0)])
 @pytest.mark.parametrize("step_tokens", [16, 3])  # one prefill forward, or chunks around the scored row
-def test_a_score_inside_the_replys_prompt_is_the_targets_and_the_reply_then_decodes_at_once(step_tokens):
-    sched = scheduler(slots=2, step_tokens=step_tokens)
+def test_a_score_inside_the_replys_prompt_is_the_targets_and_primes_the_reply(step_tokens, drafter, k):
+    """The score reads its row of the reply's own prefill; the reply then takes its first token
+    from the kept logits (no prefill, one forward less) and is still plain greedy."""
+    sched = scheduler(drafter=drafter, k=k, slots=2, step_tokens=step_tokens)
     _, other = submit(sched, [3, 4, 5, 6], 10)  # decoding beside it: the prefill is chunked to the room left
     sched.run_step()
     words, reply_prompt = [9, 8, 7, 6, 5], [9, 8, 7, 6, 5, 2, 11, 12]
-    score = sched.submit(lambda dec: PrefillJob(dec, reply_prompt[:-1], token_ids=[4, 2], score_at=len(words) - 1),
-                         reply_prompt[:-1])
+    score = sched.submit(lambda dec: PrefillJob(dec, reply_prompt, token_ids=[4, 2], score_at=len(words) - 1,
+                                                keep_logits=True), reply_prompt)
     run_until_idle(sched)
     with torch.inference_mode():
         want = torch.softmax(TARGET(torch.tensor([words])).logits[0, -1], -1)[[4, 2]].sum().item()
     assert score.wait().prob == pytest.approx(want, rel=1e-4, abs=1e-6)
-    steps = sched.stats.steps
+    fed = sched.stats.tokens_fed
     ticket, out = submit(sched, reply_prompt, 6)
     sched.run_step()
     assert ticket.job is not None and not ticket.job.prefilling  # its prompt was all cached
     run_until_idle(sched)
     assert out == plain_greedy(reply_prompt, 6) and other == plain_greedy([3, 4, 5, 6], 10)
-    assert sched.stats.steps - steps <= 6  # one step per token at most: no prefill step
+    st = ticket.job.stats
+    assert st.tokens == 6 and st.steps <= 5  # the first token came without a forward
+    assert sched.stats.tokens_fed - fed <= st.steps * (k + 1) + 10  # no prefill of its prompt
+
+
+def test_a_primed_reply_to_other_words_prefills_as_usual():
+    sched = scheduler(slots=1)
+    prompt = [9, 8, 7, 6, 5, 2]
+    sched.submit(lambda dec: PrefillJob(dec, prompt, token_ids=[4], keep_logits=True), prompt)
+    run_until_idle(sched)
+    other = [9, 8, 7, 6, 1, 2]  # the words changed after the score
+    _, out = submit(sched, other, 6)
+    run_until_idle(sched)
+    assert out == plain_greedy(other, 6)
 
 
 def test_a_paused_job_waits_and_does_not_stall_others():

@@ -218,3 +218,28 @@ def test_end_of_turn_probability_is_the_targets_and_the_reply_after_it_is_unchan
     reply = prompt + [end_token, 9]
     spans = list(dec.generate(reply, GenerationSettings(max_new_tokens=8)))
     assert [t for s in spans for t in s.token_ids] == plain_greedy(TARGET, reply, 8)
+
+
+def test_a_primed_reply_samples_its_first_token_from_the_targets_distribution():
+    """Sampling: the first token taken from a prefill's kept logits follows softmax(logits / T)."""
+    from scipy.stats import chisquare
+
+    from decode.speculative import PrefillJob
+    from decode.verify import probs_from_logits
+
+    prompt = [5, 9, 2, 7]
+    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(), NoDrafter(), FixedController(0), seed=3)
+    s = GenerationSettings(max_new_tokens=1, temperature=1.5)
+    with torch.inference_mode():
+        p = probs_from_logits(TARGET(torch.tensor([prompt])).logits[0, -1:].float(), 1.5)[0]
+    n, counts = 2000, torch.zeros(len(p))
+    for _ in range(n):
+        for _ in dec.run(PrefillJob(dec, prompt, keep_logits=True)):
+            pass
+        assert dec.primed_for(prompt) is not None
+        (span,) = [sp for sp in dec.generate(prompt, s) if sp.token_ids]
+        counts[span.token_ids[0]] += 1
+    top = torch.argsort(p, descending=True)[:8]  # the likely tokens; the tail is folded into one bin
+    observed = torch.cat([counts[top], (n - counts[top].sum())[None]])
+    expected = torch.cat([p[top], (1 - p[top].sum())[None]]) * n
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01
