@@ -205,3 +205,49 @@ def test_a_session_with_the_openai_backend_speaks_the_servers_reply(stack, serve
     assert end.metrics.as_dict()["llm_ttft_ms"] is not None
     assert history == [("What is the capital of France?", "".join(REPLY))]
     assert server.requests[0]["messages"][-1] == {"role": "user", "content": "What is the capital of France?"}
+
+
+@pytest.mark.slow
+def test_llama_cpp_servers_openai_api_on_the_embedded_gguf_answers_and_a_cancel_stops_it():
+    """A real OpenAI-compatible server: llama-cpp-python's, on the embedded SmolLM2 GGUF."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed "
+                        "(optional: `make llama-server` builds it from source, ~25 min on 2 cores)")
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from voice.models import LLM_GGUF, LLM_PACKAGE, package_dir
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gguf = package_dir(LLM_PACKAGE) / LLM_GGUF
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "llama.cpp server did not start"
+                time.sleep(1)
+        backend = RemoteReplies(url, "smollm2", lambda text: list(text.encode()), max_new_tokens=40,
+                                system_prompt="Answer in one short sentence.", timeout_s=120)
+        ticket, spans = run(backend, [{"role": "user", "content": "What is the capital of France?"}])
+        assert ticket.error is None, ticket.error
+        assert "".join(s.text for s in spans).strip() and ticket.job.first_token_s is not None
+        long = RemoteReplies(url, "smollm2", lambda text: list(text.encode()), max_new_tokens=400, timeout_s=120)
+        cancel, seen = threading.Event(), []
+        ticket, _ = run(long, [{"role": "user", "content": "Count from one to two hundred in words."}], cancel,
+                        on_span=lambda span: (seen.append(span), len(seen) >= 3 and cancel.set()))
+        assert ticket.error is None and ticket.job.stats.cancelled
+        assert ticket.job.finish_reason is None  # it never reached the model's end or the cap
+    finally:
+        proc.terminate()
+        proc.wait(30)
