@@ -90,7 +90,6 @@ def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
     """voice serve: the voice page and websocket on one port (bound first; /healthz is 503 while loading)."""
     import asyncio
-    import errno
 
     from voice.stack import load_stack
     from web.server import run_server
@@ -100,53 +99,19 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0–65535, got {port}")
 
-    def listening(url: str) -> None:
-        print(f"listening on {url} — loading models…", flush=True)
-
     def ready(url: str) -> None:
         print(f"voice assistant ready: open {url}  (websocket: {url.replace('http', 'ws', 1)}ws)", flush=True)
 
-    try:
-        asyncio.run(run_server(cfg, host, port, lambda: load_stack(cfg), ready, listening))
-    except OSError as err:
-        if err.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            raise  # not the bind: loading failed
-        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    asyncio.run(run_server(cfg, host, port, lambda: load_stack(cfg), ready,
+                           lambda url: print(f"listening on {url} — loading models…", flush=True)))
     print("server stopped", flush=True)
-
-
-def cmd_fleet(args: argparse.Namespace, cfg: Config) -> None:
-    """voice fleet: N local workers behind HAProxy (leastconn, /healthz checks), drained on Ctrl-C."""
-    from commands.fleet import Fleet, render_config, run_fleet
-
-    if args.workers < 1 or not 0 <= args.port <= 65535 or not 0 <= args.first_worker_port <= 65535 - args.workers:
-        raise UsageError("--workers must be at least 1 and --port / --first-worker-port valid ports")
-    if args.check_ms < 100:
-        raise UsageError(f"--check-ms must be at least 100, got {args.check_ms}")
-    passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
-    fleet = Fleet(args.workers, args.port, args.first_worker_port, args.check_ms, cfg.server.max_sessions,
-                  tuple(passed))
-    if args.print_config:
-        ports = [args.first_worker_port + i for i in range(args.workers)]
-        print(render_config(args.port, ports, args.check_ms, cfg.server.max_sessions), end="")
-        return
-    run_fleet(fleet)
 
 
 def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
     """voice talk: the pipeline on the local microphone and speaker (or through `--server`)."""
-    import asyncio
+    from commands.talk import talk_command
 
-    from commands.talk import talk, talk_remote
-
-    if args.server:
-        if not args.server.startswith(("ws://", "wss://")):
-            raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
-        asyncio.run(talk_remote(args.server, _device(args.input_device), _device(args.output_device),
-                                args.input_wav, args.output_wav))
-        return
-    asyncio.run(talk(cfg, _device(args.input_device), _device(args.output_device), args.input_wav,
-                     args.output_wav, args.barge_in))
+    talk_command(args, cfg)
 
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
@@ -154,10 +119,6 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
     from commands.talk import list_devices
 
     print(list_devices())
-
-
-def _device(value: str | None):
-    return int(value) if value is not None and value.isdigit() else value
 
 
 def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
@@ -290,6 +251,8 @@ def _replace(cfg: Config, section: str, **values) -> Config:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every built subcommand."""
+    from commands.fleet import add_fleet_parser
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config (default: configs/default.toml)")
     common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -314,14 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default server.port, 8765; 0 = any free)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("fleet", parents=[common], help="N local workers behind HAProxy (try a fleet)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--port", type=int, default=8765, help="the balancer's port (default 8765)")
-    p.add_argument("--first-worker-port", type=int, default=8801,
-                   help="workers listen on consecutive ports from here (default 8801; 0 = any free)")
-    p.add_argument("--check-ms", type=int, default=1000, help="health check interval (default 1000 ms)")
-    p.add_argument("--print-config", action="store_true", help="print the rendered haproxy.cfg and exit")
-    p.set_defaults(func=cmd_fleet)
+    add_fleet_parser(sub, common)
 
     p = sub.add_parser("talk", parents=[common], help="talk through the local microphone and speaker")
     p.add_argument("--input-device", help="input device index or name (see `voice devices`)")

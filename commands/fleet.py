@@ -8,6 +8,7 @@ each: running turns finish) and stops HAProxy. Everything binds 127.0.0.1.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import signal
 import string
@@ -160,3 +161,30 @@ def run_fleet(fleet: Fleet) -> None:
     print("draining the workers…", flush=True)
     fleet.stop()
     print("fleet stopped", flush=True)
+
+
+def add_fleet_parser(sub, common: argparse.ArgumentParser) -> None:
+    """`voice fleet`'s arguments (on the CLI's subparsers)."""
+    p = sub.add_parser("fleet", parents=[common], help="N local workers behind HAProxy (try a fleet)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--port", type=int, default=8765, help="the balancer's port (default 8765)")
+    p.add_argument("--first-worker-port", type=int, default=8801,
+                   help="workers listen on consecutive ports from here (default 8801; 0 = any free)")
+    p.add_argument("--check-ms", type=int, default=1000, help="health check interval (default 1000 ms)")
+    p.add_argument("--print-config", action="store_true", help="print the rendered haproxy.cfg and exit")
+    p.set_defaults(func=fleet_command)
+
+
+def fleet_command(args: argparse.Namespace, cfg) -> None:
+    """voice fleet: N local workers behind HAProxy (leastconn, /healthz checks), drained on Ctrl-C."""
+    if args.workers < 1 or not 0 <= args.port <= 65535 or not 0 <= args.first_worker_port <= 65535 - args.workers:
+        raise FleetError("--workers must be at least 1 and --port / --first-worker-port valid ports")
+    if args.check_ms < 100:
+        raise FleetError(f"--check-ms must be at least 100, got {args.check_ms}")
+    passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
+    if args.print_config:
+        ports = [args.first_worker_port + i for i in range(args.workers)]
+        print(render_config(args.port, ports, args.check_ms, cfg.server.max_sessions), end="")
+        return
+    run_fleet(Fleet(args.workers, args.port, args.first_worker_port, args.check_ms, cfg.server.max_sessions,
+                    tuple(passed)))

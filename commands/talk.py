@@ -198,6 +198,17 @@ async def _listen(sd, session, device) -> None:
             await session.feed_audio(samples, t)
 
 
+def talk_command(args, cfg: Config) -> None:
+    """`voice talk` from parsed CLI arguments: in-process, or through `--server`."""
+    devices = [int(v) if v is not None and v.isdigit() else v for v in (args.input_device, args.output_device)]
+    if not args.server:
+        asyncio.run(talk(cfg, *devices, args.input_wav, args.output_wav, args.barge_in))
+    elif not args.server.startswith(("ws://", "wss://")):
+        raise DeviceError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+    else:
+        asyncio.run(talk_remote(args.server, *devices, args.input_wav, args.output_wav))
+
+
 # ---- `voice talk --server`: the same conversation through a running server or a fleet -----------
 async def talk_remote(url: str, input_device=None, output_device=None, input_wav: str | None = None,
                       output_wav: str | None = None) -> int:

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from voice.config import Config
+from voice.errors import VoiceError
 from voice.models import LLM_DIR, PIPER_VOICE, WHISPER_DIR
 from voice.pipeline import VoiceSession
 from voice.session_events import (
@@ -75,6 +76,10 @@ def event_message(event) -> dict | bytes:
     if msg is None:
         raise TypeError(f"unknown event {event!r}")
     return msg
+
+
+class ListenError(VoiceError, OSError):
+    """The port cannot be bound (in use, not allowed, no such address)."""
 
 
 @dataclass
@@ -333,10 +338,14 @@ class VoiceServer:
                     ready: Callable[[str], None] | None = None,
                     listening: Callable[[str], None] | None = None) -> None:
         """Listen, load the models (`load()` in a thread, if given), then serve until `stopped`."""
-        async with serve(self.handle, host, port, process_request=self.process_request,
-                         max_size=SOCKET_LIMIT_FACTOR * self.cfg.server.max_message_bytes,
-                         ping_interval=self.cfg.server.ping_interval_s,
-                         ping_timeout=self.cfg.server.ping_interval_s) as server:
+        try:
+            server = await serve(self.handle, host, port, process_request=self.process_request,
+                                 max_size=SOCKET_LIMIT_FACTOR * self.cfg.server.max_message_bytes,
+                                 ping_interval=self.cfg.server.ping_interval_s,
+                                 ping_timeout=self.cfg.server.ping_interval_s)
+        except OSError as err:
+            raise ListenError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        async with server:
             url = f"http://{host}:{next(iter(server.sockets)).getsockname()[1]}/"
             if listening:
                 listening(url)
