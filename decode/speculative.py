@@ -231,8 +231,7 @@ class PrefillJob:
         refeed = self.score_at if token_ids is not None else len(ids) - 1 if keep_logits and ids else None
         self.pending = dec.plan_prefill(ids, drafter, refeed_from=refeed)
         self.done = not self.pending
-        self.prob = 0.0
-        self.seconds = 0.0
+        self.prob = self.seconds = 0.0
         self._start = len(ids) - len(self.pending)  # the position of pending[0]
         self._fed: list[int] = []
 
@@ -253,8 +252,8 @@ class PrefillJob:
         if not self.last_only:
             logits = out.logits[self.score_at - self._start]
             self.prob = float(torch.softmax(logits.float(), dim=-1)[list(self.token_ids)].sum())
-        last = len(self._fed) == len(self.pending)
-        self.dec.took_prefill(self._fed, out, self.drafter, keep_logits=self.keep_logits and last)
+        self.dec.took_prefill(self._fed, out, self.drafter,
+                              keep_logits=self.keep_logits and len(self._fed) == len(self.pending))
         del self.pending[:len(self._fed)]
         self._start += len(self._fed)
         self.seconds += seconds
@@ -323,12 +322,9 @@ class ReplyJob:
 
     def _take_primed(self, logits: torch.Tensor) -> None:
         """The first token from the primed logits; the cache holds the prompt, `ids` gains it."""
-        settings = self.settings
-        if settings.temperature > 0:
-            p = probs_from_logits(logits[None], settings.temperature, settings.top_p)[0]
-            token = int(torch.multinomial(p, 1, generator=self.dec.generator))
-        else:
-            token = int(logits.argmax())
+        s = self.settings  # sampled as a k = 0 step samples its token, or greedy
+        token = (int(torch.multinomial(probs_from_logits(logits[None], s.temperature, s.top_p)[0], 1,
+                                       generator=self.dec.generator)) if s.temperature > 0 else int(logits.argmax()))
         self.dec._next_logits = None  # used: the next forward extends the cache
         self._emit([token], 0, 0)
 

@@ -313,7 +313,3 @@ class ReplyModel:
         ticket = self.scheduler.submit(lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids,
                                                               score_at=end - 1, keep_logits=primes), prefill)
         return ticket.wait().prob
-
-    def prefill(self, messages: list[dict[str, str]]) -> None:
-        """Warm the KV cache for a conversation whose last user message may still change."""
-        self.decoder.prefill(self.chat_ids(messages))
