@@ -110,12 +110,13 @@ class StaticLlamaTarget:
         self._k: list[torch.Tensor] = []  # per slot [layers, n_kv, max_len, head_dim], allocated on first use
         self._v: list[torch.Tensor] = []
         self.lengths: list[int] = []
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1).to(self.device)
-        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        # the model's own rotary frequencies: transformers applies the config's rope type (Llama 3's
+        # low-frequency scaling, yarn, …) and its attention scaling; length-dependent types are refused
+        rotary = inner.rotary_emb
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), rotary.inv_freq.detach().float().cpu())
+        emb, scale = torch.cat((freqs, freqs), dim=-1), rotary.attention_scaling
+        self.cos, self.sin = ((emb.cos() * scale).to(self.device, self.dtype),
+                              (emb.sin() * scale).to(self.device, self.dtype))
         self.feature_layers = check_feature_layers(feature_layers, len(self.layers))
         self._ensure_slot(0)
 
@@ -362,8 +363,10 @@ class HFTarget:
 
 def static_supported(cfg) -> bool:
     """Whether `StaticLlamaTarget` implements this architecture exactly."""
+    rope_type = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
     return cfg.model_type in ("llama", "smollm3", "mistral", "qwen2") and not (
-        getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False))
+        getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)) and rope_type not in (
+        "dynamic", "longrope")  # frequencies that change with the sequence length
 
 
 def check_feature_layers(layers: tuple[int, ...], n_layers: int) -> tuple[int, ...]:

@@ -131,6 +131,38 @@ def test_static_target_matches_transformers_logits(weight_major):
     assert torch.allclose(target.forward(ids).logits, ref, atol=1e-4)
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}])
+def test_static_target_applies_the_configs_rope_scaling_as_transformers_does(rope):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rope_parameters=rope)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = list(range(1, 40))
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0]
+        plain = StaticLlamaTarget(tiny_llama_like(model)).forward(ids).logits  # unscaled rope: differs
+    assert torch.allclose(StaticLlamaTarget(model).forward(ids).logits, ref, atol=1e-4)
+    assert not torch.allclose(plain, ref, atol=1e-4)
+
+
+def tiny_llama_like(model):
+    """The same weights with the default rope."""
+    from transformers import LlamaForCausalLM
+
+    cfg = model.config.to_dict()
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    other = LlamaForCausalLM(type(model.config).from_dict(cfg)).eval()
+    other.load_state_dict(model.state_dict(), strict=False)
+    return other
+
+
 def test_project_is_x_times_w_transposed_in_both_layouts():
     torch.manual_seed(0)
     w = torch.randn(40, 16)
