@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VOICE := .venv/bin/voice
 
-.PHONY: setup setup-test setup-fleet prepare serve fleet lint test bench decode-bench
+.PHONY: setup setup-test setup-fleet prepare serve fleet llama-server lint test bench decode-bench
 
 setup:
 	bash scripts/bootstrap
@@ -24,6 +24,14 @@ serve: prepare
 fleet: setup-fleet
 	$(VOICE) models prepare
 	$(VOICE) fleet $(FLEET_ARGS)
+
+# An OpenAI-compatible server on the embedded SmolLM2 GGUF, for llm.backend=openai (README "Deployment"):
+# the first run builds llama-cpp-python from source (~55 min on 2 busy cores; pip caches the wheel)
+LLAMA_PORT ?= 8080
+llama-server: setup
+	$(PY) -m pip install -q "llama-cpp-python[server]==0.3.36"
+	$(PY) -m llama_cpp.server --host 127.0.0.1 --port $(LLAMA_PORT) --n_ctx 4096 --model "$$($(PY) -c \
+	  'from voice.models import LLM_GGUF, LLM_PACKAGE, package_dir; print(package_dir(LLM_PACKAGE) / LLM_GGUF)')"
 
 # ruff's lint rules and the import contracts (layers, no cycles) are in pyproject.toml.
 lint: setup-test

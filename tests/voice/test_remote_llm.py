@@ -211,7 +211,7 @@ def test_a_session_with_the_openai_backend_speaks_the_servers_reply(stack, serve
 def test_llama_cpp_servers_openai_api_on_the_embedded_gguf_answers_and_a_cancel_stops_it():
     """A real OpenAI-compatible server: llama-cpp-python's, on the embedded SmolLM2 GGUF."""
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed "
-                        "(optional: `make llama-server` builds it from source, ~25 min on 2 cores)")
+                        "(optional: `make llama-server` builds it from source, ~55 min on 2 busy cores)")
     import socket
     import subprocess
     import sys
