@@ -22,7 +22,7 @@ from decode.controller import Controller, StepStats
 from decode.drafters import Draft, Drafter, common_prefix_len, observe
 from decode.spans import Span, StableDetokenizer
 from decode.target import Forward, Target
-from decode.verify import greedy_accept, probs_from_logits, sample_accept
+from decode.verify import Accepted, greedy_accept, probs_from_logits, sample_accept
 
 
 @dataclass(frozen=True)
@@ -322,24 +322,24 @@ class ReplyJob:
 
     def _take_primed(self, logits: torch.Tensor) -> None:
         """The first token from the primed logits; the cache holds the prompt, `ids` gains it."""
-        s = self.settings  # sampled as a k = 0 step samples its token, or greedy
-        token = (int(torch.multinomial(probs_from_logits(logits[None], s.temperature, s.top_p)[0], 1,
-                                       generator=self.dec.generator)) if s.temperature > 0 else int(logits.argmax()))
         self.dec._next_logits = None  # used: the next forward extends the cache
-        self._emit([token], 0, 0)
+        self._emit(self._verify([], None, logits[None]).tokens, 0, 0)  # what a k = 0 step does with them
+
+    def _verify(self, tokens: list[int], draft: Draft | None, logits: torch.Tensor) -> Accepted:
+        """Greedy or rejection-sampled acceptance of `tokens` against the target's `logits` [k + 1, V]."""
+        s = self.settings
+        if s.temperature > 0:
+            q = draft.probs[:len(tokens)] if draft and draft.probs is not None else None
+            return sample_accept(tokens, q, probs_from_logits(logits, s.temperature, s.top_p), self.dec.generator)
+        return greedy_accept(tokens, logits)
 
     def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
         if self.prefilling:
             self.prefill.take(out, seconds)
             self.stats.prefill_s += seconds
             return
-        dec, tokens, draft, settings = self.dec, self._tokens, self._draft, self.settings
-        if settings.temperature > 0:
-            p = probs_from_logits(out.logits, settings.temperature, settings.top_p)
-            q = draft.probs[:len(tokens)] if draft and draft.probs is not None else None
-            accepted = sample_accept(tokens, q, p, dec.generator)
-        else:
-            accepted = greedy_accept(tokens, out.logits)
+        dec, tokens = self.dec, self._tokens
+        accepted = self._verify(tokens, self._draft, out.logits)
         n = accepted.accepted_len
         ids = self.ids
         dec.target.rollback(len(ids) + n)
