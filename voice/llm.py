@@ -278,9 +278,13 @@ class ReplyModel:
         content = messages[-1]["content"]
         return list(self.tokenizer(text[:text.rindex(content) + len(content)], add_special_tokens=False)["input_ids"])
 
+    def token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids of a piece of reply text (no special tokens)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
     def count_tokens(self, text: str) -> int:
         """Tokens of a piece of reply text (the spoken reply's length)."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        return len(self.token_ids(text))
 
     def reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
         """Spans of the reply to the conversation; hold `lock` while iterating."""

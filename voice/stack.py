@@ -97,15 +97,16 @@ class Stack:
         return self.remote
 
 
-def remote_replies(cfg: Config, tokenizer) -> RemoteReplies | None:
-    """The OpenAI-compatible backend at `llm.base_url` (None when unset)."""
+def remote_replies(cfg: Config, tokenize: Callable[[str], list[int]]) -> RemoteReplies | None:
+    """The OpenAI-compatible backend at `llm.base_url` (None when unset); `tokenize`: the embedded
+    model's (`ReplyModel.token_ids`), which counts the streamed text's tokens."""
     c = cfg.llm
     if not c.base_url:
         if c.backend == "openai":
             raise ConfigError("llm.backend=openai needs llm.base_url, e.g. http://127.0.0.1:8080/v1")
         return None
-    return RemoteReplies(c.base_url, c.model, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
-                         c.max_new_tokens, c.temperature, c.top_p, c.system_prompt, c.api_key_env, c.timeout_s)
+    return RemoteReplies(c.base_url, c.model, tokenize, c.max_new_tokens, c.temperature, c.top_p,
+                         c.system_prompt, c.api_key_env, c.timeout_s)
 
 
 def load_stack(cfg: Config) -> Stack:
@@ -118,6 +119,6 @@ def load_stack(cfg: Config) -> Stack:
                      cfg.asr.loop_retry_max_temperature)
     tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
     llm = ReplyModel(cfg)
-    remote = remote_replies(cfg, llm.tokenizer)
+    remote = remote_replies(cfg, llm.token_ids)
     log.info("models loaded in %.1f s", time.perf_counter() - t)
     return Stack(asr, llm, tts, remote=remote)

@@ -165,7 +165,7 @@ def test_the_backend_is_chosen_by_config_and_misconfiguration_is_a_clear_error(s
 def test_remote_replies_are_built_from_config_only_when_a_url_is_set():
     from voice.config import Config
 
-    tok = lambda text, add_special_tokens=False: {"input_ids": [1, 2]}  # noqa: E731
+    tok = lambda text: [1, 2]  # noqa: E731
     assert remote_replies(Config(), tok) is None
     with pytest.raises(ConfigError, match="base_url"):
         remote_replies(Config(llm=LLMConfig(backend="openai")), tok)
@@ -184,7 +184,7 @@ def test_a_session_with_the_openai_backend_speaks_the_servers_reply(stack, serve
     from voice.session_events import AudioOut, ReplyText, TurnEnd, TurnError
 
     cfg = load_config(None, ["llm.backend=openai", f"llm.base_url={server.url}"])
-    remote = remote_replies(cfg, stack.llm.tokenizer)
+    remote = remote_replies(cfg, stack.llm.token_ids)
     openai_stack = dataclasses.replace(stack, remote=remote)
 
     async def main():
