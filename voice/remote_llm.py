@@ -42,18 +42,10 @@ class RemoteJob:
 
 @dataclass(eq=False)
 class RemoteTicket:
-    """One streamed reply: `job` as it goes, `error` if it failed; `finished` once it ended."""
+    """One streamed reply: `job` as it goes, `error` if it failed (the `done` callback says it ended)."""
 
     job: RemoteJob = field(default_factory=RemoteJob)
     error: BaseException | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    def wait(self) -> RemoteJob:
-        """Block until the reply ended; raise what it failed with."""
-        self.finished.wait()
-        if self.error is not None:
-            raise self.error
-        return self.job
 
 
 def chat_messages(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
@@ -111,7 +103,6 @@ class RemoteReplies:
             watcher.cancel()
             if ticket.error is None:
                 emit(Span((), "", 0, 0, time.perf_counter(), final=True))
-            ticket.finished.set()
             done(ticket)
 
     async def _stream(self, job: RemoteJob, messages: list[dict[str, str]], emit: Callable[[Span], None]) -> None:
