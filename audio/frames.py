@@ -7,6 +7,7 @@ Also `last_voiced_sample`, an offline scan for where speech ends in a whole file
 against each band's noise floor so that background noise does not count as speech
 (an FFT per 10 ms: ~5 ms per second of audio).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,23 +36,24 @@ class Reframer:
         """Add a block; return the complete windows it finished."""
         self._pending = np.concatenate([self._pending, frame.samples.astype(np.float32)])
         n = len(self._pending) // self.size
-        out = [AudioFrame(self._pending[i * self.size:(i + 1) * self.size], frame.t) for i in range(n)]
-        self._pending = self._pending[n * self.size:]
+        out = [AudioFrame(self._pending[i * self.size : (i + 1) * self.size], frame.t) for i in range(n)]
+        self._pending = self._pending[n * self.size :]
         return out
 
 
 def split_frames(samples: np.ndarray, frame_ms: int = 20, rate_hz: int = SAMPLE_RATE_HZ) -> list[np.ndarray]:
     """Cut a whole signal into `frame_ms` blocks (the last one may be shorter)."""
     step = rate_hz * frame_ms // 1000
-    return [samples[i:i + step] for i in range(0, len(samples), step)]
+    return [samples[i : i + step] for i in range(0, len(samples), step)]
 
 
 # Bands over which speech is sought: above mains hum and most rumble, up to 8 kHz (fricatives).
 BAND_EDGES_HZ = (150, 300, 500, 800, 1200, 1800, 2600, 3600, 5000, 8000)
 
 
-def band_powers(samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ, hop_ms: int = 10,
-                window_ms: int = 32) -> np.ndarray:
+def band_powers(
+    samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ, hop_ms: int = 10, window_ms: int = 32
+) -> np.ndarray:
     """Power per frame and band, shape (frames, bands); frame k is centred on sample k * hop.
 
     Hann-windowed FFT frames summed over `BAND_EDGES_HZ` (bands above Nyquist are dropped).
@@ -110,8 +112,13 @@ def _refine_end(samples: np.ndarray, coarse: int, span: int, block: int, thresho
     return int((lo + loud[-1] + 1) * block) if len(loud) else coarse
 
 
-def last_voiced_sample(samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ, threshold_db: float = 6.0,
-                       hangover_db: float = 3.0, min_run_ms: int = 50) -> int:
+def last_voiced_sample(
+    samples: np.ndarray,
+    rate_hz: int = SAMPLE_RATE_HZ,
+    threshold_db: float = 6.0,
+    hangover_db: float = 3.0,
+    min_run_ms: int = 50,
+) -> int:
     """Index just past the last speech in `samples`, robust to stationary background noise.
 
     Speech = a run of >= `min_run_ms` of 10 ms frames whose loudest band (150 Hz-8 kHz) stands

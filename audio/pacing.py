@@ -5,6 +5,7 @@ frames paced by the clock, after `LEAD_SILENCE_S` of silence and followed by sil
 the caller's `done` event is set; the perf_counter time at which named sample indices
 were fed. Cost: the clip's own duration (plus the wait for `done`), one sleep per frame.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,14 @@ LEAD_SILENCE_S = 0.5
 TURN_TIMEOUT_S = 60.0
 
 
-async def feed_marked(send, audio: np.ndarray, done: asyncio.Event, marks: dict[str, int],
-                      fed_at: dict[str, float] | None = None, timeout_s: float = TURN_TIMEOUT_S) -> dict[str, float]:
+async def feed_marked(
+    send,
+    audio: np.ndarray,
+    done: asyncio.Event,
+    marks: dict[str, int],
+    fed_at: dict[str, float] | None = None,
+    timeout_s: float = TURN_TIMEOUT_S,
+) -> dict[str, float]:
     """Feed lead silence, the audio, then silence until `done`, in paced 20 ms frames.
 
     `marks` names sample indices of `audio`; returns (and fills `fed_at` as it goes with)

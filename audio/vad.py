@@ -6,6 +6,7 @@ first quiet window after speech — start the final ASR decode now), `speech_res
 (the user went on after a short pause), and `speech_end` (silence lasted `end_silence_ms`:
 the endpoint). `Endpointer` is pure: no model, no clock.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ class SileroVAD:
 
     def prob(self, window: np.ndarray) -> float:
         """Speech probability of one 512-sample window."""
-        return float(self.model(self._torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)),
-                                self.rate).item())
+        return float(
+            self.model(self._torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)), self.rate).item()
+        )
 
     def reset(self) -> None:
         """Forget the stream state."""

@@ -4,6 +4,7 @@ In: a path or int16/float arrays. Out: mono float32 samples in [-1, 1] at the ra
 (soxr resampling), or a written 16-bit PCM WAV. Raises `AudioError` with a message a user
 can act on for missing, empty or unsupported files.
 """
+
 from __future__ import annotations
 
 import wave
@@ -53,8 +54,7 @@ def read_wav(path: str | Path, rate_hz: int = 16000) -> np.ndarray:
                 raise AudioError(f"{path}: {frames / rate:.0f} s is longer than {MAX_WAV_SECONDS:.0f} s")
             raw = w.readframes(frames)
     except (wave.Error, EOFError) as err:
-        raise AudioError(f"{path}: not a PCM WAV file ({err}); convert it, e.g. "
-                         f"`sox in.mp3 -b 16 out.wav`") from None
+        raise AudioError(f"{path}: not a PCM WAV file ({err}); convert it, e.g. `sox in.mp3 -b 16 out.wav`") from None
     kinds = {1: ("u1", 128.0, 128.0), 2: ("<i2", 0.0, 32768.0), 4: ("<i4", 0.0, 2147483648.0)}
     if width not in kinds:
         raise AudioError(f"{path}: {8 * width}-bit samples are not supported (use 16-bit PCM)")

@@ -14,6 +14,7 @@ built from the overridden config; `--hesitation` adds questions with a pause mid
 audio seconds and how it ended (the reply policy), and p50/p90 of the reply audio seconds.
 Cost: the audio's own duration per turn plus the reply, and ~5 s to load the models.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -105,8 +106,14 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     def turn_end(event: TurnEnd) -> bool:
         m = event.metrics
         record.reply, record.metrics = m.reply, m.as_dict()
-        record.stamps = {"endpoint": m.endpoint, "asr_final": m.asr_final, "llm_start": m.llm_start,
-                         "first_span": m.first_span, "first_audio": m.first_audio, "last_audio": m.last_audio}
+        record.stamps = {
+            "endpoint": m.endpoint,
+            "asr_final": m.asr_final,
+            "llm_start": m.llm_start,
+            "first_span": m.first_span,
+            "first_audio": m.first_audio,
+            "last_audio": m.last_audio,
+        }
         return True
 
     def error(event: TurnError) -> bool:
@@ -131,27 +138,41 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
     """The bench JSON: gaps, stage times after speech end, acceptance, per-turn results."""
     answered = [r for r in records if r.turn_gap_ms is not None]
     per_turn = [r.stages_ms() for r in records]
-    stages = {s: percentiles([st[s] for r, st in zip(records, per_turn) if r.turn_gap_ms is not None
-                              and st[s] is not None]) for s in STAGES}
+    stages = {
+        s: percentiles([st[s] for r, st in zip(records, per_turn) if r.turn_gap_ms is not None and st[s] is not None])
+        for s in STAGES
+    }
     acc = [r.metrics["acceptance"] for r in answered if r.metrics]
     ks = [r.metrics["mean_draft_len"] for r in answered if r.metrics]
     audio_s = [r.metrics["reply_audio_s"] for r in answered if r.metrics.get("reply_audio_s") is not None]
-    out = {"turns": len(records), "answered": len(answered),
-           "turn_gap_ms": percentiles([r.turn_gap_ms for r in answered]), "stages_ms": stages,
-           "acceptance": round(statistics.mean(acc), 3) if acc else None,
-           "mean_draft_len": round(statistics.mean(ks), 2) if ks else None,
-           "reply_audio_s": percentiles(audio_s),
-           "replies_shortened": sum(bool(r.metrics.get("shortened")) for r in answered),
-           "replies_ending_a_sentence": sum(ends_sentence(r.reply) for r in answered),
-           "results": [{"audio": r.audio, "transcript": r.transcript, "reply": r.reply,
-                        **{k: r.metrics.get(k) for k in REPLY_FIELDS},
-                        "turn_gap_ms": None if r.turn_gap_ms is None else round(r.turn_gap_ms, 1),
-                        "stages_ms": st} for r, st in zip(records, per_turn)]}
+    out = {
+        "turns": len(records),
+        "answered": len(answered),
+        "turn_gap_ms": percentiles([r.turn_gap_ms for r in answered]),
+        "stages_ms": stages,
+        "acceptance": round(statistics.mean(acc), 3) if acc else None,
+        "mean_draft_len": round(statistics.mean(ks), 2) if ks else None,
+        "reply_audio_s": percentiles(audio_s),
+        "replies_shortened": sum(bool(r.metrics.get("shortened")) for r in answered),
+        "replies_ending_a_sentence": sum(ends_sentence(r.reply) for r in answered),
+        "results": [
+            {
+                "audio": r.audio,
+                "transcript": r.transcript,
+                "reply": r.reply,
+                **{k: r.metrics.get(k) for k in REPLY_FIELDS},
+                "turn_gap_ms": None if r.turn_gap_ms is None else round(r.turn_gap_ms, 1),
+                "stages_ms": st,
+            }
+            for r, st in zip(records, per_turn)
+        ],
+    }
     if baseline is not None:
         gaps = [b.total_ms for b in baseline]
-        out["baseline"] = {"turn_gap_ms": percentiles(gaps),
-                           "stages_ms": {s: percentiles([getattr(b, f"{s}_ms") for b in baseline])
-                                         for s in ("asr", "llm", "tts")}}
+        out["baseline"] = {
+            "turn_gap_ms": percentiles(gaps),
+            "stages_ms": {s: percentiles([getattr(b, f"{s}_ms") for b in baseline]) for s in ("asr", "llm", "tts")},
+        }
         if out["turn_gap_ms"]["p50"]:
             out["gap_ratio_vs_baseline"] = round(out["turn_gap_ms"]["p50"] / out["baseline"]["turn_gap_ms"]["p50"], 3)
     return out
@@ -161,9 +182,14 @@ def compare_report(main: dict, compared: dict, overrides: list[str]) -> dict:
     """The `compare` section: the compared run's gaps and stages, and main p50 / compared p50
     (below 1: the main config answers sooner)."""
     a, b = main["turn_gap_ms"]["p50"], compared["turn_gap_ms"]["p50"]
-    return {"set": list(overrides), "turns": compared["turns"], "answered": compared["answered"],
-            "turn_gap_ms": compared["turn_gap_ms"], "stages_ms": compared["stages_ms"],
-            "p50_ratio": round(a / b, 3) if a is not None and b else None}
+    return {
+        "set": list(overrides),
+        "turns": compared["turns"],
+        "answered": compared["answered"],
+        "turn_gap_ms": compared["turn_gap_ms"],
+        "stages_ms": compared["stages_ms"],
+        "p50_ratio": round(a / b, 3) if a is not None and b else None,
+    }
 
 
 def parse_cpuinfo(text: str) -> dict:
@@ -178,9 +204,14 @@ def parse_cpuinfo(text: str) -> dict:
             model = value
         elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
-    return {"cpu": model or None, "logical_cores": cores or None, "avx2": "avx2" in flags,
-            "avx512": any(f.startswith("avx512") for f in flags),
-            "amx": any(f.startswith("amx") for f in flags), "vnni": any("vnni" in f for f in flags)}
+    return {
+        "cpu": model or None,
+        "logical_cores": cores or None,
+        "avx2": "avx2" in flags,
+        "avx512": any(f.startswith("avx512") for f in flags),
+        "amx": any(f.startswith("amx") for f in flags),
+        "vnni": any("vnni" in f for f in flags),
+    }
 
 
 def machine_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
@@ -233,8 +264,10 @@ async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> l
 def check_compare(cfg: Config, compared: Config) -> None:
     """A compared config must share the loaded models: it may not change [models]."""
     if compared.models != cfg.models:
-        raise ConfigError("--compare cannot change [models]: the compared sessions share the loaded "
-                          "models; run a second `voice bench --set models.…` instead")
+        raise ConfigError(
+            "--compare cannot change [models]: the compared sessions share the loaded "
+            "models; run a second `voice bench --set models.…` instead"
+        )
 
 
 async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord]]:
@@ -296,8 +329,13 @@ def plot(records: list[TurnRecord], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(records) + 2.5))
-    colors = {"endpoint": "tab:gray", "asr_final": "tab:blue", "first_span": "tab:orange",
-              "first_audio": "tab:green", "last_audio": "tab:olive"}
+    colors = {
+        "endpoint": "tab:gray",
+        "asr_final": "tab:blue",
+        "first_span": "tab:orange",
+        "first_audio": "tab:green",
+        "last_audio": "tab:olive",
+    }
     for i, r in enumerate(records):
         for stage, color in colors.items():
             if r.stamps.get(stage):

@@ -3,6 +3,7 @@
 In: argv. Out: the chosen subcommand's work, printed; exit code 0 on success, 2 with a
 one-line `error: …` on bad input or a missing model (a traceback only with --debug).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,24 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     result = batch_turn(audio, stack.asr, stack.llm, stack.tts)
     if args.out:
         write_wav(args.out, result.audio, result.rate_hz)
-    stages = {"asr_ms": round(result.asr_ms, 1), "llm_ms": round(result.llm_ms, 1),
-              "tts_ms": round(result.tts_ms, 1), "total_ms": round(result.total_ms, 1)}
+    stages = {
+        "asr_ms": round(result.asr_ms, 1),
+        "llm_ms": round(result.llm_ms, 1),
+        "tts_ms": round(result.tts_ms, 1),
+        "total_ms": round(result.total_ms, 1),
+    }
     if args.json:
-        print(json.dumps({"transcript": result.transcript, "reply": result.reply,
-                          "tokens": result.tokens, **stages, "out": args.out}))
+        print(
+            json.dumps(
+                {
+                    "transcript": result.transcript,
+                    "reply": result.reply,
+                    "tokens": result.tokens,
+                    **stages,
+                    "out": args.out,
+                }
+            )
+        )
         return
     print(f"you:       {result.transcript}")
     print(f"assistant: {result.reply}")
@@ -102,8 +116,16 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
     def ready(url: str) -> None:
         print(f"voice assistant ready: open {url}  (websocket: {url.replace('http', 'ws', 1)}ws)", flush=True)
 
-    asyncio.run(run_server(cfg, host, port, lambda: load_stack(cfg), ready,
-                           lambda url: print(f"listening on {url} — loading models…", flush=True)))
+    asyncio.run(
+        run_server(
+            cfg,
+            host,
+            port,
+            lambda: load_stack(cfg),
+            ready,
+            lambda url: print(f"listening on {url} — loading models…", flush=True),
+        )
+    )
     print("server stopped", flush=True)
 
 
@@ -138,8 +160,11 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     paths = bench_audio(cfg)
     # the server it starts runs this command's config and --set overrides
     passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
-    proc, url = (None, args.server) if args.server else spawn_server(
-        *passed, "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
+    proc, url = (
+        (None, args.server)
+        if args.server
+        else spawn_server(*passed, "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
+    )
     ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
     try:
         result = asyncio.run(soak(ws_url, paths, levels, args.turns))
@@ -166,26 +191,37 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
         print(json.dumps(result, indent=2))
         return
     m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['logical_cores']} cores, avx2 {m['avx2']} avx512 {m['avx512']} "
-          f"amx {m['amx']} vnni {m['vnni']}")
+    print(
+        f"machine: {m['cpu']}, {m['logical_cores']} cores, avx2 {m['avx2']} avx512 {m['avx512']} "
+        f"amx {m['amx']} vnni {m['vnni']}"
+    )
     if "turn_gap_ms" in result:
         gap = result["turn_gap_ms"]
-        print(f"answered {result['answered']}/{result['turns']}  turn gap p50 {gap['p50']} ms  "
-              f"p90 {gap['p90']} ms  max {gap['max']} ms")
+        print(
+            f"answered {result['answered']}/{result['turns']}  turn gap p50 {gap['p50']} ms  "
+            f"p90 {gap['p90']} ms  max {gap['max']} ms"
+        )
         for stage, v in result["stages_ms"].items():
             print(f"  {stage:12s} p50 {v['p50']} ms after speech end")
     if "baseline" in result:
-        print(f"batch baseline p50 {result['baseline']['turn_gap_ms']['p50']} ms "
-              f"(ratio {result.get('gap_ratio_vs_baseline')})")
-    for name, section in (("hesitation", result.get("hesitation")),
-                          ("compared hesitation", result.get("compare", {}).get("hesitation"))):
+        print(
+            f"batch baseline p50 {result['baseline']['turn_gap_ms']['p50']} ms "
+            f"(ratio {result.get('gap_ratio_vs_baseline')})"
+        )
+    for name, section in (
+        ("hesitation", result.get("hesitation")),
+        ("compared hesitation", result.get("compare", {}).get("hesitation")),
+    ):
         if section:
-            print(f"{name}: {section['split_turns']}/{section['runs']} split turns, {section['cut_ins']} cut-ins, "
-                  f"gap p50 {section['turn_gap_ms']['p50']} ms; by pause {section['by_pause_ms']}")
+            print(
+                f"{name}: {section['split_turns']}/{section['runs']} split turns, {section['cut_ins']} cut-ins, "
+                f"gap p50 {section['turn_gap_ms']['p50']} ms; by pause {section['by_pause_ms']}"
+            )
     if result.get("compare", {}).get("turn_gap_ms"):
         c = result["compare"]
-        print(f"compared ({' '.join(c['set'])}): gap p50 {c['turn_gap_ms']['p50']} ms, "
-              f"main/compared p50 {c['p50_ratio']}")
+        print(
+            f"compared ({' '.join(c['set'])}): gap p50 {c['turn_gap_ms']['p50']} ms, main/compared p50 {c['p50_ratio']}"
+        )
 
 
 def _bench_plan(args: argparse.Namespace):
@@ -206,10 +242,19 @@ def _bench_plan(args: argparse.Namespace):
     if not all(0 < ms <= 5000 for ms in pauses):
         raise UsageError(f"--pauses must be between 1 and 5000 ms, got {args.pauses!r}")
     compare_cfg = load_config(args.config, _overrides(args) + args.compare) if args.compare else None
-    return BenchPlan(tuple(args.audio or ()), args.turns, args.baseline, args.server,
-                     main=not args.hesitation_only, hesitation=args.hesitation or args.hesitation_only,
-                     pauses_ms=pauses, questions=args.questions, compare_set=tuple(args.compare),
-                     compare_cfg=compare_cfg, progress=not args.json)
+    return BenchPlan(
+        tuple(args.audio or ()),
+        args.turns,
+        args.baseline,
+        args.server,
+        main=not args.hesitation_only,
+        hesitation=args.hesitation or args.hesitation_only,
+        pauses_ms=pauses,
+        questions=args.questions,
+        compare_set=tuple(args.compare),
+        compare_cfg=compare_cfg,
+        progress=not args.json,
+    )
 
 
 def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
@@ -218,18 +263,39 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
 
     if args.target:
         cfg = _replace(cfg, "models", llm=args.target)
-    for flag, value, low in (("--prompts", args.prompts, 1), ("--steps", args.steps, 10), ("--batch", args.batch, 1),
-                             ("--depth", args.depth, 1), ("--layers", args.layers, 1), ("--vocab", args.vocab, 1),
-                             ("--sampled", args.sampled, 0), ("--context", args.context, 0),
-                             ("--max-new-tokens", args.max_new_tokens, 1), ("--gen-batch", args.gen_batch, 1)):
+    for flag, value, low in (
+        ("--prompts", args.prompts, 1),
+        ("--steps", args.steps, 10),
+        ("--batch", args.batch, 1),
+        ("--depth", args.depth, 1),
+        ("--layers", args.layers, 1),
+        ("--vocab", args.vocab, 1),
+        ("--sampled", args.sampled, 0),
+        ("--context", args.context, 0),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+        ("--gen-batch", args.gen_batch, 1),
+    ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
-    summary = train_drafter(cfg, prompts=args.prompts, max_new=args.max_new_tokens, steps=args.steps,
-                            batch=args.batch, depth=args.depth, layers=args.layers, vocab=args.vocab,
-                            device=args.device or "cpu", out=args.out or "", gen_batch=args.gen_batch,
-                            sampled=args.sampled, feature_layers=args.feature_layers, lr=args.lr,
-                            sequences_file=args.sequences or "", context=args.context,
-                            conversations=args.conversations)
+    summary = train_drafter(
+        cfg,
+        prompts=args.prompts,
+        max_new=args.max_new_tokens,
+        steps=args.steps,
+        batch=args.batch,
+        depth=args.depth,
+        layers=args.layers,
+        vocab=args.vocab,
+        device=args.device or "cpu",
+        out=args.out or "",
+        gen_batch=args.gen_batch,
+        sampled=args.sampled,
+        feature_layers=args.feature_layers,
+        lr=args.lr,
+        sequences_file=args.sequences or "",
+        context=args.context,
+        conversations=args.conversations,
+    )
     print(json.dumps(summary, indent=2))
 
 
@@ -255,11 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config (default: configs/default.toml)")
-    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (repeatable)")
+    common.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)"
+    )
     common.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
-    parser = argparse.ArgumentParser(prog="voice",
-                                     description="Local low-latency voice assistant")
+    parser = argparse.ArgumentParser(prog="voice", description="Local low-latency voice assistant")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", parents=[common], help="prepare or list the embedded models")
@@ -284,10 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-device", help="output device index or name")
     p.add_argument("--input-wav", metavar="FILE", help="play this WAV as the microphone")
     p.add_argument("--output-wav", metavar="FILE", help="write the reply audio here instead of playing it")
-    p.add_argument("--barge-in", action="store_true",
-                   help="let speech interrupt replies (use headphones: no echo cancellation here)")
-    p.add_argument("--server", metavar="WS_URL", help="talk through a running server or fleet (ws://…/ws) instead "
-                   "of loading the models here; reconnects when a worker drains (1001)")
+    p.add_argument(
+        "--barge-in",
+        action="store_true",
+        help="let speech interrupt replies (use headphones: no echo cancellation here)",
+    )
+    p.add_argument(
+        "--server",
+        metavar="WS_URL",
+        help="talk through a running server or fleet (ws://…/ws) instead "
+        "of loading the models here; reconnects when a worker drains (1001)",
+    )
     p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("devices", parents=[common], help="list audio devices")
@@ -300,15 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="also run the batch `voice turn` path")
     p.add_argument("--plot", metavar="PNG", help="draw the stage timeline and gap distribution")
     p.add_argument("--server", metavar="WS_URL", help="drive a running server instead (ws://…/ws)")
-    p.add_argument("--hesitation", action="store_true",
-                   help="also run questions with a pause mid-sentence (split turns, cut-ins)")
+    p.add_argument(
+        "--hesitation", action="store_true", help="also run questions with a pause mid-sentence (split turns, cut-ins)"
+    )
     p.add_argument("--hesitation-only", action="store_true", help="run only the hesitation questions")
-    p.add_argument("--pauses", default="400,700,900", metavar="MS,MS",
-                   help="pause lengths of the hesitation questions (default 400,700,900)")
+    p.add_argument(
+        "--pauses",
+        default="400,700,900",
+        metavar="MS,MS",
+        help="pause lengths of the hesitation questions (default 400,700,900)",
+    )
     p.add_argument("--questions", type=int, help="hesitation questions to use (default: all 6)")
-    p.add_argument("--compare", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="run the same audio again with this override on the loaded models (repeatable), "
-                        "e.g. turn.predictive=false")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="run the same audio again with this override on the loaded models (repeatable), "
+        "e.g. turn.predictive=false",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train-drafter", parents=[common], help="train an MTP drafter for the target")
@@ -319,17 +402,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--depth", type=int, default=4, help="draft positions trained")
     p.add_argument("--layers", type=int, default=2, help="MLP blocks in the head (1-4)")
-    p.add_argument("--feature-layers", type=_layer_list, default=None, metavar="L1,L2",
-                   help="target layers read besides the last hidden state (default: a third and two thirds "
-                        "of the way up; 'none' for the last hidden state only)")
-    p.add_argument("--sampled", type=float, default=0.5,
-                   help="sampled replies per prompt besides the greedy one (more varied contexts)")
+    p.add_argument(
+        "--feature-layers",
+        type=_layer_list,
+        default=None,
+        metavar="L1,L2",
+        help="target layers read besides the last hidden state (default: a third and two thirds "
+        "of the way up; 'none' for the last hidden state only)",
+    )
+    p.add_argument(
+        "--sampled",
+        type=float,
+        default=0.5,
+        help="sampled replies per prompt besides the greedy one (more varied contexts)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--context", type=int, default=0,
-                   help="recent target positions each draft step attends to (0: none)")
+    p.add_argument(
+        "--context", type=int, default=0, help="recent target positions each draft step attends to (0: none)"
+    )
     p.add_argument("--sequences", metavar="JSON", help="reuse generated sequences from this file (written if absent)")
-    p.add_argument("--conversations", type=int, default=0,
-                   help="multi-turn training chats (earlier turns answered by the target) besides the prompts")
+    p.add_argument(
+        "--conversations",
+        type=int,
+        default=0,
+        help="multi-turn training chats (earlier turns answered by the target) besides the prompts",
+    )
     p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")
     p.add_argument("--out", help="output folder (default: the shipped drafter's folder)")
@@ -351,15 +448,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", help="cpu | cuda (overrides llm.device)")
     p.add_argument("--dtype", help="float32 | bf16 | fp16 (overrides llm.dtype)")
-    p.add_argument("--batch", type=_int_list, help="also decode the prompts N at a time through the batched "
-                   "scheduler, per size, e.g. 1,2,4,8")
+    p.add_argument(
+        "--batch",
+        type=_int_list,
+        help="also decode the prompts N at a time through the batched scheduler, per size, e.g. 1,2,4,8",
+    )
     p.add_argument("--batch-only", action="store_true", help="with --batch: skip the fixed/adaptive/hf modes")
-    p.add_argument("--conversation", action="store_true",
-                   help="the bundled held-out multi-turn conversations instead of single questions")
-    p.add_argument("--synthetic", metavar="CONFIG", help="random weights of a real config (llama-3.2-1b or a config"
-                   ".json) and an oracle drafter: the report says acceptance: synthetic")
-    p.add_argument("--oracle-accept", metavar="A1,A2,…", help="with --synthetic: acceptance per draft position, "
-                   "the earlier accepted; the last repeats (default 0.8,0.7,0.6,0.5)")
+    p.add_argument(
+        "--conversation",
+        action="store_true",
+        help="the bundled held-out multi-turn conversations instead of single questions",
+    )
+    p.add_argument(
+        "--synthetic",
+        metavar="CONFIG",
+        help="random weights of a real config (llama-3.2-1b or a config"
+        ".json) and an oracle drafter: the report says acceptance: synthetic",
+    )
+    p.add_argument(
+        "--oracle-accept",
+        metavar="A1,A2,…",
+        help="with --synthetic: acceptance per draft position, "
+        "the earlier accepted; the last repeats (default 0.8,0.7,0.6,0.5)",
+    )
     p.add_argument("--prompt-tokens", type=int, help="with --synthetic: tokens per random prompt (default 64)")
     p.set_defaults(func=cmd_decode_bench)
     return parser
@@ -376,8 +487,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `voice` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(args.config, _overrides(args))
         args.func(args, cfg)

@@ -9,6 +9,7 @@ mean k, and token identity with plain greedy (per prompt, the first position tha
 bf16 a speculative run may leave greedy, in fp32 it must not); plus the verify-cost curve.
 Runs every mode on the same prompts in one process after a warm-up.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,8 @@ def bundled_prompts() -> list[str]:
 def bench_prompt_ids(llm: ReplyModel, n_prompts: int, conversation: bool = False) -> list[list[int]]:
     """Token ids of the first `n_prompts` bundled questions, or of the bundled conversations."""
     if conversation:
-        return [llm.chat_ids(messages) for messages in bundled_conversations()[:max(1, n_prompts)]]
-    return [llm.chat_ids([{"role": "user", "content": t}]) for t in bundled_prompts()[:max(1, n_prompts)]]
+        return [llm.chat_ids(messages) for messages in bundled_conversations()[: max(1, n_prompts)]]
+    return [llm.chat_ids([{"role": "user", "content": t}]) for t in bundled_prompts()[: max(1, n_prompts)]]
 
 
 def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
@@ -53,20 +54,32 @@ def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
         x = torch.tensor([ids], device=device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = llm.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                                     max_new_tokens=llm.settings.max_new_tokens,
-                                     eos_token_id=list(llm.settings.eos_ids),
-                                     pad_token_id=llm.tokenizer.eos_token_id, **kwargs)
+            out = llm.model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                do_sample=False,
+                max_new_tokens=llm.settings.max_new_tokens,
+                eos_token_id=list(llm.settings.eos_ids),
+                pad_token_id=llm.tokenizer.eos_token_id,
+                **kwargs,
+            )
         total_s += time.perf_counter() - t0
-        new = out[0, len(ids):].tolist()
+        new = out[0, len(ids) :].tolist()
         for i, t in enumerate(new):
             if t in llm.settings.eos_ids:
                 new = new[:i]
                 break
         outputs.append(new)
         tokens += len(new)
-    return {"tokens_per_s": tokens / total_s, "ms_to_first_8_tokens": None, "acceptance": None,
-            "mean_accepted": None, "mean_k": None, "tokens": tokens, "_outputs": outputs}
+    return {
+        "tokens_per_s": tokens / total_s,
+        "ms_to_first_8_tokens": None,
+        "acceptance": None,
+        "mean_accepted": None,
+        "mean_k": None,
+        "tokens": tokens,
+        "_outputs": outputs,
+    }
 
 
 def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: list[list[int]]) -> dict:
@@ -94,14 +107,26 @@ def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: 
                 del flying[i]
         time.sleep(0.002)
     wall = time.perf_counter() - t_all
-    return {"size": size, "tokens_per_s": round(tokens / wall, 2),
-            "per_sequence_tokens_per_s": round(sum(per_seq) / len(per_seq), 2),
-            "steps": sched.stats.steps - before, "tokens": tokens, "identical": outputs == reference}
+    return {
+        "size": size,
+        "tokens_per_s": round(tokens / wall, 2),
+        "per_sequence_tokens_per_s": round(sum(per_seq) / len(per_seq), 2),
+        "steps": sched.stats.steps - before,
+        "tokens": tokens,
+        "identical": outputs == reference,
+    }
 
 
-def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: str | None = None,
-                     progress: bool = True, batch: list[int] | None = None, batch_only: bool = False,
-                     conversation: bool = False) -> dict:
+def run_decode_bench(
+    cfg: Config,
+    n_prompts: int,
+    max_new_tokens: int,
+    drafter: str | None = None,
+    progress: bool = True,
+    batch: list[int] | None = None,
+    batch_only: bool = False,
+    conversation: bool = False,
+) -> dict:
     """Run every mode on the same prompts; return the report.
 
     `conversation`: the bundled multi-turn conversations instead of single questions.
@@ -110,8 +135,11 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
     """
     from dataclasses import replace
 
-    cfg = replace(cfg, llm=replace(cfg.llm, max_new_tokens=max_new_tokens),
-                  decode=replace(cfg.decode, drafter=drafter or cfg.decode.drafter))
+    cfg = replace(
+        cfg,
+        llm=replace(cfg.llm, max_new_tokens=max_new_tokens),
+        decode=replace(cfg.decode, drafter=drafter or cfg.decode.drafter),
+    )
     llm = ReplyModel(cfg)
     prompts = bench_prompt_ids(llm, n_prompts, conversation)
     run_ours(llm.decoder, llm.settings, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
@@ -129,25 +157,34 @@ def run_decode_bench(cfg: Config, n_prompts: int, max_new_tokens: int, drafter: 
             result = _run_hf(llm, prompts, extra)
         else:
             use_drafter = NoDrafter() if mode == "greedy" else llm.drafter
-            controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(
-                cfg, costs, kind=mode)
+            controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(cfg, costs, kind=mode)
             result = run_ours(llm.decoder, llm.settings, prompts, use_drafter, controller)
         outputs = result.pop("_outputs")
         greedy_out = greedy_out or outputs
         runs.append({"mode": mode, "k": k, **rounded(result), **against_greedy(outputs, greedy_out)})
-    report = {"machine": machine_info(), "target": llm.cfg.models.llm, "drafter": llm.drafter.name,
-              "device": cfg.llm.device,
-              "linear_layout": getattr(llm.target, "layout", None),
-              "cuda_graphs": bool(getattr(llm.target, "step_graphs", None)),
-              "dtype": cfg.llm.dtype, "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype),
-              "threads": torch.get_num_threads(), "prompts": len(prompts),
-              "prompt_set": "conversation" if conversation else "single",
-              "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
-              "max_new_tokens": max_new_tokens, "runs": runs, "speedup": speedups(runs),
-              "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()}}
+    report = {
+        "machine": machine_info(),
+        "target": llm.cfg.models.llm,
+        "drafter": llm.drafter.name,
+        "device": cfg.llm.device,
+        "linear_layout": getattr(llm.target, "layout", None),
+        "cuda_graphs": bool(getattr(llm.target, "step_graphs", None)),
+        "dtype": cfg.llm.dtype,
+        "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype),
+        "threads": torch.get_num_threads(),
+        "prompts": len(prompts),
+        "prompt_set": "conversation" if conversation else "single",
+        "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
+        "max_new_tokens": max_new_tokens,
+        "runs": runs,
+        "speedup": speedups(runs),
+        "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()},
+    }
     if batch:
-        sizes = [_run_batch(llm, prompts, size, greedy_out)
-                 for size in tqdm(batch, desc="decode-bench batch", disable=not progress)]
+        sizes = [
+            _run_batch(llm, prompts, size, greedy_out)
+            for size in tqdm(batch, desc="decode-bench batch", disable=not progress)
+        ]
         base = sizes[0]["tokens_per_s"] if sizes[0]["size"] == 1 else None
         for row in sizes:
             row["vs_batch_1"] = round(row["tokens_per_s"] / base, 3) if base else None
@@ -177,15 +214,31 @@ def bench_from_args(args, cfg: Config) -> dict:
         from commands.decode_bench_synthetic import ORACLE_ACCEPT, PROMPT_TOKENS, run_synthetic_bench
 
         if args.drafter or args.batch or args.conversation:
-            raise BenchArgsError("--synthetic drafts with an oracle on random prompts: drop --drafter, --batch "
-                                 "and --conversation")
+            raise BenchArgsError(
+                "--synthetic drafts with an oracle on random prompts: drop --drafter, --batch and --conversation"
+            )
         accept = parse_probabilities(args.oracle_accept) if args.oracle_accept else ORACLE_ACCEPT
-        return run_synthetic_bench(cfg, args.synthetic, accept, args.prompts, args.max_new_tokens,
-                                   args.prompt_tokens or PROMPT_TOKENS, progress=not args.json)
+        return run_synthetic_bench(
+            cfg,
+            args.synthetic,
+            accept,
+            args.prompts,
+            args.max_new_tokens,
+            args.prompt_tokens or PROMPT_TOKENS,
+            progress=not args.json,
+        )
     if args.oracle_accept or args.prompt_tokens:
         raise BenchArgsError("--oracle-accept and --prompt-tokens go with --synthetic CONFIG")
-    return run_decode_bench(cfg, args.prompts, args.max_new_tokens, drafter=args.drafter, progress=not args.json,
-                            batch=args.batch, batch_only=args.batch_only, conversation=args.conversation)
+    return run_decode_bench(
+        cfg,
+        args.prompts,
+        args.max_new_tokens,
+        drafter=args.drafter,
+        progress=not args.json,
+        batch=args.batch,
+        batch_only=args.batch_only,
+        conversation=args.conversation,
+    )
 
 
 def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
@@ -202,33 +255,44 @@ def _hf_assist_kwargs(cfg: Config, llm: ReplyModel) -> dict | None:
 
 def print_table(report: dict) -> str:
     """A readable table of the report."""
-    lines = [f"target={report['target']} drafter={report['drafter']} device={report['device']} "
-             f"dtype={report['dtype']} prompts={report['prompts']} ({report['prompt_set']}, "
-             f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']} "
-             f"linear_layout={report.get('linear_layout')} cpu={report.get('machine', {}).get('cpu')}",
-             f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
-             f"{'mean k':>6s} identical (diverged prompts)"]
+    lines = [
+        f"target={report['target']} drafter={report['drafter']} device={report['device']} "
+        f"dtype={report['dtype']} prompts={report['prompts']} ({report['prompt_set']}, "
+        f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']} "
+        f"linear_layout={report.get('linear_layout')} cpu={report.get('machine', {}).get('cpu')}",
+        f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
+        f"{'mean k':>6s} identical (diverged prompts)",
+    ]
     for r in report["runs"]:
+
         def f(key: str, spec: str, r: dict = r) -> str:
             return "-" if r.get(key) is None else format(r[key], spec)
-        lines.append(f"{r['mode']:12s} {'-' if r['k'] is None else r['k']:>3} {f('tokens_per_s', '7.1f')} "
-                     f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "
-                     f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']} "
-                     f"({r.get('diverged_prompts', 0)}/{report['prompts']})")
+
+        lines.append(
+            f"{r['mode']:12s} {'-' if r['k'] is None else r['k']:>3} {f('tokens_per_s', '7.1f')} "
+            f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "
+            f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']} "
+            f"({r.get('diverged_prompts', 0)}/{report['prompts']})"
+        )
     lines += divergence_lines(report)
     lines.append("speedup: " + ", ".join(f"{k}={v}" for k, v in report["speedup"].items()))
     for row in report.get("batch", []):
-        lines.append(f"batch {row['size']}: {row['tokens_per_s']:.1f} tok/s aggregate "
-                     f"({row['vs_batch_1']}x batch 1), {row['per_sequence_tokens_per_s']:.1f} per sequence, "
-                     f"identical={row['identical']}")
-    lines.append("verify cost ms (k draft + 1): " + ", ".join(
-        f"k={k}: {v}" for k, v in report["verify_cost_ms"].items()))
+        lines.append(
+            f"batch {row['size']}: {row['tokens_per_s']:.1f} tok/s aggregate "
+            f"({row['vs_batch_1']}x batch 1), {row['per_sequence_tokens_per_s']:.1f} per sequence, "
+            f"identical={row['identical']}"
+        )
+    lines.append(
+        "verify cost ms (k draft + 1): " + ", ".join(f"k={k}: {v}" for k, v in report["verify_cost_ms"].items())
+    )
     if report.get("acceptance") == "synthetic":
         r = report
-        lines.append(f"SYNTHETIC acceptance: an oracle right at draft position i with probability {r['oracle_accept']} "
-                     f"(expected tokens per step by k: {r['oracle_expected_tokens_per_step']}); "
-                     f"{r['parameters'] / 1e9:.2f}B random parameters; graph capture {r['graph_capture_s']} s; "
-                     f"eager verify ms: {r['step_ms']['eager']}")
+        lines.append(
+            f"SYNTHETIC acceptance: an oracle right at draft position i with probability {r['oracle_accept']} "
+            f"(expected tokens per step by k: {r['oracle_expected_tokens_per_step']}); "
+            f"{r['parameters'] / 1e9:.2f}B random parameters; graph capture {r['graph_capture_s']} s; "
+            f"eager verify ms: {r['step_ms']['eager']}"
+        )
     return "\n".join(lines)
 
 
@@ -239,10 +303,15 @@ def divergence_lines(report: dict) -> list[str]:
     if all(r["identical"] for r in runs):
         return []
     names = [f"{r['mode']}{'' if r['k'] is None else r['k']}" for r in runs]
-    note = ("fp32: must not happen" if report.get("token_identity_guaranteed")
-            else f"{report['dtype']}: no token-identity guarantee")
-    lines = [f"first position that differs from plain greedy ({note}):",
-             "prompt " + " ".join(f"{n:>10s}" for n in names)]
+    note = (
+        "fp32: must not happen"
+        if report.get("token_identity_guaranteed")
+        else f"{report['dtype']}: no token-identity guarantee"
+    )
+    lines = [
+        f"first position that differs from plain greedy ({note}):",
+        "prompt " + " ".join(f"{n:>10s}" for n in names),
+    ]
     for p in range(report["prompts"]):
         cells = ["-" if r["first_divergence"][p] is None else str(r["first_divergence"][p]) for r in runs]
         lines.append(f"{p:6d} " + " ".join(f"{c:>10s}" for c in cells))

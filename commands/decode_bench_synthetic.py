@@ -17,6 +17,7 @@ makes max_new_tokens). Only Llama-class configs: `StaticLlamaTarget` (and so the
 not implement Gemma 4 (per-layer inputs, sliding-window and KV-shared layers). The static target
 computes plain RoPE from `rope_theta` and ignores llama3's frequency scaling: the same cost.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,10 @@ def load_synthetic_config(source: str):
     elif source in BUNDLED_CONFIGS:
         text = bundled.read_text()
     else:
-        raise ConfigError(f"--synthetic {source!r}: not a config.json file nor a bundled config "
-                          f"(bundled: {', '.join(BUNDLED_CONFIGS)})")
+        raise ConfigError(
+            f"--synthetic {source!r}: not a config.json file nor a bundled config "
+            f"(bundled: {', '.join(BUNDLED_CONFIGS)})"
+        )
     fields = json.loads(text)
     model_type = fields.pop("model_type", "")
     try:
@@ -74,9 +77,11 @@ def load_synthetic_config(source: str):
     except ValueError as err:
         raise ConfigError(f"--synthetic {source!r}: {err}") from None
     if not static_supported(config):
-        raise ConfigError(f"--synthetic {source!r}: {model_type} is not a Llama-class model; the static target and "
-                          "its CUDA graphs implement llama, mistral, qwen2 and smollm3 only (Gemma 4's per-layer "
-                          "inputs, sliding-window and shared-KV layers are not in it)")
+        raise ConfigError(
+            f"--synthetic {source!r}: {model_type} is not a Llama-class model; the static target and "
+            "its CUDA graphs implement llama, mistral, qwen2 and smollm3 only (Gemma 4's per-layer "
+            "inputs, sliding-window and shared-KV layers are not in it)"
+        )
     return config
 
 
@@ -130,8 +135,15 @@ def random_prompts(vocab_size: int, n_prompts: int, prompt_tokens: int, seed: in
     return torch.randint(0, vocab_size, (n_prompts, prompt_tokens), generator=gen).tolist()
 
 
-def run_modes(cfg: Config, target: StaticLlamaTarget, prompts: list[list[int]], accept: list[float],
-              costs: dict[int, float], max_new_tokens: int, progress: bool) -> list[dict]:
+def run_modes(
+    cfg: Config,
+    target: StaticLlamaTarget,
+    prompts: list[list[int]],
+    accept: list[float],
+    costs: dict[int, float],
+    max_new_tokens: int,
+    progress: bool,
+) -> list[dict]:
     """Greedy first (the oracle's references), then fixed k, heuristic and adaptive with a fresh oracle each."""
     decoder = SpeculativeDecoder(target, NoText(), NoDrafter(), FixedController(0), seed=cfg.llm.seed)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)  # no EOS ids: every reply is full length
@@ -146,13 +158,27 @@ def run_modes(cfg: Config, target: StaticLlamaTarget, prompts: list[list[int]], 
         controller = FixedController(k) if mode == "fixed" else make_controller(cfg, costs, kind=mode)
         result = run_ours(decoder, settings, prompts, oracle, controller)
         outputs = result.pop("_outputs")
-        runs.append({"mode": mode, "k": k, **rounded(result), **against_greedy(outputs, greedy_out),
-                     "oracle_off_reference": oracle.off_reference})
+        runs.append(
+            {
+                "mode": mode,
+                "k": k,
+                **rounded(result),
+                **against_greedy(outputs, greedy_out),
+                "oracle_off_reference": oracle.off_reference,
+            }
+        )
     return runs
 
 
-def run_synthetic_bench(cfg: Config, source: str, accept: list[float], n_prompts: int, max_new_tokens: int,
-                        prompt_tokens: int = 64, progress: bool = True) -> dict:
+def run_synthetic_bench(
+    cfg: Config,
+    source: str,
+    accept: list[float],
+    n_prompts: int,
+    max_new_tokens: int,
+    prompt_tokens: int = 64,
+    progress: bool = True,
+) -> dict:
     """Build the random target, capture its graphs, time its steps and run every mode; return the report."""
     config = load_synthetic_config(source)
     target = build_target(config, cfg)
@@ -160,21 +186,43 @@ def run_synthetic_bench(cfg: Config, source: str, accept: list[float], n_prompts
     costs = step_costs(target, calibration_ks(cfg.decode.max_draft))
     prompts = random_prompts(target.vocab_size, max(1, n_prompts), prompt_tokens, cfg.llm.seed)
     runs = run_modes(cfg, target, prompts, accept, costs["graph"] or costs["eager"], max_new_tokens, progress)
-    dims = {key: getattr(config, key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                  "num_key_value_heads", "intermediate_size", "vocab_size")}
-    return {"acceptance": "synthetic", "oracle_accept": accept,
-            "oracle_expected_tokens_per_step": expected_per_step(accept, FIXED_KS),
-            "machine": machine_info(), "gpu": torch.cuda.get_device_name() if target.device.type == "cuda" else None,
-            "target": f"synthetic:{source}", "config": dims, "parameters": count_parameters(target),
-            "drafter": "oracle", "device": cfg.llm.device, "dtype": cfg.llm.dtype,
-            "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype), "linear_layout": target.layout,
-            "cuda_graphs": capture_s is not None,
-            "graph_capture_s": None if capture_s is None else round(capture_s, 2),
-            "threads": torch.get_num_threads(), "prompts": len(prompts), "prompt_set": "random",
-            "mean_prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,
-            "runs": runs, "speedup": speedups(runs),
-            "verify_cost_ms": _ms(costs["graph"] or costs["eager"]),
-            "step_ms": {name: None if c is None else _ms(c) for name, c in costs.items()}}
+    dims = {
+        key: getattr(config, key)
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "vocab_size",
+        )
+    }
+    return {
+        "acceptance": "synthetic",
+        "oracle_accept": accept,
+        "oracle_expected_tokens_per_step": expected_per_step(accept, FIXED_KS),
+        "machine": machine_info(),
+        "gpu": torch.cuda.get_device_name() if target.device.type == "cuda" else None,
+        "target": f"synthetic:{source}",
+        "config": dims,
+        "parameters": count_parameters(target),
+        "drafter": "oracle",
+        "device": cfg.llm.device,
+        "dtype": cfg.llm.dtype,
+        "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype),
+        "linear_layout": target.layout,
+        "cuda_graphs": capture_s is not None,
+        "graph_capture_s": None if capture_s is None else round(capture_s, 2),
+        "threads": torch.get_num_threads(),
+        "prompts": len(prompts),
+        "prompt_set": "random",
+        "mean_prompt_tokens": prompt_tokens,
+        "max_new_tokens": max_new_tokens,
+        "runs": runs,
+        "speedup": speedups(runs),
+        "verify_cost_ms": _ms(costs["graph"] or costs["eager"]),
+        "step_ms": {name: None if c is None else _ms(c) for name, c in costs.items()},
+    }
 
 
 def _ms(costs: dict[int, float]) -> dict[str, float]:

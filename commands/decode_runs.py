@@ -4,6 +4,7 @@ In: a `SpeculativeDecoder`, generation settings, prompt token ids, a drafter and
 Out: a run's tok/s, ms to its first 8 tokens, acceptance (overall and per draft position), mean k,
 and per prompt where its output first left plain greedy's. Cost: the decoding itself.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,13 @@ from decode.speculative import DecodeStats, GenerationSettings, SpeculativeDecod
 FIXED_KS = (1, 2, 4, 6)  # the fixed draft lengths every bench runs against the controllers
 
 
-def run_ours(decoder: SpeculativeDecoder, settings: GenerationSettings, prompts: list[list[int]],
-             drafter: Drafter, controller: Controller) -> dict:
+def run_ours(
+    decoder: SpeculativeDecoder,
+    settings: GenerationSettings,
+    prompts: list[list[int]],
+    drafter: Drafter,
+    controller: Controller,
+) -> dict:
     """Every prompt through `decoder` with this drafter and controller: tok/s, ms to 8 tokens, acceptance;
     the outputs under `_outputs`."""
     outputs, first8, total_s, total = [], [], 0.0, DecodeStats()
@@ -32,12 +38,17 @@ def run_ours(decoder: SpeculativeDecoder, settings: GenerationSettings, prompts:
         first8.append((t8 if t8 is not None else time.perf_counter() - t0) * 1e3)
         outputs.append(out)
         total.add(decoder.stats)
-    return {"tokens_per_s": total.tokens / total_s, "ms_to_first_8_tokens": sum(first8) / len(first8),
-            "acceptance": total.acceptance, "mean_accepted": total.mean_accepted, "mean_k": total.mean_draft_len,
-            "tokens": total.tokens,
-            "acceptance_per_position": [round(a / t, 3) for t, a in zip(total.tried_at, total.accepted_at)],
-            "draft_ms_per_token": total.draft_s * 1e3 / total.drafted if total.drafted else None,
-            "_outputs": outputs}
+    return {
+        "tokens_per_s": total.tokens / total_s,
+        "ms_to_first_8_tokens": sum(first8) / len(first8),
+        "acceptance": total.acceptance,
+        "mean_accepted": total.mean_accepted,
+        "mean_k": total.mean_draft_len,
+        "tokens": total.tokens,
+        "acceptance_per_position": [round(a / t, 3) for t, a in zip(total.tried_at, total.accepted_at)],
+        "draft_ms_per_token": total.draft_s * 1e3 / total.drafted if total.drafted else None,
+        "_outputs": outputs,
+    }
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -52,8 +63,11 @@ def against_greedy(outputs: list[list[int]], greedy: list[list[int]]) -> dict:
     """Per prompt, where a run's output first left plain greedy's (None: identical), and the counts."""
     where = [first_divergence(out, ref) for out, ref in zip(outputs, greedy)]
     diverged = sum(w is not None for w in where)
-    return {"identical": diverged == 0 and len(outputs) == len(greedy), "diverged_prompts": diverged,
-            "first_divergence": where}
+    return {
+        "identical": diverged == 0 and len(outputs) == len(greedy),
+        "diverged_prompts": diverged,
+        "first_divergence": where,
+    }
 
 
 def identity_guaranteed(dtype: str) -> bool:
@@ -74,8 +88,7 @@ def speedups(runs: list[dict]) -> dict:
         return {}
     ours = by_mode["adaptive"]["tokens_per_s"]
     best_fixed = max(r["tokens_per_s"] for r in runs if r["mode"] == "fixed")
-    out = {"adaptive_vs_greedy": ours / by_mode["greedy"]["tokens_per_s"],
-           "adaptive_vs_best_fixed": ours / best_fixed}
+    out = {"adaptive_vs_greedy": ours / by_mode["greedy"]["tokens_per_s"], "adaptive_vs_best_fixed": ours / best_fixed}
     if "heuristic" in by_mode:
         out["adaptive_vs_heuristic"] = ours / by_mode["heuristic"]["tokens_per_s"]
     if "hf_assisted" in by_mode:

@@ -6,6 +6,7 @@ loading its own models: ~20 s each on 2 cores, in parallel), `deploy/haproxy.cfg
 rendered for them and HAProxy running it; Ctrl-C or SIGTERM drains the workers (SIGTERM to
 each: running turns finish) and stops HAProxy. Everything binds 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ def find_haproxy() -> str:
     """The haproxy binary, or a FleetError saying how to install it."""
     found = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).is_file()), None)
     if found is None:
-        raise FleetError("haproxy is not installed: run `make fleet` (scripts/bootstrap --fleet installs "
-                         "Debian's haproxy as root) or `apt-get install haproxy`")
+        raise FleetError(
+            "haproxy is not installed: run `make fleet` (scripts/bootstrap --fleet installs "
+            "Debian's haproxy as root) or `apt-get install haproxy`"
+        )
     return found
 
 
@@ -44,7 +47,8 @@ def render_config(bind_port: int, worker_ports: list[int], check_ms: int, max_se
     """deploy/haproxy.cfg.template for workers on 127.0.0.1 at `worker_ports`."""
     servers = "\n".join(f"    server w{i + 1} {HOST}:{port}" for i, port in enumerate(worker_ports))
     return string.Template(TEMPLATE.read_text()).substitute(
-        bind=f"{HOST}:{bind_port}", servers=servers, check_ms=check_ms, max_sessions=max_sessions)
+        bind=f"{HOST}:{bind_port}", servers=servers, check_ms=check_ms, max_sessions=max_sessions
+    )
 
 
 @dataclass
@@ -82,17 +86,29 @@ class Fleet:
         haproxy = find_haproxy()
         for i in range(self.workers):
             port = self.first_worker_port + i if self.first_worker_port else 0
-            self.members.append(Worker(start_server("--host", HOST, "--port", str(port), "--set",
-                                                    f"server.max_sessions={self.max_sessions}", *self.worker_args,
-                                                    own_group=True)))
+            self.members.append(
+                Worker(
+                    start_server(
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(port),
+                        "--set",
+                        f"server.max_sessions={self.max_sessions}",
+                        *self.worker_args,
+                        own_group=True,
+                    )
+                )
+            )
         try:
             for worker in self.members:
                 worker.url = wait_ready(worker.proc, timeout_s)
             cfg = self.workdir / "haproxy.cfg"
             cfg.write_text(render_config(self.port, [w.port for w in self.members], self.check_ms, self.max_sessions))
             log = (self.workdir / "haproxy.log").open("w")
-            self.haproxy = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.haproxy = subprocess.Popen(
+                [haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             self._wait_balancer(timeout_s=30.0)
         except BaseException:
             self.stop()
@@ -102,8 +118,9 @@ class Fleet:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.haproxy.poll() is not None:
-                raise FleetError(f"haproxy exited ({self.haproxy.returncode}): "
-                                 f"{(self.workdir / 'haproxy.log').read_text()[-2000:]}")
+                raise FleetError(
+                    f"haproxy exited ({self.haproxy.returncode}): {(self.workdir / 'haproxy.log').read_text()[-2000:]}"
+                )
             if http_status(self.url + "healthz") == 200:
                 return
             time.sleep(0.2)
@@ -147,8 +164,11 @@ def run_fleet(fleet: Fleet) -> None:
     print(f"starting {fleet.workers} workers (each loads its models) and haproxy…", flush=True)
     fleet.start()
     ports = ", ".join(str(w.port) for w in fleet.members)
-    print(f"fleet ready: open {fleet.url}  (websocket: ws://{HOST}:{fleet.port}/ws; workers on {ports}, "
-          f"each with /healthz and /metrics; haproxy config {fleet.workdir / 'haproxy.cfg'})", flush=True)
+    print(
+        f"fleet ready: open {fleet.url}  (websocket: ws://{HOST}:{fleet.port}/ws; workers on {ports}, "
+        f"each with /healthz and /metrics; haproxy config {fleet.workdir / 'haproxy.cfg'})",
+        flush=True,
+    )
     try:
         while not stop:
             dead = [w for w in fleet.members if w.proc.poll() is not None]
@@ -168,8 +188,12 @@ def add_fleet_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("fleet", parents=[common], help="N local workers behind HAProxy (try a fleet)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--port", type=int, default=8765, help="the balancer's port (default 8765)")
-    p.add_argument("--first-worker-port", type=int, default=8801,
-                   help="workers listen on consecutive ports from here (default 8801; 0 = any free)")
+    p.add_argument(
+        "--first-worker-port",
+        type=int,
+        default=8801,
+        help="workers listen on consecutive ports from here (default 8801; 0 = any free)",
+    )
     p.add_argument("--check-ms", type=int, default=1000, help="health check interval (default 1000 ms)")
     p.add_argument("--print-config", action="store_true", help="print the rendered haproxy.cfg and exit")
     p.set_defaults(func=fleet_command)
@@ -186,5 +210,6 @@ def fleet_command(args: argparse.Namespace, cfg) -> None:
         ports = [args.first_worker_port + i for i in range(args.workers)]
         print(render_config(args.port, ports, args.check_ms, cfg.server.max_sessions), end="")
         return
-    run_fleet(Fleet(args.workers, args.port, args.first_worker_port, args.check_ms, cfg.server.max_sessions,
-                    tuple(passed)))
+    run_fleet(
+        Fleet(args.workers, args.port, args.first_worker_port, args.check_ms, cfg.server.max_sessions, tuple(passed))
+    )

@@ -13,6 +13,7 @@ piper 1.8 exposes phoneme alignments only by patching the voice in memory with t
 package (`piper-tts[alignment]`), which is not a dependency here; the boundary is found by
 aligning the halves, spoken alone, to the whole sentence instead (`word_boundary`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,9 @@ class HesitationClip:
     audio: np.ndarray = field(repr=False, compare=False)
 
 
-def log_spectrum(samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ, hop_ms: int = 10,
-                 window_ms: int = 25, bands: int = 32) -> np.ndarray:
+def log_spectrum(
+    samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ, hop_ms: int = 10, window_ms: int = 25, bands: int = 32
+) -> np.ndarray:
     """Log power in `bands` log-spaced bands per frame (frames × bands); frame k spans
     samples [k·hop, k·hop + window). Features for aligning two renditions of the same words."""
     hop, win = rate_hz * hop_ms // 1000, rate_hz * window_ms // 1000
@@ -94,8 +96,7 @@ def first_voiced_sample(samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ) -> i
     return len(samples) - last_voiced_sample(np.ascontiguousarray(samples[::-1]), rate_hz)
 
 
-def word_boundary(sentence: np.ndarray, first: np.ndarray, second: np.ndarray,
-                  rate_hz: int = SAMPLE_RATE_HZ) -> int:
+def word_boundary(sentence: np.ndarray, first: np.ndarray, second: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ) -> int:
     """The sample of `sentence` where the words of `first` end and those of `second` begin
     (each half spoken alone by the same voice). The end of `first` is aligned forwards onto
     the sentence, the start of `second` backwards; close estimates are averaged, else the
@@ -104,7 +105,7 @@ def word_boundary(sentence: np.ndarray, first: np.ndarray, second: np.ndarray,
     hop, win = rate_hz // 100, rate_hz * 25 // 1000
     whole = log_spectrum(sentence, rate_hz)
     forward = aligned_end(log_spectrum(first[: last_voiced_sample(first, rate_hz)], rate_hz), whole) * hop + win
-    tail = second[first_voiced_sample(second, rate_hz):][::-1]
+    tail = second[first_voiced_sample(second, rate_hz) :][::-1]
     back = aligned_end(log_spectrum(tail, rate_hz), log_spectrum(sentence[::-1], rate_hz))
     backward = len(sentence) - (back * hop + win)
     agree = abs(forward - backward) <= rate_hz * AGREE_MS // 1000
@@ -117,7 +118,7 @@ def quietest_point(samples: np.ndarray, near: int, rate_hz: int = SAMPLE_RATE_HZ
     starts = np.arange(max(0, near - reach - win // 2), min(len(samples) - win, near + reach - win // 2) + 1, step)
     if len(starts) == 0:
         return int(np.clip(near, 0, len(samples)))
-    energy = [float(np.mean(np.square(samples[s:s + win], dtype=np.float64))) for s in starts]
+    energy = [float(np.mean(np.square(samples[s : s + win], dtype=np.float64))) for s in starts]
     return int(starts[int(np.argmin(energy))] + win // 2)
 
 
@@ -148,8 +149,9 @@ def _sentences(folder: Path, pairs: list[tuple[str, str]], tts_factory) -> list[
     return out
 
 
-def hesitation_audio(cfg: Config, tts=None, pauses_ms=DEFAULT_PAUSES_MS,
-                     questions: int | None = None) -> list[HesitationClip]:
+def hesitation_audio(
+    cfg: Config, tts=None, pauses_ms=DEFAULT_PAUSES_MS, questions: int | None = None
+) -> list[HesitationClip]:
     """The hesitation clips, question by question and pause by pause; WAVs cached under the
     bench cache dir (`bench-hesitation/`, with the cut of each sentence in boundaries.json)."""
     folder = cache_dir(cfg.models) / "bench-hesitation"
@@ -170,8 +172,9 @@ def hesitation_audio(cfg: Config, tts=None, pauses_ms=DEFAULT_PAUSES_MS,
             if not path.is_file():
                 write_wav(path, audio, SAMPLE_RATE_HZ)  # to listen to; the runs use `audio`
             second_at = cut + SAMPLE_RATE_HZ * pause_ms // 1000
-            clips.append(HesitationClip(path.stem, first, second, pause_ms, cut, second_at,
-                                        last_voiced_sample(audio), audio))
+            clips.append(
+                HesitationClip(path.stem, first, second, pause_ms, cut, second_at, last_voiced_sample(audio), audio)
+            )
     return clips
 
 
@@ -185,8 +188,9 @@ class Verdict:
     turn_gap_ms: float | None  # first reply starting after the true end, minus that end
 
 
-def classify(finals: list[tuple[str, float]], reply_starts: list[float], second_at_t: float,
-             speech_end_t: float) -> Verdict:
+def classify(
+    finals: list[tuple[str, float]], reply_starts: list[float], second_at_t: float, speech_end_t: float
+) -> Verdict:
     """Judge a run from its timeline (perf_counter seconds; 0.0 = that sample was never fed)."""
     committed = [t for text, t in finals if text.strip()]
     second = second_at_t or float("inf")
@@ -244,8 +248,12 @@ async def run_clip(stack, cfg: Config, clip: HesitationClip) -> HesitationRun:
     from voice.pipeline import VoiceSession
 
     session, run, done = VoiceSession(stack, cfg), HesitationRun(clip), asyncio.Event()
-    marks = {"pause": clip.pause_at, "second_half": clip.second_at, "speech_end": clip.speech_end,
-             "audio_end": len(clip.audio)}
+    marks = {
+        "pause": clip.pause_at,
+        "second_half": clip.second_at,
+        "speech_end": clip.speech_end,
+        "audio_end": len(clip.audio),
+    }
     collector = asyncio.ensure_future(_collect(session, run, done))
     try:
         await feed_marked(lambda f: session.feed_audio(f), clip.audio, done, marks, run.fed_at, RUN_TIMEOUT_S)
@@ -261,11 +269,19 @@ def run_result(run: HesitationRun) -> dict:
     verdict = classify(run.finals, run.reply_starts, fed.get("second_half", 0.0), fed.get("speech_end", 0.0))
     committed = [t for text, t in run.finals if text.strip()]
     first_commit = (committed[0] - fed["second_half"]) * 1e3 if committed and "second_half" in fed else None
-    return {"audio": clip.name, "first": clip.first, "second": clip.second, "pause_ms": clip.pause_ms,
-            "finals": [text for text, _ in run.finals], "answered": verdict.answered,
-            "split_turn": verdict.split_turn, "cut_in": verdict.cut_in, "turn_gap_ms": verdict.turn_gap_ms,
-            # when the first answered turn was committed, after the second half began (< 0: in the pause)
-            "first_commit_ms": None if first_commit is None else round(first_commit, 1)}
+    return {
+        "audio": clip.name,
+        "first": clip.first,
+        "second": clip.second,
+        "pause_ms": clip.pause_ms,
+        "finals": [text for text, _ in run.finals],
+        "answered": verdict.answered,
+        "split_turn": verdict.split_turn,
+        "cut_in": verdict.cut_in,
+        "turn_gap_ms": verdict.turn_gap_ms,
+        # when the first answered turn was committed, after the second half began (< 0: in the pause)
+        "first_commit_ms": None if first_commit is None else round(first_commit, 1),
+    }
 
 
 def hesitation_report(results: list[dict]) -> dict:
@@ -277,10 +293,16 @@ def hesitation_report(results: list[dict]) -> dict:
         group["split_turns"] += r["split_turn"]
         group["cut_ins"] += r["cut_in"]
     gaps = [r["turn_gap_ms"] for r in results if r["turn_gap_ms"] is not None]
-    return {"questions": len({(r["first"], r["second"]) for r in results}), "runs": len(results),
-            "split_turns": sum(r["split_turn"] for r in results), "cut_ins": sum(r["cut_in"] for r in results),
-            "unanswered": sum(r["answered"] == 0 for r in results), "turn_gap_ms": percentiles(gaps),
-            "by_pause_ms": by_pause, "results": results}
+    return {
+        "questions": len({(r["first"], r["second"]) for r in results}),
+        "runs": len(results),
+        "split_turns": sum(r["split_turn"] for r in results),
+        "cut_ins": sum(r["cut_in"] for r in results),
+        "unanswered": sum(r["answered"] == 0 for r in results),
+        "turn_gap_ms": percentiles(gaps),
+        "by_pause_ms": by_pause,
+        "results": results,
+    }
 
 
 def hesitation_summary(report: dict) -> dict:
@@ -296,6 +318,9 @@ async def run_hesitation(stack, cfg: Config, clips: list[HesitationClip], progre
         results.append(result)
         if progress:
             flags = ", ".join(k for k in ("split_turn", "cut_in") if result[k]) or "one turn"
-            print(f"[hesitation {i + 1}/{len(clips)}] {clip.name}: {result['finals']} -> {flags}, "
-                  f"gap {result['turn_gap_ms']} ms", flush=True)
+            print(
+                f"[hesitation {i + 1}/{len(clips)}] {clip.name}: {result['finals']} -> {flags}, "
+                f"gap {result['turn_gap_ms']} ms",
+                flush=True,
+            )
     return hesitation_report(results)

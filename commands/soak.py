@@ -5,6 +5,7 @@ p50/p90, answered and lost turns, errors — plus the server's RSS, task and thr
 (from its `/stats`) before and after, so leaks show. Traffic goes only to the given
 server (use a loopback address).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,13 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
                 lost += 1
                 errors.append(problem)
             else:
-                answered.append({**record.stages_ms(), "llm_start": record.metrics.get("llm_start_ms"),
-                                 "turn_gap": record.turn_gap_ms})
+                answered.append(
+                    {
+                        **record.stages_ms(),
+                        "llm_start": record.metrics.get("llm_start_ms"),
+                        "turn_gap": record.turn_gap_ms,
+                    }
+                )
     finally:
         if ws is not None:
             await ws.close()
@@ -90,8 +96,10 @@ def decode_delta(start: dict | None, end: dict | None) -> dict:
         return {"batch_sizes": None, "decode_tokens_per_s": None}
     sizes = {k: v - start["batch_sizes"].get(k, 0) for k, v in end["batch_sizes"].items()}
     busy = end["busy_s"] - start["busy_s"]
-    return {"batch_sizes": {k: v for k, v in sizes.items() if v},
-            "decode_tokens_per_s": round((end["tokens_out"] - start["tokens_out"]) / busy, 1) if busy > 0 else None}
+    return {
+        "batch_sizes": {k: v for k, v in sizes.items() if v},
+        "decode_tokens_per_s": round((end["tokens_out"] - start["tokens_out"]) / busy, 1) if busy > 0 else None,
+    }
 
 
 async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
@@ -99,8 +107,9 @@ async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
     deadline = time.perf_counter() + timeout_s
     while True:
         stats = await asyncio.to_thread(server_stats, url)
-        if (stats["sessions"] <= baseline["sessions"] and stats["tasks"] <= baseline["tasks"]) \
-                or time.perf_counter() > deadline:
+        if (
+            stats["sessions"] <= baseline["sessions"] and stats["tasks"] <= baseline["tasks"]
+        ) or time.perf_counter() > deadline:
             return stats
         await asyncio.sleep(0.5)
 
@@ -115,23 +124,37 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmu
     """
     warm = await asyncio.gather(*(_client(url, paths, 1, i) for i in range(max(levels)))) if warmup else []
     before = await settle(url, {"sessions": 0, "tasks": 1 << 30})
-    out = {"server": url, "turns_per_client": turns, "warmup_answered": sum(len(r[0]) for r in warm),
-           "before": before, "levels": []}
+    out = {
+        "server": url,
+        "turns_per_client": turns,
+        "warmup_answered": sum(len(r[0]) for r in warm),
+        "before": before,
+        "levels": [],
+    }
     for n in levels:
         t0 = time.perf_counter()
         start = await asyncio.to_thread(server_stats, url)
         results = await asyncio.gather(*(_client(url, paths, turns, i) for i in range(n)))
         turns_done = [t for r in results for t in r[0]]
         after = await settle(url, before)
-        out["levels"].append({"clients": n, "turns": n * turns, "answered": len(turns_done),
-                              "lost": sum(r[1] for r in results), "errors": [e for r in results for e in r[2]][:10],
-                              "retried": sum(r[3] for r in results),
-                              "turn_gap_ms": percentiles([t["turn_gap"] for t in turns_done]),
-                              "stages_ms": {s: percentiles([t[s] for t in turns_done if t[s] is not None])
-                                            for s in ("llm_start", *STAGES)},
-                              "wall_s": round(time.perf_counter() - t0, 1),
-                              **decode_delta(start.get("decode"), after.get("decode")),
-                              "rss_mb": round(after["rss_bytes"] / 2**20, 1), "server_after": after})
+        out["levels"].append(
+            {
+                "clients": n,
+                "turns": n * turns,
+                "answered": len(turns_done),
+                "lost": sum(r[1] for r in results),
+                "errors": [e for r in results for e in r[2]][:10],
+                "retried": sum(r[3] for r in results),
+                "turn_gap_ms": percentiles([t["turn_gap"] for t in turns_done]),
+                "stages_ms": {
+                    s: percentiles([t[s] for t in turns_done if t[s] is not None]) for s in ("llm_start", *STAGES)
+                },
+                "wall_s": round(time.perf_counter() - t0, 1),
+                **decode_delta(start.get("decode"), after.get("decode")),
+                "rss_mb": round(after["rss_bytes"] / 2**20, 1),
+                "server_after": after,
+            }
+        )
     out["after"] = out["levels"][-1]["server_after"] if out["levels"] else before
     return out
 
@@ -148,7 +171,7 @@ async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 
             await ws.send(json.dumps({"type": "text", "text": "Tell me a fun fact about octopuses."}))
         else:
             for k in range(0, len(audio), 320):
-                await ws.send(float_to_pcm16(audio[k:k + 320]).tobytes())
+                await ws.send(float_to_pcm16(audio[k : k + 320]).tobytes())
                 await asyncio.sleep(0.005)
         await asyncio.sleep(rng.uniform(0.0, 2.0))  # during decoding or audio streaming
         ws.transport.abort()  # no close handshake: a dropped network

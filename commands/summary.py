@@ -2,6 +2,7 @@
 
 In: a list of measured values (ms). Out: p50, p90 and max, rounded to 0.1. Cost: a sort.
 """
+
 from __future__ import annotations
 
 import statistics

@@ -6,6 +6,7 @@ reply audio to the speaker (or `--output-wav`), and each turn's gap. Without ech
 cancellation on a bare sound card, speech heard while the reply plays is ignored unless
 `--barge-in` is given (headphones).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,10 @@ def _sounddevice():
     try:
         import sounddevice as sd
     except OSError as err:  # PortAudio library missing
-        raise DeviceError(f"audio devices unavailable ({err}); install libportaudio2, or use "
-                          "`voice talk --input-wav FILE` or `voice serve` with a browser") from None
+        raise DeviceError(
+            f"audio devices unavailable ({err}); install libportaudio2, or use "
+            "`voice talk --input-wav FILE` or `voice serve` with a browser"
+        ) from None
     return sd
 
 
@@ -43,20 +46,24 @@ def list_devices() -> str:
     sd = _sounddevice()
     devices = sd.query_devices()
     if len(devices) == 0:
-        return ("no audio devices found on this machine: use `voice talk --input-wav FILE` "
-                "or `voice serve` and a browser")
+        return (
+            "no audio devices found on this machine: use `voice talk --input-wav FILE` or `voice serve` and a browser"
+        )
     return str(devices)
 
 
 def _check_device(sd, device, kind: str, rate_hz: int = SAMPLE_RATE_HZ) -> None:
     try:
-        sd.check_input_settings(device=device, samplerate=rate_hz, channels=1) if kind == "input" else \
-            sd.check_output_settings(device=device, samplerate=rate_hz, channels=1)
+        sd.check_input_settings(
+            device=device, samplerate=rate_hz, channels=1
+        ) if kind == "input" else sd.check_output_settings(device=device, samplerate=rate_hz, channels=1)
     except Exception as err:  # PortAudioError or ValueError for a bad index/name
         flag = "--input-device" if kind == "input" else "--output-device"
-        raise DeviceError(f"no usable {kind} device ({err}): pass {flag} (see `voice devices`), "
-                          f"{'use --input-wav FILE' if kind == 'input' else 'use --output-wav FILE'}, "
-                          "or use `voice serve` with a browser") from None
+        raise DeviceError(
+            f"no usable {kind} device ({err}): pass {flag} (see `voice devices`), "
+            f"{'use --input-wav FILE' if kind == 'input' else 'use --output-wav FILE'}, "
+            "or use `voice serve` with a browser"
+        ) from None
 
 
 class Speaker:
@@ -114,26 +121,40 @@ async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) ->
         note = " (interrupted)" if m["interrupted"] else ""
         if m["shortened"]:
             print(" (shortened — say 'tell me more')", end="", flush=True)
-        print(f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
-              f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
-              f"mean k {m['mean_draft_len']}]", flush=True)
+        print(
+            f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
+            f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
+            f"mean k {m['mean_draft_len']}]",
+            flush=True,
+        )
         turns_done.put_nowait(m)
 
     def error(ev: TurnError) -> None:
         print(f"\nerror: {ev.message}", file=sys.stderr, flush=True)
         turns_done.put_nowait(None)
 
-    handlers = {VadState: heard, Transcript: transcript, TurnEnd: turn_end, TurnError: error,
-                ReplyText: lambda ev: print(ev.text, end="", flush=True),
-                AudioOut: lambda ev: asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz)}
+    handlers = {
+        VadState: heard,
+        Transcript: transcript,
+        TurnEnd: turn_end,
+        TurnError: error,
+        ReplyText: lambda ev: print(ev.text, end="", flush=True),
+        AudioOut: lambda ev: asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz),
+    }
     while True:
         played = dispatch(await session.events.get(), handlers)
         if played is not None:  # audio plays before the next event is read
             await played
 
 
-async def talk(cfg: Config, input_device=None, output_device=None, input_wav: str | None = None,
-               output_wav: str | None = None, barge_in: bool = False) -> int:
+async def talk(
+    cfg: Config,
+    input_device=None,
+    output_device=None,
+    input_wav: str | None = None,
+    output_wav: str | None = None,
+    barge_in: bool = False,
+) -> int:
     """Run a conversation until Ctrl-C (microphone) or until the WAV's turns are answered."""
     from voice.pipeline import VoiceSession
     from voice.stack import load_stack
@@ -171,7 +192,7 @@ async def _play_wav_as_mic(session, audio: np.ndarray, turns_done: asyncio.Queue
     deadline = t0 + len(signal) / SAMPLE_RATE_HZ + 60
     answered = 0
     while time.perf_counter() < deadline:
-        frame = signal[i * FRAME:(i + 1) * FRAME]
+        frame = signal[i * FRAME : (i + 1) * FRAME]
         i += 1
         await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.perf_counter()))
         await session.feed_audio(frame if len(frame) else np.zeros(FRAME, np.float32))
@@ -190,8 +211,9 @@ async def _listen(sd, session, device) -> None:
     def callback(indata, frames, t, status) -> None:
         loop.call_soon_threadsafe(blocks.put_nowait, (indata[:, 0].copy(), time.perf_counter()))
 
-    with sd.InputStream(samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=FRAME,
-                        device=device, callback=callback):
+    with sd.InputStream(
+        samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=FRAME, device=device, callback=callback
+    ):
         print("listening — speak; Ctrl-C to quit", flush=True)
         while True:
             samples, t = await blocks.get()
@@ -210,8 +232,9 @@ def talk_command(args, cfg: Config) -> None:
 
 
 # ---- `voice talk --server`: the same conversation through a running server or a fleet -----------
-async def talk_remote(url: str, input_device=None, output_device=None, input_wav: str | None = None,
-                      output_wav: str | None = None) -> int:
+async def talk_remote(
+    url: str, input_device=None, output_device=None, input_wav: str | None = None, output_wav: str | None = None
+) -> int:
     """Stream the microphone (or a WAV) to a server's `/ws`; print and play what comes back. A
     worker that drains closes with 1001 at a turn boundary: a new session opens (through a
     balancer, on another worker) and the microphone carries on."""
@@ -224,8 +247,9 @@ async def talk_remote(url: str, input_device=None, output_device=None, input_wav
         _check_device(sd, input_device, "input")
     frames: asyncio.Queue = asyncio.Queue()
     out = _RemoteOutput(output_device, output_wav)
-    source = asyncio.ensure_future(_paced_wav(audio, frames, out) if audio is not None
-                                   else _mic_frames(sd, input_device, frames))
+    source = asyncio.ensure_future(
+        _paced_wav(audio, frames, out) if audio is not None else _mic_frames(sd, input_device, frames)
+    )
     try:
         while not out.finished.is_set():
             ws = await open_session(url)
@@ -262,14 +286,18 @@ class _RemoteOutput:
             print(msg["text"], end="", flush=True)
         elif kind == "audio_start":
             if self.speaker is None:
-                self.speaker = Speaker(self.device, self.output_wav, need_device=self.device is not None,
-                                       rate_hz=msg["sample_rate"])
+                self.speaker = Speaker(
+                    self.device, self.output_wav, need_device=self.device is not None, rate_hz=msg["sample_rate"]
+                )
             self.rate_hz = msg["sample_rate"]
         elif kind == "turn_end":
             m = msg["metrics"]
-            print((" (shortened — say 'tell me more')" if m["shortened"] else "")
-                  + f"\n[turn gap {m['turn_gap_ms']} ms{' (interrupted)' if m['interrupted'] else ''} · "
-                  f"transcript {m['asr_final_ms']} ms · first words {m['first_span_ms']} ms]", flush=True)
+            print(
+                (" (shortened — say 'tell me more')" if m["shortened"] else "")
+                + f"\n[turn gap {m['turn_gap_ms']} ms{' (interrupted)' if m['interrupted'] else ''} · "
+                f"transcript {m['asr_final_ms']} ms · first words {m['first_span_ms']} ms]",
+                flush=True,
+            )
             self.answered += 1
             self._check_done()
         elif kind == "error":
@@ -303,8 +331,11 @@ async def _converse(ws, frames: asyncio.Queue, out: _RemoteOutput, source: async
         while True:  # recv() raises ConnectionClosed with the server's close code
             await out.on_message(await ws.recv())
 
-    tasks = [asyncio.ensure_future(send()), asyncio.ensure_future(receive()),
-             asyncio.ensure_future(out.finished.wait())]
+    tasks = [
+        asyncio.ensure_future(send()),
+        asyncio.ensure_future(receive()),
+        asyncio.ensure_future(out.finished.wait()),
+    ]
     try:
         await asyncio.wait([*tasks, source], return_when=asyncio.FIRST_COMPLETED)
         for task in (*tasks[:2], source):
@@ -327,7 +358,7 @@ async def _paced_wav(audio: np.ndarray, frames: asyncio.Queue, out: _RemoteOutpu
     pcm = (np.clip(signal, -1, 1) * 32767).astype("<i2")
     t0, i = time.perf_counter(), 0
     while i * FRAME < len(pcm) + 60 * SAMPLE_RATE_HZ:
-        frame = pcm[i * FRAME:(i + 1) * FRAME]
+        frame = pcm[i * FRAME : (i + 1) * FRAME]
         i += 1
         await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.perf_counter()))
         frames.put_nowait(frame if len(frame) else np.zeros(FRAME, "<i2"))
@@ -343,7 +374,8 @@ async def _mic_frames(sd, device, frames: asyncio.Queue) -> None:
         pcm = (np.clip(indata[:, 0], -1, 1) * 32767).astype("<i2")
         loop.call_soon_threadsafe(frames.put_nowait, pcm)
 
-    with sd.InputStream(samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=FRAME,
-                        device=device, callback=callback):
+    with sd.InputStream(
+        samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=FRAME, device=device, callback=callback
+    ):
         print("listening — speak; Ctrl-C to quit", flush=True)
         await asyncio.Event().wait()

@@ -16,6 +16,7 @@ f_j = step(f_{j-1}, E[x_{t+j}]) predicts A_{t+j} for j ≤ depth (teacher forcin
 draft only counts if the earlier ones were accepted), cross-entropy over the reduced
 vocabulary plus a small feature loss f_j ≈ H_{t+j}.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ class Sequences:
 
 
 @torch.inference_mode()
-def generate_replies(model, tokenizer, prompts: list[str] | list[list[dict[str, str]]], max_new: int, batch: int,
-                     sample: bool = False) -> list[tuple[list[int], int]]:
+def generate_replies(
+    model, tokenizer, prompts: list[str] | list[list[dict[str, str]]], max_new: int, batch: int, sample: bool = False
+) -> list[tuple[list[int], int]]:
     """Batched replies (left padding), greedy or sampled (temperature 0.8, top-p 0.95), to user
     messages or whole chats. Returns (prompt + reply ids, prompt length) per prompt.
     """
@@ -74,30 +76,44 @@ def generate_replies(model, tokenizer, prompts: list[str] | list[list[dict[str, 
     how = dict(do_sample=True, temperature=0.8, top_p=0.95) if sample else dict(do_sample=False)
     out: list[tuple[list[int], int]] = []
     for i in tqdm(range(0, len(prompts), batch), desc="sample" if sample else "generate", unit="batch"):
-        chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}] if isinstance(p, str) else p,
-                                               add_generation_prompt=True, tokenize=False)
-                 for p in prompts[i:i + batch]]
+        chats = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}] if isinstance(p, str) else p,
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for p in prompts[i : i + batch]
+        ]
         enc = tokenizer(chats, return_tensors="pt", padding=True).to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new, pad_token_id=eos, **how)
         for row, mask in zip(gen, enc["attention_mask"]):
-            ids = row[int((mask == 0).sum()):].tolist()
+            ids = row[int((mask == 0).sum()) :].tolist()
             n_prompt = int(mask.sum())
             reply = ids[n_prompt:]
             if eos in reply:
-                reply = reply[:reply.index(eos) + 1]
+                reply = reply[: reply.index(eos) + 1]
             out.append((ids[:n_prompt] + reply, n_prompt))
     return out
 
 
-def make_sequences(model, tokenizer, prompts: int, max_new: int, gen_batch: int, sampled: float,
-                   seed: int = 0, conversations: int = 0, system_prompt: str = "") -> dict:
+def make_sequences(
+    model,
+    tokenizer,
+    prompts: int,
+    max_new: int,
+    gen_batch: int,
+    sampled: float,
+    seed: int = 0,
+    conversations: int = 0,
+    system_prompt: str = "",
+) -> dict:
     """Training and held-out sequences: a greedy reply per prompt plus `sampled` sampled ones per prompt;
     with `conversations`, as many multi-turn chats too (see `conversation_sequences`)."""
     from commands.decode_bench import bundled_prompts
 
     torch.manual_seed(seed)
     texts = training_prompts(prompts, set(bundled_prompts()), seed)
-    extra = (texts * (int(sampled) + 1))[:round(sampled * len(texts))]
+    extra = (texts * (int(sampled) + 1))[: round(sampled * len(texts))]
     train = generate_replies(model, tokenizer, texts, max_new, gen_batch)
     train += generate_replies(model, tokenizer, extra, max_new, gen_batch, sample=True)
     held = generate_replies(model, tokenizer, held_out_prompts(max(8, prompts // 50), seed), max_new, gen_batch)
@@ -105,17 +121,43 @@ def make_sequences(model, tokenizer, prompts: int, max_new: int, gen_batch: int,
     if conversations:
         gen = lambda chats, sample=False: generate_replies(model, tokenizer, chats, max_new, gen_batch, sample)  # noqa: E731
         systems = SYSTEM_PROMPTS + [system_prompt] * (len(SYSTEM_PROMPTS) // 3 if system_prompt else 0)
-        out["train"] += conversation_sequences(gen, tokenizer, conversation_openers(), TOPICS, conversations,
-                                               sampled, seed, systems, frozenset(bundled_prompts()))
+        out["train"] += conversation_sequences(
+            gen,
+            tokenizer,
+            conversation_openers(),
+            TOPICS,
+            conversations,
+            sampled,
+            seed,
+            systems,
+            frozenset(bundled_prompts()),
+        )
         out["held_out_conversations"] = conversation_sequences(
-            gen, tokenizer, TEMPLATES, HELD_OUT_TOPICS, max(8, conversations // 50), 0, seed + 1,
-            [system_prompt or None], final_only=True)
+            gen,
+            tokenizer,
+            TEMPLATES,
+            HELD_OUT_TOPICS,
+            max(8, conversations // 50),
+            0,
+            seed + 1,
+            [system_prompt or None],
+            final_only=True,
+        )
     return out
 
 
-def conversation_sequences(generate, tokenizer, openers: list[str], topics: list[str], n: int, sampled: float,
-                           seed: int, systems: list[str | None], exclude: frozenset[str] = frozenset(),
-                           final_only: bool = False) -> list[tuple[list[int], int]]:
+def conversation_sequences(
+    generate,
+    tokenizer,
+    openers: list[str],
+    topics: list[str],
+    n: int,
+    sampled: float,
+    seed: int,
+    systems: list[str | None],
+    exclude: frozenset[str] = frozenset(),
+    final_only: bool = False,
+) -> list[tuple[list[int], int]]:
     """n multi-turn chats: every earlier turn answered greedily (a sequence each, unless `final_only`),
     then the last user message answered greedily plus `sampled` sampled replies per chat.
 
@@ -123,14 +165,20 @@ def conversation_sequences(generate, tokenizer, openers: list[str], topics: list
     """
     plans = plan_conversations(n, topics, openers, FOLLOW_UPS, seed, systems, exclude=exclude)
     earlier, chats = generate_turns(generate, tokenizer, plans)
-    extra = (chats * (int(sampled) + 1))[:round(sampled * len(chats))]
+    extra = (chats * (int(sampled) + 1))[: round(sampled * len(chats))]
     final = generate(chats) + (generate(extra, True) if extra else [])
     return final if final_only else earlier + final
 
 
 @torch.inference_mode()
-def teacher_pass(model, sequences: list[tuple[list[int], int]], depth: int, feature_layers: tuple[int, ...] = (),
-                 batch: int = 16, prompt_context: int | None = None) -> Sequences:
+def teacher_pass(
+    model,
+    sequences: list[tuple[list[int], int]],
+    depth: int,
+    feature_layers: tuple[int, ...] = (),
+    batch: int = 16,
+    prompt_context: int | None = None,
+) -> Sequences:
     """fp32 features and argmax labels (batched by length, right padding), in input order.
 
     Every position is kept, or with `prompt_context` only the reply's and the `prompt_context`
@@ -140,7 +188,7 @@ def teacher_pass(model, sequences: list[tuple[list[int], int]], depth: int, feat
     parts: list[tuple | None] = [None] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
     for i in tqdm(range(0, len(order), batch), desc="teacher", unit="batch"):
-        group = order[i:i + batch]
+        group = order[i : i + batch]
         width = max(len(sequences[j][0]) for j in group)
         x = torch.zeros(len(group), width, dtype=torch.long)
         mask = torch.zeros(len(group), width, dtype=torch.long)
@@ -163,8 +211,9 @@ def teacher_pass(model, sequences: list[tuple[list[int], int]], depth: int, feat
         offset += len(ids) - first
     device = model.device
     tokens, feats, labels = (torch.cat(column) for column in zip(*parts))
-    return Sequences(tokens.to(device), feats, labels.to(device), torch.cat(anchors).to(device),
-                     torch.cat(starts).to(device))
+    return Sequences(
+        tokens.to(device), feats, labels.to(device), torch.cat(anchors).to(device), torch.cat(starts).to(device)
+    )
 
 
 def _first_kept(n_prompt: int, prompt_context: int | None) -> int:
@@ -175,8 +224,12 @@ def batch_tensors(data: Sequences, picks: torch.Tensor, depth: int, hidden_size:
     """Features at t [B,F], tokens x_{t+1..t+depth} [B,depth], labels A_{t+1..}, targets H_{t+1..},
     and with `context` the features at t-context+1..t [B,W,F] with their validity [B,W]."""
     ahead = picks[:, None] + 1 + torch.arange(depth, device=picks.device)
-    out = (data.features[picks].float(), data.tokens[ahead], data.labels[ahead],
-           data.features[ahead, :hidden_size].float())
+    out = (
+        data.features[picks].float(),
+        data.tokens[ahead],
+        data.labels[ahead],
+        data.features[ahead, :hidden_size].float(),
+    )
     if not context:
         return out + (None, None)
     window = picks[:, None] - torch.arange(context - 1, -1, -1, device=picks.device)
@@ -184,8 +237,19 @@ def batch_tensors(data: Sequences, picks: torch.Tensor, depth: int, hidden_size:
     return out + (data.features[window.clamp(min=0)].float(), valid)
 
 
-def chain_losses(head: MTPHead, embed: torch.Tensor, rows: torch.Tensor, remap: torch.Tensor,
-                 h0, toks, labels, feats, context=None, valid=None, feature_weight: float = 0.1):
+def chain_losses(
+    head: MTPHead,
+    embed: torch.Tensor,
+    rows: torch.Tensor,
+    remap: torch.Tensor,
+    h0,
+    toks,
+    labels,
+    feats,
+    context=None,
+    valid=None,
+    feature_weight: float = 0.1,
+):
     """Summed loss over draft positions, and per-position accuracy (as tensors)."""
     f, loss, hits = head.start(h0), 0.0, []
     kv = head.context_kv(context) if context is not None else None
@@ -193,7 +257,7 @@ def chain_losses(head: MTPHead, embed: torch.Tensor, rows: torch.Tensor, remap: 
         f = head.step(f, embed[toks[:, j]], kv, valid)
         logits = head.logits(f, rows)
         target = remap[labels[:, j]]
-        loss = loss + F.cross_entropy(logits, target, ignore_index=-1) * (0.8 ** j)
+        loss = loss + F.cross_entropy(logits, target, ignore_index=-1) * (0.8**j)
         loss = loss + feature_weight * F.smooth_l1_loss(f, feats[:, j])
         hits.append((logits.argmax(-1) == target).float().mean())
     return loss, torch.stack(hits)
@@ -205,18 +269,30 @@ def acceptance(head: MTPHead, data: Sequences, embed, rows, remap, depth: int, c
     head.eval()
     total, n = torch.zeros(depth, device=embed.device), 0
     for i in range(0, len(data.anchors), chunk):
-        picks = data.anchors[i:i + chunk]
-        _, hits = chain_losses(head, embed, rows, remap,
-                               *batch_tensors(data, picks, depth, head.cfg.hidden_size, head.cfg.context))
+        picks = data.anchors[i : i + chunk]
+        _, hits = chain_losses(
+            head, embed, rows, remap, *batch_tensors(data, picks, depth, head.cfg.hidden_size, head.cfg.context)
+        )
         total += hits * len(picks)
         n += len(picks)
     head.train()
     return [round(float(v), 3) for v in total / max(n, 1)]
 
 
-def fit(head: MTPHead, data: Sequences, held: Sequences | dict[str, Sequences], embed: torch.Tensor,
-        rows: torch.Tensor, remap: torch.Tensor, steps: int, batch: int, depth: int, lr: float, evals: int = 5,
-        seed: int = 0) -> list[dict]:
+def fit(
+    head: MTPHead,
+    data: Sequences,
+    held: Sequences | dict[str, Sequences],
+    embed: torch.Tensor,
+    rows: torch.Tensor,
+    remap: torch.Tensor,
+    steps: int,
+    batch: int,
+    depth: int,
+    lr: float,
+    evals: int = 5,
+    seed: int = 0,
+) -> list[dict]:
     """Train `head` in place (steps >= 10); returns acceptance per position at `evals` points on each
     held-out set (`held`: one set, reported as "held_out_acceptance", or {name: set} → "{name}_acceptance")."""
     held_sets = held if isinstance(held, dict) else {"held_out": held}
@@ -230,16 +306,19 @@ def fit(head: MTPHead, data: Sequences, held: Sequences | dict[str, Sequences], 
     history = []
     for step in bar:
         picks = data.anchors[torch.randint(len(data.anchors), (batch,), device=gen.device, generator=gen)]
-        loss, _ = chain_losses(head, embed, rows, remap,
-                               *batch_tensors(data, picks, depth, head.cfg.hidden_size, head.cfg.context))
+        loss, _ = chain_losses(
+            head, embed, rows, remap, *batch_tensors(data, picks, depth, head.cfg.hidden_size, head.cfg.context)
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         sched.step()
         if (step + 1) % max(1, steps // evals) == 0 or step == steps - 1:
-            point = {f"{name}_acceptance": acceptance(head, sequences, embed, rows, remap, depth)
-                     for name, sequences in held_sets.items()}
+            point = {
+                f"{name}_acceptance": acceptance(head, sequences, embed, rows, remap, depth)
+                for name, sequences in held_sets.items()
+            }
             history.append({"step": step + 1, **point})
             bar.write(f"step {step + 1}: loss {loss.item():.2f}, acceptance per position {point}")
     return history
@@ -267,11 +346,26 @@ def cached_sequences(path: str, make: Callable[[], dict]) -> dict:
     return seqs
 
 
-def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int = 1500,
-                  batch: int = 256, depth: int = 4, layers: int = 1, vocab: int = 8192,
-                  device: str = "cpu", out: str = "", gen_batch: int = 32, seed: int = 0,
-                  sampled: float = 0.5, feature_layers: tuple[int, ...] | None = None, lr: float = 1e-3,
-                  sequences_file: str = "", context: int = 0, conversations: int = 0) -> dict:
+def train_drafter(
+    cfg: Config,
+    prompts: int = 600,
+    max_new: int = 96,
+    steps: int = 1500,
+    batch: int = 256,
+    depth: int = 4,
+    layers: int = 1,
+    vocab: int = 8192,
+    device: str = "cpu",
+    out: str = "",
+    gen_batch: int = 32,
+    seed: int = 0,
+    sampled: float = 0.5,
+    feature_layers: tuple[int, ...] | None = None,
+    lr: float = 1e-3,
+    sequences_file: str = "",
+    context: int = 0,
+    conversations: int = 0,
+) -> dict:
     """Generate data (or reuse `sequences_file`), train, save; returns a summary.
 
     `conversations`: multi-turn chats besides the single prompts (`make_sequences`).
@@ -289,35 +383,63 @@ def train_drafter(cfg: Config, prompts: int = 600, max_new: int = 96, steps: int
         feature_layers = check_feature_layers(feature_layers, n)
     except ValueError as err:
         raise ConfigError(f"--feature-layers: {err}") from None
-    seqs = cached_sequences(sequences_file, lambda m=model: make_sequences(
-        m, tokenizer, prompts, max_new, gen_batch, sampled, seed, conversations, cfg.llm.system_prompt))
+    seqs = cached_sequences(
+        sequences_file,
+        lambda m=model: make_sequences(
+            m, tokenizer, prompts, max_new, gen_batch, sampled, seed, conversations, cfg.llm.system_prompt
+        ),
+    )
     t_gen = time.perf_counter() - t_start
     model = model.to(torch_dtype("float32"))
     data = teacher_pass(model, seqs["train"], depth, feature_layers, prompt_context=context)
-    held = {name: teacher_pass(model, seqs[key], depth, feature_layers, prompt_context=context)
-            for name, key in (("held_out", "held_out"), ("held_out_conversation", "held_out_conversations"))
-            if key in seqs}
+    held = {
+        name: teacher_pass(model, seqs[key], depth, feature_layers, prompt_context=context)
+        for name, key in (("held_out", "held_out"), ("held_out_conversation", "held_out_conversations"))
+        if key in seqs
+    }
     embed = model.get_input_embeddings().weight.detach().float()
     vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], vocab)
-    mcfg = MTPConfig(hidden_size=embed.shape[1], intermediate_size=model.config.intermediate_size,
-                     layers=layers, vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
-                     target=str(cfg.models.llm), feature_layers=feature_layers, context=context)
+    mcfg = MTPConfig(
+        hidden_size=embed.shape[1],
+        intermediate_size=model.config.intermediate_size,
+        layers=layers,
+        vocab_ids=tuple(vocab_ids.tolist()),
+        rms_norm_eps=model.config.rms_norm_eps,
+        target=str(cfg.models.llm),
+        feature_layers=feature_layers,
+        context=context,
+    )
     del model
     head = MTPHead(mcfg).to(device)
-    history = fit(head, data, held, embed, embed[vocab_ids].to(device), remap.to(device), steps, batch, depth,
-                  lr, seed=seed)
+    history = fit(
+        head, data, held, embed, embed[vocab_ids].to(device), remap.to(device), steps, batch, depth, lr, seed=seed
+    )
     out_dir = Path(out or DEFAULT_PATH)
     save_mtp(head.cpu(), out_dir)
-    summary = {"sequences": len(seqs["train"]), "held_out_sequences": len(seqs["held_out"]),
-               "prompts": prompts, "sampled_per_prompt": sampled, "max_new_tokens": max_new,
-               "reply_tokens": sum(len(s) - p for s, p in seqs["train"]), "anchors": len(data.anchors),
-               "vocab": len(vocab_ids), "steps": steps, "batch": batch, "depth": depth, "layers": layers,
-               "feature_layers": list(mcfg.feature_layers), "context": context, "lr": lr, "device": device,
-               "generate_s": round(t_gen, 1), "total_s": round(time.perf_counter() - t_start, 1),
-               "conversations": conversations,
-               "held_out_acceptance_per_position": history[-1]["held_out_acceptance"],
-               "held_out_conversation_acceptance_per_position": history[-1].get("held_out_conversation_acceptance"),
-               "history": history,
-               "out": str(out_dir)}
+    summary = {
+        "sequences": len(seqs["train"]),
+        "held_out_sequences": len(seqs["held_out"]),
+        "prompts": prompts,
+        "sampled_per_prompt": sampled,
+        "max_new_tokens": max_new,
+        "reply_tokens": sum(len(s) - p for s, p in seqs["train"]),
+        "anchors": len(data.anchors),
+        "vocab": len(vocab_ids),
+        "steps": steps,
+        "batch": batch,
+        "depth": depth,
+        "layers": layers,
+        "feature_layers": list(mcfg.feature_layers),
+        "context": context,
+        "lr": lr,
+        "device": device,
+        "generate_s": round(t_gen, 1),
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "conversations": conversations,
+        "held_out_acceptance_per_position": history[-1]["held_out_acceptance"],
+        "held_out_conversation_acceptance_per_position": history[-1].get("held_out_conversation_acceptance"),
+        "history": history,
+        "out": str(out_dir),
+    }
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -4,6 +4,7 @@ In: a WAV file. Out: `TurnResult` with transcript, reply text, reply audio and t
 each stage: whole-file transcription → complete greedy reply → TTS of the whole reply.
 Nothing overlaps, so the turn gap is asr + llm + tts.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,5 +47,13 @@ def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel, tts: Pip
     t2 = time.perf_counter()
     audio = tts.synthesize_all(reply)
     t3 = time.perf_counter()
-    return TurnResult(transcript, reply, audio, tts.rate_hz, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                      (t3 - t2) * 1e3, sum(len(s.token_ids) for s in spans))
+    return TurnResult(
+        transcript,
+        reply,
+        audio,
+        tts.rate_hz,
+        (t1 - t0) * 1e3,
+        (t2 - t1) * 1e3,
+        (t3 - t2) * 1e3,
+        sum(len(s.token_ids) for s in spans),
+    )

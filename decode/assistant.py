@@ -16,6 +16,7 @@ raises for a config whose layers all share KV (which every assistant's config is
 an assistant is built, `assistant_kv_sharing` answers "reuse" for every layer of such a
 config — what the assistant's layers do — and leaves every other config alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,9 @@ class AssistantDrafter:
 
     name = "assistant"
 
-    def __init__(self, assistant, target, temperature: float = 0.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, assistant, target, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+    ) -> None:
         if not (isinstance(target, HFTarget) and target.keep_shared_kv):
             raise ValueError("the Gemma 4 assistant needs HFTarget(model, keep_shared_kv=True) over a Gemma 4 target")
         self.assistant, self.target = assistant, target
@@ -87,8 +89,10 @@ class AssistantDrafter:
         device = self.assistant.device
         length = self.target.length  # the cache holds ids[:-1]
         stale = self.target.shared_kv_end - length  # rows of rejected drafts at the end of each tensor
-        kv = {kind: (key[:, :, :key.shape[2] - stale].to(device), value[:, :, :value.shape[2] - stale].to(device))
-              for kind, (key, value) in kv.items()}
+        kv = {
+            kind: (key[:, :, : key.shape[2] - stale].to(device), value[:, :, : value.shape[2] - stale].to(device))
+            for kind, (key, value) in kv.items()
+        }
         position = torch.tensor([[len(ids) - 1]], device=device)
         mask = torch.ones(1, length, dtype=torch.long, device=device)
         state = hidden.reshape(1, 1, -1).to(device)
@@ -96,8 +100,9 @@ class AssistantDrafter:
         tokens, rows = [], []
         for _ in range(k):
             inputs = torch.cat([self.embed(token).to(device, state.dtype), state], dim=-1)
-            out = self.assistant(inputs_embeds=inputs, attention_mask=mask, position_ids=position,
-                                 shared_kv_states=kv, use_cache=False)
+            out = self.assistant(
+                inputs_embeds=inputs, attention_mask=mask, position_ids=position, shared_kv_states=kv, use_cache=False
+            )
             choice, q = pick(out.logits[0, -1].float(), self.temperature, self.top_p, self.generator)
             tokens.append(choice)
             if q is not None:

@@ -13,6 +13,7 @@ and costs T(k) = k * c_draft + c_verify(k), where c_verify(0) is a plain decodin
 k = 0 wins whenever drafting does not pay; every `probe_every` steps at k = 0 a short
 draft is tried anyway so a stale estimate can recover.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -171,8 +172,11 @@ class AdaptiveController:
             self._learn_cost(k, stats.verify_s)
         if k:
             per_token = stats.draft_s / k
-            self.draft_cost_s = per_token if self.draft_cost_s == 0 else (
-                (1 - self.cost_ema) * self.draft_cost_s + self.cost_ema * per_token)
+            self.draft_cost_s = (
+                per_token
+                if self.draft_cost_s == 0
+                else ((1 - self.cost_ema) * self.draft_cost_s + self.cost_ema * per_token)
+            )
 
     def _learn_cost(self, k: int, seconds: float) -> None:
         if not self.verify_cost_s:
@@ -185,9 +189,16 @@ class AdaptiveController:
             self.verify_cost_s[k] = (1 - slow) * shape + slow * seconds / self.load
 
 
-def plan_batch(acceptance: list[list[float]], weights: list[float], k_max: list[int], k_min: list[int],
-               fixed_tokens: int, verify_cost_s: dict[int, float], draft_cost_s: float = 0.0,
-               rounds: int = 3) -> list[int]:
+def plan_batch(
+    acceptance: list[list[float]],
+    weights: list[float],
+    k_max: list[int],
+    k_min: list[int],
+    fixed_tokens: int,
+    verify_cost_s: dict[int, float],
+    draft_cost_s: float = 0.0,
+    rounds: int = 3,
+) -> list[int]:
     """Draft lengths k_i for the decoding sequences of one batched step:
 
         maximise  sum_i w_i E_i[tokens | k_i] / (c(T) + c_draft * sum_i k_i),
@@ -211,7 +222,7 @@ def plan_batch(acceptance: list[list[float]], weights: list[float], k_max: list[
         for i in range(len(ks)):
             best_k, best = ks[i], rate(ks)
             for k in range(k_min[i], k_max[i] + 1):
-                trial = ks[:i] + [k] + ks[i + 1:]
+                trial = ks[:i] + [k] + ks[i + 1 :]
                 if (score := rate(trial)) > best + 1e-12:
                     best_k, best = k, score
             changed |= best_k != ks[i]

@@ -10,6 +10,7 @@ it last saw (common prefix), so rejected drafts are rolled back implicitly.
   context's last n tokens. Costs microseconds; no probabilities (one-hot).
 - `ModelDrafter`: any causal LM with the target's tokenizer, with its own KV cache.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
@@ -27,8 +28,9 @@ class Draft(NamedTuple):
     probs: torch.Tensor | None = None
 
 
-def pick(logits: torch.Tensor, temperature: float, top_p: float,
-         generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
+def pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[int, torch.Tensor | None]:
     """The argmax (temperature 0), or a sample and the distribution q it came from (rejection sampling needs q)."""
     if temperature <= 0:
         return int(logits.argmax()), None
@@ -94,8 +96,8 @@ class NgramDrafter:
             tail = ids[-n:]
             # latest earlier occurrence whose continuation exists
             for start in range(len(ids) - n - 1, -1, -1):
-                if ids[start:start + n] == tail:
-                    return Draft(ids[start + n:start + n + k])
+                if ids[start : start + n] == tail:
+                    return Draft(ids[start + n : start + n + k])
         return Draft([])
 
     def reset(self) -> None:
@@ -107,8 +109,14 @@ class ModelDrafter:
 
     name = "model"
 
-    def __init__(self, target: Target, temperature: float = 0.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None, hf_model=None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        hf_model=None,
+    ) -> None:
         self.model = target
         self.hf_model = hf_model  # the transformers model, for `generate(assistant_model=…)`
         self.temperature, self.top_p = temperature, top_p

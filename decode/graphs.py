@@ -14,6 +14,7 @@ once (garbage in `torch.empty` rows could be NaN, and 0 · NaN is NaN).
 the target's own forward). `target.forward` then replays the graph of its width and falls
 back to the eager path for other widths, prefill chunks and packed batches.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,15 +54,14 @@ class StepGraphs:
     def _static_step(self, ids: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [W, V] and features [W, F] of a step over the static buffers (graph-safe)."""
         t, slot = self.target, self.slot
-        positions = start + self._rows[:ids.shape[0]]
+        positions = start + self._rows[: ids.shape[0]]
         mask = self._cols[None, :] <= positions[:, None]  # [W, max_len]
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = t._k[slot][layer], t._v[slot][layer]
             k_cache.index_copy_(1, positions, k)
             v_cache.index_copy_(1, positions, v)
-            return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask,
-                                                  enable_gqa=t.n_heads != t.n_kv)
+            return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=t.n_heads != t.n_kv)
 
         hidden, features = t.run_layers(t.embed[ids], t.cos[positions], t.sin[positions], attend)
         return project(hidden, t.lm_head, t.weight_major).float(), features

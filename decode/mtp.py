@@ -11,6 +11,7 @@ output feature replaces h for the next step. Verification stays on the full voca
 lost when the reduced vocabulary misses a token — that draft is simply rejected.
 Cost per draft token on 2 CPU cores: ~1 ms against ~27 ms for one SmolLM2 step.
 """
+
 from __future__ import annotations
 
 import json
@@ -130,8 +131,13 @@ class MTPHead(nn.Module):
         """Keys|values [n, 2H] of target positions for `ContextAttention` (computed once per position)."""
         return self.attention.kv(self.start(target_hidden))
 
-    def step(self, hidden: torch.Tensor, token_embed: torch.Tensor, kv: torch.Tensor | None = None,
-             valid: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self,
+        hidden: torch.Tensor,
+        token_embed: torch.Tensor,
+        kv: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One draft step: (h, embed(x)) → the next feature (feeds the next step and the head).
 
         With `context`, the step also attends to `kv` (`context_kv` rows, oldest first).
@@ -154,8 +160,10 @@ def save_mtp(head: MTPHead, out_dir: str | Path) -> None:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in head.state_dict().items()},
-              str(out / "model.safetensors"))
+    save_file(
+        {k: v.detach().to(torch.float16).contiguous() for k, v in head.state_dict().items()},
+        str(out / "model.safetensors"),
+    )
     (out / "config.json").write_text(json.dumps(asdict(head.cfg)))
 
 
@@ -166,8 +174,10 @@ def read_mtp_config(path: str | Path = "") -> MTPConfig:
     """The config of the head saved at `path` (default: the one shipped for SmolLM2)."""
     path = Path(path or DEFAULT_PATH)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no MTP drafter at {path} (expected config.json and model.safetensors); "
-                                "train one with `voice train-drafter`")
+        raise FileNotFoundError(
+            f"no MTP drafter at {path} (expected config.json and model.safetensors); "
+            "train one with `voice train-drafter`"
+        )
     raw = json.loads((path / "config.json").read_text())
     raw["vocab_ids"] = tuple(raw["vocab_ids"])
     raw["feature_layers"] = tuple(raw.get("feature_layers", ()))
@@ -189,8 +199,14 @@ class MTPDrafter:
 
     name = "mtp"
 
-    def __init__(self, head: MTPHead, embed: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        head: MTPHead,
+        embed: torch.Tensor,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.head = head
         self.embed = embed  # the target's input embedding [V, H]
         ids = torch.tensor(head.cfg.vocab_ids or range(embed.shape[0]), device=embed.device)
@@ -218,7 +234,7 @@ class MTPDrafter:
         dtype = self.head_rows.dtype
         feature, token = self.head.start(hidden.to(dtype)), ids[-1]
         last = len(ids) - 1  # positions 0..last-1 are in the target's cache; last-1 gave `hidden`
-        kv = self.context_kv[max(0, last - self.head.cfg.context):last] if self.head.attention is not None else None
+        kv = self.context_kv[max(0, last - self.head.cfg.context) : last] if self.head.attention is not None else None
         tokens, rows = [], []
         for _ in range(k):
             feature = self.head.step(feature, self.embed[token].to(dtype), kv)
@@ -231,8 +247,9 @@ class MTPDrafter:
         return Draft(tokens, torch.stack(rows) if rows else None)
 
 
-def load_mtp_drafter(path: str, target, temperature: float = 0.0, top_p: float = 1.0,
-                     generator: torch.Generator | None = None) -> MTPDrafter:
+def load_mtp_drafter(
+    path: str, target, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> MTPDrafter:
     """The MTP drafter at `path` (default: the one shipped for SmolLM2) over `target`'s embedding."""
     path = path or str(DEFAULT_PATH)
     embed = target.embed
@@ -240,6 +257,8 @@ def load_mtp_drafter(path: str, target, temperature: float = 0.0, top_p: float =
     if head.cfg.hidden_size != embed.shape[1]:
         raise ValueError(f"MTP drafter at {path} has width {head.cfg.hidden_size}, the target {embed.shape[1]}")
     if tuple(target.feature_layers) != head.cfg.feature_layers:
-        raise ValueError(f"MTP drafter at {path} reads target layers {head.cfg.feature_layers}; "
-                         f"the target gives {tuple(target.feature_layers)} (make_target(feature_layers=...))")
+        raise ValueError(
+            f"MTP drafter at {path} reads target layers {head.cfg.feature_layers}; "
+            f"the target gives {tuple(target.feature_layers)} (make_target(feature_layers=...))"
+        )
     return MTPDrafter(head, embed, temperature, top_p, generator)

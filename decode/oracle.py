@@ -15,6 +15,7 @@ lossless whatever the oracle proposes. A context that is no reference's prefix (
 left the greedy path: bf16 rounding) gets no draft, and a draft stops where the reference
 ends. Costs microseconds; no probabilities (one-hot), so greedy decoding only.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,8 +36,9 @@ class OracleDrafter:
 
     name = "oracle"
 
-    def __init__(self, references: Sequence[Sequence[int]], accept: Sequence[float], vocab_size: int,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, references: Sequence[Sequence[int]], accept: Sequence[float], vocab_size: int, seed: int = 0
+    ) -> None:
         if not accept or any(not 0.0 <= a <= 1.0 for a in accept):
             raise ValueError(f"oracle acceptance must be probabilities in [0, 1], got {list(accept)}")
         if vocab_size < 2:
@@ -62,7 +64,7 @@ class OracleDrafter:
         order = [self._last] + [i for i in range(len(self.references)) if i != self._last]
         for i in order:
             ref = self.references[i]
-            if len(ref) > len(ids) and ref[:len(ids)] == ids:
+            if len(ref) > len(ids) and ref[: len(ids)] == ids:
                 self._last = i
                 return ref
         return None
@@ -76,7 +78,7 @@ class OracleDrafter:
             self.off_reference += 1
             return Draft([])
         tokens = []
-        for i, true in enumerate(ref[len(ids):len(ids) + k], start=1):
+        for i, true in enumerate(ref[len(ids) : len(ids) + k], start=1):
             if self.rng.random() < self.acceptance_at(i):
                 tokens.append(true)
             else:  # uniform over the V - 1 tokens that are not the true one

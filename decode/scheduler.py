@@ -20,6 +20,7 @@ Slots: a job goes to the free slot whose cache shares the longest prefix with it
 (a conversation stays cached across turns), else the least recently used one. Cost per
 step: one target forward over T tokens; on 2 AVX2 cores 4 × 1 token costs ~1.5 × 1 token.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -94,17 +95,29 @@ class SchedulerStats:
     batch_sizes: Counter = field(default_factory=Counter)  # sequences per step -> steps
 
     def as_dict(self) -> dict:
-        return {"steps": self.steps, "tokens_fed": self.tokens_fed, "tokens_out": self.tokens_out,
-                "busy_s": round(self.busy_s, 3),
-                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+        return {
+            "steps": self.steps,
+            "tokens_fed": self.tokens_fed,
+            "tokens_out": self.tokens_out,
+            "busy_s": round(self.busy_s, 3),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
 
 
 class StepScheduler:
     """Runs jobs over `slots` (decoders on slots of one target) in batched steps, on its own thread."""
 
-    def __init__(self, slots: list[SpeculativeDecoder], forward_packed: Callable | None,
-                 width_cost_s: dict[int, float], step_tokens: int = 64, talking_weight: float = 0.25,
-                 cost_ema: float = 0.2, threaded: bool = True, defer_ahead_s: float = float("inf")) -> None:
+    def __init__(
+        self,
+        slots: list[SpeculativeDecoder],
+        forward_packed: Callable | None,
+        width_cost_s: dict[int, float],
+        step_tokens: int = 64,
+        talking_weight: float = 0.25,
+        cost_ema: float = 0.2,
+        threaded: bool = True,
+        defer_ahead_s: float = float("inf"),
+    ) -> None:
         """`forward_packed(feeds)` of the slots' shared target (None: slots run one after another)."""
         if not slots:
             raise ValueError("the scheduler needs at least one slot")
@@ -125,10 +138,16 @@ class StepScheduler:
             atexit.register(self.close)  # a step running at interpreter exit aborts the process
 
     # ---- submitting ----------------------------------------------------------------
-    def submit(self, make: Callable[[SpeculativeDecoder], Job], prompt: list[int],
-               emit: Callable[[Span], None] = lambda span: None, urgent: Callable[[], bool] = _always,
-               paused: Callable[[], bool] = _never, done: Callable[[Ticket], None] | None = None,
-               ahead: Callable[[], float] = _zero) -> Ticket:
+    def submit(
+        self,
+        make: Callable[[SpeculativeDecoder], Job],
+        prompt: list[int],
+        emit: Callable[[Span], None] = lambda span: None,
+        urgent: Callable[[], bool] = _always,
+        paused: Callable[[], bool] = _never,
+        done: Callable[[Ticket], None] | None = None,
+        ahead: Callable[[], float] = _zero,
+    ) -> Ticket:
         """Queue a job; it starts on a slot at the next step that has one free."""
         ticket = Ticket(make, list(prompt), emit, urgent, paused, done, ahead, next(self._order))
         with self._cond:
@@ -265,11 +284,14 @@ class StepScheduler:
                 limit = None if not decoding and len(running) == 1 else max(room, 1)
                 tokens = ticket.job.feed(max_tokens=limit)
                 room -= len(tokens)
+            target = self.slots[ticket.slot].target
             if tokens and dec_full(self.slots[ticket.slot], tokens):
+                need = target.length + len(tokens)
+                error = ValueError(
+                    f"context of {need} tokens exceeds the cache ({target.max_len}); lower llm.history_tokens"
+                )
                 with self._cond:
-                    self._finish(ticket, ValueError(
-                        f"context of {self.slots[ticket.slot].target.length + len(tokens)} tokens exceeds the cache "
-                        f"({self.slots[ticket.slot].target.max_len}); lower llm.history_tokens"))
+                    self._finish(ticket, error)
             elif tokens:
                 feeds.append((self.slots[ticket.slot], tokens, ticket.job.last_only))
                 fed.append(ticket)
@@ -288,8 +310,13 @@ class StepScheduler:
         self.stats.busy_s += seconds
         self.stats.batch_sizes[len(feeds)] += 1
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("step: %d urgent of %d jobs, widths %s, %.0f ms", sum(t.urgent() for t in fed), len(fed),
-                      [len(tokens) for _, tokens, _ in feeds], seconds * 1e3)
+            log.debug(
+                "step: %d urgent of %d jobs, widths %s, %.0f ms",
+                sum(t.urgent() for t in fed),
+                len(fed),
+                [len(tokens) for _, tokens, _ in feeds],
+                seconds * 1e3,
+            )
         with self._cond:
             for ticket, out in zip(fed, outs):
                 ticket.job.take(out, seconds, shared=not alone)
@@ -309,11 +336,15 @@ class StepScheduler:
         ks = {t: t.job.controller.next_k() for t in decoding if t not in adaptive}
         if adaptive:
             ctls = [t.job.controller for t in adaptive]
-            planned = plan_batch([c.acceptance() for c in ctls],
-                                 [1.0 if t.urgent() else self.talking_weight for t in adaptive],
-                                 [c.k_max for c in ctls], [int(c.probe_due) for c in ctls],
-                                 sum(k + 1 for k in ks.values()), self.width_cost_s,
-                                 max(c.draft_cost_s for c in ctls))
+            planned = plan_batch(
+                [c.acceptance() for c in ctls],
+                [1.0 if t.urgent() else self.talking_weight for t in adaptive],
+                [c.k_max for c in ctls],
+                [int(c.probe_due) for c in ctls],
+                sum(k + 1 for k in ks.values()),
+                self.width_cost_s,
+                max(c.draft_cost_s for c in ctls),
+            )
             ks.update(zip(adaptive, planned))
         return ks
 

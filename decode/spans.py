@@ -4,6 +4,7 @@ In: token ids as they are accepted. Out: `Span`s whose `text` is the newly stabl
 of the reply — never half a UTF-8 character, never text that a later token rewrites.
 Cost: one small `tokenizer.decode` over a short window per step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,17 +41,17 @@ class StableDetokenizer:
     def push(self, token_ids: list[int]) -> str:
         """Add tokens; return the text that became stable."""
         self._ids.extend(token_ids)
-        prefix_text = self._decode(self._ids[self._prefix:self._read])
-        new_text = self._decode(self._ids[self._prefix:])
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            delta = new_text[len(prefix_text):]
+            delta = new_text[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self._ids)
             return delta
         return ""
 
     def flush(self) -> str:
         """Whatever is left at the end of the reply (an incomplete tail is dropped as U+FFFD)."""
-        prefix_text = self._decode(self._ids[self._prefix:self._read])
-        new_text = self._decode(self._ids[self._prefix:])
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return new_text[len(prefix_text):].replace("\ufffd", "")
+        return new_text[len(prefix_text) :].replace("\ufffd", "")

@@ -9,6 +9,7 @@ the accepted length. Cost per step: k drafter tokens + one target forward of k +
 The KV cache of the previous call is reused for the common prefix of the new prompt, so
 a conversation (or a growing partial transcript) is only prefilled where it changed.
 """
+
 from __future__ import annotations
 
 import threading
@@ -102,8 +103,7 @@ class SpeculativeDecoder:
     one job alone; `decode.scheduler.StepScheduler` drives the jobs of many slots in one forward.
     """
 
-    def __init__(self, target: Target, tokenizer, drafter: Drafter, controller: Controller,
-                 seed: int = 0) -> None:
+    def __init__(self, target: Target, tokenizer, drafter: Drafter, controller: Controller, seed: int = 0) -> None:
         self.target, self.tokenizer = target, tokenizer
         self.drafter, self.controller = drafter, controller
         self.generator = torch.Generator().manual_seed(seed)
@@ -117,8 +117,9 @@ class SpeculativeDecoder:
         """The tokens whose KV the target holds (a scheduler picks the slot sharing most of a prompt)."""
         return self._cached
 
-    def plan_prefill(self, want: list[int], drafter: Drafter | None = None,
-                     refeed_from: int | None = None) -> list[int]:
+    def plan_prefill(
+        self, want: list[int], drafter: Drafter | None = None, refeed_from: int | None = None
+    ) -> list[int]:
         """Roll the cache back to its common prefix with `want`; return the tokens still to feed.
 
         `refeed_from`: tokens of `want` from this position on are fed again even if cached (their
@@ -137,8 +138,9 @@ class SpeculativeDecoder:
             self._hidden = self._next_logits = None
         return list(want[keep:])
 
-    def took_prefill(self, tokens: list[int], out: Forward, drafter: Drafter | None = None,
-                     keep_logits: bool = False) -> None:
+    def took_prefill(
+        self, tokens: list[int], out: Forward, drafter: Drafter | None = None, keep_logits: bool = False
+    ) -> None:
         """The target now caches `tokens` after the cached ones; `out` is its forward over them.
         `keep_logits`: remember its last row's logits (what follows the cached tokens)."""
         observe(drafter or self.drafter, len(self._cached), out.hidden)
@@ -182,9 +184,14 @@ class SpeculativeDecoder:
             pass
         return job.prob
 
-    def generate(self, prompt_ids: list[int], settings: GenerationSettings,
-                 cancel: threading.Event | None = None, drafter: Drafter | None = None,
-                 controller: Controller | None = None) -> Iterator[Span]:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        cancel: threading.Event | None = None,
+        drafter: Drafter | None = None,
+        controller: Controller | None = None,
+    ) -> Iterator[Span]:
         """Yield spans of the reply to `prompt_ids` until EOS, max tokens or `cancel`.
 
         `drafter`/`controller` override the decoder's own for this call (benchmarks, baselines).
@@ -220,8 +227,15 @@ class PrefillJob:
     past the scored words (the reply's, after its end-of-turn score) costs no second prefill.
     """
 
-    def __init__(self, dec: SpeculativeDecoder, ids: list[int], drafter: Drafter | None = None,
-                 token_ids: list[int] | None = None, score_at: int | None = None, keep_logits: bool = False) -> None:
+    def __init__(
+        self,
+        dec: SpeculativeDecoder,
+        ids: list[int],
+        drafter: Drafter | None = None,
+        token_ids: list[int] | None = None,
+        score_at: int | None = None,
+        keep_logits: bool = False,
+    ) -> None:
         """`keep_logits`: the decoder keeps the last row's logits, so a reply to exactly `ids`
         takes its first token from them instead of a forward (`ReplyJob`)."""
         self.dec, self.drafter, self.token_ids, self.keep_logits = dec, drafter, token_ids, keep_logits
@@ -252,9 +266,10 @@ class PrefillJob:
         if not self.last_only:
             logits = out.logits[self.score_at - self._start]
             self.prob = float(torch.softmax(logits.float(), dim=-1)[list(self.token_ids)].sum())
-        self.dec.took_prefill(self._fed, out, self.drafter,
-                              keep_logits=self.keep_logits and len(self._fed) == len(self.pending))
-        del self.pending[:len(self._fed)]
+        self.dec.took_prefill(
+            self._fed, out, self.drafter, keep_logits=self.keep_logits and len(self._fed) == len(self.pending)
+        )
+        del self.pending[: len(self._fed)]
         self._start += len(self._fed)
         self.seconds += seconds
         self.done = not self.pending
@@ -273,9 +288,15 @@ class ReplyJob:
     draft of the second — one target forward less before the first words.
     """
 
-    def __init__(self, dec: SpeculativeDecoder, prompt_ids: list[int], settings: GenerationSettings,
-                 cancel: threading.Event | None = None, drafter: Drafter | None = None,
-                 controller: Controller | None = None) -> None:
+    def __init__(
+        self,
+        dec: SpeculativeDecoder,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        cancel: threading.Event | None = None,
+        drafter: Drafter | None = None,
+        controller: Controller | None = None,
+    ) -> None:
         self.dec, self.settings, self.cancel = dec, settings, cancel
         self.drafter = drafter or dec.drafter
         self.controller = controller or dec.controller
@@ -329,7 +350,7 @@ class ReplyJob:
         """Greedy or rejection-sampled acceptance of `tokens` against the target's `logits` [k + 1, V]."""
         s = self.settings
         if s.temperature > 0:
-            q = draft.probs[:len(tokens)] if draft and draft.probs is not None else None
+            q = draft.probs[: len(tokens)] if draft and draft.probs is not None else None
             return sample_accept(tokens, q, probs_from_logits(logits, s.temperature, s.top_p), self.dec.generator)
         return greedy_accept(tokens, logits)
 
@@ -345,7 +366,7 @@ class ReplyJob:
         dec.target.rollback(len(ids) + n)
         dec._cached = ids + tokens[:n]
         dec._hidden, dec._next_logits = out.hidden[n], None
-        observe(self.drafter, len(ids) - 1, out.hidden[:n + 1])
+        observe(self.drafter, len(ids) - 1, out.hidden[: n + 1])
         self.controller.update(StepStats(len(tokens), n, self._draft_s, None if shared else seconds))
         st = self.stats
         st.steps += 1
@@ -377,8 +398,7 @@ class ReplyJob:
         return out
 
 
-def calibrate_verify_cost(target: Target, ks: list[int], reps: int = 3,
-                          context: int = 64) -> dict[int, float]:
+def calibrate_verify_cost(target: Target, ks: list[int], reps: int = 3, context: int = 64) -> dict[int, float]:
     """Measured seconds of one target forward of k + 1 tokens after `context` tokens (median)."""
     saved = target.length
     base = max(saved, min(context, target.max_len - max(ks) - 2))

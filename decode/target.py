@@ -15,6 +15,7 @@ Two implementations:
 - `HFTarget`: any transformers causal LM over a `DynamicCache`; rollback is `cache.crop(-n)`
   (transformers 5.x takes the number of tokens to drop, as a negative value).
 """
+
 from __future__ import annotations
 
 import time
@@ -77,8 +78,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class StaticLlamaTarget:
     """A Llama-family causal LM over a static KV cache; rollback is moving `length` back."""
 
-    def __init__(self, model, max_len: int = 2048, feature_layers: tuple[int, ...] = (),
-                 weight_major: bool = True) -> None:
+    def __init__(
+        self, model, max_len: int = 2048, feature_layers: tuple[int, ...] = (), weight_major: bool = True
+    ) -> None:
         cfg = model.config
         if not static_supported(cfg):
             raise ValueError(f"StaticLlamaTarget does not support {cfg.model_type}; use HFTarget")
@@ -99,14 +101,16 @@ class StaticLlamaTarget:
         self.layers = []
         for layer in inner.layers:
             att, mlp = layer.self_attn, layer.mlp
-            self.layers.append((
-                layer.input_layernorm.weight.detach(),
-                torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
-                att.o_proj.weight.detach(),
-                layer.post_attention_layernorm.weight.detach(),
-                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                mlp.down_proj.weight.detach(),
-            ))
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight.detach(),
+                    torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
+                    att.o_proj.weight.detach(),
+                    layer.post_attention_layernorm.weight.detach(),
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                    mlp.down_proj.weight.detach(),
+                )
+            )
         self._k: list[torch.Tensor] = []  # per slot [layers, n_kv, max_len, head_dim], allocated on first use
         self._v: list[torch.Tensor] = []
         self.lengths: list[int] = []
@@ -115,8 +119,10 @@ class StaticLlamaTarget:
         rotary = inner.rotary_emb
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), rotary.inv_freq.detach().float().cpu())
         emb, scale = torch.cat((freqs, freqs), dim=-1), rotary.attention_scaling
-        self.cos, self.sin = ((emb.cos() * scale).to(self.device, self.dtype),
-                              (emb.sin() * scale).to(self.device, self.dtype))
+        self.cos, self.sin = (
+            (emb.cos() * scale).to(self.device, self.dtype),
+            (emb.sin() * scale).to(self.device, self.dtype),
+        )
         self.feature_layers = check_feature_layers(feature_layers, len(self.layers))
         self._ensure_slot(0)
 
@@ -199,32 +205,45 @@ class StaticLlamaTarget:
             offset += n
         if len(parts) == 1:
             start, n = parts[0][1], parts[0][2]
-            cos, sin = self.cos[start:start + n], self.sin[start:start + n]
+            cos, sin = self.cos[start : start + n], self.sin[start : start + n]
         else:
             pos = torch.cat([torch.arange(start, start + n) for _, start, n, _ in parts]).to(self.device)
             cos, sin = self.cos[pos], self.sin[pos]
-        masks = [None if n == 1 else torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
-                 for _, start, n, _ in parts]
+        masks = [
+            None if n == 1 else torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
+            for _, start, n, _ in parts
+        ]
         return parts, cos, sin, masks
 
-    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, parts: list,
-                masks: list) -> torch.Tensor:
+    def _attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, parts: list, masks: list
+    ) -> torch.Tensor:
         """Layer `layer`'s attention, per slot: write each feed's keys/values into its slot's cache,
         attend its queries over that cache; the outputs packed again ([heads, T, head_dim])."""
         outs = []
         for (slot, start, n, off), mask in zip(parts, masks):
             end = start + n
             k_cache, v_cache = self._k[slot][layer], self._v[slot][layer]
-            k_cache[:, start:end] = k[:, off:off + n]
-            v_cache[:, start:end] = v[:, off:off + n]
-            outs.append(F.scaled_dot_product_attention(
-                q[:, off:off + n], k_cache[:, :end], v_cache[:, :end], attn_mask=mask,
-                enable_gqa=self.n_heads != self.n_kv))
+            k_cache[:, start:end] = k[:, off : off + n]
+            v_cache[:, start:end] = v[:, off : off + n]
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, off : off + n],
+                    k_cache[:, :end],
+                    v_cache[:, :end],
+                    attn_mask=mask,
+                    enable_gqa=self.n_heads != self.n_kv,
+                )
+            )
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder layers over packed rows x [T, H] with their rotary tables; `attend(layer, q, k,
         v)` stores the keys/values and returns the attention output [heads, T, head_dim]. Returns the
         final-normed hidden state [T, H] and it followed by the `feature_layers` residuals [T, F]."""
@@ -265,16 +284,19 @@ class StaticLlamaTarget:
         major = self.weight_major
         x = self.embed[torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)]  # [T, H]
         hidden, hidden_out = self.run_layers(x, cos, sin, lambda i, q, k, v: self._attend(i, q, k, v, parts, masks))
-        rows = [off + n - 1 if last_only else slice(off, off + n)
-                for (_, _, n, off), (_, _, last_only) in zip(parts, feeds)]
+        rows = [
+            off + n - 1 if last_only else slice(off, off + n) for (_, _, n, off), (_, _, last_only) in zip(parts, feeds)
+        ]
         if any(last for _, _, last in feeds):  # the LM head only where logits are read
-            logits = [project(hidden[r:r + 1] if isinstance(r, int) else hidden[r], self.lm_head, major).float()
-                      for r in rows]
+            logits = [
+                project(hidden[r : r + 1] if isinstance(r, int) else hidden[r], self.lm_head, major).float()
+                for r in rows
+            ]
         else:
             logits = list(project(hidden, self.lm_head, major).float().split([n for _, _, n, _ in parts]))
         for slot, start, n, _ in parts:
             self.lengths[slot] = start + n
-        return [Forward(lg, hidden_out[off:off + n]) for lg, (_, _, n, off) in zip(logits, parts)]
+        return [Forward(lg, hidden_out[off : off + n]) for lg, (_, _, n, off) in zip(logits, parts)]
 
 
 class SlotTarget:
@@ -351,8 +373,14 @@ class HFTarget:
         ids = torch.tensor([token_ids], device=self.device)
         positions = torch.arange(self.length, self.length + len(token_ids), device=self.device)
         extra = {"return_shared_kv_states": True} if self.keep_shared_kv else {}
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
-                         position_ids=positions[None], output_hidden_states=True, **extra)
+        out = self.model(
+            input_ids=ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            position_ids=positions[None],
+            output_hidden_states=True,
+            **extra,
+        )
         self.length += len(token_ids)
         if self.keep_shared_kv:  # each attention type's cache (a sliding layer: its window), rejected drafts too
             self.shared_kv, self.shared_kv_end = out.shared_kv_states, self.length
@@ -364,9 +392,11 @@ class HFTarget:
 def static_supported(cfg) -> bool:
     """Whether `StaticLlamaTarget` implements this architecture exactly."""
     rope_type = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
-    return cfg.model_type in ("llama", "smollm3", "mistral", "qwen2") and not (
-        getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)) and rope_type not in (
-        "dynamic", "longrope")  # frequencies that change with the sequence length
+    return (
+        cfg.model_type in ("llama", "smollm3", "mistral", "qwen2")
+        and not (getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False))
+        and rope_type not in ("dynamic", "longrope")
+    )  # frequencies that change with the sequence length
 
 
 def check_feature_layers(layers: tuple[int, ...], n_layers: int) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ Sampling (Leviathan et al. 2023): accept draft token x with probability min(1, p
 on the first rejection sample from norm(max(0, p − q)); if all k are accepted, sample the
 bonus token from p at position k. Emitted tokens are then distributed exactly as p.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

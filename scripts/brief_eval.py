@@ -10,6 +10,7 @@ sentence.
 
     .venv/bin/python scripts/brief_eval.py [--set llm.max_new_tokens=96] [--prompt TEXT ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,11 @@ sys.path.insert(0, str(ROOT))
 from voice.config import load_config  # noqa: E402
 from voice.reply_policy import ReplyShaper, ends_sentence  # noqa: E402
 
-DEFAULT_PROMPTS = ["", "Answer in one or two short sentences.",
-                   "You are a helpful AI assistant named SmolLM, trained by Hugging Face. "
-                   "Answer in one or two short sentences."]
+DEFAULT_PROMPTS = [
+    "",
+    "Answer in one or two short sentences.",
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in one or two short sentences.",
+]
 
 
 def answer(llm, cfg, system_prompt: str, question: str) -> dict:
@@ -43,9 +46,14 @@ def answer(llm, cfg, system_prompt: str, question: str) -> dict:
             tokens += len(span.token_ids)
             shaper.push(span.text, len(span.token_ids))
     shaper.finish(capped=tokens >= cfg.llm.max_new_tokens)
-    return {"full": full.strip(), "spoken": shaper.spoken.strip(), "tokens": tokens,
-            "spoken_tokens": len(llm.tokenizer(shaper.spoken.strip())["input_ids"]),
-            "sentences": shaper.sentences, "end": shaper.end}
+    return {
+        "full": full.strip(),
+        "spoken": shaper.spoken.strip(),
+        "tokens": tokens,
+        "spoken_tokens": len(llm.tokenizer(shaper.spoken.strip())["input_ids"]),
+        "sentences": shaper.sentences,
+        "end": shaper.end,
+    }
 
 
 def evaluate(llm, cfg, prompts: list[str], questions: list[dict]) -> dict:
@@ -56,18 +64,23 @@ def evaluate(llm, cfg, prompts: list[str], questions: list[dict]) -> dict:
             row = answer(llm, cfg, prompt, item["q"])
             print(f"[{prompt[:20]!r}] {item['q']} -> {row['spoken']!r} ({row['end']})", file=sys.stderr, flush=True)
             hit = item["answers"]
-            row.update(q=item["q"], spoken_ok=any(a in row["spoken"].lower() for a in hit),
-                       full_ok=any(a in row["full"].lower() for a in hit))
+            row.update(
+                q=item["q"],
+                spoken_ok=any(a in row["spoken"].lower() for a in hit),
+                full_ok=any(a in row["full"].lower() for a in hit),
+            )
             rows.append(row)
         out[prompt or "(template default)"] = {
-            "score_spoken": sum(r["spoken_ok"] for r in rows), "score_full": sum(r["full_ok"] for r in rows),
+            "score_spoken": sum(r["spoken_ok"] for r in rows),
+            "score_full": sum(r["full_ok"] for r in rows),
             "of": len(rows),
             "spoken_tokens_mean": round(statistics.mean(r["spoken_tokens"] for r in rows), 1),
             "decoded_tokens_mean": round(statistics.mean(r["tokens"] for r in rows), 1),
             "sentences_mean": round(statistics.mean(r["sentences"] for r in rows), 2),
             "shortened": sum(r["end"] != "done" for r in rows),
             "not_ending_a_sentence": sum(not ends_sentence(r["spoken"]) for r in rows),
-            "replies": rows}
+            "replies": rows,
+        }
     return out
 
 
@@ -86,8 +99,9 @@ def main() -> None:
     if args.brief:
         for v in result.values():
             v.pop("replies")
-    print(json.dumps({"reply": cfg.reply.__dict__, "max_new_tokens": cfg.llm.max_new_tokens, "prompts": result},
-                     indent=1))
+    print(
+        json.dumps({"reply": cfg.reply.__dict__, "max_new_tokens": cfg.llm.max_new_tokens, "prompts": result}, indent=1)
+    )
     llm.scheduler.close()
 
 

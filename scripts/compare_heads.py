@@ -9,6 +9,7 @@ its held-out sets. Prints JSON per prompt set and head.
 
     python scripts/compare_heads.py --head decode/assets/mtp-smollm2-135m --head NEW [--prompts 24]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ def main() -> None:
     layers = tuple(sorted({layer for h in heads.values() for layer in h.cfg.feature_layers}))
     embed = model.get_input_embeddings().weight.detach().float()
     system = [{"role": "system", "content": cfg.llm.system_prompt}] if cfg.llm.system_prompt else []
-    sets = {"single": [system + [{"role": "user", "content": t}] for t in bundled_prompts()[:args.prompts]],
-            "conversation": [system + c for c in bundled_conversations()[:args.prompts]]}
+    sets = {
+        "single": [system + [{"role": "user", "content": t}] for t in bundled_prompts()[: args.prompts]],
+        "conversation": [system + c for c in bundled_conversations()[: args.prompts]],
+    }
     report = {}
     for name, chats in sets.items():
         seqs = generate_replies(model, tokenizer, chats, args.max_new_tokens, batch=8)

@@ -9,6 +9,7 @@ mean accepted per verify step, tokens/s of both, and identity with greedy.
     python scripts/drafter_acceptance.py [--conversation] [--prompts 8] [--max-new-tokens 48] [--k 4]
         [--set decode.mtp_path=DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,28 @@ def main() -> None:
     _, reference, greedy_s = run(llm, prompts, NoDrafter(), 0)
     stats, outputs, spec_s = run(llm, prompts, llm.drafter, args.k)
     per_position = [round(a / t, 3) for t, a in zip(stats.tried_at, stats.accepted_at)]
-    print(json.dumps({
-        "prompt_set": "conversation" if args.conversation else "single", "prompts": len(prompts),
-        "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1), "k": args.k,
-        "mtp_path": cfg.decode.mtp_path or "shipped", "drafter": llm.drafter.name,
-        "first_position_acceptance": per_position[0] if per_position else None,
-        "acceptance_per_position": per_position, "mean_accepted": round(stats.mean_accepted, 3),
-        "tokens": stats.tokens, "greedy_tokens_per_s": round(sum(map(len, reference)) / greedy_s, 1),
-        "fixed_k_tokens_per_s": round(stats.tokens / spec_s, 1), "identical": outputs == reference,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "prompt_set": "conversation" if args.conversation else "single",
+                "prompts": len(prompts),
+                "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
+                "k": args.k,
+                "mtp_path": cfg.decode.mtp_path or "shipped",
+                "drafter": llm.drafter.name,
+                "first_position_acceptance": per_position[0] if per_position else None,
+                "acceptance_per_position": per_position,
+                "mean_accepted": round(stats.mean_accepted, 3),
+                "tokens": stats.tokens,
+                "greedy_tokens_per_s": round(sum(map(len, reference)) / greedy_s, 1),
+                "fixed_k_tokens_per_s": round(stats.tokens / spec_s, 1),
+                "identical": outputs == reference,
+                "threads": torch.get_num_threads(),
+                "machine": platform.processor() or platform.machine(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ voice cache, `eot-audio/`). Needs `pip install onnx` for piper's alignments.
     python scripts/eot_eval.py --out tests/data/eot/scores.json
     python scripts/eot_eval.py --rescore tests/data/eot/scores.json   # summary again, no models
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ class Item:
 
 # ---- pure rules -------------------------------------------------------------------------
 
+
 def auc(positives: list[float], negatives: list[float]) -> float:
     """P(score of a random complete item > that of a random incomplete one), ties count 1/2."""
     pos, neg = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
@@ -76,21 +78,26 @@ def required_silence_ms(p: float, low: float, high: float, min_ms: float, max_ms
 def threshold_table(complete: list[float], incomplete: list[float]) -> list[dict[str, float]]:
     """Per threshold t: fraction of complete and of incomplete items scoring >= t."""
     c, i = np.asarray(complete), np.asarray(incomplete)
-    return [{"t": t, "complete_ge": round(float((c >= t).mean()), 3),
-             "incomplete_ge": round(float((i >= t).mean()), 3)} for t in THRESHOLDS]
+    return [
+        {"t": t, "complete_ge": round(float((c >= t).mean()), 3), "incomplete_ge": round(float((i >= t).mean()), 3)}
+        for t in THRESHOLDS
+    ]
 
 
-def pair_outcome(complete: list[float], incomplete: list[float], low: float, high: float,
-                 min_ms: float, max_ms: float) -> dict[str, float]:
+def pair_outcome(
+    complete: list[float], incomplete: list[float], low: float, high: float, min_ms: float, max_ms: float
+) -> dict[str, float]:
     """What (eot_low, eot_high) does to each set: how many end at min silence, the mean silence
     waited, and how many unfinished turns a `HESITATION_MS` pause would end (`incomplete_cut_off`)."""
     wait_c = [required_silence_ms(p, low, high, min_ms, max_ms) for p in complete]
     wait_i = [required_silence_ms(p, low, high, min_ms, max_ms) for p in incomplete]
-    return {"complete_at_min": round(float(np.mean([w <= min_ms for w in wait_c])), 3),
-            "complete_mean_wait_ms": round(float(np.mean(wait_c))),
-            "incomplete_at_min": round(float(np.mean([w <= min_ms for w in wait_i])), 3),
-            "incomplete_cut_off": round(float(np.mean([w <= HESITATION_MS for w in wait_i])), 3),
-            "incomplete_mean_wait_ms": round(float(np.mean(wait_i)))}
+    return {
+        "complete_at_min": round(float(np.mean([w <= min_ms for w in wait_c])), 3),
+        "complete_mean_wait_ms": round(float(np.mean(wait_c))),
+        "incomplete_at_min": round(float(np.mean([w <= min_ms for w in wait_i])), 3),
+        "incomplete_cut_off": round(float(np.mean([w <= HESITATION_MS for w in wait_i])), 3),
+        "incomplete_mean_wait_ms": round(float(np.mean(wait_i))),
+    }
 
 
 COMBINATIONS: dict[str, Callable[[float, float], float]] = {
@@ -106,8 +113,9 @@ def gated(text: float, audio: float, low: float, high: float) -> float:
     return text if text <= low or text >= high else low + (high - low) * audio
 
 
-def best_pair(scores: Callable[[float, float], tuple[list[float], list[float]]], min_ms: float,
-              max_ms: float) -> dict | None:
+def best_pair(
+    scores: Callable[[float, float], tuple[list[float], list[float]]], min_ms: float, max_ms: float
+) -> dict | None:
     """The (eot_low, eot_high) of the grid that makes complete turns wait least while a
     `HESITATION_MS` pause ends at most `MAX_CUT_OFF` of the unfinished ones; `scores(low, high)`
     gives (complete, incomplete) scores. None when no pair keeps that bound."""
@@ -122,6 +130,7 @@ def best_pair(scores: Callable[[float, float], tuple[list[float], list[float]]],
 
 
 # ---- audio ------------------------------------------------------------------------------
+
 
 def trim_trailing_quiet(audio: np.ndarray, frame: int = 160, floor_db: float = -60.0) -> np.ndarray:
     """Drop trailing 10 ms frames quieter than floor_db (piper's own tail), so the silence is ours."""
@@ -145,8 +154,10 @@ class AlignedVoice:
         """int16 audio of `text` and the sample where each gap between spoken words begins."""
         chunks = list(self.voice.synthesize(text, syn_config=self.config, include_alignments=True))
         if len(chunks) != 1 or chunks[0].phoneme_alignments is None:
-            raise RuntimeError("piper gave no phoneme alignments: `pip install onnx` (piper-tts[alignment]); "
-                               "eot_eval needs it to cut speech after a word")
+            raise RuntimeError(
+                "piper gave no phoneme alignments: `pip install onnx` (piper-tts[alignment]); "
+                "eot_eval needs it to cut speech after a word"
+            )
         ends, at = [], 0
         for a in chunks[0].phoneme_alignments:
             if a.phoneme == " ":
@@ -182,6 +193,7 @@ def spoken(text: str, stack, cache: Path, rate_hz: int = 16000) -> np.ndarray:
 
 
 # ---- run --------------------------------------------------------------------------------
+
 
 def bare(text: str) -> str:
     """The words without the punctuation that closes them (whisper's '?', '.', '...')."""
@@ -244,8 +256,9 @@ class TurnScorer:
         return self._probs(words, ctx)[1]
 
 
-def score(items: list[Item], contexts: list, stack, smart_turn, voice: AlignedVoice, cache: Path,
-          silence_ms: int) -> dict[str, float]:
+def score(
+    items: list[Item], contexts: list, stack, smart_turn, voice: AlignedVoice, cache: Path, silence_ms: int
+) -> dict[str, float]:
     """Fill every item's audio, transcript and scores; return the median latency of each scorer (ms)."""
     rate = 16000
     tail = np.zeros(rate * silence_ms // 1000, dtype=np.float32)
@@ -269,11 +282,16 @@ def score(items: list[Item], contexts: list, stack, smart_turn, voice: AlignedVo
             item.llm[f"words:{ctx}"] = llm.end(bare(item.text), ctx)
             item.llm[f"close_words:{ctx}"] = llm.close(bare(item.text), ctx)
         item.llm["text:0"] = llm.end(item.text, 0)
-        print(f"[{n + 1}/{len(items)}] {item.kind:8s} st={item.smart_turn:.3f} end={item.llm['asr:0']:.3g} "
-              f"close={item.llm['close:0']:.3g} {item.transcript!r}", file=sys.stderr)
-    return {"smart_turn_ms_p50": round(statistics.median(st_ms), 1),
-            "llm_eot_ms_p50": round(statistics.median(llm.ms), 1),
-            "closing_tokens": len(llm.closing)}
+        print(
+            f"[{n + 1}/{len(items)}] {item.kind:8s} st={item.smart_turn:.3f} end={item.llm['asr:0']:.3g} "
+            f"close={item.llm['close:0']:.3g} {item.transcript!r}",
+            file=sys.stderr,
+        )
+    return {
+        "smart_turn_ms_p50": round(statistics.median(st_ms), 1),
+        "llm_eot_ms_p50": round(statistics.median(llm.ms), 1),
+        "closing_tokens": len(llm.closing),
+    }
 
 
 def smart_turn_latency(smart_turn, audio: np.ndarray, calls: int = 20) -> dict[str, float]:
@@ -284,20 +302,26 @@ def smart_turn_latency(smart_turn, audio: np.ndarray, calls: int = 20) -> dict[s
         t = time.perf_counter()
         smart_turn.prob(audio)
         ms.append((time.perf_counter() - t) * 1e3)
-    return {"calls": calls, "p50_ms": round(statistics.median(ms), 1), "min_ms": round(min(ms), 1),
-            "max_ms": round(max(ms), 1)}
+    return {
+        "calls": calls,
+        "p50_ms": round(statistics.median(ms), 1),
+        "min_ms": round(min(ms), 1),
+        "max_ms": round(max(ms), 1),
+    }
 
 
-def summarise(items: list[Item], n_contexts: int, min_ms: float, max_ms: float, config_pair: tuple[float, float]
-              ) -> dict[str, dict]:
+def summarise(
+    items: list[Item], n_contexts: int, min_ms: float, max_ms: float, config_pair: tuple[float, float]
+) -> dict[str, dict]:
     """Per scorer: AUC and threshold table against each incomplete set (cut, tts); what the
     configured pair and `PAIRS` do ("low-high"); the best pair (`best_pair`, both incomplete
     sets together)."""
     complete = [i for i in items if i.kind == "complete"]
     sets = {kind: [i for i in items if i.kind == kind] for kind in ("cut", "tts")}
     scorers: dict[str, Callable[[Item, float, float], float]] = {"smart_turn": lambda i, lo, hi: i.smart_turn}
-    for key in [f"{src}:{c}" for src in ("asr", "asr_bare", "close", "words", "close_words")
-                for c in range(n_contexts + 1)] + ["text:0"]:
+    for key in [
+        f"{src}:{c}" for src in ("asr", "asr_bare", "close", "words", "close_words") for c in range(n_contexts + 1)
+    ] + ["text:0"]:
         scorers[f"llm_{key}"] = lambda i, lo, hi, key=key: i.llm[key]
     for key in ("asr:0", "close:0", "close:1"):
         for name, rule in COMBINATIONS.items():
@@ -306,6 +330,7 @@ def summarise(items: list[Item], n_contexts: int, min_ms: float, max_ms: float, 
 
     out: dict[str, dict] = {}
     for name, score in scorers.items():
+
         def on(group: list[Item], lo: float = 0.0, hi: float = 1.0, score=score) -> list[float]:
             return [score(i, lo, hi) for i in group]
 
@@ -315,14 +340,23 @@ def summarise(items: list[Item], n_contexts: int, min_ms: float, max_ms: float, 
                 entry[f"auc_{kind}"] = round(auc(on(complete), on(group)), 3)
             for kind, group in sets.items():
                 entry[f"thresholds_{kind}"] = threshold_table(on(complete), on(group))
-        entry["pairs"] = {f"{lo}-{hi}": {kind: pair_outcome(on(complete, lo, hi), on(group, lo, hi), lo, hi,
-                                                             min_ms, max_ms) for kind, group in sets.items()}
-                          for lo, hi in [config_pair] + PAIRS}
+        entry["pairs"] = {
+            f"{lo}-{hi}": {
+                kind: pair_outcome(on(complete, lo, hi), on(group, lo, hi), lo, hi, min_ms, max_ms)
+                for kind, group in sets.items()
+            }
+            for lo, hi in [config_pair] + PAIRS
+        }
         pair = best_pair(lambda lo, hi: (on(complete, lo, hi), on(sets["cut"] + sets["tts"], lo, hi)), min_ms, max_ms)
         if pair:
             lo, hi = pair["eot_low"], pair["eot_high"]
-            entry["best"] = {**pair, **{kind: pair_outcome(on(complete, lo, hi), on(group, lo, hi), lo, hi, min_ms,
-                                                           max_ms) for kind, group in sets.items()}}
+            entry["best"] = {
+                **pair,
+                **{
+                    kind: pair_outcome(on(complete, lo, hi), on(group, lo, hi), lo, hi, min_ms, max_ms)
+                    for kind, group in sets.items()
+                },
+            }
         out[name] = entry
     return out
 
@@ -338,8 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.rescore.read_text())
         items = [Item(**i) for i in earlier["items"]]
         setup = earlier["setup"]
-        summary = summarise(items, len(setup["contexts"]), setup["min_silence_ms"], setup["max_silence_ms"],
-                            (setup["eot_low"], setup["eot_high"]))
+        summary = summarise(
+            items,
+            len(setup["contexts"]),
+            setup["min_silence_ms"],
+            setup["max_silence_ms"],
+            (setup["eot_low"], setup["eot_high"]),
+        )
         return report(setup, summary, items, args.out)
 
     from voice.config import load_config
@@ -356,25 +395,34 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     items, contexts = load_items()
     load_before = os.getloadavg()[0]
-    setup = {"silence_ms": args.silence_ms, "min_silence_ms": cfg.turn.min_silence_ms,
-             "max_silence_ms": cfg.turn.max_silence_ms, "eot_low": cfg.turn.eot_low,
-             "eot_high": cfg.turn.eot_high, "hesitation_ms": HESITATION_MS, "max_cut_off": MAX_CUT_OFF,
-             "n_complete": sum(i.kind == "complete" for i in items),
-             "n_incomplete": sum(i.kind == "cut" for i in items), "contexts": contexts,
-             "smart_turn_threads": args.threads,
-             "smart_turn_latency": smart_turn_latency(smart_turn, spoken(items[0].text, stack, cache)),
-             **score(items, contexts, stack, smart_turn, voice, cache, args.silence_ms),
-             "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpu_cores": os.cpu_count(),
-             "scores": "llm_<src>:<c>, c earlier exchanges (0: first turn; 1, 2: second turn after "
-                       "contexts[c-1]). src: asr = P(end-of-user) on whisper's transcript, as the pipeline "
-                       "scores it now; asr_bare = the same with the transcript's closing punctuation "
-                       "stripped; close = P(end-of-user or a closing-punctuation token) on the stripped "
-                       "transcript; words, close_words = end, close on the written words (no closing "
-                       "punctuation); text = end on the text as written. <rule>_<src>:<c>: that LLM score "
-                       "combined with smart_turn by rule (mean, max, min, geo_mean; gated: the LLM score "
-                       "outside (eot_low, eot_high), Smart Turn placing it inside)."}
-    summary = summarise(items, len(contexts), cfg.turn.min_silence_ms, cfg.turn.max_silence_ms,
-                        (cfg.turn.eot_low, cfg.turn.eot_high))
+    setup = {
+        "silence_ms": args.silence_ms,
+        "min_silence_ms": cfg.turn.min_silence_ms,
+        "max_silence_ms": cfg.turn.max_silence_ms,
+        "eot_low": cfg.turn.eot_low,
+        "eot_high": cfg.turn.eot_high,
+        "hesitation_ms": HESITATION_MS,
+        "max_cut_off": MAX_CUT_OFF,
+        "n_complete": sum(i.kind == "complete" for i in items),
+        "n_incomplete": sum(i.kind == "cut" for i in items),
+        "contexts": contexts,
+        "smart_turn_threads": args.threads,
+        "smart_turn_latency": smart_turn_latency(smart_turn, spoken(items[0].text, stack, cache)),
+        **score(items, contexts, stack, smart_turn, voice, cache, args.silence_ms),
+        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpu_cores": os.cpu_count(),
+        "scores": "llm_<src>:<c>, c earlier exchanges (0: first turn; 1, 2: second turn after "
+        "contexts[c-1]). src: asr = P(end-of-user) on whisper's transcript, as the pipeline "
+        "scores it now; asr_bare = the same with the transcript's closing punctuation "
+        "stripped; close = P(end-of-user or a closing-punctuation token) on the stripped "
+        "transcript; words, close_words = end, close on the written words (no closing "
+        "punctuation); text = end on the text as written. <rule>_<src>:<c>: that LLM score "
+        "combined with smart_turn by rule (mean, max, min, geo_mean; gated: the LLM score "
+        "outside (eot_low, eot_high), Smart Turn placing it inside).",
+    }
+    summary = summarise(
+        items, len(contexts), cfg.turn.min_silence_ms, cfg.turn.max_silence_ms, (cfg.turn.eot_low, cfg.turn.eot_high)
+    )
     return report(setup, summary, items, args.out)
 
 

@@ -9,6 +9,7 @@ the rebuilt weights can be compared with the prepared ones: they must be identic
     python scripts/gguf_target.py --gguf M.gguf --files TOKENIZER_DIR --out DIR
     python scripts/gguf_target.py --checksum DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-TEXT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "chat_template.jinja")
+TEXT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def weights_sha256(model_dir: str) -> str:

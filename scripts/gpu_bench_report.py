@@ -7,6 +7,7 @@ summary per part (greedy, best fixed k, heuristic and adaptive tok/s, adaptive's
 every run was token-identical to greedy, and where not the prompts that diverged, verify ms, ms
 to 8 tokens) and every part's full report.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,23 +26,34 @@ def summary(report: dict) -> dict:
     by_mode = {r["mode"]: r for r in runs}
     fixed = [r for r in runs if r["mode"] == "fixed"]
     best = max(fixed, key=lambda r: r["tokens_per_s"]) if fixed else None
-    out = {"dtype": report["dtype"], "acceptance": report.get("acceptance", "measured"),
-           "cuda_graphs": report.get("cuda_graphs"), "greedy_tok_s": by_mode["greedy"]["tokens_per_s"],
-           "fixed_tok_s": {str(r["k"]): r["tokens_per_s"] for r in fixed},
-           "best_fixed": None if best is None else {"k": best["k"], "tok_s": best["tokens_per_s"]},
-           "heuristic_tok_s": by_mode.get("heuristic", {}).get("tokens_per_s"),
-           "adaptive_tok_s": by_mode.get("adaptive", {}).get("tokens_per_s"),
-           "adaptive_mean_k": by_mode.get("adaptive", {}).get("mean_k"),
-           "speedup": report["speedup"], "all_identical": all(r["identical"] for r in runs),
-           "diverged_prompts": {f"{r['mode']}{'' if r['k'] is None else r['k']}": r.get("diverged_prompts")
-                                for r in runs if not r["identical"]},
-           "token_identity_guaranteed": report.get("token_identity_guaranteed"),
-           "ms_to_first_8": {m: by_mode[m].get("ms_to_first_8_tokens") for m in ("greedy", "adaptive") if m in by_mode},
-           "verify_ms": report["verify_cost_ms"]}
+    out = {
+        "dtype": report["dtype"],
+        "acceptance": report.get("acceptance", "measured"),
+        "cuda_graphs": report.get("cuda_graphs"),
+        "greedy_tok_s": by_mode["greedy"]["tokens_per_s"],
+        "fixed_tok_s": {str(r["k"]): r["tokens_per_s"] for r in fixed},
+        "best_fixed": None if best is None else {"k": best["k"], "tok_s": best["tokens_per_s"]},
+        "heuristic_tok_s": by_mode.get("heuristic", {}).get("tokens_per_s"),
+        "adaptive_tok_s": by_mode.get("adaptive", {}).get("tokens_per_s"),
+        "adaptive_mean_k": by_mode.get("adaptive", {}).get("mean_k"),
+        "speedup": report["speedup"],
+        "all_identical": all(r["identical"] for r in runs),
+        "diverged_prompts": {
+            f"{r['mode']}{'' if r['k'] is None else r['k']}": r.get("diverged_prompts")
+            for r in runs
+            if not r["identical"]
+        },
+        "token_identity_guaranteed": report.get("token_identity_guaranteed"),
+        "ms_to_first_8": {m: by_mode[m].get("ms_to_first_8_tokens") for m in ("greedy", "adaptive") if m in by_mode},
+        "verify_ms": report["verify_cost_ms"],
+    }
     if report.get("acceptance") == "synthetic":
-        out.update(oracle_accept=report["oracle_accept"], graph_capture_s=report["graph_capture_s"],
-                   eager_verify_ms=report["step_ms"]["eager"],
-                   adaptive_acceptance_per_position=by_mode["adaptive"]["acceptance_per_position"])
+        out.update(
+            oracle_accept=report["oracle_accept"],
+            graph_capture_s=report["graph_capture_s"],
+            eager_verify_ms=report["step_ms"]["eager"],
+            adaptive_acceptance_per_position=by_mode["adaptive"]["acceptance_per_position"],
+        )
     return out
 
 
@@ -56,12 +68,21 @@ def main() -> None:
 
     results = Path(sys.argv[1])
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.stat().st_size}
-    print(json.dumps({
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device",
-        "cpu": machine_info(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "transformers": transformers.__version__, "target_sha256": rebuilt_sha256(results.parent / "logs"),
-        "summary": {name: summary(report) for name, report in parts.items()},
-        "parts": parts}, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device",
+                "cpu": machine_info(),
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "transformers": transformers.__version__,
+                "target_sha256": rebuilt_sha256(results.parent / "logs"),
+                "summary": {name: summary(report) for name, report in parts.items()},
+                "parts": parts,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

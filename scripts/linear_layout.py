@@ -6,6 +6,7 @@ and (W @ xᵀ)ᵀ. On the AVX2 EPYC, MKL's F.linear for 2–8 rows of the 49152�
     python scripts/linear_layout.py --model         # + a whole target step (random weights,
                                                     #   SmolLM2-135M's config) both ways
 """
+
 import argparse
 import json
 import platform
@@ -16,9 +17,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49152, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                    max_position_embeddings=2048)
+SMOLLM2_135M = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+)
 
 
 def _ms(fn, n: int) -> float:
@@ -39,19 +48,33 @@ def main() -> None:
     parser.add_argument("--model", action="store_true", help="also time whole target steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    print(json.dumps({"cpu": cpu, "avx512f": "avx512f" in flags, "amx": "amx_tile" in flags,
-                      "avx2": "avx2" in flags, "threads": args.threads, "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu,
+                "avx512f": "avx512f" in flags,
+                "amx": "amx_tile" in flags,
+                "avx2": "avx2" in flags,
+                "threads": args.threads,
+                "torch": torch.__version__,
+            }
+        )
+    )
     for rows, cols in [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]:
         w = torch.randn(rows, cols)
         n = 5 if rows > 10000 else 50
         out = {}
         for m in [1, 2, 3, 5, 9, 17, 33, 64]:
             x = torch.randn(m, cols)
-            out[m] = [round(_ms(lambda x=x, w=w: F.linear(x, w), n), 3),
-                      round(_ms(lambda x=x, w=w: (w @ x.t()).t().contiguous(), n), 3)]
+            out[m] = [
+                round(_ms(lambda x=x, w=w: F.linear(x, w), n), 3),
+                round(_ms(lambda x=x, w=w: (w @ x.t()).t().contiguous(), n), 3),
+            ]
         print(json.dumps({"weight": [rows, cols], "ms_linear_vs_weight_major": out}))
     if args.model:
         _whole_model()
@@ -66,8 +89,10 @@ def _whole_model() -> None:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).eval()
-    targets = {name: StaticLlamaTarget(model, max_len=512, weight_major=major)
-               for name, major in [("linear", False), ("weight_major", True)]}
+    targets = {
+        name: StaticLlamaTarget(model, max_len=512, weight_major=major)
+        for name, major in [("linear", False), ("weight_major", True)]
+    }
     widths = [1, 2, 3, 5, 9, 17, 33, 64]
     best = {name: dict.fromkeys(widths, float("inf")) for name in targets}
     for target in targets.values():

@@ -7,6 +7,7 @@ stores it. The file is written once and bundled, so the bench is the same on eve
 
     python scripts/make_conversations.py --target DIR [--device cuda] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,16 @@ def main() -> None:
     args = p.parse_args()
     model, tokenizer = load_causal_lm(args.target, args.device, torch.float32)
     plans = bench_plans()
-    _, chats = generate_turns(lambda c: generate_replies(model, tokenizer, c, args.max_new_tokens, len(c)),
-                              tokenizer, plans)
-    data = {"about": "held-out conversations for `voice decode-bench --conversation`: earlier assistant turns "
-                     f"are the target's greedy replies (fp32, {args.max_new_tokens} new tokens at most), made by "
-                     "scripts/make_conversations.py; each ends with the user message to answer",
-            "target": "SmolLM2-135M-Instruct (embedded)", "conversations": chats}
+    _, chats = generate_turns(
+        lambda c: generate_replies(model, tokenizer, c, args.max_new_tokens, len(c)), tokenizer, plans
+    )
+    data = {
+        "about": "held-out conversations for `voice decode-bench --conversation`: earlier assistant turns "
+        f"are the target's greedy replies (fp32, {args.max_new_tokens} new tokens at most), made by "
+        "scripts/make_conversations.py; each ends with the user message to answer",
+        "target": "SmolLM2-135M-Instruct (embedded)",
+        "conversations": chats,
+    }
     Path(args.out).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {len(chats)} conversations to {args.out}")
 

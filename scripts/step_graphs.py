@@ -6,6 +6,7 @@ Prints JSON: ms per step of width 1..9 after a 300-token context, eager and grap
 and whether greedy speculative decoding (n-gram drafter, fixed k = 0, 2, 4) over the graphs
 gives the same tokens as eager plain greedy.
 """
+
 import argparse
 import json
 import sys
@@ -17,10 +18,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONFIGS = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -75,9 +90,15 @@ def main() -> None:
     t0 = time.perf_counter()
     StepGraphs(graphed, widths)
     capture_s = time.perf_counter() - t0
-    report = {"gpu": torch.cuda.get_device_name(), "config": args.config, "dtype": args.dtype,
-              "layout": args.layout, "capture_s": round(capture_s, 2), "eager_ms": step_ms(eager),
-              "graph_ms": step_ms(graphed)}
+    report = {
+        "gpu": torch.cuda.get_device_name(),
+        "config": args.config,
+        "dtype": args.dtype,
+        "layout": args.layout,
+        "capture_s": round(capture_s, 2),
+        "eager_ms": step_ms(eager),
+        "graph_ms": step_ms(graphed),
+    }
     prompt = [5, 9, 13, 5, 9, 13, 21, 5, 9]
     settings = GenerationSettings(max_new_tokens=48)
 

@@ -15,6 +15,7 @@ reuses (or writes) the generated sequences. `--conversations N` adds N multi-tur
 existing head on the same held-out sets (teacher-forced acceptance per position), so a new
 head and the shipped one compare on identical data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,15 @@ def main() -> None:
     if args.sequences and Path(args.sequences).is_file():
         seqs = json.loads(gzip.open(args.sequences).read())
     else:
-        seqs = make_sequences(model, tokenizer, args.prompts, args.max_new_tokens, args.gen_batch, args.sampled,
-                              conversations=args.conversations)
+        seqs = make_sequences(
+            model,
+            tokenizer,
+            args.prompts,
+            args.max_new_tokens,
+            args.gen_batch,
+            args.sampled,
+            conversations=args.conversations,
+        )
         if args.sequences:
             with gzip.open(args.sequences, "wt") as f:
                 f.write(json.dumps(seqs))
@@ -74,9 +82,11 @@ def main() -> None:
     all_layers = tuple(sorted({layer for _, layers, _, _ in args.variant for layer in layers}))
     reach = max(context for _, _, _, context in args.variant)
     data = teacher_pass(model, seqs["train"], depth, all_layers, batch=64, prompt_context=reach)
-    held = {name: teacher_pass(model, seqs[key], depth, all_layers, batch=64, prompt_context=reach)
-            for name, key in (("held_out", "held_out"), ("held_out_conversation", "held_out_conversations"))
-            if key in seqs}
+    held = {
+        name: teacher_pass(model, seqs[key], depth, all_layers, batch=64, prompt_context=reach)
+        for name, key in (("held_out", "held_out"), ("held_out_conversation", "held_out_conversations"))
+        if key in seqs
+    }
     print(f"teacher pass done at {time.perf_counter() - t0:.1f} s: {len(data.anchors)} anchors", flush=True)
     embed = model.get_input_embeddings().weight.detach().float()
     size = embed.shape[1]
@@ -91,27 +101,59 @@ def main() -> None:
         ids = torch.tensor(base.cfg.vocab_ids)
         base_remap = torch.full((embed.shape[0],), -1, dtype=torch.long)
         base_remap[ids] = torch.arange(len(ids))
-        scores = {name: acceptance(base, view(h, base.cfg.feature_layers), embed, embed[ids.to(device)],
-                                   base_remap.to(device), depth) for name, h in held.items()}
+        scores = {
+            name: acceptance(
+                base, view(h, base.cfg.feature_layers), embed, embed[ids.to(device)], base_remap.to(device), depth
+            )
+            for name, h in held.items()
+        }
         print("baseline", args.baseline, json.dumps(scores), flush=True)
         (out / "baseline.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "baseline.json").write_text(json.dumps({"head": args.baseline, **scores}, indent=2))
     vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], 8192)
     for name, layers, blocks, context in args.variant:
-        cfg = MTPConfig(hidden_size=size, intermediate_size=model.config.intermediate_size, layers=blocks,
-                        vocab_ids=tuple(vocab_ids.tolist()), rms_norm_eps=model.config.rms_norm_eps,
-                        target="embedded (SmolLM2-135M-Instruct)", feature_layers=layers, context=context)
+        cfg = MTPConfig(
+            hidden_size=size,
+            intermediate_size=model.config.intermediate_size,
+            layers=blocks,
+            vocab_ids=tuple(vocab_ids.tolist()),
+            rms_norm_eps=model.config.rms_norm_eps,
+            target="embedded (SmolLM2-135M-Instruct)",
+            feature_layers=layers,
+            context=context,
+        )
         torch.manual_seed(0)
         head = MTPHead(cfg).to(device)
         t1 = time.perf_counter()
-        history = fit(head, view(data, layers), {k: view(h, layers) for k, h in held.items()}, embed,
-                      embed[vocab_ids], remap.to(device), args.steps, args.batch, depth, args.lr)
+        history = fit(
+            head,
+            view(data, layers),
+            {k: view(h, layers) for k, h in held.items()},
+            embed,
+            embed[vocab_ids],
+            remap.to(device),
+            args.steps,
+            args.batch,
+            depth,
+            args.lr,
+        )
         save_mtp(head.cpu(), out / name)
-        summary = {"variant": name, "feature_layers": list(layers), "layers": blocks, "context": context,
-                   "steps": args.steps, "batch": args.batch, "sequences": len(seqs["train"]),
-                   "prompts": args.prompts, "sampled_per_prompt": args.sampled, "conversations": args.conversations,
-                   "reply_tokens": sum(len(s) - n for s, n in seqs["train"]), "anchors": len(data.anchors),
-                   "train_s": round(time.perf_counter() - t1, 1), "history": history}
+        summary = {
+            "variant": name,
+            "feature_layers": list(layers),
+            "layers": blocks,
+            "context": context,
+            "steps": args.steps,
+            "batch": args.batch,
+            "sequences": len(seqs["train"]),
+            "prompts": args.prompts,
+            "sampled_per_prompt": args.sampled,
+            "conversations": args.conversations,
+            "reply_tokens": sum(len(s) - n for s, n in seqs["train"]),
+            "anchors": len(data.anchors),
+            "train_s": round(time.perf_counter() - t1, 1),
+            "history": history,
+        }
         (out / name / "training.json").write_text(json.dumps(summary, indent=2))
         print(name, json.dumps(history[-1]), flush=True)
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random Llama models, a byte tokenizer, and the embedded stack."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,9 +25,16 @@ def tiny_llama(seed: int, vocab: int = 64, hidden: int = 64, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).eval()
     # sharper logits than the default init, so greedy paths are not all one token. The head is
     # untied and scaled, not the embedding: a tied head over a scaled embedding made the model

@@ -1,6 +1,7 @@
 """The import contracts in pyproject.toml (`lint-imports`, run by `make test`) hold on this tree
 and break on a back-edge: an upward import between layers, decode or audio importing our code,
 or a cycle between the modules of a package."""
+
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,9 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
 
 def copy_tree(dest: Path) -> Path:
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, dest / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "assets", "static", "data"))
+        shutil.copytree(
+            ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "assets", "static", "data")
+        )
     shutil.copy(ROOT / "pyproject.toml", dest)
     return dest
 
@@ -31,13 +33,16 @@ def test_the_tree_keeps_every_contract():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("module, line, contract", [
-    ("voice/turns.py", "from web.client import open_session", "one direction of imports"),
-    ("web/launch.py", "import commands.cli", "one direction of imports"),
-    ("decode/verify.py", "from audio.frames import SAMPLE_RATE_HZ", "decode imports nothing of ours"),
-    ("audio/frames.py", "import voice.config", "audio imports nothing of ours"),
-    ("commands/summary.py", "import commands.bench", "no import cycles"),
-])
+@pytest.mark.parametrize(
+    "module, line, contract",
+    [
+        ("voice/turns.py", "from web.client import open_session", "one direction of imports"),
+        ("web/launch.py", "import commands.cli", "one direction of imports"),
+        ("decode/verify.py", "from audio.frames import SAMPLE_RATE_HZ", "decode imports nothing of ours"),
+        ("audio/frames.py", "import voice.config", "audio imports nothing of ours"),
+        ("commands/summary.py", "import commands.bench", "no import cycles"),
+    ],
+)
 def test_a_back_edge_breaks_its_contract(tmp_path, module, line, contract):
     tree = copy_tree(tmp_path)
     path = tree / module

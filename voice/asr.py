@@ -19,6 +19,7 @@ Both come out of the same `generate` call, so no decode is added: the no-speech 
 costs one vocabulary projection at <|startoftranscript|> during the prompt's prefill (~7 ms
 CPU, 2-4 % of a short utterance's transcribe), the log-prob nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,8 +81,9 @@ def _loop_at(keys: Sequence[str], start: int, min_repeats: int, max_period_words
     return None
 
 
-def find_repetitions(words: Sequence[str], min_repeats: int = LOOP_MIN_REPEATS,
-                     max_period_words: int = LOOP_MAX_PERIOD_WORDS) -> list[Repetition]:
+def find_repetitions(
+    words: Sequence[str], min_repeats: int = LOOP_MIN_REPEATS, max_period_words: int = LOOP_MAX_PERIOD_WORDS
+) -> list[Repetition]:
     """The loop runs in `words`, left to right, not overlapping, shortest period first.
 
     Words compare lower-cased without punctuation. A run of length L with period p (a phrase
@@ -101,13 +103,18 @@ def find_repetitions(words: Sequence[str], min_repeats: int = LOOP_MIN_REPEATS,
     return runs
 
 
-def is_repetition_loop(text: str, min_repeats: int = LOOP_MIN_REPEATS,
-                       max_period_words: int = LOOP_MAX_PERIOD_WORDS,
-                       max_compression_ratio: float = COMPRESSION_RATIO_THRESHOLD) -> bool:
+def is_repetition_loop(
+    text: str,
+    min_repeats: int = LOOP_MIN_REPEATS,
+    max_period_words: int = LOOP_MAX_PERIOD_WORDS,
+    max_compression_ratio: float = COMPRESSION_RATIO_THRESHOLD,
+) -> bool:
     """Whether whisper looped: a repeated-phrase run (`find_repetitions`) or, for long text,
     `compression_ratio(text) > max_compression_ratio` as faster-whisper's fallback tests."""
-    return (bool(find_repetitions(text.split(), min_repeats, max_period_words))
-            or compression_ratio(text) > max_compression_ratio)
+    return (
+        bool(find_repetitions(text.split(), min_repeats, max_period_words))
+        or compression_ratio(text) > max_compression_ratio
+    )
 
 
 def _one_period(words: Sequence[str], run: Repetition) -> list[str]:
@@ -119,12 +126,13 @@ def _one_period(words: Sequence[str], run: Repetition) -> list[str]:
     period = run.period_words
     for shift in range(min(period, run.end - run.start - period + 1)):
         if words[run.start + shift + period - 1].endswith(_SENTENCE_END):
-            return list(words[run.start + shift:run.start + shift + period])
-    return list(words[run.start:run.start + period])
+            return list(words[run.start + shift : run.start + shift + period])
+    return list(words[run.start : run.start + period])
 
 
-def collapse_repetition(text: str, min_repeats: int = LOOP_MIN_REPEATS,
-                        max_period_words: int = LOOP_MAX_PERIOD_WORDS) -> str:
+def collapse_repetition(
+    text: str, min_repeats: int = LOOP_MIN_REPEATS, max_period_words: int = LOOP_MAX_PERIOD_WORDS
+) -> str:
     """`text` with every loop run replaced by one copy of its phrase ("Italy Italy Italy" ->
     "Italy"), repeated until no run is left; text without a loop comes back unchanged."""
     words = text.split()
@@ -135,7 +143,7 @@ def collapse_repetition(text: str, min_repeats: int = LOOP_MIN_REPEATS,
         kept: list[str] = []
         done = 0
         for run in runs:
-            kept += list(words[done:run.start]) + _one_period(words, run)
+            kept += list(words[done : run.start]) + _one_period(words, run)
             done = run.end
         words = kept + list(words[done:])
         runs = find_repetitions(words, min_repeats, max_period_words)
@@ -161,7 +169,7 @@ def average_logprob(score: float, n_tokens: int, length_penalty: float = 1.0) ->
     CTranslate2 returns the summed log-prob of the n tokens and the end token divided by
     `n**length_penalty`; undoing that and dividing by n + 1 gives the mean over all n + 1.
     """
-    return score * n_tokens ** length_penalty / (n_tokens + 1) if n_tokens else score
+    return score * n_tokens**length_penalty / (n_tokens + 1) if n_tokens else score
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,8 @@ class NoSpeechRule:
     def __call__(self, decoded: Decoded, looped: bool = False) -> bool:
         """Whether `decoded` came from audio without speech."""
         return decoded.no_speech_prob > self.no_speech_threshold and (
-            looped or decoded.avg_logprob <= self.log_prob_threshold)
+            looped or decoded.avg_logprob <= self.log_prob_threshold
+        )
 
 
 @dataclass(frozen=True)
@@ -203,8 +212,10 @@ class LoopRetry:
         """One longer window (0: none), then temperatures `step, 2 * step, ...` up to
         `max_temperature` (whisper's temperature_increment_on_fallback; step 0: no sampling)."""
         count = int(max_temperature / temperature_step + 1e-6) if temperature_step > 0 else 0
-        return cls(tuple(w for w in (window_frames,) if w > 0),
-                   tuple(round(temperature_step * k, 6) for k in range(1, count + 1)))
+        return cls(
+            tuple(w for w in (window_frames,) if w > 0),
+            tuple(round(temperature_step * k, 6) for k in range(1, count + 1)),
+        )
 
 
 class DecodeAttempt(NamedTuple):
@@ -219,8 +230,7 @@ def decode_plan(first_window_frames: int, retry: LoopRetry = LoopRetry()) -> lis
     retry temperature on the longest window (whose encoding the sampled attempts share)."""
     longer = sorted({min(w, MAX_FRAMES) for w in retry.windows_frames if w > first_window_frames})
     windows = [first_window_frames] + longer
-    return ([DecodeAttempt(w, 0.0) for w in windows]
-            + [DecodeAttempt(windows[-1], t) for t in retry.temperatures])
+    return [DecodeAttempt(w, 0.0) for w in windows] + [DecodeAttempt(windows[-1], t) for t in retry.temperatures]
 
 
 @dataclass(frozen=True)
@@ -239,9 +249,12 @@ class Transcription:
         return tuple(d.text for d in self.decodes)
 
 
-def transcribe_until_clean(decode: Callable[[DecodeAttempt], Decoded], plan: Sequence[DecodeAttempt],
-                           is_loop: Callable[[str], bool] = is_repetition_loop,
-                           no_speech: NoSpeechRule = NoSpeechRule()) -> Transcription:
+def transcribe_until_clean(
+    decode: Callable[[DecodeAttempt], Decoded],
+    plan: Sequence[DecodeAttempt],
+    is_loop: Callable[[str], bool] = is_repetition_loop,
+    no_speech: NoSpeechRule = NoSpeechRule(),
+) -> Transcription:
     """Run `plan` until an attempt does not loop; a retry that hears nothing does not count
     (the first attempt heard words). An attempt `no_speech` calls silence ends it with ""
     (as in faster-whisper's fallback). If all loop, a first attempt whose no-speech
@@ -252,21 +265,39 @@ def transcribe_until_clean(decode: Callable[[DecodeAttempt], Decoded], plan: Seq
         decoded = decode(attempt)
         decodes.append(decoded)
         if no_speech(decoded):
-            log.info("ASR attempt %d heard no speech (P(nospeech)=%.2f, avg logprob=%.2f): dropped %r",
-                     len(decodes), decoded.no_speech_prob, decoded.avg_logprob, decoded.text)
+            log.info(
+                "ASR attempt %d heard no speech (P(nospeech)=%.2f, avg logprob=%.2f): dropped %r",
+                len(decodes),
+                decoded.no_speech_prob,
+                decoded.avg_logprob,
+                decoded.text,
+            )
             return Transcription("", len(decodes), decodes=tuple(decodes), no_speech=True)
         if not is_loop(decoded.text) and (decoded.text or len(decodes) == 1):
             return Transcription(decoded.text, len(decodes), decodes=tuple(decodes))
         if len(decodes) < len(plan):
-            log.info("ASR attempt %d (%d frames, T=%.1f) gave %r; retrying",
-                     len(decodes), attempt.window_frames, attempt.temperature, decoded.text)
+            log.info(
+                "ASR attempt %d (%d frames, T=%.1f) gave %r; retrying",
+                len(decodes),
+                attempt.window_frames,
+                attempt.temperature,
+                decoded.text,
+            )
     if decodes and no_speech(decodes[0], looped=True):
-        log.warning("ASR looped on all %d attempts on non-speech (P(nospeech)=%.2f); dropped %r",
-                    len(decodes), decodes[0].no_speech_prob, decodes[0].text)
+        log.warning(
+            "ASR looped on all %d attempts on non-speech (P(nospeech)=%.2f); dropped %r",
+            len(decodes),
+            decodes[0].no_speech_prob,
+            decodes[0].text,
+        )
         return Transcription("", len(decodes), collapsed=True, decodes=tuple(decodes), no_speech=True)
     collapsed = _loop_free(decodes[0].text, is_loop) if decodes else ""
-    log.warning("ASR looped on all %d attempts; passing on %r instead of %r", len(decodes), collapsed,
-                decodes[0].text if decodes else "")
+    log.warning(
+        "ASR looped on all %d attempts; passing on %r instead of %r",
+        len(decodes),
+        collapsed,
+        decodes[0].text if decodes else "",
+    )
     return Transcription(collapsed, len(decodes), collapsed=True, decodes=tuple(decodes))
 
 
@@ -274,8 +305,15 @@ class WindowDecoder:
     """Decodes one utterance's mel features at any window and temperature, encoding each
     window once (the sampled retries share the longest window's encoding)."""
 
-    def __init__(self, model: Any, prompt: list[int], features: np.ndarray, max_length: int,
-                 detokenize: Callable[[list[int]], str], beam_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        prompt: list[int],
+        features: np.ndarray,
+        max_length: int,
+        detokenize: Callable[[list[int]], str],
+        beam_size: int = 1,
+    ) -> None:
         self.model, self.prompt, self.features = model, prompt, features
         self.max_length, self.detokenize, self.beam_size = max_length, detokenize, beam_size
         self.encoded: dict[int, Any] = {}
@@ -290,34 +328,57 @@ class WindowDecoder:
         if window not in self.encoded:
             mel = get_ctranslate2_storage(pad_or_trim(self.features, window)[None])
             self.encoded[window] = self.model.encode(mel, to_cpu=False)
-        search = ({"beam_size": 1, "sampling_topk": 0, "sampling_temperature": attempt.temperature}
-                  if attempt.temperature > 0 else {"beam_size": self.beam_size})
-        result = self.model.generate(self.encoded[window], [self.prompt], max_length=self.max_length,
-                                     suppress_blank=True, suppress_tokens=[-1], return_scores=True,
-                                     return_no_speech_prob=True, **search)[0]
+        search = (
+            {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": attempt.temperature}
+            if attempt.temperature > 0
+            else {"beam_size": self.beam_size}
+        )
+        result = self.model.generate(
+            self.encoded[window],
+            [self.prompt],
+            max_length=self.max_length,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+            return_scores=True,
+            return_no_speech_prob=True,
+            **search,
+        )[0]
         token_ids = list(result.sequences_ids[0])
-        return Decoded(self.detokenize(token_ids).strip(), result.no_speech_prob,
-                       average_logprob(result.scores[0], len(token_ids)))
+        return Decoded(
+            self.detokenize(token_ids).strip(), result.no_speech_prob, average_logprob(result.scores[0], len(token_ids))
+        )
 
 
 class WhisperASR:
     """A loaded CTranslate2 whisper model with short-window decoding."""
 
-    def __init__(self, model_dir: str, language: str = "en", beam_size: int = 1,
-                 compute_type: str = "int8", threads: int = 0, min_window_frames: int = 600,
-                 pad_frames: int = 300, no_speech_threshold: float = 0.4,
-                 log_prob_threshold: float = -1.0, loop_retry_window_frames: int = 1500,
-                 loop_retry_temperature_step: float = 0.2, loop_retry_max_temperature: float = 0.6) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        language: str = "en",
+        beam_size: int = 1,
+        compute_type: str = "int8",
+        threads: int = 0,
+        min_window_frames: int = 600,
+        pad_frames: int = 300,
+        no_speech_threshold: float = 0.4,
+        log_prob_threshold: float = -1.0,
+        loop_retry_window_frames: int = 1500,
+        loop_retry_temperature_step: float = 0.2,
+        loop_retry_max_temperature: float = 0.6,
+    ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
         self.model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
-        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
-                                   task="transcribe", language=language)
+        self.tokenizer = Tokenizer(
+            self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language=language
+        )
         self.language, self.beam_size = language, beam_size
         self.no_speech = NoSpeechRule(no_speech_threshold, log_prob_threshold)
-        self.retry = LoopRetry.stepped(loop_retry_window_frames, loop_retry_temperature_step,
-                                       loop_retry_max_temperature)
+        self.retry = LoopRetry.stepped(
+            loop_retry_window_frames, loop_retry_temperature_step, loop_retry_max_temperature
+        )
         self.min_window_frames, self.pad_frames = min_window_frames, pad_frames
         self._prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
         self.last_transcription: Transcription | None = None  # for callers that log attempts
@@ -347,7 +408,12 @@ class WhisperASR:
         frames = features.shape[-1] + self.pad_frames
         window = min(MAX_FRAMES, max(self.min_window_frames, -(-frames // 100) * 100))
         max_tokens = int(16 + 8 * len(audio) / SAMPLE_RATE_HZ)  # ~3 words/s speech; stops loops
-        decoder = WindowDecoder(self.model.model, self._prompt, features,
-                                min(224, len(self._prompt) + max_tokens), self.tokenizer.decode,
-                                self.beam_size)
+        decoder = WindowDecoder(
+            self.model.model,
+            self._prompt,
+            features,
+            min(224, len(self._prompt) + max_tokens),
+            self.tokenizer.decode,
+            self.beam_size,
+        )
         return transcribe_until_clean(decoder, decode_plan(window, self.retry), no_speech=self.no_speech)

@@ -5,6 +5,7 @@ it can be spoken naturally — `first_words` complete words, or a clause/sentenc
 then clause or sentence chunks (capped at `max_words`). A cut happens only at whitespace,
 so a word or a number ("3.14", "1,000") is never split. Pure; no model.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,7 +48,7 @@ class PhraseChunker:
         word_ends = [m.end() for m in re.finditer(r"\S+\s", buf)]
         limit = self.first_words if self._emitted == 0 else self.max_words
         if clause:
-            n_words = len(buf[:clause.end()].split())
+            n_words = len(buf[: clause.end()].split())
             if n_words <= limit and (self._emitted == 0 or n_words >= 2):
                 return clause.end()
         if len(word_ends) >= limit:

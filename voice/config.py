@@ -4,6 +4,7 @@ In: an optional TOML path and `section.key=value` overrides from the CLI. Out: a
 `Config`. Every field has a default; an unknown section or key, or a value of the wrong
 type, raises `ConfigError` naming the key. Costs nothing worth measuring.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,9 @@ class LLMConfig:
     seed: int = 0
     # empty: the model's own chat template default. The brief instruction scored 14/20 against 12/20
     # without it on tests/data/factual.json (scripts/brief_eval.py; README "Reply length")
-    system_prompt: str = ("You are a helpful AI assistant named SmolLM, trained by Hugging Face. "
-                          "Answer in one or two short sentences.")
+    system_prompt: str = (
+        "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in one or two short sentences."
+    )
     history_tokens: int = 1024
     # "local": the embedded decoder; "openai": replies streamed from an OpenAI-compatible server at
     # base_url (vLLM, SGLang, llama.cpp, Ollama), its API key read from the env var api_key_env.

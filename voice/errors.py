@@ -4,6 +4,7 @@ The CLI prints these as one line (`error: …`, exit 2) and a server sends them 
 event; anything else is a bug and keeps its traceback. `audio/` imports nothing of ours, so its
 `AudioError` stands beside this base rather than under it (`USER_ERRORS` names both).
 """
+
 from __future__ import annotations
 
 from audio.wavio import AudioError

@@ -4,6 +4,7 @@ In: `Config`. Out: `ReplyModel`, which turns a conversation (chat messages) into
 iterator of `Span`s via the speculative decoder. Loading SmolLM2-135M fp32 takes ~1 s;
 a verify-cost calibration at load (~1 s) seeds the adaptive controller.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,13 @@ from voice.models import ModelNotReady, llm_path
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def calibration_ks(max_draft: int) -> list[int]:
@@ -50,8 +56,11 @@ def load_causal_lm(name_or_path: str, device: str, dtype: torch.dtype):
     local_only = not os.path.isdir(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=dtype, local_files_only=local_only).to(device).eval()
+        model = (
+            AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=local_only)
+            .to(device)
+            .eval()
+        )
     except OSError as err:
         raise cannot_load(name_or_path, err) from None
     return model, tokenizer
@@ -59,8 +68,10 @@ def load_causal_lm(name_or_path: str, device: str, dtype: torch.dtype):
 
 def cannot_load(name: str, err: OSError) -> ModelNotReady:
     """The error for a model that is neither a local directory nor in the local hub cache."""
-    return ModelNotReady(f"cannot load {name!r}: not a local model directory and not in the local hub "
-                         f"cache (this machine cannot download models). Put it in the hub cache first. ({err})")
+    return ModelNotReady(
+        f"cannot load {name!r}: not a local model directory and not in the local hub "
+        f"cache (this machine cannot download models). Put it in the hub cache first. ({err})"
+    )
 
 
 def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Generator) -> Drafter:
@@ -103,8 +114,9 @@ def load_assistant_drafter(cfg: Config, target: Target, generator: torch.Generat
     return AssistantDrafter(assistant, target, cfg.llm.temperature, cfg.llm.top_p, generator)
 
 
-def make_controller(cfg: Config, verify_cost_s: dict[int, float], kind: str | None = None,
-                    k: int | None = None) -> Controller:
+def make_controller(
+    cfg: Config, verify_cost_s: dict[int, float], kind: str | None = None, k: int | None = None
+) -> Controller:
     """The controller named by `decode.controller` (or `kind`), seeded with measured costs."""
     kind = kind or cfg.decode.controller
     if kind == "fixed":
@@ -112,9 +124,14 @@ def make_controller(cfg: Config, verify_cost_s: dict[int, float], kind: str | No
     if kind == "heuristic":
         return HeuristicController(k=cfg.decode.fixed_draft, k_max=cfg.decode.max_draft)
     if kind == "adaptive":
-        return AdaptiveController(k_max=cfg.decode.max_draft, decay=cfg.decode.decay,
-                                  probe_every=cfg.decode.probe_every, verify_cost_s=dict(verify_cost_s),
-                                  prior_accept=cfg.decode.prior_accept, cost_ema=cfg.decode.cost_ema)
+        return AdaptiveController(
+            k_max=cfg.decode.max_draft,
+            decay=cfg.decode.decay,
+            probe_every=cfg.decode.probe_every,
+            verify_cost_s=dict(verify_cost_s),
+            prior_accept=cfg.decode.prior_accept,
+            cost_ema=cfg.decode.cost_ema,
+        )
     raise ConfigError(f"decode.controller: unknown controller {kind!r} (known: adaptive, fixed, heuristic)")
 
 
@@ -179,8 +196,9 @@ class ReplyModel:
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
         self._capture_graphs(cfg, [0])
         self.verify_cost_s = calibrate_verify_cost(self.target, calibration_ks(cfg.decode.max_draft))
-        self.decoder = SpeculativeDecoder(self.target, self.tokenizer, self.drafter,
-                                          make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed)
+        self.decoder = SpeculativeDecoder(
+            self.target, self.tokenizer, self.drafter, make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed
+        )
         eos = {self.tokenizer.eos_token_id, model.generation_config.eos_token_id}
         eos = {e for x in eos for e in (x if isinstance(x, list) else [x]) if e is not None}
         self.settings = GenerationSettings(cfg.llm.max_new_tokens, cfg.llm.temperature, cfg.llm.top_p, tuple(eos))
@@ -201,8 +219,11 @@ class ReplyModel:
             self.target.weight_major = False
         elif layout == "auto":
             costs = self.target.choose_layout()
-            log.info("linear layout: %s (steps of 3 and 8 tokens: %s)", self.target.layout,
-                     ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in costs.items()))
+            log.info(
+                "linear layout: %s (steps of 3 and 8 tokens: %s)",
+                self.target.layout,
+                ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in costs.items()),
+            )
         else:
             self.target.weight_major = layout == "weight_major"
 
@@ -210,8 +231,9 @@ class ReplyModel:
         """On CUDA, capture the static target's one-sequence steps of 1..max_draft + 1 tokens for `slots`
         (`decode.graphs`): slot 0 first, then the scheduler's, unless slot 0's capture failed; where
         capture fails, steps stay eager (one log line)."""
-        if not (cfg.decode.cuda_graphs and isinstance(self.target, StaticLlamaTarget)
-                and self.target.device.type == "cuda") or (slots != [0] and 0 not in self.target.step_graphs):
+        if not (
+            cfg.decode.cuda_graphs and isinstance(self.target, StaticLlamaTarget) and self.target.device.type == "cuda"
+        ) or (slots != [0] and 0 not in self.target.step_graphs):
             return
         from decode.graphs import StepGraphs
 
@@ -226,12 +248,19 @@ class ReplyModel:
         """Slots 1..decode.slots of the static target, each with its own drafter and controller copy;
         one slot over its own decoder when the target or drafter cannot batch."""
         target = self.target
-        if not (isinstance(target, StaticLlamaTarget) and cfg.decode.drafter in BATCHED_DRAFTERS
-                and cfg.decode.slots > 1):
+        if not (
+            isinstance(target, StaticLlamaTarget) and cfg.decode.drafter in BATCHED_DRAFTERS and cfg.decode.slots > 1
+        ):
             # one slot, slot 0: the scheduler shares it with direct callers, who must not overlap sessions
-            return StepScheduler([self.decoder], None, {k + 1: c for k, c in self.verify_cost_s.items()},
-                                 cfg.decode.step_tokens, cfg.decode.talking_weight, cfg.decode.cost_ema,
-                                 defer_ahead_s=cfg.decode.defer_ahead_s)
+            return StepScheduler(
+                [self.decoder],
+                None,
+                {k + 1: c for k, c in self.verify_cost_s.items()},
+                cfg.decode.step_tokens,
+                cfg.decode.talking_weight,
+                cfg.decode.cost_ema,
+                defer_ahead_s=cfg.decode.defer_ahead_s,
+            )
         widths = {k + 1: c for k, c in self.verify_cost_s.items()}
         wide = [w - 1 for w in CALIBRATED_WIDTHS if w <= cfg.decode.step_tokens and w not in widths]
         widths.update({k + 1: c for k, c in calibrate_verify_cost(target, wide, reps=2).items()})
@@ -240,25 +269,43 @@ class ReplyModel:
         for i in range(1, cfg.decode.slots + 1):
             view = target.slot(i)
             drafter = make_drafter(cfg, self.tokenizer, view, self.generator)
-            slots.append(SpeculativeDecoder(view, self.tokenizer, drafter, make_controller(cfg, self.verify_cost_s),
-                                            seed=cfg.llm.seed + i))
-        return StepScheduler(slots, target.forward_packed, widths, cfg.decode.step_tokens,
-                             cfg.decode.talking_weight, cfg.decode.cost_ema, defer_ahead_s=cfg.decode.defer_ahead_s)
+            slots.append(
+                SpeculativeDecoder(
+                    view, self.tokenizer, drafter, make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed + i
+                )
+            )
+        return StepScheduler(
+            slots,
+            target.forward_packed,
+            widths,
+            cfg.decode.step_tokens,
+            cfg.decode.talking_weight,
+            cfg.decode.cost_ema,
+            defer_ahead_s=cfg.decode.defer_ahead_s,
+        )
 
-    def submit_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None,
-                     emit: Callable[[Span], None], done: Callable[[Ticket], None],
-                     urgent: Callable[[], bool], paused: Callable[[], bool],
-                     ahead: Callable[[], float] = lambda: 0.0) -> Ticket:
+    def submit_reply(
+        self,
+        messages: list[dict[str, str]],
+        cancel: threading.Event | None,
+        emit: Callable[[Span], None],
+        done: Callable[[Ticket], None],
+        urgent: Callable[[], bool],
+        paused: Callable[[], bool],
+        ahead: Callable[[], float] = lambda: 0.0,
+    ) -> Ticket:
         """Start the reply on the scheduler: spans go to `emit` (scheduler thread), then `done`;
         `ahead()`: seconds of its speech not yet played (see `StepScheduler`)."""
         ids = self.chat_ids(messages)
-        return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit,
-                                     urgent, paused, done, ahead)
+        return self.scheduler.submit(
+            lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit, urgent, paused, done, ahead
+        )
 
     def submit_ids(self, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
         """A reply to prompt token ids on the scheduler (benchmarks): its tokens go to `on_tokens`."""
-        return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings), ids,
-                                     lambda span: on_tokens(span.token_ids))
+        return self.scheduler.submit(
+            lambda dec: ReplyJob(dec, ids, self.settings), ids, lambda span: on_tokens(span.token_ids)
+        )
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation with the generation prompt appended; when the last message
@@ -276,7 +323,7 @@ class ReplyModel:
         """The chat rendered up to the end of the last (assistant) message's text."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False)
         content = messages[-1]["content"]
-        return list(self.tokenizer(text[:text.rindex(content) + len(content)], add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text[: text.rindex(content) + len(content)], add_special_tokens=False)["input_ids"])
 
     def token_ids(self, text: str) -> list[int]:
         """The tokenizer's ids of a piece of reply text (no special tokens)."""
@@ -292,8 +339,9 @@ class ReplyModel:
 
     def reply_plain(self, messages: list[dict[str, str]]) -> Iterator[Span]:
         """Plain greedy/sampled decoding (no drafter): the baseline."""
-        return self.decoder.generate(self.chat_ids(messages), self.settings,
-                                     drafter=NoDrafter(), controller=FixedController(0))
+        return self.decoder.generate(
+            self.chat_ids(messages), self.settings, drafter=NoDrafter(), controller=FixedController(0)
+        )
 
     def end_of_turn_prob(self, messages: list[dict[str, str]]) -> float:
         """Semantic end of turn of the last user message: P(it ends here, or a sentence closes here).
@@ -314,6 +362,8 @@ class ReplyModel:
         primes = len(reply) > end and reply[:end] == ids[:end]
         # the reply's whole prompt, its logits kept: a reply to these words takes its first token from them
         prefill = reply if primes else ids[:end]  # else a tokenization merging the words with what follows
-        ticket = self.scheduler.submit(lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids,
-                                                              score_at=end - 1, keep_logits=primes), prefill)
+        ticket = self.scheduler.submit(
+            lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids, score_at=end - 1, keep_logits=primes),
+            prefill,
+        )
         return ticket.wait().prob

@@ -6,6 +6,7 @@ In: `ModelsConfig` (`embedded`, a local directory, or a hub id). Out: local path
 safetensors directory, once, under the cache dir (~25 s on 2 cores). Nothing here
 downloads: hub ids resolve only from an existing local hub cache.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,9 +57,7 @@ def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         pip_name = package.replace("_", "-")
-        raise ModelNotReady(
-            f"embedded model package {pip_name!r} is not installed: run `scripts/bootstrap`"
-        )
+        raise ModelNotReady(f"embedded model package {pip_name!r} is not installed: run `scripts/bootstrap`")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -23,6 +23,7 @@ Sessions share the models: the replies of all sessions advance together in the d
 scheduler's batched steps (a reply awaiting its first phrase goes first); ASR and TTS each
 run on one priority worker (a final transcript and a first phrase go first).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,9 +74,20 @@ _local_ids = itertools.count(1)
 def turn_settings(cfg: Config) -> TurnSettings:
     """The turn-taking tunables from the `vad`, `asr` and `turn` sections."""
     v, a, t = cfg.vad, cfg.asr, cfg.turn
-    return TurnSettings(v.threshold, v.hysteresis, v.min_speech_ms, a.interval_ms, a.partial_load, a.final_tail_ms,
-                        t.min_silence_ms, t.max_silence_ms, t.eot_low, t.eot_high, v.max_utterance_s,
-                        t.predictive)
+    return TurnSettings(
+        v.threshold,
+        v.hysteresis,
+        v.min_speech_ms,
+        a.interval_ms,
+        a.partial_load,
+        a.final_tail_ms,
+        t.min_silence_ms,
+        t.max_silence_ms,
+        t.eot_low,
+        t.eot_high,
+        v.max_utterance_s,
+        t.predictive,
+    )
 
 
 class VoiceSession:
@@ -192,9 +204,14 @@ class VoiceSession:
         return self._heard_at.get((end.utterance, end.final_audio_end_t), end.t)
 
     def _release(self, turn: ReplyTurn, end: Endpoint) -> None:
-        turn.stamp(speech_end=end.speech_end_t, endpoint=end.t, asr_final=self._heard(end), transcript=end.transcript,
-                   predictive=turn.created < end.t,
-                   end_of_turn_prob=self.turns.score_of(end.transcript))
+        turn.stamp(
+            speech_end=end.speech_end_t,
+            endpoint=end.t,
+            asr_final=self._heard(end),
+            transcript=end.transcript,
+            predictive=turn.created < end.t,
+            end_of_turn_prob=self.turns.score_of(end.transcript),
+        )
         turn.gate.set()
         turn.released.set()
         self.stack.llm.scheduler.wake()  # it may be waiting on this held reply
@@ -221,8 +238,15 @@ class VoiceSession:
             return
         turn.remembered = True
         m = turn.m.as_dict()
-        self._log("turn_end", turn=turn.id, gap_ms=m["turn_gap_ms"], interrupted=m["interrupted"],
-                  reply_end=m["reply_end"] or None, tokens=m["tokens"], acceptance=m["acceptance"])
+        self._log(
+            "turn_end",
+            turn=turn.id,
+            gap_ms=m["turn_gap_ms"],
+            interrupted=m["interrupted"],
+            reply_end=m["reply_end"] or None,
+            tokens=m["tokens"],
+            acceptance=m["acceptance"],
+        )
         if turn.continued:
             self.conversation.extend_last(turn.reply_text.rstrip(), turn.m.shortened)
         else:
@@ -238,8 +262,9 @@ class VoiceSession:
             await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t)))
             return
         try:  # a decode that may be the final transcript goes before other sessions' partials
-            text = await self.stack.asr_worker.run(lambda: self.stack.asr.transcribe(audio),
-                                                   URGENT if ask.quiet else NORMAL)
+            text = await self.stack.asr_worker.run(
+                lambda: self.stack.asr.transcribe(audio), URGENT if ask.quiet else NORMAL
+            )
         except Exception as err:  # the turn-taker must hear back, or it waits forever
             log.exception(log_line("asr_failed", session=self.id))
             await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
@@ -336,9 +361,15 @@ class VoiceSession:
         turn.stamp(llm_start=time.perf_counter())
         # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
         # reply far ahead of playback waits for it, leaving the batch and the cores to others
-        ticket = self.replies.submit_reply(messages, EitherSet(turn.cancel, turn.finish), emit=put,
-                                           done=lambda _: put(None), urgent=lambda: not turn.first_phrase.is_set(),
-                                           paused=lambda: turn.waits(self.cfg.decode.max_ahead_s), ahead=turn.ahead_s)
+        ticket = self.replies.submit_reply(
+            messages,
+            EitherSet(turn.cancel, turn.finish),
+            emit=put,
+            done=lambda _: put(None),
+            urgent=lambda: not turn.first_phrase.is_set(),
+            paused=lambda: turn.waits(self.cfg.decode.max_ahead_s),
+            ahead=turn.ahead_s,
+        )
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
         shaper = turn.shaper
@@ -356,9 +387,16 @@ class VoiceSession:
             if not shaper.stopped:  # decoding ended: the model's end token, or the hard cap
                 capped = st.tokens >= llm.settings.max_new_tokens
                 self._say(turn, shaper.finish(capped), chunker, phrases, time.perf_counter())
-            turn.stamp(tokens=st.tokens, acceptance=st.acceptance, mean_draft_len=st.mean_draft_len,
-                       reply_end=shaper.end, shortened=shaper.shortened, reply_sentences=shaper.sentences,
-                       reply_tokens=llm.count_tokens(turn.reply_text.strip()), dropped=shaper.dropped)
+            turn.stamp(
+                tokens=st.tokens,
+                acceptance=st.acceptance,
+                mean_draft_len=st.mean_draft_len,
+                reply_end=shaper.end,
+                shortened=shaper.shortened,
+                reply_sentences=shaper.sentences,
+                reply_tokens=llm.count_tokens(turn.reply_text.strip()),
+                dropped=shaper.dropped,
+            )
             for phrase in chunker.flush():
                 phrases.put_nowait(phrase)
             phrases.put_nowait(None)
@@ -387,14 +425,20 @@ class VoiceSession:
         while (phrase := await phrases.get()) is not None:
             if turn.cancel.is_set():
                 return
+
             def synthesize(p: str = phrase) -> tuple[list[AudioChunk], float, float]:
                 start = time.perf_counter()
                 return list(tts.synthesize(p)), start, time.perf_counter()
 
             queued = time.perf_counter()
             chunks, start, end = await self.stack.tts_worker.run(synthesize, URGENT if first else NORMAL)
-            log.debug("tts: %s phrase of %d words waited %.0f ms, synthesised in %.0f ms",
-                      "first" if first else "later", len(phrase.split()), (start - queued) * 1e3, (end - start) * 1e3)
+            log.debug(
+                "tts: %s phrase of %d words waited %.0f ms, synthesised in %.0f ms",
+                "first" if first else "later",
+                len(phrase.split()),
+                (start - queued) * 1e3,
+                (end - start) * 1e3,
+            )
             first = False
             for chunk in chunks:
                 turn.out.put_nowait(AudioOut(chunk))

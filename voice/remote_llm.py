@@ -13,6 +13,7 @@ Costs here: one HTTP stream per reply; each streamed delta is tokenized by the e
 model's tokenizer (a span's `token_ids` are those local ids: the reply policy's budget is in
 tokens, and the server's own ids are not streamed).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,24 +61,40 @@ def chat_messages(messages: list[dict[str, str]], system_prompt: str) -> list[di
 class RemoteReplies:
     """Streams replies from `base_url` (an OpenAI-compatible `/v1`) on one event-loop thread."""
 
-    def __init__(self, base_url: str, model: str, tokenize: Callable[[str], list[int]], max_new_tokens: int = 96,
-                 temperature: float = 0.0, top_p: float = 1.0, system_prompt: str = "",
-                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 30.0, client: Any = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenize: Callable[[str], list[int]],
+        max_new_tokens: int = 96,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        system_prompt: str = "",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 30.0,
+        client: Any = None,
+    ) -> None:
         if client is None:
             from openai import AsyncOpenAI
 
             # local servers take any key; a hosted API reads it from the environment, never the config
-            client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "none",
-                                 timeout=timeout_s, max_retries=0)
+            client = AsyncOpenAI(
+                base_url=base_url, api_key=os.environ.get(api_key_env) or "none", timeout=timeout_s, max_retries=0
+            )
         self.client, self.model, self.tokenize = client, model, tokenize
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.system_prompt = system_prompt
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="remote-replies", daemon=True).start()
 
-    def submit_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None,
-                     emit: Callable[[Span], None], done: Callable[[RemoteTicket], None],
-                     **_scheduling: Any) -> RemoteTicket:
+    def submit_reply(
+        self,
+        messages: list[dict[str, str]],
+        cancel: threading.Event | None,
+        emit: Callable[[Span], None],
+        done: Callable[[RemoteTicket], None],
+        **_scheduling: Any,
+    ) -> RemoteTicket:
         """Start streaming the reply: spans go to `emit` (from the backend's thread), then `done`.
         The embedded scheduler's priority callbacks (`urgent`, `paused`, `ahead`) do not apply:
         the server schedules its own batch."""
@@ -86,8 +103,14 @@ class RemoteReplies:
         asyncio.run_coroutine_threadsafe(self._reply(ticket, messages, cancelled, emit, done), self._loop)
         return ticket
 
-    async def _reply(self, ticket: RemoteTicket, messages: list[dict[str, str]], cancelled: Callable[[], bool],
-                     emit: Callable[[Span], None], done: Callable[[RemoteTicket], None]) -> None:
+    async def _reply(
+        self,
+        ticket: RemoteTicket,
+        messages: list[dict[str, str]],
+        cancelled: Callable[[], bool],
+        emit: Callable[[Span], None],
+        done: Callable[[RemoteTicket], None],
+    ) -> None:
         job = ticket.job
         # a cancel ends the request even while the server sends nothing (a long prefill): the
         # connection closes, and the server stops decoding the reply
@@ -108,8 +131,13 @@ class RemoteReplies:
     async def _stream(self, job: RemoteJob, messages: list[dict[str, str]], emit: Callable[[Span], None]) -> None:
         start = time.perf_counter()
         stream = await self.client.chat.completions.create(
-            model=self.model, messages=chat_messages(messages, self.system_prompt), stream=True,
-            max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+            model=self.model,
+            messages=chat_messages(messages, self.system_prompt),
+            stream=True,
+            max_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+        )
         try:
             async for chunk in stream:
                 self._take(job, chunk, start, emit)

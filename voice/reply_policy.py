@@ -9,6 +9,7 @@ hard cap (`llm.max_new_tokens`) ends decoding mid-sentence the unfinished tail i
 and the audio still ends on a sentence. A shortened reply can be continued: `asks_for_more`
 matches "tell me more" and its close variants on the transcript. Pure; no model.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,7 @@ def _is_close(text: str, m: re.Match) -> bool:
     line) nor after an abbreviation or an initial ("Dr. Smith", "J. K. Rowling")."""
     if not m.group().startswith(".") or m.group().startswith(".."):
         return True  # '?', '!', '…', '...'
-    line = text[:m.start()].rsplit("\n", 1)[-1]
+    line = text[: m.start()].rsplit("\n", 1)[-1]
     words = line.split()
     if not words:
         return False
@@ -97,7 +98,7 @@ class ReplyShaper:
         out = ""
         while closes := sentence_closes(self._sentence):
             cut = closes[0]
-            out += self._sentence[self._sent:cut]
+            out += self._sentence[self._sent : cut]
             self._sentence, self._sent = self._sentence[cut:], 0
             self.sentences += 1
             self.at_close = True
@@ -105,7 +106,7 @@ class ReplyShaper:
                 self.end, self._sentence = BUDGET, ""  # text past the close was decoded, not meant
                 break
         if not self.stopped and self.sentences == 0 and len(self._sentence) > self._sent:  # the first streams
-            out += self._sentence[self._sent:]
+            out += self._sentence[self._sent :]
             self._sent, self.at_close = len(self._sentence), False
         self.spoken += out
         return out
@@ -114,7 +115,7 @@ class ReplyShaper:
         """Decoding ended (`capped`: at the hard cap, else the model's own end); return the rest to speak."""
         if self.stopped:
             return ""
-        rest = self._sentence[self._sent:]
+        rest = self._sentence[self._sent :]
         if capped and self.sentences > 0:
             self.end, self.dropped, self._sentence = CAP, rest.strip(), ""
             return ""
@@ -126,10 +127,22 @@ class ReplyShaper:
         return rest
 
 
-_MORE = frozenset({
-    "tell me more", "go on", "continue", "keep going", "more", "say more", "carry on",
-    "and then", "what else", "tell me more about it", "tell me more about that", "go ahead",
-})
+_MORE = frozenset(
+    {
+        "tell me more",
+        "go on",
+        "continue",
+        "keep going",
+        "more",
+        "say more",
+        "carry on",
+        "and then",
+        "what else",
+        "tell me more about it",
+        "tell me more about that",
+        "go ahead",
+    }
+)
 _POLITE = ("please ", "ok ", "okay ", "yes ", "sure ", "and ", "so ", "can you ", "could you ")
 
 

@@ -1,4 +1,5 @@
 """One reply in flight inside a `VoiceSession`: its flags, output gate, pacing and metrics."""
+
 from __future__ import annotations
 
 import asyncio

@@ -5,6 +5,7 @@ piece of reply text as the reply policy releases it), `AudioStart` then `AudioOu
 audio), `TurnEnd` (the turn's metrics) or `TurnError`. `dispatch` calls the handler named
 after the event's kind, so every consumer (server, talk, bench, hesitation) reads one table.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,7 @@ def log_line(event: str, **fields: Any) -> str:
             text = str(value).lower()
         else:
             text = f"{value:.1f}" if isinstance(value, float) else str(value)
-        if not text or any(c.isspace() or c in "\"=" for c in text):
+        if not text or any(c.isspace() or c in '"=' for c in text):
             text = json.dumps(text)
         parts.append(f"{key}={text}")
     return " ".join(parts)

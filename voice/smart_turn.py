@@ -11,6 +11,7 @@ thread, pipecat's default; two threads were no faster while the cores were share
 85-145 ms). The 8.7 MB model ships in the `pipecat-ai` wheel (BSD-2), installed with
 --no-deps from scripts/models.txt.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -58,7 +59,7 @@ def last_window(audio: np.ndarray, n_samples: int) -> np.ndarray:
     """The last `n_samples` of `audio`, zero-padded at the start when shorter (the model's view)."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size >= n_samples:
-        return audio[audio.size - n_samples:]
+        return audio[audio.size - n_samples :]
     return np.concatenate([np.zeros(n_samples - audio.size, dtype=np.float32), audio])
 
 
@@ -75,19 +76,26 @@ class SmartTurn:
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
         self.threads = threads
         # Built from parameters (nothing fetched from the hub); pipecat vendors the same
         # extractor in numpy, and the two agree to 1e-6 on the same audio.
-        self.extractor = WhisperFeatureExtractor(feature_size=N_MELS, sampling_rate=SAMPLE_RATE_HZ,
-                                                 hop_length=160, chunk_length=WINDOW_S, n_fft=400)
+        self.extractor = WhisperFeatureExtractor(
+            feature_size=N_MELS, sampling_rate=SAMPLE_RATE_HZ, hop_length=160, chunk_length=WINDOW_S, n_fft=400
+        )
 
     def features(self, audio_16k: np.ndarray) -> np.ndarray:
         """Whisper log-mel features (80, 800) of the last 8 s, as the model was trained on."""
         n = WINDOW_S * SAMPLE_RATE_HZ
-        out = self.extractor(last_window(audio_16k, n), sampling_rate=SAMPLE_RATE_HZ, padding="max_length",
-                             max_length=n, truncation=True, do_normalize=True, return_tensors="np")
+        out = self.extractor(
+            last_window(audio_16k, n),
+            sampling_rate=SAMPLE_RATE_HZ,
+            padding="max_length",
+            max_length=n,
+            truncation=True,
+            do_normalize=True,
+            return_tensors="np",
+        )
         return out.input_features[0].astype(np.float32)
 
     def prob(self, audio_16k: np.ndarray) -> float:

@@ -9,6 +9,7 @@ thread's allocator arena instead of spreading over a growing pool (measured: the
 RSS creep up with concurrency). The LLM runs on the decode scheduler's thread
 (`ReplyModel.scheduler`), which batches all sessions' replies.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -105,18 +106,36 @@ def remote_replies(cfg: Config, tokenize: Callable[[str], list[int]]) -> RemoteR
         if c.backend == "openai":
             raise ConfigError("llm.backend=openai needs llm.base_url, e.g. http://127.0.0.1:8080/v1")
         return None
-    return RemoteReplies(c.base_url, c.model, tokenize, c.max_new_tokens, c.temperature, c.top_p,
-                         c.system_prompt, c.api_key_env, c.timeout_s)
+    return RemoteReplies(
+        c.base_url,
+        c.model,
+        tokenize,
+        c.max_new_tokens,
+        c.temperature,
+        c.top_p,
+        c.system_prompt,
+        c.api_key_env,
+        c.timeout_s,
+    )
 
 
 def load_stack(cfg: Config) -> Stack:
     """Load every model named by the config."""
     t = time.perf_counter()
-    asr = WhisperASR(str(whisper_path(cfg.models)), cfg.asr.language, cfg.asr.beam_size,
-                     cfg.asr.compute_type, cfg.asr.threads, cfg.asr.min_window_frames,
-                     cfg.asr.pad_frames, cfg.asr.no_speech_threshold, cfg.asr.log_prob_threshold,
-                     cfg.asr.loop_retry_window_frames, cfg.asr.loop_retry_temperature_step,
-                     cfg.asr.loop_retry_max_temperature)
+    asr = WhisperASR(
+        str(whisper_path(cfg.models)),
+        cfg.asr.language,
+        cfg.asr.beam_size,
+        cfg.asr.compute_type,
+        cfg.asr.threads,
+        cfg.asr.min_window_frames,
+        cfg.asr.pad_frames,
+        cfg.asr.no_speech_threshold,
+        cfg.asr.log_prob_threshold,
+        cfg.asr.loop_retry_window_frames,
+        cfg.asr.loop_retry_temperature_step,
+        cfg.asr.loop_retry_max_temperature,
+    )
     tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
     llm = ReplyModel(cfg)
     remote = remote_replies(cfg, llm.token_ids)

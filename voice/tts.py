@@ -4,6 +4,7 @@ In: a phrase of text. Out: `AudioChunk`s (piper yields one per sentence). Cost o
 cores: roughly 0.1–0.2 s of compute per second of speech (en_US-joe-medium). The voice
 loads once (~0.5 s).
 """
+
 from __future__ import annotations
 
 import logging

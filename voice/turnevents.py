@@ -4,6 +4,7 @@ Inputs: one per 32 ms VAD window (`Window`), ASR hypotheses with the audio exten
 (`Hypothesis`), end-of-turn scores (`Score`), reply progress (`ReplyDone`), client actions
 (`TypedText`, `ClientInterrupt`). Actions: what the session carries out (`Action`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

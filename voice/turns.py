@@ -5,6 +5,7 @@ prompt, trimmed from the oldest turn so the prompt stays within a token budget; 
 `TurnMetrics`, the timestamps of one turn and the figures derived from them; `TurnRecord`,
 what a client feeding the pipeline (the bench, a protocol client) saw of one turn.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -91,7 +92,8 @@ class TurnMetrics:
             "asr_final_ms": self._since_speech_end(self.asr_final),
             "llm_start_ms": self._since_speech_end(self.llm_start),
             # the reply's time to first text (a remote backend's time to first token)
-            "llm_ttft_ms": round((self.first_span - self.llm_start) * 1e3, 1) if self.first_span and self.llm_start
+            "llm_ttft_ms": round((self.first_span - self.llm_start) * 1e3, 1)
+            if self.first_span and self.llm_start
             else None,
             "first_span_ms": self._since_speech_end(self.first_span),
             "first_audio_ms": self._since_speech_end(self.first_audio),

@@ -22,6 +22,7 @@ The rules:
 - Speech while a released reply plays is a barge-in (`StopReply`), unless `echo` says the
   speech is our own reply through a speaker.
 """
+
 from __future__ import annotations
 
 import math
@@ -136,9 +137,14 @@ class TurnTaker:
 
     def step(self, event: object) -> list[Action]:
         """Feed one input; return the actions it calls for, in order."""
-        handler = {Window: self._window, Hypothesis: self._hypothesis, Score: self._score,
-                   ReplyDone: self._reply_done, TypedText: self._typed,
-                   ClientInterrupt: self._interrupt}.get(type(event))
+        handler = {
+            Window: self._window,
+            Hypothesis: self._hypothesis,
+            Score: self._score,
+            ReplyDone: self._reply_done,
+            TypedText: self._typed,
+            ClientInterrupt: self._interrupt,
+        }.get(type(event))
         if handler is None:
             raise TypeError(f"TurnTaker cannot take {type(event).__name__}")
         return handler(event)
@@ -233,8 +239,13 @@ class TurnTaker:
             actions += self._drop_held("words changed")
         if u.final is not None:
             actions += self._reply_for_final()
-        elif (h.text.strip() and self.reply is None and self.score_of(h.text) is None
-              and u.silent_since_t is not None and self.settings.predictive):
+        elif (
+            h.text.strip()
+            and self.reply is None
+            and self.score_of(h.text) is None
+            and u.silent_since_t is not None
+            and self.settings.predictive
+        ):
             actions += self._start(h.text)  # the user paused: the reply scores the words itself
         elif h.text.strip() and self.reply is None and self.score_of(h.text) is None:
             actions.append(ScoreText(h.text))
@@ -249,8 +260,9 @@ class TurnTaker:
         if u.silent_since_t is None:
             return
         covers_tail = h.audio_end_t >= u.last_voiced_t + s.final_tail_ms / 1e3
-        stable = h.audio_end_t >= u.last_voiced_t and u.previous_text is not None and same_words(
-            u.previous_text, h.text)
+        stable = (
+            h.audio_end_t >= u.last_voiced_t and u.previous_text is not None and same_words(u.previous_text, h.text)
+        )
         if covers_tail or stable or (u.endpoint_due and h.audio_end_t >= u.last_voiced_t):
             u.final = h
 
@@ -268,8 +280,13 @@ class TurnTaker:
 
     def _worth_predicting(self, text: str) -> bool:
         prob = self.score_of(text)
-        return (self.settings.predictive and self.reply is None and bool(text.strip())
-                and prob is not None and prob > self.settings.eot_low)
+        return (
+            self.settings.predictive
+            and self.reply is None
+            and bool(text.strip())
+            and prob is not None
+            and prob > self.settings.eot_low
+        )
 
     def _score(self, sc: Score) -> list[Action]:
         self.scores[sc.text] = sc.prob

@@ -7,6 +7,7 @@ the session with 1001 (going away): `spoken_turn` raises `ServerGoingAway` and t
 opens a new session (through a balancer, on another worker) and says the turn again;
 `open_session` retries a worker that answers 503 (loading or draining) or drops the handshake.
 """
+
 from __future__ import annotations
 
 import asyncio

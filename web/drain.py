@@ -6,6 +6,7 @@ begun and its `turn_end` has not been sent) and `readiness()` (what `/healthz` a
 Pure rules, no I/O: the server carries them out (SIGTERM → unready at once, close each
 session with 1001 at its first turn boundary, the rest at `server.drain_timeout_s`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

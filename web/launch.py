@@ -4,6 +4,7 @@ In: extra CLI arguments. Out: the process and its `http://…/` URL, read from t
 server prints when it listens. Raises `RuntimeError` with the server's output if it
 does not come up.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,14 @@ import time
 def start_server(*args: str, own_group: bool = False) -> subprocess.Popen:
     """`voice serve ARGS…` as a child (pass `--port`), its output on a pipe; see `wait_ready`.
     `own_group`: a terminal's Ctrl-C does not reach it (its parent stops it, e.g. by a drain)."""
-    return subprocess.Popen([sys.executable, "-m", "commands.cli", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=own_group)
+    return subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=own_group,
+    )
 
 
 def wait_ready(proc: subprocess.Popen, timeout_s: float = 180.0) -> str:

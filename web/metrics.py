@@ -5,6 +5,7 @@ shared models' queues and the decode scheduler's totals. Out: `render()`, the te
 one registry per server (not the process-global one, so tests can run several servers).
 Costs a few microseconds per event; a scrape reads a handful of counters.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -26,27 +27,36 @@ class _LiveCollector:
 
     def collect(self):
         live = self.read()
-        queues = GaugeMetricFamily("voice_queue_depth", "Calls waiting for a shared model worker",
-                                   labels=["stage"])
+        queues = GaugeMetricFamily("voice_queue_depth", "Calls waiting for a shared model worker", labels=["stage"])
         for stage, depth in live.get("queues", {}).items():
             queues.add_metric([stage], depth)
         yield queues
         yield GaugeMetricFamily("voice_sessions", "Open voice sessions", value=live.get("sessions", 0))
-        yield GaugeMetricFamily("voice_turns_in_progress", "Turns begun and not yet ended (speech heard or "
-                                "text received, turn_end not yet sent)", value=live.get("turns_in_progress", 0))
-        yield GaugeMetricFamily("voice_draining", "1 while the worker drains (SIGTERM): it takes no new sessions",
-                                value=1 if live.get("draining") else 0)
+        yield GaugeMetricFamily(
+            "voice_turns_in_progress",
+            "Turns begun and not yet ended (speech heard or text received, turn_end not yet sent)",
+            value=live.get("turns_in_progress", 0),
+        )
+        yield GaugeMetricFamily(
+            "voice_draining",
+            "1 while the worker drains (SIGTERM): it takes no new sessions",
+            value=1 if live.get("draining") else 0,
+        )
         decode = live.get("decode")
         if decode:
-            yield CounterMetricFamily("voice_decode_tokens", "Reply tokens the decoder emitted",
-                                      value=decode["tokens_out"])
-            yield CounterMetricFamily("voice_decode_busy_seconds", "Seconds the decoder spent in forwards",
-                                      value=decode["busy_s"])
+            yield CounterMetricFamily(
+                "voice_decode_tokens", "Reply tokens the decoder emitted", value=decode["tokens_out"]
+            )
+            yield CounterMetricFamily(
+                "voice_decode_busy_seconds", "Seconds the decoder spent in forwards", value=decode["busy_s"]
+            )
             yield CounterMetricFamily("voice_decode_steps", "Batched decode steps", value=decode["steps"])
             rate = decode["tokens_out"] / decode["busy_s"] if decode["busy_s"] > 0 else 0.0
-            yield GaugeMetricFamily("voice_decode_tokens_per_second",
-                                    "Reply tokens per busy second over the worker's life (rate() of the two "
-                                    "counters gives a window)", value=rate)
+            yield GaugeMetricFamily(
+                "voice_decode_tokens_per_second",
+                "Reply tokens per busy second over the worker's life (rate() of the two counters gives a window)",
+                value=rate,
+            )
 
 
 class ServerMetrics:
@@ -57,13 +67,19 @@ class ServerMetrics:
         r = self.registry
         self.sessions_opened = Counter("voice_sessions_opened", "Sessions started", registry=r)
         self.sessions_refused = Counter("voice_sessions_refused", "Connections refused", ["reason"], registry=r)
-        self.sessions_going_away = Counter("voice_sessions_going_away",
-                                           "Sessions closed with 1001 (going away) by a drain", registry=r)
+        self.sessions_going_away = Counter(
+            "voice_sessions_going_away", "Sessions closed with 1001 (going away) by a drain", registry=r
+        )
         self.turns = Counter("voice_turns", "Turns ended, by outcome", ["outcome"], registry=r)
-        self.turn_gap = Histogram("voice_turn_gap_seconds", "End of the user's speech to the first reply audio",
-                                  buckets=TURN_GAP_BUCKETS_S, registry=r)
-        self.acceptance = Histogram("voice_turn_draft_acceptance", "Accepted / drafted tokens per turn",
-                                    buckets=ACCEPTANCE_BUCKETS, registry=r)
+        self.turn_gap = Histogram(
+            "voice_turn_gap_seconds",
+            "End of the user's speech to the first reply audio",
+            buckets=TURN_GAP_BUCKETS_S,
+            registry=r,
+        )
+        self.acceptance = Histogram(
+            "voice_turn_draft_acceptance", "Accepted / drafted tokens per turn", buckets=ACCEPTANCE_BUCKETS, registry=r
+        )
         r.register(_LiveCollector(read_live))
 
     def turn_ended(self, metrics: dict) -> None:

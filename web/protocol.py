@@ -5,6 +5,7 @@ In: websocket messages as received (text or binary). Out: a checked dict, a turn
 protocol does not allow (the server sends it as an `error` event and the session goes on).
 Costs a resample per audio frame when the client's rate is not 16 kHz.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,16 +42,16 @@ class AudioInput:
             raise ProtocolError("bad_channels", f"channels must be 1 or 2, got {channels!r}")
         self.rate, self.width, self.channels = rate, FORMATS[fmt], channels
         self.dtype = "<i2" if fmt == "pcm_s16le" else "<f4"
-        self.resampler = None if rate == SAMPLE_RATE_HZ else soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1,
-                                                                                    dtype="float32")
+        self.resampler = (
+            None if rate == SAMPLE_RATE_HZ else soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1, dtype="float32")
+        )
 
     def decode(self, data: bytes) -> np.ndarray:
         """PCM bytes → 16 kHz mono float32; raises ProtocolError for malformed frames."""
         if not data:
             raise ProtocolError("empty_frame", "empty audio frame")
         if len(data) > self.max_frame_bytes:
-            raise ProtocolError("frame_too_large",
-                                f"audio frame of {len(data)} bytes exceeds {self.max_frame_bytes}")
+            raise ProtocolError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {self.max_frame_bytes}")
         if len(data) % (self.width * self.channels):
             raise ProtocolError("bad_frame", f"frame length {len(data)} is not a whole number of samples")
         samples = np.frombuffer(data, dtype=self.dtype).astype(np.float32)

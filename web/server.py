@@ -10,6 +10,7 @@ queue for the LLM. Bad input gets an `error` message and the session goes on. SI
 `/healthz` turns 503 at once, new sessions are refused, each session is closed with 1001
 (going away) at its first turn boundary, and any left at `server.drain_timeout_s`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,12 @@ _MESSAGES = {
     Transcript: lambda e: {"type": "transcript", "final": e.final, "text": e.text},
     ReplyText: lambda e: {"type": "reply", "text": e.text},
     AudioStart: lambda e: {"type": "audio_start", "sample_rate": e.rate_hz},
-    TurnEnd: lambda e: {"type": "turn_end", "metrics": e.metrics.as_dict(), "transcript": e.metrics.transcript,
-                        "reply": e.metrics.reply},
+    TurnEnd: lambda e: {
+        "type": "turn_end",
+        "metrics": e.metrics.as_dict(),
+        "transcript": e.metrics.transcript,
+        "reply": e.metrics.reply,
+    },
     TurnError: lambda e: {"type": "error", "code": e.code, "message": e.message},
     AudioOut: lambda e: e.chunk.samples.astype("<i2").tobytes(),
 }
@@ -145,8 +150,17 @@ class VoiceServer:
             return None
         if path == "/healthz":
             state = self.readiness()
-            body = json.dumps({"ready": state.ready, "reason": state.reason, "sessions": len(self.sessions),
-                               "max_sessions": self.cfg.server.max_sessions}) + "\n"
+            body = (
+                json.dumps(
+                    {
+                        "ready": state.ready,
+                        "reason": state.reason,
+                        "sessions": len(self.sessions),
+                        "max_sessions": self.cfg.server.max_sessions,
+                    }
+                )
+                + "\n"
+            )
             return connection.respond(state.status, body)
         if path == "/metrics":
             return _response(self.metrics.render(), CONTENT_TYPE)
@@ -172,35 +186,54 @@ class VoiceServer:
                 rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         except (OSError, StopIteration):
             rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"sessions": len(self.sessions), "tasks": len(asyncio.all_tasks()),
-                "threads": threading.active_count(), "rss_bytes": rss_kb * 1024,
-                "decode": self.stack.llm.scheduler.stats.as_dict()}
+        return {
+            "sessions": len(self.sessions),
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "rss_bytes": rss_kb * 1024,
+            "decode": self.stack.llm.scheduler.stats.as_dict(),
+        }
 
     def live_metrics(self) -> dict:
         """What `/metrics` reads at scrape time: sessions, turns in progress, queues, decode totals."""
-        live: dict = {"sessions": len(self.sessions), "draining": self.draining,
-                      "turns_in_progress": sum(c.turn.busy for c in self.sessions.values())}
+        live: dict = {
+            "sessions": len(self.sessions),
+            "draining": self.draining,
+            "turns_in_progress": sum(c.turn.busy for c in self.sessions.values()),
+        }
         if self.stack is not None:
-            live["queues"] = {"asr": self.stack.asr_worker.waiting(), "tts": self.stack.tts_worker.waiting(),
-                              "reply": sum(1 for c in self.sessions.values()
-                                           if c.session is not None and c.session.replying)}
+            live["queues"] = {
+                "asr": self.stack.asr_worker.waiting(),
+                "tts": self.stack.tts_worker.waiting(),
+                "reply": sum(1 for c in self.sessions.values() if c.session is not None and c.session.replying),
+            }
             live["decode"] = self.stack.llm.scheduler.stats.as_dict()
         return live
 
     def ready_message(self, sid: str) -> str:
         """The `ready` event: the session id, the reply audio's rate and the active configuration."""
-        return json.dumps({"type": "ready", "session": sid, "output_sample_rate": self.stack.tts.rate_hz,
-                           "config": self.active_config()})
+        return json.dumps(
+            {
+                "type": "ready",
+                "session": sid,
+                "output_sample_rate": self.stack.tts.rate_hz,
+                "config": self.active_config(),
+            }
+        )
 
     def active_config(self) -> dict:
         """What the page shows read-only: the models, drafter, controller, device and matmul layout."""
         models = self.cfg.models
-        return {"llm": LLM_DIR if models.llm == "embedded" else models.llm,
-                "drafter": self.cfg.decode.drafter, "controller": self.cfg.decode.controller,
-                "device": self.cfg.llm.device, "dtype": self.cfg.llm.dtype,
-                "linear_layout": getattr(self.stack.llm.target, "layout", None),
-                "asr": WHISPER_DIR if models.asr == "embedded" else models.asr,
-                "tts_voice": PIPER_VOICE.removesuffix(".onnx") if models.tts == "embedded" else models.tts}
+        return {
+            "llm": LLM_DIR if models.llm == "embedded" else models.llm,
+            "drafter": self.cfg.decode.drafter,
+            "controller": self.cfg.decode.controller,
+            "device": self.cfg.llm.device,
+            "dtype": self.cfg.llm.dtype,
+            "linear_layout": getattr(self.stack.llm.target, "layout", None),
+            "asr": WHISPER_DIR if models.asr == "embedded" else models.asr,
+            "tts_voice": PIPER_VOICE.removesuffix(".onnx") if models.tts == "embedded" else models.tts,
+        }
 
     # ---- websocket ---------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
@@ -234,9 +267,15 @@ class VoiceServer:
             return True
         if len(self.sessions) >= self.cfg.server.max_sessions:
             self.metrics.sessions_refused.labels("full").inc()
-            await ws.send(json.dumps({"type": "error", "code": "server_full",
-                                      "message": f"the server is full ({self.cfg.server.max_sessions} sessions); "
-                                                 "try again later"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "error",
+                        "code": "server_full",
+                        "message": f"the server is full ({self.cfg.server.max_sessions} sessions); try again later",
+                    }
+                )
+            )
             await ws.close(1013, "server full")
             return True
         return False
@@ -247,8 +286,9 @@ class VoiceServer:
             try:
                 message = await asyncio.wait_for(ws.recv(), self.cfg.server.idle_timeout_s)
             except asyncio.TimeoutError:
-                await ws.send(json.dumps({"type": "error", "code": "idle_timeout",
-                                          "message": "no message for too long; closing"}))
+                await ws.send(
+                    json.dumps({"type": "error", "code": "idle_timeout", "message": "no message for too long; closing"})
+                )
                 return
             try:
                 if isinstance(message, bytes):
@@ -307,9 +347,14 @@ class VoiceServer:
             self.stopped.set()
             return
         self.draining = True
-        log.warning(log_line("drain_start", sessions=len(self.sessions),
-                             turns_in_progress=sum(c.turn.busy for c in self.sessions.values()),
-                             timeout_s=self.cfg.server.drain_timeout_s))
+        log.warning(
+            log_line(
+                "drain_start",
+                sessions=len(self.sessions),
+                turns_in_progress=sum(c.turn.busy for c in self.sessions.values()),
+                timeout_s=self.cfg.server.drain_timeout_s,
+            )
+        )
         self._drain_started.set()
         self._drainer = asyncio.ensure_future(self._drain())
 
@@ -334,15 +379,25 @@ class VoiceServer:
         log.warning(log_line("drain_end", cut_sessions=len(left)))
         self.stopped.set()
 
-    async def serve(self, host: str, port: int, load: Callable[[], Stack] | None = None,
-                    ready: Callable[[str], None] | None = None,
-                    listening: Callable[[str], None] | None = None) -> None:
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        load: Callable[[], Stack] | None = None,
+        ready: Callable[[str], None] | None = None,
+        listening: Callable[[str], None] | None = None,
+    ) -> None:
         """Listen, load the models (`load()` in a thread, if given), then serve until `stopped`."""
         try:
-            server = await serve(self.handle, host, port, process_request=self.process_request,
-                                 max_size=SOCKET_LIMIT_FACTOR * self.cfg.server.max_message_bytes,
-                                 ping_interval=self.cfg.server.ping_interval_s,
-                                 ping_timeout=self.cfg.server.ping_interval_s)
+            server = await serve(
+                self.handle,
+                host,
+                port,
+                process_request=self.process_request,
+                max_size=SOCKET_LIMIT_FACTOR * self.cfg.server.max_message_bytes,
+                ping_interval=self.cfg.server.ping_interval_s,
+                ping_timeout=self.cfg.server.ping_interval_s,
+            )
         except OSError as err:
             raise ListenError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         async with server:
@@ -357,8 +412,9 @@ class VoiceServer:
 
 
 def _response(body: bytes, content_type: str) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-cache")])
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")]
+    )
     return Response(200, "OK", headers, body)
 
 
@@ -369,9 +425,14 @@ async def _send_quietly(ws: ServerConnection, msg: dict) -> None:
         pass
 
 
-async def run_server(cfg: Config, host: str, port: int, load: Callable[[], Stack],
-                     ready: Callable[[str], None] | None = None,
-                     listening: Callable[[str], None] | None = None) -> None:
+async def run_server(
+    cfg: Config,
+    host: str,
+    port: int,
+    load: Callable[[], Stack],
+    ready: Callable[[str], None] | None = None,
+    listening: Callable[[str], None] | None = None,
+) -> None:
     """Serve until Ctrl-C (stop now: sessions closed with 1001) or SIGTERM (drain, then stop);
     `listening(url)` once bound, `ready(url)` once the models are loaded."""
     loop = asyncio.get_running_loop()

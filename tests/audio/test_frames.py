@@ -32,8 +32,9 @@ def pink(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.fft.irfft(spectrum / np.sqrt(f), n)
 
 
-def in_noise(speech: np.ndarray, kind: str, snr_db: float, seed: int = 1,
-             lead_s: float = 0.3, tail_s: float = 1.0) -> tuple[np.ndarray, int]:
+def in_noise(
+    speech: np.ndarray, kind: str, snr_db: float, seed: int = 1, lead_s: float = 0.3, tail_s: float = 1.0
+) -> tuple[np.ndarray, int]:
     """Speech with noise all through, starting `lead_s` before it and going on `tail_s` after
     (as a recording would); SNR against the speech's active power. Returns (mix, true end)."""
     rng = np.random.default_rng(seed)
@@ -41,7 +42,7 @@ def in_noise(speech: np.ndarray, kind: str, snr_db: float, seed: int = 1,
     clean = np.concatenate([np.zeros(lead), speech, np.zeros(tail)])
     noise = rng.standard_normal(len(clean)) if kind == "white" else pink(len(clean), rng)
     active = speech[np.abs(speech) > 1e-4].astype(np.float64)
-    noise *= np.sqrt(np.mean(active ** 2) / 10 ** (snr_db / 10) / np.mean(noise ** 2))
+    noise *= np.sqrt(np.mean(active**2) / 10 ** (snr_db / 10) / np.mean(noise**2))
     return (clean + noise).astype(np.float32), lead + len(speech)
 
 
@@ -92,8 +93,11 @@ def test_end_of_piper_question_in_noise(stack, snr_db):
     from audio.wavio import pcm16_to_float, resample
 
     tts = stack.tts
-    speech = resample(pcm16_to_float(tts.synthesize_all("Give me a short tip for sleeping better.",
-                                                        deterministic=True)), tts.rate_hz, RATE)
+    speech = resample(
+        pcm16_to_float(tts.synthesize_all("Give me a short tip for sleeping better.", deterministic=True)),
+        tts.rate_hz,
+        RATE,
+    )
     for kind in ("white", "pink"):
         mix, clip_end = in_noise(speech, kind, snr_db)
         true_end = clip_end - len(speech) + audible_end(speech)

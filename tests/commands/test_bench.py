@@ -48,10 +48,22 @@ Features\t: fp asimd evtstrm aes sve
 
 
 def test_cpuinfo_gives_model_cores_and_simd_flags():
-    assert parse_cpuinfo(INTEL) == {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "logical_cores": 2,
-                                    "avx2": True, "avx512": True, "amx": True, "vnni": True}
-    assert parse_cpuinfo(EPYC) == {"cpu": "AMD EPYC", "logical_cores": 2,
-                                   "avx2": True, "avx512": False, "amx": False, "vnni": False}
+    assert parse_cpuinfo(INTEL) == {
+        "cpu": "Intel(R) Xeon(R) Platinum 8480+",
+        "logical_cores": 2,
+        "avx2": True,
+        "avx512": True,
+        "amx": True,
+        "vnni": True,
+    }
+    assert parse_cpuinfo(EPYC) == {
+        "cpu": "AMD EPYC",
+        "logical_cores": 2,
+        "avx2": True,
+        "avx512": False,
+        "amx": False,
+        "vnni": False,
+    }
     arm = parse_cpuinfo(ARM)
     assert arm["logical_cores"] == 2 and not any(arm[k] for k in ("avx2", "avx512", "amx", "vnni"))
     assert parse_cpuinfo("")["cpu"] is None
@@ -68,33 +80,57 @@ def record(gap_s: float | None, name: str = "q.wav") -> TurnRecord:
 def test_report_gives_each_turn_its_stages_after_the_bench_end_of_speech():
     out = report([record(0.4), record(None, "silent.wav")])
     assert out["turns"] == 2 and out["answered"] == 1
-    assert out["results"][0]["stages_ms"] == {"endpoint": 200.0, "asr_final": 250.0, "first_span": 300.0,
-                                              "first_audio": 400.0}
+    assert out["results"][0]["stages_ms"] == {
+        "endpoint": 200.0,
+        "asr_final": 250.0,
+        "first_span": 300.0,
+        "first_audio": 400.0,
+    }
     assert out["results"][1]["stages_ms"] == dict.fromkeys(("endpoint", "asr_final", "first_span", "first_audio"))
     assert out["stages_ms"]["endpoint"]["p50"] == 200.0
 
 
 def test_report_gives_reply_lengths_per_turn_and_reply_audio_percentiles():
     turns = []
-    for i, (audio_s, reply) in enumerate([(4.0, "Paris is the capital."), (8.0, "Light scatters. Blue most."),
-                                          (12.0, "It is about")]):
+    for i, (audio_s, reply) in enumerate(
+        [(4.0, "Paris is the capital."), (8.0, "Light scatters. Blue most."), (12.0, "It is about")]
+    ):
         r = record(0.4, f"q{i}.wav")
         r.reply = reply
-        r.metrics.update(reply_audio_s=audio_s, reply_tokens=10 * (i + 1), reply_sentences=i + 1,
-                         reply_end="budget" if i else "done", shortened=bool(i))
+        r.metrics.update(
+            reply_audio_s=audio_s,
+            reply_tokens=10 * (i + 1),
+            reply_sentences=i + 1,
+            reply_end="budget" if i else "done",
+            shortened=bool(i),
+        )
         turns.append(r)
     out = report(turns)
     assert out["reply_audio_s"]["p50"] == 8.0 and out["reply_audio_s"]["p90"] == 11.2
     assert out["replies_shortened"] == 2 and out["replies_ending_a_sentence"] == 2
     first = out["results"][0]
-    assert (first["reply_sentences"], first["reply_tokens"], first["reply_audio_s"], first["reply"]) == \
-        (1, 10, 4.0, "Paris is the capital.")
+    assert (first["reply_sentences"], first["reply_tokens"], first["reply_audio_s"], first["reply"]) == (
+        1,
+        10,
+        4.0,
+        "Paris is the capital.",
+    )
 
 
 def test_turn_through_a_server_reports_the_server_stage_figures():
-    r = TurnRecord("q.wav", speech_end=5.0, first_audio=5.6,
-                   metrics={"endpoint_ms": 310.0, "asr_final_ms": 320.0, "first_span_ms": 400.0,
-                            "first_audio_ms": 550.0, "acceptance": 0.4, "mean_draft_len": 2.0})
+    r = TurnRecord(
+        "q.wav",
+        speech_end=5.0,
+        first_audio=5.6,
+        metrics={
+            "endpoint_ms": 310.0,
+            "asr_final_ms": 320.0,
+            "first_span_ms": 400.0,
+            "first_audio_ms": 550.0,
+            "acceptance": 0.4,
+            "mean_draft_len": 2.0,
+        },
+    )
     assert r.stages_ms() == {"endpoint": 310.0, "asr_final": 320.0, "first_span": 400.0, "first_audio": 550.0}
 
 
@@ -140,9 +176,16 @@ def test_noise_finals_are_not_answered_turns():
 
 
 def clip(pause_ms: int, name: str = "q00") -> HesitationClip:
-    return HesitationClip(f"{name}-pause{pause_ms}", "Which country has the", "most people?", pause_ms,
-                          pause_at=16000, second_at=16000 + 16 * pause_ms, speech_end=40000,
-                          audio=np.zeros(48000, np.float32))
+    return HesitationClip(
+        f"{name}-pause{pause_ms}",
+        "Which country has the",
+        "most people?",
+        pause_ms,
+        pause_at=16000,
+        second_at=16000 + 16 * pause_ms,
+        speech_end=40000,
+        audio=np.zeros(48000, np.float32),
+    )
 
 
 def result(pause_ms: int, finals, starts, name: str = "q00") -> dict:
@@ -151,16 +194,20 @@ def result(pause_ms: int, finals, starts, name: str = "q00") -> dict:
 
 
 def test_hesitation_report_counts_by_pause():
-    results = [result(400, [("Which country has the", 9.8), ("most people?", 11.5)], [9.9, 11.6]),
-               result(700, [("Which country has the most people?", 11.3)], [11.4]),
-               result(400, [("Which country has the most people?", 11.3)], [11.45], "q01"),
-               result(900, [], [])]
+    results = [
+        result(400, [("Which country has the", 9.8), ("most people?", 11.5)], [9.9, 11.6]),
+        result(700, [("Which country has the most people?", 11.3)], [11.4]),
+        result(400, [("Which country has the most people?", 11.3)], [11.45], "q01"),
+        result(900, [], []),
+    ]
     out = hesitation_report(results)
     assert out["questions"] == 1 and out["runs"] == 4  # same words in q00 and q01 here
     assert (out["split_turns"], out["cut_ins"], out["unanswered"]) == (1, 1, 1)
-    assert out["by_pause_ms"] == {"400": {"runs": 2, "split_turns": 1, "cut_ins": 1},
-                                  "700": {"runs": 1, "split_turns": 0, "cut_ins": 0},
-                                  "900": {"runs": 1, "split_turns": 0, "cut_ins": 0}}
+    assert out["by_pause_ms"] == {
+        "400": {"runs": 2, "split_turns": 1, "cut_ins": 1},
+        "700": {"runs": 1, "split_turns": 0, "cut_ins": 0},
+        "900": {"runs": 1, "split_turns": 0, "cut_ins": 0},
+    }
     assert list(out["by_pause_ms"]) == ["400", "700", "900"]
     assert out["results"][0]["first_commit_ms"] == -200.0
     assert out["turn_gap_ms"]["p50"] == 450.0
@@ -181,8 +228,13 @@ def spoken(*parts: np.ndarray) -> np.ndarray:
 
 def test_word_boundary_finds_where_the_first_half_ends_in_the_whole_sentence():
     # alone, the first half's last syllable is drawn out (phrase-final); in the sentence it is not
-    a, b, c, d, e = (lambda s: syllable(110, s), lambda s: syllable(160, s), lambda s: syllable(220, s),
-                     lambda s: syllable(290, s), lambda s: syllable(140, s))
+    a, b, c, d, e = (
+        lambda s: syllable(110, s),
+        lambda s: syllable(160, s),
+        lambda s: syllable(220, s),
+        lambda s: syllable(290, s),
+        lambda s: syllable(140, s),
+    )
     first = spoken(a(0.18), b(0.15), c(0.30))
     second = spoken(d(0.17), e(0.22))
     sentence = spoken(a(0.18), b(0.15), c(0.20), d(0.17), e(0.22))
@@ -196,8 +248,8 @@ def test_quietest_point_and_pause_insertion():
     assert abs(quietest_point(x, 8300) - 8050) <= 80  # 5 ms steps
     paused = insert_pause(x, 8050, 700)
     assert len(paused) == len(x) + 11200
-    assert not paused[8050:8050 + 11200].any() and paused[8049] == x[8049] and paused[8050 + 11200] == x[8050]
-    assert np.array_equal(np.concatenate([paused[:8050], paused[8050 + 11200:]]), x)
+    assert not paused[8050 : 8050 + 11200].any() and paused[8049] == x[8049] and paused[8050 + 11200] == x[8050]
+    assert np.array_equal(np.concatenate([paused[:8050], paused[8050 + 11200 :]]), x)
 
 
 @pytest.mark.slow
@@ -213,11 +265,11 @@ def test_hesitation_audio_puts_the_pause_at_the_word_boundary(stack, tmp_path):
     for c in clips:
         sentence = read_wav(tmp_path / "bench-hesitation" / f"{c.name[:3]}.wav")
         assert c.second_at - c.pause_at == 16 * c.pause_ms
-        assert not c.audio[c.pause_at:c.second_at].any()  # exactly pause_ms of silence, there
-        assert np.array_equal(np.concatenate([c.audio[:c.pause_at], c.audio[c.second_at:]]), sentence)
+        assert not c.audio[c.pause_at : c.second_at].any()  # exactly pause_ms of silence, there
+        assert np.array_equal(np.concatenate([c.audio[: c.pause_at], c.audio[c.second_at :]]), sentence)
         assert 0.5 * RATE < c.pause_at < c.speech_end - c.pause_ms * 16 - 0.3 * RATE  # mid-sentence
-        around = sentence[c.pause_at - 80:c.pause_at + 80]
-        assert np.sqrt(np.mean(around ** 2)) < 0.1 * np.abs(sentence).max()  # cut where it is quiet
+        around = sentence[c.pause_at - 80 : c.pause_at + 80]
+        assert np.sqrt(np.mean(around**2)) < 0.1 * np.abs(sentence).max()  # cut where it is quiet
         assert (tmp_path / "bench-hesitation" / f"{c.name}.wav").is_file()
     again = hesitation_audio(cfg, None, (400,), questions=1)  # from the cache: no piper needed
     assert again[0].pause_at == clips[0].pause_at and np.array_equal(again[0].audio, clips[0].audio)
@@ -225,8 +277,22 @@ def test_hesitation_audio_puts_the_pause_at_the_word_boundary(stack, tmp_path):
 
 @pytest.mark.slow
 def test_bench_hesitation_only_json(stack):
-    out = subprocess.run([sys.executable, "-m", "commands.cli", "bench", "--hesitation-only", "--pauses", "700",
-                          "--questions", "1", "--json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "commands.cli",
+            "bench",
+            "--hesitation-only",
+            "--pauses",
+            "700",
+            "--questions",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert {"cpu", "logical_cores", "avx2", "avx512", "amx", "vnni"} <= set(result["machine"])
@@ -242,8 +308,9 @@ def test_bench_hesitation_only_json(stack):
 def test_bench_replies_are_brief_and_end_on_a_sentence(stack):
     from voice.reply_policy import ends_sentence
 
-    out = subprocess.run([sys.executable, "-m", "commands.cli", "bench", "--turns", "4", "--json"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "bench", "--turns", "4", "--json"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["answered"] == 4 and set(result["reply_audio_s"]) == {"p50", "p90", "max"}

@@ -102,8 +102,9 @@ def test_decode_bench_json_has_the_promised_keys(stack):
     out = run_cli("decode-bench", "--json", "--prompts", "1", "--max-new-tokens", "12")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert {"target", "drafter", "device", "prompts", "max_new_tokens", "runs", "speedup",
-            "verify_cost_ms"} <= set(report)
+    assert {"target", "drafter", "device", "prompts", "max_new_tokens", "runs", "speedup", "verify_cost_ms"} <= set(
+        report
+    )
     modes = [r["mode"] for r in report["runs"]]
     assert modes[0] == "greedy" and "adaptive" in modes and modes.count("fixed") == 4
     assert all(r["identical"] for r in report["runs"])

@@ -8,9 +8,17 @@ from commands.decode_bench_synthetic import load_synthetic_config, run_synthetic
 from commands.decode_runs import against_greedy, first_divergence
 from voice.config import ConfigError, load_config
 
-TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96, "tie_word_embeddings": True,
-        "max_position_embeddings": 512}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 96,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 512,
+}
 
 
 @pytest.fixture
@@ -22,8 +30,9 @@ def tiny_config(tmp_path):
 
 def test_synthetic_bench_is_labelled_lossless_and_accepts_what_the_oracle_was_told(tiny_config):
     cfg = load_config(None, ["decode.linear_layout=linear"])
-    report = run_synthetic_bench(cfg, tiny_config, [1.0, 0.0], n_prompts=2, max_new_tokens=16, prompt_tokens=8,
-                                 progress=False)
+    report = run_synthetic_bench(
+        cfg, tiny_config, [1.0, 0.0], n_prompts=2, max_new_tokens=16, prompt_tokens=8, progress=False
+    )
     assert report["acceptance"] == "synthetic" and report["drafter"] == "oracle"
     assert report["config"]["hidden_size"] == 64 and report["token_identity_guaranteed"]
     runs = {(r["mode"], r["k"]): r for r in report["runs"]}
@@ -38,9 +47,15 @@ def test_synthetic_bench_is_labelled_lossless_and_accepts_what_the_oracle_was_to
 
 def test_the_bundled_llama_config_is_llama_3_2_1b_shaped():
     config = load_synthetic_config("llama-3.2-1b")
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
-            config.intermediate_size, config.vocab_size, config.tie_word_embeddings) == (
-        2048, 16, 32, 8, 8192, 128256, True)
+    assert (
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.intermediate_size,
+        config.vocab_size,
+        config.tie_word_embeddings,
+    ) == (2048, 16, 32, 8, 8192, 128256, True)
 
 
 def test_only_llama_class_configs_and_known_names(tmp_path):
@@ -52,11 +67,14 @@ def test_only_llama_class_configs_and_known_names(tmp_path):
         load_synthetic_config("gemma4-e2b-text")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--oracle-accept", "0.5"], "go with --synthetic"),
-    (["--synthetic", "llama-3.2-1b", "--oracle-accept", "0.9,1.5"], "probabilities in [0, 1]"),
-    (["--synthetic", "llama-3.2-1b", "--drafter", "ngram"], "drop --drafter"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--oracle-accept", "0.5"], "go with --synthetic"),
+        (["--synthetic", "llama-3.2-1b", "--oracle-accept", "0.9,1.5"], "probabilities in [0, 1]"),
+        (["--synthetic", "llama-3.2-1b", "--drafter", "ngram"], "drop --drafter"),
+    ],
+)
 def test_flags_that_do_not_fit_are_one_line_errors(argv, message, capsys):
     assert main(["decode-bench", *argv]) == 2
     assert message in capsys.readouterr().err
@@ -71,11 +89,24 @@ def test_first_divergence_per_prompt():
 
 
 def test_a_bf16_table_shows_where_each_prompt_left_greedy():
-    runs = [{"mode": "greedy", "k": 0, "tokens_per_s": 1.0, **against_greedy([[1], [2]], [[1], [2]])},
-            {"mode": "adaptive", "k": None, "tokens_per_s": 1.0, **against_greedy([[1], [3]], [[1], [2]])}]
-    report = {"target": "t", "drafter": "mtp", "device": "cuda", "dtype": "bfloat16", "prompts": 2,
-              "prompt_set": "single", "mean_prompt_tokens": 9, "max_new_tokens": 1, "runs": runs,
-              "speedup": {}, "verify_cost_ms": {}, "token_identity_guaranteed": False}
+    runs = [
+        {"mode": "greedy", "k": 0, "tokens_per_s": 1.0, **against_greedy([[1], [2]], [[1], [2]])},
+        {"mode": "adaptive", "k": None, "tokens_per_s": 1.0, **against_greedy([[1], [3]], [[1], [2]])},
+    ]
+    report = {
+        "target": "t",
+        "drafter": "mtp",
+        "device": "cuda",
+        "dtype": "bfloat16",
+        "prompts": 2,
+        "prompt_set": "single",
+        "mean_prompt_tokens": 9,
+        "max_new_tokens": 1,
+        "runs": runs,
+        "speedup": {},
+        "verify_cost_ms": {},
+        "token_identity_guaranteed": False,
+    }
     table = print_table(report)
     assert "bfloat16: no token-identity guarantee" in table
     lines = table.splitlines()

@@ -1,6 +1,7 @@
 """Two real workers behind HAProxy on loopback: a soak through the balancer, then SIGTERM to one
 worker mid-turn (slow: each worker loads the embedded models, ~20 s on 2 cores; one fleet for
 every check). No timing asserts: generous deadlines, behaviour only."""
+
 import asyncio
 import json
 import socket

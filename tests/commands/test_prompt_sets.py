@@ -69,8 +69,11 @@ def test_turns_are_answered_in_order_with_the_targets_own_stripped_replies():
     sequences, chats = generate_turns(generate, _Tokenizer(), plans)
     assert [len(batch) for batch in seen] == [2, 1, 1]  # one generate per depth, only chats still open
     assert len(sequences) == 4 and all(n < len(ids) for ids, n in sequences)
-    assert chats[0] == [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "reply 0"},
-                        {"role": "user", "content": "b?"}]
+    assert chats[0] == [
+        {"role": "user", "content": "a?"},
+        {"role": "assistant", "content": "reply 0"},
+        {"role": "user", "content": "b?"},
+    ]
     assert [m["content"] for m in chats[1] if m["role"] == "assistant"] == ["reply 0", "reply 1", "reply 2"]
     assert seen[2][0] == chats[1][:-2] and seen[2][0][-1] == {"role": "user", "content": "e?"}
 

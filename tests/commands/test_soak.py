@@ -1,4 +1,5 @@
 """Fast soak and disconnect storm against a live server of their own (slow: real models)."""
+
 import asyncio
 
 import pytest

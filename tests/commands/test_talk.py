@@ -7,8 +7,9 @@ import pytest
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "commands.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "commands.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_bad_input_device_is_a_clear_error():
@@ -80,8 +81,13 @@ def test_talk_through_a_server_reconnects_when_the_worker_goes_away(tmp_path, ca
     from commands.talk import talk_remote
 
     sessions = []
-    metrics = {"turn_gap_ms": 512.0, "asr_final_ms": 100.0, "first_span_ms": 300.0, "interrupted": False,
-               "shortened": False}
+    metrics = {
+        "turn_gap_ms": 512.0,
+        "asr_final_ms": 100.0,
+        "first_span_ms": 300.0,
+        "interrupted": False,
+        "shortened": False,
+    }
 
     async def handler(ws):
         assert json.loads(await ws.recv())["type"] == "start"
@@ -92,8 +98,11 @@ def test_talk_through_a_server_reconnects_when_the_worker_goes_away(tmp_path, ca
         if len(sessions) == 1:
             await ws.close(1001, "going away")
             return
-        for msg in ({"type": "transcript", "final": True, "text": "What is the capital of France?"},
-                    {"type": "reply", "text": "Paris."}, {"type": "audio_start", "sample_rate": 16000}):
+        for msg in (
+            {"type": "transcript", "final": True, "text": "What is the capital of France?"},
+            {"type": "reply", "text": "Paris."},
+            {"type": "audio_start", "sample_rate": 16000},
+        ):
             await ws.send(json.dumps(msg))
         await ws.send(np.zeros(1600, "<i2").tobytes())
         await ws.send(json.dumps({"type": "turn_end", "metrics": metrics, "transcript": "", "reply": "Paris."}))
@@ -106,8 +115,9 @@ def test_talk_through_a_server_reconnects_when_the_worker_goes_away(tmp_path, ca
     async def main():
         async with serve(handler, "127.0.0.1", 0) as server:
             port = next(iter(server.sockets)).getsockname()[1]
-            return await asyncio.wait_for(talk_remote(f"ws://127.0.0.1:{port}/ws", input_wav=str(wav),
-                                                      output_wav=str(reply)), 60)
+            return await asyncio.wait_for(
+                talk_remote(f"ws://127.0.0.1:{port}/ws", input_wav=str(wav), output_wav=str(reply)), 60
+            )
 
     assert asyncio.run(main()) == 0
     out = capsys.readouterr().out

@@ -17,8 +17,14 @@ def greedy_sequences(n: int, length: int, seed: int) -> list[tuple[list[int], in
     for _ in range(n):
         prompt = torch.randint(1, 64, (4,), generator=rng)
         with torch.inference_mode():
-            ids = MODEL.generate(prompt[None], max_new_tokens=length, min_new_tokens=length, do_sample=False,
-                                 pad_token_id=0, eos_token_id=None)[0]
+            ids = MODEL.generate(
+                prompt[None],
+                max_new_tokens=length,
+                min_new_tokens=length,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )[0]
         out.append((ids.tolist(), 4))
     return out
 
@@ -54,8 +60,9 @@ def test_fit_raises_held_out_acceptance_on_the_targets_own_replies():
     embed = MODEL.model.embed_tokens.weight.detach()
     ids, remap = reduced_vocab(data.labels, 64, keep=48)
     torch.manual_seed(0)
-    head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, layers=1, vocab_ids=tuple(ids.tolist()),
-                             feature_layers=(1,)))
+    head = MTPHead(
+        MTPConfig(hidden_size=64, intermediate_size=128, layers=1, vocab_ids=tuple(ids.tolist()), feature_layers=(1,))
+    )
     before = acceptance(head, held, embed, embed[ids], remap, depth)
     history = fit(head, data, held, embed, embed[ids], remap, steps=300, batch=64, depth=depth, lr=3e-3, evals=3)
     after = history[-1]["held_out_acceptance"]
@@ -79,8 +86,10 @@ def test_teacher_pass_with_prompt_context_keeps_the_reply_and_the_same_anchors()
 
 def test_fit_reports_every_held_out_set():
     data = teacher_pass(MODEL, greedy_sequences(8, 12, seed=4), 2, ())
-    held = {"held_out": teacher_pass(MODEL, greedy_sequences(2, 12, seed=5), 2, ()),
-            "held_out_conversation": teacher_pass(MODEL, greedy_sequences(2, 12, seed=6), 2, ())}
+    held = {
+        "held_out": teacher_pass(MODEL, greedy_sequences(2, 12, seed=5), 2, ()),
+        "held_out_conversation": teacher_pass(MODEL, greedy_sequences(2, 12, seed=6), 2, ()),
+    }
     embed = MODEL.model.embed_tokens.weight.detach()
     ids, remap = reduced_vocab(data.labels, 64, keep=48)
     head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, vocab_ids=tuple(ids.tolist())))

@@ -1,4 +1,5 @@
 """Gemma 4's assistant drafter under our decoder, with tiny random Gemma 4 configs (no download)."""
+
 import pytest
 import torch
 
@@ -15,11 +16,21 @@ LAYER_TYPES = ["sliding_attention", "full_attention"]
 def text_config(hidden: int, layers: int, shared: int, per_layer: int = 0, window: int = 128):
     """Gemma 4 text config; `per_layer`: per-layer input width (E2B/E4B targets have them, assistants not)."""
     return transformers.Gemma4TextConfig(
-        vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16,
-        layer_types=LAYER_TYPES * (layers // 2), sliding_window=window, hidden_size_per_layer_input=per_layer,
-        vocab_size_per_layer_input=64 if per_layer else 0, num_kv_shared_layers=shared,
-        max_position_embeddings=256)
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=16,
+        layer_types=LAYER_TYPES * (layers // 2),
+        sliding_window=window,
+        hidden_size_per_layer_input=per_layer,
+        vocab_size_per_layer_input=64 if per_layer else 0,
+        num_kv_shared_layers=shared,
+        max_position_embeddings=256,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +39,23 @@ def pair():
     target = transformers.Gemma4ForCausalLM(text_config(64, 4, shared=2, per_layer=8)).eval()
     with torch.no_grad():  # sharper logits than the default init, so greedy paths vary
         target.model.embed_tokens.weight.mul_(8.0)
-    assistant = build_assistant(transformers.Gemma4AssistantConfig(
-        text_config=text_config(32, 2, shared=2), backbone_hidden_size=64))
+    assistant = build_assistant(
+        transformers.Gemma4AssistantConfig(text_config=text_config(32, 2, shared=2), backbone_hidden_size=64)
+    )
     return target, assistant
 
 
 def greedy(model, prompt, n):
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def test_assistant_drafts_are_lossless_under_our_controllers(pair):
@@ -66,8 +84,15 @@ def test_transformers_own_assisted_generate_matches_greedy(pair):
     target, assistant = pair
     assistant.generation_config.num_assistant_tokens = 4  # a random-init assistant has no generation config
     with torch.inference_mode():
-        out = target.generate(torch.tensor([[5, 6, 7]]), assistant_model=assistant, max_new_tokens=16,
-                              min_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=None)
+        out = target.generate(
+            torch.tensor([[5, 6, 7]]),
+            assistant_model=assistant,
+            max_new_tokens=16,
+            min_new_tokens=16,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     assert out[0, 3:].tolist() == greedy(target, [5, 6, 7], 16)
 
 
@@ -94,8 +119,9 @@ def test_rollback_and_drafting_past_the_sliding_window():
     target = transformers.Gemma4ForCausalLM(text_config(64, 4, shared=2, per_layer=8, window=8)).eval()
     with torch.no_grad():
         target.model.embed_tokens.weight.mul_(8.0)
-    assistant = build_assistant(transformers.Gemma4AssistantConfig(
-        text_config=text_config(32, 2, shared=2, window=8), backbone_hidden_size=64))
+    assistant = build_assistant(
+        transformers.Gemma4AssistantConfig(text_config=text_config(32, 2, shared=2, window=8), backbone_hidden_size=64)
+    )
     prompt = [5, 6, 7, 9, 11, 13]
     for ctl in (FixedController(4), AdaptiveController(k_max=4, verify_cost_s={0: 1e-3, 4: 1.1e-3})):
         hf_target = HFTarget(target, keep_shared_kv=True)

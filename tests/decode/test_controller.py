@@ -33,11 +33,13 @@ def test_k_climbs_to_max_when_everything_is_accepted_and_verify_is_flat():
 
 def test_expensive_verification_needs_high_acceptance():
     # verifying 4 costs 2x a plain step: at a = 0.5, E[4] = 1.94 < 2, so k = 4 must not win
-    ctl = AdaptiveController(k_max=4, verify_cost_s={0: 1.0, 1: 1.9, 2: 1.95, 3: 1.98, 4: 2.0},
-                             prior_accept=0.5, prior_weight=1000.0)
+    ctl = AdaptiveController(
+        k_max=4, verify_cost_s={0: 1.0, 1: 1.9, 2: 1.95, 3: 1.98, 4: 2.0}, prior_accept=0.5, prior_weight=1000.0
+    )
     assert ctl.next_k() == 0
-    ctl = AdaptiveController(k_max=4, verify_cost_s={0: 1.0, 1: 1.9, 2: 1.95, 3: 1.98, 4: 2.0},
-                             prior_accept=0.95, prior_weight=1000.0)
+    ctl = AdaptiveController(
+        k_max=4, verify_cost_s={0: 1.0, 1: 1.9, 2: 1.95, 3: 1.98, 4: 2.0}, prior_accept=0.95, prior_weight=1000.0
+    )
     assert ctl.next_k() == 4
 
 
@@ -64,8 +66,9 @@ def test_heuristic_schedule():
 
 def test_a_busier_machine_scales_every_width_not_only_the_k_in_use():
     # calibrated quiet: k = 2 at 1.4x a plain step pays at a = 0.6 (E = 1.96)
-    ctl = AdaptiveController(k_max=2, verify_cost_s={0: 1.0, 1: 1.3, 2: 1.4}, prior_accept=0.6,
-                             prior_weight=1000.0, probe_every=1000)
+    ctl = AdaptiveController(
+        k_max=2, verify_cost_s={0: 1.0, 1: 1.3, 2: 1.4}, prior_accept=0.6, prior_weight=1000.0, probe_every=1000
+    )
     assert ctl.next_k() == 2
     for _ in range(30):  # now only plain steps run, and they take 3x as long
         ctl.update(StepStats(0, 0, 0.0, 3.0))

@@ -1,4 +1,5 @@
 """The static-shape step that CUDA graphs capture (`decode.graphs`), run eagerly on the CPU."""
+
 import pytest
 import torch
 
@@ -14,9 +15,15 @@ TARGET = tiny_llama(seed=0)
 
 def plain_greedy(prompt, n):
     with torch.inference_mode():
-        out = TARGET.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                              min_new_tokens=n, pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+        out = TARGET.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            min_new_tokens=n,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def test_static_step_matches_the_eager_forward_and_rolls_back():

@@ -12,9 +12,15 @@ TARGET = tiny_llama(seed=3)
 
 def greedy(prompt, n):
     with torch.inference_mode():
-        out = TARGET.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                              pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+        out = TARGET.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def head(vocab_ids=()):
@@ -35,8 +41,12 @@ def test_mtp_drafter_is_lossless_under_every_controller():
 
 def test_reduced_vocabulary_drafts_only_its_tokens_and_sampling_gives_full_rows():
     vocab = tuple(range(10, 20))
-    drafter = MTPDrafter(head(vocab), TARGET.model.embed_tokens.weight.detach(), temperature=1.0,
-                         generator=torch.Generator().manual_seed(0))
+    drafter = MTPDrafter(
+        head(vocab),
+        TARGET.model.embed_tokens.weight.detach(),
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     draft = drafter.propose([1, 2, 3], 4, torch.randn(64))
     assert len(draft.tokens) == 4 and all(t in vocab for t in draft.tokens)
     assert draft.probs.shape == (4, 64)

@@ -17,9 +17,9 @@ def test_always_right_proposes_the_reference_and_always_wrong_never_does():
     right = OracleDrafter([REFERENCE], [1.0], vocab_size=64)
     wrong = OracleDrafter([REFERENCE], [0.0], vocab_size=64)
     for p in range(5, 40):
-        assert right.propose(REFERENCE[:p], 4, None).tokens == REFERENCE[p:p + 4]
+        assert right.propose(REFERENCE[:p], 4, None).tokens == REFERENCE[p : p + 4]
         tokens = wrong.propose(REFERENCE[:p], 4, None).tokens
-        assert len(tokens) == 4 and all(t != r and 0 <= t < 64 for t, r in zip(tokens, REFERENCE[p:p + 4]))
+        assert len(tokens) == 4 and all(t != r and 0 <= t < 64 for t, r in zip(tokens, REFERENCE[p : p + 4]))
 
 
 def test_each_position_is_right_with_its_probability_given_the_earlier_ones():
@@ -73,13 +73,19 @@ def greedy_continuations(prompts, n):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prompt=st.lists(st.integers(1, 63), min_size=1, max_size=10),
-       accept=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
-       controller=st.sampled_from(["fixed", "adaptive", "heuristic"]), k=st.integers(1, 6))
+@given(
+    prompt=st.lists(st.integers(1, 63), min_size=1, max_size=10),
+    accept=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
+    controller=st.sampled_from(["fixed", "adaptive", "heuristic"]),
+    k=st.integers(1, 6),
+)
 def test_decoding_with_the_oracle_is_plain_greedy_whatever_it_proposes(prompt, accept, controller, k):
     (reference,) = greedy_continuations([prompt], 20)
-    ctrl = {"fixed": FixedController(k), "heuristic": HeuristicController(k=k, k_max=6),
-            "adaptive": AdaptiveController(k_max=6, verify_cost_s={0: 1.0, 6: 1.0})}[controller]
+    ctrl = {
+        "fixed": FixedController(k),
+        "heuristic": HeuristicController(k=k, k_max=6),
+        "adaptive": AdaptiveController(k_max=6, verify_cost_s={0: 1.0, 6: 1.0}),
+    }[controller]
     oracle = OracleDrafter([reference], accept, vocab_size=64, seed=1)
     dec = SpeculativeDecoder(StaticLlamaTarget(TARGET, max_len=256), ByteTokenizer(), oracle, ctrl)
     out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=20)) for t in s.token_ids]

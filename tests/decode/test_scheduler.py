@@ -19,9 +19,15 @@ SLOTS = 4
 
 def plain_greedy(prompt, n):
     with torch.inference_mode():
-        out = TARGET.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                              min_new_tokens=n, pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+        out = TARGET.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            min_new_tokens=n,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def make_drafter(kind, parent):
@@ -44,17 +50,21 @@ def make_controller(kind, k):
 
 def scheduler(drafter="ngram", controller="fixed", k=2, slots=SLOTS, step_tokens=16):
     parent = StaticLlamaTarget(TARGET, max_len=160)
-    decs = [SpeculativeDecoder(parent.slot(i), ByteTokenizer(), make_drafter(drafter, parent),
-                               make_controller(controller, k)) for i in range(slots)]
-    return StepScheduler(decs, parent.forward_packed, {1: 1.0, 4: 1.2, 16: 2.0, 64: 6.0},
-                         step_tokens=step_tokens, threaded=False)
+    decs = [
+        SpeculativeDecoder(
+            parent.slot(i), ByteTokenizer(), make_drafter(drafter, parent), make_controller(controller, k)
+        )
+        for i in range(slots)
+    ]
+    return StepScheduler(
+        decs, parent.forward_packed, {1: 1.0, 4: 1.2, 16: 2.0, 64: 6.0}, step_tokens=step_tokens, threaded=False
+    )
 
 
 def submit(sched, prompt, n, cancel=None, out=None):
     out = [] if out is None else out
     s = GenerationSettings(max_new_tokens=n)
-    ticket = sched.submit(lambda dec: ReplyJob(dec, prompt, s, cancel), prompt,
-                          lambda span: out.extend(span.token_ids))
+    ticket = sched.submit(lambda dec: ReplyJob(dec, prompt, s, cancel), prompt, lambda span: out.extend(span.token_ids))
     return ticket, out
 
 
@@ -66,16 +76,24 @@ def run_until_idle(sched, limit=2000):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), drafter=st.sampled_from(["ngram", "model", "mtp", "none"]),
-       controller=st.sampled_from(["fixed", "adaptive"]), k=st.integers(0, 5))
+@given(
+    data=st.data(),
+    drafter=st.sampled_from(["ngram", "model", "mtp", "none"]),
+    controller=st.sampled_from(["fixed", "adaptive"]),
+    k=st.integers(0, 5),
+)
 def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_greedy(data, drafter, controller, k):
     sched = scheduler(drafter, controller, k)
     n_seq = data.draw(st.integers(2, 6), label="sequences")
-    prompts = [data.draw(st.lists(st.integers(1, 63), min_size=1, max_size=40), label=f"prompt{i}")
-               for i in range(n_seq)]
+    prompts = [
+        data.draw(st.lists(st.integers(1, 63), min_size=1, max_size=40), label=f"prompt{i}") for i in range(n_seq)
+    ]
     joins = sorted(data.draw(st.lists(st.integers(0, 12), min_size=n_seq, max_size=n_seq), label="joins"))
-    cancels = {i: data.draw(st.integers(0, 10), label=f"cancel{i}")
-               for i in range(n_seq) if data.draw(st.booleans(), label=f"cancelled{i}")}
+    cancels = {
+        i: data.draw(st.integers(0, 10), label=f"cancel{i}")
+        for i in range(n_seq)
+        if data.draw(st.booleans(), label=f"cancelled{i}")
+    }
     n = 16
     runs = {}
     step = 0
@@ -92,7 +110,7 @@ def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_gr
     for i, (ticket, got, _) in runs.items():
         want = plain_greedy(prompts[i], n)
         if i in cancels:
-            assert got == want[:len(got)]  # what it said before the cancel is its own greedy prefix
+            assert got == want[: len(got)]  # what it said before the cancel is its own greedy prefix
         else:
             assert ticket.error is None and got == want, f"sequence {i} diverged"
 
@@ -157,8 +175,10 @@ def test_a_score_inside_the_replys_prompt_is_the_targets_and_primes_the_reply(st
     _, other = submit(sched, [3, 4, 5, 6], 10)  # decoding beside it: the prefill is chunked to the room left
     sched.run_step()
     words, reply_prompt = [9, 8, 7, 6, 5], [9, 8, 7, 6, 5, 2, 11, 12]
-    score = sched.submit(lambda dec: PrefillJob(dec, reply_prompt, token_ids=[4, 2], score_at=len(words) - 1,
-                                                keep_logits=True), reply_prompt)
+    score = sched.submit(
+        lambda dec: PrefillJob(dec, reply_prompt, token_ids=[4, 2], score_at=len(words) - 1, keep_logits=True),
+        reply_prompt,
+    )
     run_until_idle(sched)
     with torch.inference_mode():
         want = torch.softmax(TARGET(torch.tensor([words])).logits[0, -1], -1)[[4, 2]].sum().item()
@@ -190,8 +210,12 @@ def test_a_paused_job_waits_and_does_not_stall_others():
     hold = threading.Event()
     s = GenerationSettings(max_new_tokens=8)
     held_out, free_out = [], []
-    held = sched.submit(lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: held_out.extend(sp.token_ids),
-                        paused=lambda: not hold.is_set())
+    held = sched.submit(
+        lambda dec: ReplyJob(dec, [1, 2, 3], s),
+        [1, 2, 3],
+        lambda sp: held_out.extend(sp.token_ids),
+        paused=lambda: not hold.is_set(),
+    )
     free, free_out = submit(sched, [4, 5, 6], 8)
     run_until_idle(sched)
     assert free.finished.is_set() and not held.finished.is_set() and held_out == []
@@ -206,8 +230,13 @@ def test_a_talking_job_far_ahead_of_playback_sits_out_while_an_urgent_one_runs()
     ahead = [10.0]
     s = GenerationSettings(max_new_tokens=12)
     talk_out = []
-    sched.submit(lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: talk_out.extend(sp.token_ids),
-                 urgent=lambda: False, ahead=lambda: ahead[0])
+    sched.submit(
+        lambda dec: ReplyJob(dec, [1, 2, 3], s),
+        [1, 2, 3],
+        lambda sp: talk_out.extend(sp.token_ids),
+        urgent=lambda: False,
+        ahead=lambda: ahead[0],
+    )
     sched.run_step()  # alone it runs (prefill) however far ahead it is
     sched.run_step()
     before = len(talk_out)
@@ -252,7 +281,7 @@ def test_plan_batch_alone_is_the_single_sequence_argmax_and_drops_k_when_width_c
     costs = {1: 1.0, 2: 1.05, 3: 1.1, 4: 1.15, 5: 1.2, 6: 1.25, 7: 1.3}
 
     def rate(k):
-        return sum(0.8 ** i for i in range(k + 1)) / costs[k + 1]
+        return sum(0.8**i for i in range(k + 1)) / costs[k + 1]
 
     assert plan_batch(acc, [1.0], [6], [0], 0, costs) == [max(range(7), key=rate)]
     # four sequences where each extra packed token costs as much as a whole step: no drafting

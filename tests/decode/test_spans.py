@@ -11,7 +11,7 @@ def test_deltas_concatenate_to_the_text_and_never_split_a_character(text, cuts):
     detok = StableDetokenizer(ByteTokenizer())
     out, i = [], 0
     for c in cuts + [len(data)]:
-        out.append(detok.push(data[i:i + c]))
+        out.append(detok.push(data[i : i + c]))
         i += c
     out.append(detok.flush())
     assert all("\ufffd" not in piece for piece in out)

@@ -16,9 +16,15 @@ DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
 
 def plain_greedy(model, prompt, n):
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                             min_new_tokens=n, pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            min_new_tokens=n,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 class WrongDrafter:
@@ -55,18 +61,29 @@ def decode(target, drafter, controller, prompt, n):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prompt=st.lists(st.integers(1, 63), min_size=1, max_size=12),
-       k=st.integers(0, 6), drafter=st.sampled_from(["ngram", "model", "none"]),
-       controller=st.sampled_from(["fixed", "adaptive", "heuristic"]), weight_major=st.booleans())
+@given(
+    prompt=st.lists(st.integers(1, 63), min_size=1, max_size=12),
+    k=st.integers(0, 6),
+    drafter=st.sampled_from(["ngram", "model", "none"]),
+    controller=st.sampled_from(["fixed", "adaptive", "heuristic"]),
+    weight_major=st.booleans(),
+)
 def test_speculative_greedy_equals_plain_greedy(prompt, k, drafter, controller, weight_major):
     n = 24
     want = plain_greedy(TARGET, prompt, n)
-    drafters = {"ngram": NgramDrafter(3, 1), "none": NoDrafter(),
-                "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128))}
-    ctl = {"fixed": FixedController(k), "heuristic": HeuristicController(max(k, 1), 6),
-           "adaptive": AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1})}[controller]
-    got, _ = decode(StaticLlamaTarget(TARGET, max_len=128, weight_major=weight_major), drafters[drafter], ctl,
-                    prompt, n)
+    drafters = {
+        "ngram": NgramDrafter(3, 1),
+        "none": NoDrafter(),
+        "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128)),
+    }
+    ctl = {
+        "fixed": FixedController(k),
+        "heuristic": HeuristicController(max(k, 1), 6),
+        "adaptive": AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1}),
+    }[controller]
+    got, _ = decode(
+        StaticLlamaTarget(TARGET, max_len=128, weight_major=weight_major), drafters[drafter], ctl, prompt, n
+    )
     assert got == want
 
 
@@ -104,6 +121,7 @@ def _ignore_timing(update):
 
     def wrapped(stats):
         update(StepStats(stats.draft_len, stats.accepted_len, 0.0, 1e-3 if stats.draft_len == 0 else 1.05e-3))
+
     return wrapped
 
 
@@ -131,8 +149,14 @@ def test_static_target_matches_transformers_logits(weight_major):
     assert torch.allclose(target.forward(ids).logits, ref, atol=1e-4)
 
 
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+    "rope_theta": 10000.0,
+}
 
 
 @pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}])
@@ -140,9 +164,16 @@ def test_static_target_applies_the_configs_rope_scaling_as_transformers_does(rop
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      rope_parameters=rope)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters=rope,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = list(range(1, 40))
     with torch.inference_mode():
@@ -205,7 +236,7 @@ def test_eos_and_max_tokens_end_the_reply():
     dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(), NgramDrafter(), FixedController(3))
     spans = list(dec.generate([3, 4], GenerationSettings(max_new_tokens=12, eos_ids=(eos,))))
     got = [t for s in spans for t in s.token_ids]
-    assert got == want[:want.index(eos)] and spans[-1].final
+    assert got == want[: want.index(eos)] and spans[-1].final
 
 
 def test_prefix_reuse_gives_same_reply():
@@ -219,8 +250,12 @@ def test_prefix_reuse_gives_same_reply():
 
 
 def test_sampling_decoder_runs_and_respects_budget():
-    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET), ByteTokenizer(),
-                             ModelDrafter(StaticLlamaTarget(DRAFT), temperature=0.8), FixedController(3))
+    dec = SpeculativeDecoder(
+        StaticLlamaTarget(TARGET),
+        ByteTokenizer(),
+        ModelDrafter(StaticLlamaTarget(DRAFT), temperature=0.8),
+        FixedController(3),
+    )
     spans = list(dec.generate([1, 2], GenerationSettings(max_new_tokens=15, temperature=0.8)))
     assert sum(len(s.token_ids) for s in spans) == 15
 
@@ -233,8 +268,11 @@ def test_calibration_leaves_cache_untouched():
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=st.lists(st.integers(1, 63), min_size=2, max_size=10),
-       words=st.lists(st.integers(1, 63), min_size=1, max_size=6), end_token=st.integers(1, 63))
+@given(
+    history=st.lists(st.integers(1, 63), min_size=2, max_size=10),
+    words=st.lists(st.integers(1, 63), min_size=1, max_size=6),
+    end_token=st.integers(1, 63),
+)
 def test_end_of_turn_probability_is_the_targets_and_the_reply_after_it_is_unchanged(history, words, end_token):
     """P(end | words) equals a fresh forward's softmax, and scoring first never changes the reply."""
     prompt = history + words

@@ -48,8 +48,7 @@ SPEECH = [
     "",
 ]
 
-words_st = st.lists(st.sampled_from(["the", "ocean", "Italy", "swim!", "to", "Learn", "a", "blue,"]),
-                    max_size=30)
+words_st = st.lists(st.sampled_from(["the", "ocean", "Italy", "swim!", "to", "Learn", "a", "blue,"]), max_size=30)
 phrase_st = st.lists(st.text("abcdefgh", min_size=1, max_size=6), min_size=1, max_size=LOOP_MAX_PERIOD_WORDS)
 prefix_st = st.lists(st.text("xyz", min_size=1, max_size=4), max_size=6)
 
@@ -103,16 +102,19 @@ def test_a_loop_cut_off_mid_phrase_is_flagged(prefix, phrase, data):
     assert is_repetition_loop(" ".join(prefix + phrase * 2 + phrase[:cut]))
 
 
-@pytest.mark.parametrize("text, collapsed", [
-    ("Italy Italy Italy Italy", "Italy"),
-    ("Italy, Italy, Italy, Italy,", "Italy"),
-    ("Learn to swim! Learn to swim! Learn to", "Learn to swim!"),
-    (WHISPER_LOOPS[0], "Mount Everest"),
-    ("What is the largest ocean? Ocean? Ocean? Ocean?", "What is the largest ocean?"),
-    ("ocean? the ocean? the ocean? the ocean?", "the ocean?"),  # the copy that ends a sentence
-    ("Farge a Stocean Farge a Stocean Farge a St", "Farge a Stocean"),
-    ("What is the capital of France?", "What is the capital of France?"),
-])
+@pytest.mark.parametrize(
+    "text, collapsed",
+    [
+        ("Italy Italy Italy Italy", "Italy"),
+        ("Italy, Italy, Italy, Italy,", "Italy"),
+        ("Learn to swim! Learn to swim! Learn to", "Learn to swim!"),
+        (WHISPER_LOOPS[0], "Mount Everest"),
+        ("What is the largest ocean? Ocean? Ocean? Ocean?", "What is the largest ocean?"),
+        ("ocean? the ocean? the ocean? the ocean?", "the ocean?"),  # the copy that ends a sentence
+        ("Farge a Stocean Farge a Stocean Farge a St", "Farge a Stocean"),
+        ("What is the capital of France?", "What is the capital of France?"),
+    ],
+)
 def test_collapse_keeps_one_copy(text, collapsed):
     assert collapse_repetition(text) == collapsed
 
@@ -140,10 +142,18 @@ def test_collapse_of_a_repeated_phrase_is_no_longer_than_the_phrase(phrase, repe
 
 def test_decode_plan_widens_the_window_then_samples_on_the_widest():
     plan = decode_plan(600, LoopRetry(windows_frames=(3000, 1500), temperatures=(0.2, 0.4)))
-    assert plan == [DecodeAttempt(600, 0.0), DecodeAttempt(1500, 0.0), DecodeAttempt(3000, 0.0),
-                    DecodeAttempt(3000, 0.2), DecodeAttempt(3000, 0.4)]
+    assert plan == [
+        DecodeAttempt(600, 0.0),
+        DecodeAttempt(1500, 0.0),
+        DecodeAttempt(3000, 0.0),
+        DecodeAttempt(3000, 0.2),
+        DecodeAttempt(3000, 0.4),
+    ]
     assert decode_plan(2000, LoopRetry((1500, 3000), (0.2,))) == [
-        DecodeAttempt(2000, 0.0), DecodeAttempt(3000, 0.0), DecodeAttempt(3000, 0.2)]
+        DecodeAttempt(2000, 0.0),
+        DecodeAttempt(3000, 0.0),
+        DecodeAttempt(3000, 0.2),
+    ]
     assert decode_plan(MAX_FRAMES, LoopRetry((1500, 3000), ())) == [DecodeAttempt(MAX_FRAMES, 0.0)]
 
 
@@ -226,8 +236,12 @@ def detokenize(ids):
 def test_window_decoder_encodes_each_window_once_and_samples_with_full_top_k():
     model = FakeWhisper([1], [2], [3], [4])
     decoder = WindowDecoder(model, [50258], np.zeros((80, 150), np.float32), 40, detokenize)
-    for attempt in [DecodeAttempt(600, 0.0), DecodeAttempt(3000, 0.0), DecodeAttempt(3000, 0.2),
-                    DecodeAttempt(3000, 0.4)]:
+    for attempt in [
+        DecodeAttempt(600, 0.0),
+        DecodeAttempt(3000, 0.0),
+        DecodeAttempt(3000, 0.2),
+        DecodeAttempt(3000, 0.4),
+    ]:
         decoder(attempt)
     assert model.encoded_frames == [600, 3000]
     greedy, wide, hot, hotter = model.generate_kwargs
@@ -269,25 +283,29 @@ logprob_st = st.floats(-10.0, 0.0)
 
 
 @given(probability_st, logprob_st, probability_st, st.floats(-3.0, 0.0))
-def test_the_no_speech_rule_is_faster_whispers_skip(no_speech_prob, avg_logprob, no_speech_threshold,
-                                                    log_prob_threshold):
+def test_the_no_speech_rule_is_faster_whispers_skip(
+    no_speech_prob, avg_logprob, no_speech_threshold, log_prob_threshold
+):
     rule = NoSpeechRule(no_speech_threshold, log_prob_threshold)
     assert rule(Decoded("I", no_speech_prob, avg_logprob)) == faster_whisper_skips(
-        no_speech_prob, avg_logprob, no_speech_threshold, log_prob_threshold)
+        no_speech_prob, avg_logprob, no_speech_threshold, log_prob_threshold
+    )
 
 
-@pytest.mark.parametrize("no_speech_prob, avg_logprob, looped, no_speech", [
-    (0.62, -2.29, False, True),  # a cough heard as "I"
-    (0.45, -2.77, False, True),  # the pipeline's cough, on a short window
-    (0.62, -0.47, False, False),  # likely silence, but whisper is sure of the words: keep them
-    (0.12, -2.10, False, False),  # an unsure transcript of speech: keep it
-    (0.40, -2.00, False, False),  # at the threshold is not above it
-    (0.62, -1.00, False, True),  # at the log-prob threshold counts, as in faster-whisper
-    (0.62, -0.10, True, True),  # a confident loop on likely silence
-    (0.05, -0.10, True, False),  # a loop on speech
-])
-def test_no_speech_needs_a_likely_silence_and_an_unsure_transcript(no_speech_prob, avg_logprob, looped,
-                                                                    no_speech):
+@pytest.mark.parametrize(
+    "no_speech_prob, avg_logprob, looped, no_speech",
+    [
+        (0.62, -2.29, False, True),  # a cough heard as "I"
+        (0.45, -2.77, False, True),  # the pipeline's cough, on a short window
+        (0.62, -0.47, False, False),  # likely silence, but whisper is sure of the words: keep them
+        (0.12, -2.10, False, False),  # an unsure transcript of speech: keep it
+        (0.40, -2.00, False, False),  # at the threshold is not above it
+        (0.62, -1.00, False, True),  # at the log-prob threshold counts, as in faster-whisper
+        (0.62, -0.10, True, True),  # a confident loop on likely silence
+        (0.05, -0.10, True, False),  # a loop on speech
+    ],
+)
+def test_no_speech_needs_a_likely_silence_and_an_unsure_transcript(no_speech_prob, avg_logprob, looped, no_speech):
     assert NoSpeechRule()(Decoded("I", no_speech_prob, avg_logprob), looped=looped) == no_speech
 
 
@@ -338,8 +356,10 @@ def test_loop_retry_steps_temperatures_as_whisper_does():
 
 def test_asr_config_defaults_are_the_rules_defaults():
     cfg = ASRConfig()
-    assert LoopRetry.stepped(cfg.loop_retry_window_frames, cfg.loop_retry_temperature_step,
-                             cfg.loop_retry_max_temperature) == LoopRetry()
+    assert (
+        LoopRetry.stepped(cfg.loop_retry_window_frames, cfg.loop_retry_temperature_step, cfg.loop_retry_max_temperature)
+        == LoopRetry()
+    )
     assert NoSpeechRule(cfg.no_speech_threshold, cfg.log_prob_threshold) == NoSpeechRule()
 
 
@@ -353,13 +373,13 @@ def test_short_window_transcript_matches_the_words(stack, question_wav):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fragment, lead_s", [("Mount Everest?", 0.0), ("largest ocean?", 0.6),
-                                              ("the Pacific?", 0.3), ("to swim?", 0.3)])
+@pytest.mark.parametrize(
+    "fragment, lead_s", [("Mount Everest?", 0.0), ("largest ocean?", 0.6), ("the Pacific?", 0.3), ("to swim?", 0.3)]
+)
 def test_short_fragments_never_come_back_as_a_loop(stack, fragment, lead_s):
     from audio.wavio import pcm16_to_float, resample
 
-    speech = resample(pcm16_to_float(stack.tts.synthesize_all(fragment, deterministic=True)),
-                      stack.tts.rate_hz, 16000)
+    speech = resample(pcm16_to_float(stack.tts.synthesize_all(fragment, deterministic=True)), stack.tts.rate_hz, 16000)
     audio = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), speech])
     result = stack.asr.transcribe_detailed(audio)
     assert result.text and not is_repetition_loop(result.text)
@@ -375,25 +395,26 @@ def noise_clips(seed=0):
     t = np.arange(int(rate * 0.35)) / rate
     clips = {"cough": 0.5 * rng.standard_normal(len(t)) * np.exp(-t / 0.08) * (1 - np.exp(-t / 0.01))}
     t = np.arange(int(rate * 0.4)) / rate
-    clips["door slam"] = (0.9 * np.sin(2 * np.pi * 70 * t) * np.exp(-t / 0.06)
-                          + 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.02))
+    clips["door slam"] = 0.9 * np.sin(2 * np.pi * 70 * t) * np.exp(-t / 0.06) + 0.3 * rng.standard_normal(
+        len(t)
+    ) * np.exp(-t / 0.02)
     for level in (0.003, 0.01, 0.03, 0.1, 0.3):
         clips[f"white noise {level}"] = level * rng.standard_normal(rate // 2)
     clicks, click = np.zeros(rate), np.arange(int(rate * 0.005)) / rate
     for k in range(9):  # ~9 keys/s, each a 5 ms decaying click
         at = int((k / 9 + rng.uniform(0, 0.05)) * rate)
         burst = 0.4 * rng.standard_normal(len(click)) * np.exp(-click / 0.001)
-        clicks[at:at + len(click)] += burst[:rate - at]
+        clicks[at : at + len(click)] += burst[: rate - at]
     clips["keyboard"] = clicks
     n = int(rate * 1.2)  # breathing: 200-2000 Hz noise, falling above 500 Hz, one slow swell
     freqs = np.fft.rfftfreq(n, 1 / rate)
-    breath = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * ((freqs > 200) & (freqs < 2000))
-                          / np.maximum(1, freqs / 500), n)
+    breath = np.fft.irfft(
+        np.fft.rfft(rng.standard_normal(n)) * ((freqs > 200) & (freqs < 2000)) / np.maximum(1, freqs / 500), n
+    )
     for level in (0.05, 0.2):
         swell = np.sin(np.pi * np.arange(n) / n) ** 2
         clips[f"breathing {level}"] = level * breath / np.abs(breath).max() * swell
-    return {name: np.concatenate([np.zeros(int(0.3 * rate)), clip]).astype(np.float32)
-            for name, clip in clips.items()}
+    return {name: np.concatenate([np.zeros(int(0.3 * rate)), clip]).astype(np.float32) for name, clip in clips.items()}
 
 
 @pytest.mark.slow
@@ -404,8 +425,9 @@ def test_noise_transcribes_to_nothing(stack):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("answer, word", [("Yes.", "yes"), ("No.", "no"), ("Thanks.", "thank"),
-                                          ("Paris.", "paris"), ("Okay.", "okay")])
+@pytest.mark.parametrize(
+    "answer, word", [("Yes.", "yes"), ("No.", "no"), ("Thanks.", "thank"), ("Paris.", "paris"), ("Okay.", "okay")]
+)
 def test_short_spoken_answers_are_not_taken_for_noise(stack, tmp_path, answer, word):
     from audio.wavio import read_wav, write_wav
 

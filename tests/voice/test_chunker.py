@@ -7,7 +7,7 @@ def feed(text, pieces, first_words, max_words=18):
     ch = PhraseChunker(first_words, max_words)
     out, i = [], 0
     for n in pieces:
-        out += ch.push(text[i:i + n])
+        out += ch.push(text[i : i + n])
         i += n
     out += ch.push(text[i:])
     return out + ch.flush()

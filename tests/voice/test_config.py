@@ -15,13 +15,16 @@ def test_set_overrides_are_typed():
     assert cfg.server.allowed_origins == ("a", "b")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("decode.nope=1", "decode.nope"),
-    ("nosection.x=1", "nosection"),
-    ("decode.max_draft=six", "decode.max_draft"),
-    ("decode.max_draft=true", "decode.max_draft"),
-    ("decodemax_draft=3", "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("decode.nope=1", "decode.nope"),
+        ("nosection.x=1", "nosection"),
+        ("decode.max_draft=six", "decode.max_draft"),
+        ("decode.max_draft=true", "decode.max_draft"),
+        ("decodemax_draft=3", "section.key=value"),
+    ],
+)
 def test_bad_override_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -49,8 +52,9 @@ def test_every_config_key_is_read_outside_the_config_module():
     from voice.config import Config
 
     root = Path(__file__).resolve().parents[2]
-    sources = [p.read_text() for d in ("voice", "web", "commands") for p in (root / d).rglob("*.py")
-               if p.name != "config.py"]
+    sources = [
+        p.read_text() for d in ("voice", "web", "commands") for p in (root / d).rglob("*.py") if p.name != "config.py"
+    ]
     unread = []
     for section in dataclasses.fields(Config):
         for key in dataclasses.fields(getattr(Config(), section.name)):

@@ -1,4 +1,5 @@
 """The reply model on the embedded SmolLM2 with the shipped MTP drafter (slow)."""
+
 import pytest
 
 from decode.controller import FixedController
@@ -15,8 +16,11 @@ def test_shipped_mtp_drafter_is_lossless_and_accepts_drafts(stack):
             plain = [t for s in llm.reply_plain(messages) for t in s.token_ids]
             adaptive = [t for s in llm.reply(messages) for t in s.token_ids]
             # acceptance with k fixed: the adaptive controller rightly drafts less on a busy machine
-            fixed = [t for s in llm.decoder.generate(llm.chat_ids(messages), llm.settings,
-                                                      controller=FixedController(2)) for t in s.token_ids]
+            fixed = [
+                t
+                for s in llm.decoder.generate(llm.chat_ids(messages), llm.settings, controller=FixedController(2))
+                for t in s.token_ids
+            ]
             stats = llm.decoder.stats
         assert adaptive == plain and fixed == plain
         tried += stats.tried_at[0] if stats.tried_at else 0
@@ -39,5 +43,5 @@ def test_a_prompt_ending_in_an_assistant_message_continues_it(stack):
     answer = "The sky looks blue because of Rayleigh scattering."
     ids = llm.chat_ids(question + [{"role": "assistant", "content": answer}])
     start = llm.chat_ids(question)
-    assert ids[:len(start)] == start and llm.tokenizer.decode(ids[len(start):]) == answer
-    assert llm.end_of_user_id not in ids[len(start):]
+    assert ids[: len(start)] == start and llm.tokenizer.decode(ids[len(start) :]) == answer
+    assert llm.end_of_user_id not in ids[len(start) :]

@@ -1,4 +1,5 @@
 """End-to-end tests of the streaming pipeline on piper-made speech (slow: real models)."""
+
 import asyncio
 import time
 
@@ -17,7 +18,7 @@ FRAME = 320  # 20 ms
 
 async def feed(session, audio, speed=1.0):
     for i in range(0, len(audio), FRAME):
-        await session.feed_audio(audio[i:i + FRAME])
+        await session.feed_audio(audio[i : i + FRAME])
         await asyncio.sleep(0.02 / speed)
 
 
@@ -75,13 +76,11 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path, cap
 
     async def main():
         session = VoiceSession(stack, load_config(), session_id="barge1")
-        feeder = asyncio.ensure_future(feed(session, np.concatenate(
-            [silence(0.3), read_wav(long_q), silence(30.0)])))
+        feeder = asyncio.ensure_future(feed(session, np.concatenate([silence(0.3), read_wav(long_q), silence(30.0)])))
         await collect_until(session, lambda e: isinstance(e, AudioOut))
         feeder.cancel()
         # the user talks over the reply
-        feeder = asyncio.ensure_future(feed(session, np.concatenate(
-            [read_wav(second), silence(4.0)])))
+        feeder = asyncio.ensure_future(feed(session, np.concatenate([read_wav(second), silence(4.0)])))
         events = await collect_until(session, lambda e: isinstance(e, TurnEnd) and not e.metrics.interrupted)
         feeder.cancel()
         await session.close()
@@ -147,8 +146,9 @@ def noise_bursts(seed=0):
     t = np.arange(int(16000 * 0.35)) / 16000
     cough = (0.5 * rng.standard_normal(len(t)) * np.exp(-t / 0.08) * (1 - np.exp(-t / 0.01))).astype(np.float32)
     t = np.arange(int(16000 * 0.4)) / 16000
-    thud = (0.9 * np.sin(2 * np.pi * 70 * t) * np.exp(-t / 0.06)
-            + 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.02)).astype(np.float32)
+    thud = (
+        0.9 * np.sin(2 * np.pi * 70 * t) * np.exp(-t / 0.06) + 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.02)
+    ).astype(np.float32)
     return np.concatenate([silence(0.3), cough, silence(1.5), thud, silence(1.5)])
 
 
@@ -171,6 +171,7 @@ def test_a_cough_or_a_door_slam_never_starts_a_reply(stack, vad_threshold):
 
 def _ask(stack, wav, cfg=None):
     """One spoken question on a fresh session; the events up to the turn's end."""
+
     async def main():
         session = VoiceSession(stack, cfg or load_config())
         audio = np.concatenate([silence(0.3), read_wav(wav), silence(3.0)])
@@ -179,11 +180,13 @@ def _ask(stack, wav, cfg=None):
         feeder.cancel()
         await session.close()
         return [e for _, e in events]
+
     return main()
 
 
-def test_with_the_asr_busy_partials_are_skipped_and_the_final_transcript_still_answers(stack, question_wav,
-                                                                                       monkeypatch):
+def test_with_the_asr_busy_partials_are_skipped_and_the_final_transcript_still_answers(
+    stack, question_wav, monkeypatch
+):
     calls = []
     transcribe = stack.asr.transcribe
     monkeypatch.setattr(stack.asr, "transcribe", lambda audio: calls.append(len(audio)) or transcribe(audio))
@@ -202,8 +205,9 @@ def test_sessions_speaking_at_once_each_get_their_own_answer(stack, question_wav
     from audio.wavio import write_wav
 
     other = tmp_path / "other.wav"
-    write_wav(other, stack.tts.synthesize_all("What is the largest ocean on Earth?", deterministic=True),
-              stack.tts.rate_hz)
+    write_wav(
+        other, stack.tts.synthesize_all("What is the largest ocean on Earth?", deterministic=True), stack.tts.rate_hz
+    )
 
     async def both():
         return await asyncio.gather(_ask(stack, question_wav), _ask(stack, other))

@@ -1,6 +1,7 @@
 """The OpenAI-compatible backend against a scripted chat server on loopback (real HTTP, real
 `openai` client): streamed deltas become spans, a cancel closes the stream, failures reach the
 ticket, and the session picks the backend from `llm.backend`."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,13 @@ class ChatServer:
                 try:
                     for i, word in enumerate(server.words):
                         last = i == len(server.words) - 1
-                        self._event({"choices": [{"index": 0, "delta": {"content": word},
-                                                  "finish_reason": "stop" if last else None}]})
+                        self._event(
+                            {
+                                "choices": [
+                                    {"index": 0, "delta": {"content": word}, "finish_reason": "stop" if last else None}
+                                ]
+                            }
+                        )
                         server.sent += 1
                         if server.gate is not None and i == 0:
                             server.gate.wait(30)  # hold the stream after its first delta
@@ -80,8 +86,9 @@ def server():
 
 
 def replies(url, **kw):
-    return RemoteReplies(url, "smol", lambda text: list(text.encode()), max_new_tokens=20,
-                         system_prompt="Be brief.", **kw)
+    return RemoteReplies(
+        url, "smol", lambda text: list(text.encode()), max_new_tokens=20, system_prompt="Be brief.", **kw
+    )
 
 
 def run(backend, messages, cancel=None, on_span=None):
@@ -92,8 +99,9 @@ def run(backend, messages, cancel=None, on_span=None):
         if on_span:
             on_span(span)
 
-    ticket = backend.submit_reply(messages, cancel, emit, lambda t: ended.set(),
-                                  urgent=lambda: True, paused=lambda: False)
+    ticket = backend.submit_reply(
+        messages, cancel, emit, lambda t: ended.set(), urgent=lambda: True, paused=lambda: False
+    )
     assert ended.wait(30), "the reply never ended"
     return ticket, spans
 
@@ -106,8 +114,10 @@ def test_streamed_deltas_become_spans_in_order_and_the_request_carries_the_conve
     assert ticket.job.first_token_s is not None and ticket.job.finish_reason == "stop"
     (request,) = server.requests
     assert request["stream"] is True and request["model"] == "smol" and request["max_tokens"] == 20
-    assert request["messages"] == [{"role": "system", "content": "Be brief."},
-                                   {"role": "user", "content": "Capital of France?"}]
+    assert request["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
 
 
 def test_a_cancel_closes_the_stream_so_the_server_stops_sending():
@@ -116,8 +126,9 @@ def test_a_cancel_closes_the_stream_so_the_server_stops_sending():
     cancel = threading.Event()
     try:
         # the server stalls after its first delta; the cancel comes during the stall
-        ticket, spans = run(replies(srv.url), [{"role": "user", "content": "Talk."}], cancel,
-                            on_span=lambda span: cancel.set())
+        ticket, spans = run(
+            replies(srv.url), [{"role": "user", "content": "Talk."}], cancel, on_span=lambda span: cancel.set()
+        )
         gate.set()  # the server goes on writing, into a connection the client closed
         assert srv.finished.wait(30)
         assert ticket.job.stats.cancelled and ticket.error is None
@@ -146,8 +157,9 @@ def test_a_refused_connection_reaches_the_ticket():
 
 
 def test_continuing_an_answer_asks_the_server_to_go_on():
-    msgs = chat_messages([{"role": "user", "content": "Tell me about Mars."},
-                          {"role": "assistant", "content": "Mars is red."}], "")
+    msgs = chat_messages(
+        [{"role": "user", "content": "Tell me about Mars."}, {"role": "assistant", "content": "Mars is red."}], ""
+    )
     assert msgs[-1] == {"role": "user", "content": CONTINUE_PROMPT} and msgs[0]["role"] == "user"
 
 
@@ -210,8 +222,11 @@ def test_a_session_with_the_openai_backend_speaks_the_servers_reply(stack, serve
 @pytest.mark.slow
 def test_llama_cpp_servers_openai_api_on_the_embedded_gguf_answers_and_a_cancel_stops_it():
     """A real OpenAI-compatible server: llama-cpp-python's, on the embedded SmolLM2 GGUF."""
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed "
-                        "(optional: `make llama-server` builds it from source, ~55 min on 2 busy cores)")
+    pytest.importorskip(
+        "llama_cpp.server",
+        reason="llama-cpp-python[server] is not installed "
+        "(optional: `make llama-server` builds it from source, ~55 min on 2 busy cores)",
+    )
     import socket
     import subprocess
     import sys
@@ -224,9 +239,25 @@ def test_llama_cpp_servers_openai_api_on_the_embedded_gguf_answers_and_a_cancel_
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     gguf = package_dir(LLM_PACKAGE) / LLM_GGUF
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 180
@@ -237,15 +268,25 @@ def test_llama_cpp_servers_openai_api_on_the_embedded_gguf_answers_and_a_cancel_
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "llama.cpp server did not start"
                 time.sleep(1)
-        backend = RemoteReplies(url, "smollm2", lambda text: list(text.encode()), max_new_tokens=40,
-                                system_prompt="Answer in one short sentence.", timeout_s=120)
+        backend = RemoteReplies(
+            url,
+            "smollm2",
+            lambda text: list(text.encode()),
+            max_new_tokens=40,
+            system_prompt="Answer in one short sentence.",
+            timeout_s=120,
+        )
         ticket, spans = run(backend, [{"role": "user", "content": "What is the capital of France?"}])
         assert ticket.error is None, ticket.error
         assert "".join(s.text for s in spans).strip() and ticket.job.first_token_s is not None
         long = RemoteReplies(url, "smollm2", lambda text: list(text.encode()), max_new_tokens=400, timeout_s=120)
         cancel, seen = threading.Event(), []
-        ticket, _ = run(long, [{"role": "user", "content": "Count from one to two hundred in words."}], cancel,
-                        on_span=lambda span: (seen.append(span), len(seen) >= 3 and cancel.set()))
+        ticket, _ = run(
+            long,
+            [{"role": "user", "content": "Count from one to two hundred in words."}],
+            cancel,
+            on_span=lambda span: (seen.append(span), len(seen) >= 3 and cancel.set()),
+        )
         assert ticket.error is None and ticket.job.stats.cancelled
         assert ticket.job.finish_reason is None  # it never reached the model's end or the cap
     finally:

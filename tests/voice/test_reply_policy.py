@@ -1,4 +1,5 @@
 """The reply policy: brief replies that end on a sentence, and "tell me more"."""
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -33,7 +34,7 @@ def test_sentence_closes_skip_numbers_list_markers_abbreviations_and_initials():
     assert sentence_closes("It is 3.14 m. Yes! Really? ") == [13, 18, 26]
     assert sentence_closes("Steps:\n1. Boil water. 2. Wait ") == [21]
     assert sentence_closes("Ask Dr. Smith, e.g. today. J. K. Rowling wrote it. ") == [26, 50]
-    assert sentence_closes("He said \"stop.\" Then") == [15]
+    assert sentence_closes('He said "stop." Then') == [15]
     assert ends_sentence("Paris is the capital.") and ends_sentence("Why? ")
     assert not ends_sentence("It is about") and not ends_sentence("Steps:\n1.") and not ends_sentence("")
 
@@ -70,10 +71,18 @@ def test_a_first_sentence_longer_than_the_cap_is_all_spoken():
     assert spoken == "a b c d e f " and shaper.end == CAP and shaper.dropped == ""
 
 
-@given(st.lists(st.sampled_from(["The", " sky", " is", " blue", ".", " 3", ".14", "!", " Why", "?", "\n", "1", ". "]),
-                max_size=40), st.integers(0, 12), st.integers(0, 3), st.booleans())
+@given(
+    st.lists(
+        st.sampled_from(["The", " sky", " is", " blue", ".", " 3", ".14", "!", " Why", "?", "\n", "1", ". "]),
+        max_size=40,
+    ),
+    st.integers(0, 12),
+    st.integers(0, 3),
+    st.booleans(),
+)
 def test_spoken_text_is_a_prefix_of_the_decoded_text_ending_on_a_sentence_unless_the_first_was_cut(
-        deltas, soft_tokens, soft_sentences, capped):
+    deltas, soft_tokens, soft_sentences, capped
+):
     shaper = ReplyShaper(ReplyBudget(soft_tokens, soft_sentences))
     spoken = "".join(feed(shaper, deltas, capped))
     assert "".join(deltas).startswith(spoken) and spoken == shaper.spoken
@@ -81,14 +90,36 @@ def test_spoken_text_is_a_prefix_of_the_decoded_text_ending_on_a_sentence_unless
         assert ends_sentence(spoken)
 
 
-@pytest.mark.parametrize("text", ["Tell me more.", "tell me more please", "Go on.", "Okay, go on!", "Continue.",
-                                  "Keep going", "And then?", "Please continue.", "More, please.", "What else?"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tell me more.",
+        "tell me more please",
+        "Go on.",
+        "Okay, go on!",
+        "Continue.",
+        "Keep going",
+        "And then?",
+        "Please continue.",
+        "More, please.",
+        "What else?",
+    ],
+)
 def test_asks_for_more_matches_close_variants(text):
     assert asks_for_more(text)
 
 
-@pytest.mark.parametrize("text", ["Tell me more about Paris.", "Go on a holiday", "Continue the story of Rome",
-                                  "What is more important?", "", "Tell me a joke."])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tell me more about Paris.",
+        "Go on a holiday",
+        "Continue the story of Rome",
+        "What is more important?",
+        "",
+        "Tell me a joke.",
+    ],
+)
 def test_asks_for_more_leaves_real_questions_alone(text):
     assert not asks_for_more(text)
 

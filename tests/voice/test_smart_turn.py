@@ -1,4 +1,5 @@
 """Smart Turn (audio end-of-turn), the LLM's end-of-turn score, and the eot_eval rules."""
+
 from __future__ import annotations
 
 import functools
@@ -74,6 +75,7 @@ def test_bare_strips_only_the_closing_punctuation():
 
 
 # ---- with models --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def turn_model():

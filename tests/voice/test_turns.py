@@ -27,8 +27,15 @@ def test_a_continuation_extends_the_last_answer_and_keeps_the_history_whole():
 
 
 def test_turn_metrics_report_the_reply_policy():
-    m = TurnMetrics(reply_end="cap", shortened=True, reply_tokens=30, reply_sentences=2, reply_audio_s=9.5,
-                    dropped="and then the")
+    m = TurnMetrics(
+        reply_end="cap", shortened=True, reply_tokens=30, reply_sentences=2, reply_audio_s=9.5, dropped="and then the"
+    )
     d = m.as_dict()
-    assert (d["reply_end"], d["shortened"], d["reply_tokens"], d["reply_sentences"], d["reply_audio_s"],
-            d["dropped_words"]) == ("cap", True, 30, 2, 9.5, 3)
+    assert (
+        d["reply_end"],
+        d["shortened"],
+        d["reply_tokens"],
+        d["reply_sentences"],
+        d["reply_audio_s"],
+        d["dropped_words"],
+    ) == ("cap", True, 30, 2, 9.5, 3)

@@ -1,4 +1,5 @@
 """The turn-taking state machine on scripted timelines: no models, no clock."""
+
 from __future__ import annotations
 
 import heapq
@@ -57,8 +58,9 @@ class Sim:
         for action in self.tt.step(inp):
             self.log.append((t, action))
             if isinstance(action, Transcribe):
-                self._later(t + self.asr_s, Hypothesis(action.utterance, self.heard(action.audio_end_t),
-                                                       action.audio_end_t))
+                self._later(
+                    t + self.asr_s, Hypothesis(action.utterance, self.heard(action.audio_end_t), action.audio_end_t)
+                )
             elif isinstance(action, (ScoreText, StartReply)):
                 self._later(t + self.score_s, Score(action.text, self.scores.get(normalise(action.text), 0.0)))
 
@@ -103,7 +105,7 @@ def test_required_silence_falls_linearly_with_the_score():
     assert required_silence_ms(None, 200, 1200, 0.05, 0.5) == 1200
     assert required_silence_ms(0.01, 200, 1200, 0.05, 0.5) == 1200
     assert required_silence_ms(0.9, 200, 1200, 0.05, 0.5) == 200
-    assert required_silence_ms(0.05 * 10 ** 0.5, 200, 1200, 0.05, 0.5) == pytest.approx(700)  # halfway in log p
+    assert required_silence_ms(0.05 * 10**0.5, 200, 1200, 0.05, 0.5) == pytest.approx(700)  # halfway in log p
 
 
 @given(st.floats(0, 1), st.floats(0, 1))
@@ -121,11 +123,11 @@ def test_complete_question_reply_is_prepared_before_and_released_at_a_short_endp
     sim = Sim(WORDS, SCORES)
     sim.run(quiet(0.3) + speech(1.6) + quiet(1.5))
     speech_end = 0.3 + 1.6 - W
-    (t_end, end), = sim.of(Endpoint)
+    ((t_end, end),) = sim.of(Endpoint)
     starts = sim.of(StartReply)
     assert starts and starts[-1][0] < t_end and not starts[-1][1].released  # prepared, held
     assert same(starts[-1][1].text, QUESTION)
-    (t_rel, rel), = sim.of(ReleaseReply)
+    ((t_rel, rel),) = sim.of(ReleaseReply)
     assert rel.reply == starts[-1][1].reply and t_rel == t_end
     # the endpoint waits for the short silence and the final transcript, no longer
     t_final = [t for t, a in sim.of(Transcribe) if t > speech_end][-1]
@@ -139,14 +141,21 @@ def same(a, b):
 
 
 def test_hesitation_at_an_unfinished_point_is_one_turn():
-    words = [(0.4, "Can you tell"), (1.3, "Can you tell me the name of the..."),
-             (2.4, "Can you tell me the name of the largest"), (2.9, "Can you tell me the name of the largest ocean?")]
-    scores = {"can you tell": 0.01, "can you tell me the name of the": 0.003,
-              "can you tell me the name of the largest": 0.02,
-              "can you tell me the name of the largest ocean": 0.97}
+    words = [
+        (0.4, "Can you tell"),
+        (1.3, "Can you tell me the name of the..."),
+        (2.4, "Can you tell me the name of the largest"),
+        (2.9, "Can you tell me the name of the largest ocean?"),
+    ]
+    scores = {
+        "can you tell": 0.01,
+        "can you tell me the name of the": 0.003,
+        "can you tell me the name of the largest": 0.02,
+        "can you tell me the name of the largest ocean": 0.97,
+    }
     sim = Sim(words, scores)
     sim.run(quiet(0.1) + speech(1.3) + quiet(0.9) + speech(0.8) + quiet(1.5))
-    (t_end, end), = sim.of(Endpoint)
+    ((t_end, end),) = sim.of(Endpoint)
     assert t_end > 0.1 + 1.3 + 0.9 + 0.8 and "ocean" in end.transcript
     assert len(sim.of(ReleaseReply)) == 1 and len(sim.of(SpeechStarted)) == 1
     released = sim.of(ReleaseReply)[0][1].reply
@@ -162,7 +171,7 @@ def test_a_reply_on_words_that_changed_is_dropped_and_the_final_words_answered()
     assert [normalise(a.text) for a in starts][:1] == ["what is the capital"]
     dropped = {a.reply for _, a in sim.of(DropReply)}
     assert starts[0].reply in dropped
-    (_, rel), = sim.of(ReleaseReply)
+    ((_, rel),) = sim.of(ReleaseReply)
     assert rel.endpoint.transcript == "What is the capital of Spain?" and rel.reply == starts[-1].reply
 
 
@@ -173,16 +182,16 @@ def test_speech_resuming_drops_the_held_reply():
     sim.run(speech(1.0) + quiet(0.6) + speech(0.6) + quiet(2.0))
     drops = sim.of(DropReply)
     assert drops and drops[0][1].reason in ("speech resumed", "words changed")
-    (_, rel), = sim.of(ReleaseReply)
+    ((_, rel),) = sim.of(ReleaseReply)
     assert "cats" in rel.endpoint.transcript
 
 
 def test_barge_in_stops_a_released_reply_in_the_window_that_starts_speech():
     sim = Sim(WORDS, SCORES)
     t = sim.run(speech(1.6) + quiet(1.0))
-    (_, rel), = sim.of(ReleaseReply)
+    ((_, rel),) = sim.of(ReleaseReply)
     sim.run(speech(0.5), t0=t)
-    (t_stop, stop), = sim.of(StopReply)
+    ((t_stop, stop),) = sim.of(StopReply)
     t_start = [t for t, a in sim.of(SpeechStarted)][-1]
     assert stop.reply == rel.reply and stop.reason == "barge_in" and t_stop == t_start
 
@@ -216,7 +225,7 @@ def test_long_speech_is_cut_into_turns_and_nothing_is_lost():
 def test_typed_turn_stops_the_playing_reply_and_starts_a_released_one():
     sim = Sim(WORDS, SCORES)
     t = sim.run(speech(1.6) + quiet(1.0))
-    (_, rel), = sim.of(ReleaseReply)
+    ((_, rel),) = sim.of(ReleaseReply)
     sim.feed(TypedText("hello", t), t)
     stop = sim.of(StopReply)[-1][1]
     start = sim.of(StartReply)[-1][1]
@@ -228,10 +237,10 @@ def test_typed_turn_stops_the_playing_reply_and_starts_a_released_one():
 def test_reply_finishing_before_or_after_the_endpoint():
     sim = Sim([(0.9, QUESTION)], SCORES)  # the whole question is heard before its last syllable ends
     sim.run(speech(1.6) + quiet(0.05))
-    (_, start), = sim.of(StartReply)
+    ((_, start),) = sim.of(StartReply)
     sim.feed(ReplyDone(start.reply), 1.7)  # all output made while still held
     t = sim.run(quiet(1.0), t0=1.7)
-    (_, rel), = sim.of(ReleaseReply)
+    ((_, rel),) = sim.of(ReleaseReply)
     assert rel.reply == start.reply  # still released: its held output goes out now
     sim.feed(ReplyDone(rel.reply), t)
     assert sim.tt.reply is None
@@ -242,8 +251,8 @@ def test_reply_finishing_before_or_after_the_endpoint():
 def test_without_prediction_nothing_is_prepared_before_the_endpoint():
     sim = Sim(WORDS, SCORES, predictive=False)
     sim.run(speech(1.6) + quiet(1.0))
-    (t_end, _), = sim.of(Endpoint)
-    (t_start, start), = sim.of(StartReply)
+    ((t_end, _),) = sim.of(Endpoint)
+    ((t_start, start),) = sim.of(StartReply)
     assert t_start == t_end
     assert sim.of(ReleaseReply)[0][1].reply == start.reply
     assert sim.of(ScoreText)  # the endpoint still reads the words' score
@@ -268,7 +277,7 @@ def test_a_turn_ends_when_its_final_words_arrive_after_the_audio_stopped():
     sim.run(speech(1.6) + quiet(0.3))  # the client sends a little silence, then nothing
     assert not sim.of(Endpoint)
     sim.drain()
-    (_, end), = sim.of(Endpoint)
+    ((_, end),) = sim.of(Endpoint)
     assert end.transcript == QUESTION and sim.of(ReleaseReply)
 
 
@@ -277,7 +286,7 @@ def test_words_repeated_at_the_first_quiet_window_are_final_without_waiting_for_
     sim.run(speech(1.6) + quiet(1.0))
     last_voiced = round(1.6 / W) * W - W
     after = [t for t, _ in sim.of(Transcribe) if t > last_voiced]
-    (t_end, end), = sim.of(Endpoint)
+    ((t_end, end),) = sim.of(Endpoint)
     assert len(after) == 1 and after[0] == pytest.approx(last_voiced + W)
     assert end.transcript == QUESTION and t_end <= last_voiced + W + 0.3 + W + 1e-9
 

@@ -1,4 +1,5 @@
 """A real `voice serve` on 127.0.0.1 and a random port, shared by the web tests."""
+
 import pytest
 
 from web.launch import spawn_server, stop_server

@@ -5,6 +5,7 @@ audio, turn_end with a turn gap of `GAP_S`), holding the reply until `hold` is c
 test can drain the server while a turn is in progress. `serving(...)` runs the real
 `VoiceServer` (health, metrics, drain, protocol) on a free loopback port.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,9 +55,20 @@ class ScriptedSession:
         await self.events.put(ReplyText("Paris.", t))
         await self.events.put(AudioStart(RATE_HZ, t))
         await self.events.put(AudioOut(AudioChunk(np.zeros(RATE_HZ // 10, np.int16), RATE_HZ, t)))
-        await self.events.put(TurnEnd(TurnMetrics(speech_end=t, first_audio=t + GAP_S, last_audio=t + 1,
-                                                  tokens=3, acceptance=0.5, mean_draft_len=2.0,
-                                                  transcript=text, reply="Paris.")))
+        await self.events.put(
+            TurnEnd(
+                TurnMetrics(
+                    speech_end=t,
+                    first_audio=t + GAP_S,
+                    last_audio=t + 1,
+                    tokens=3,
+                    acceptance=0.5,
+                    mean_draft_len=2.0,
+                    transcript=text,
+                    reply="Paris.",
+                )
+            )
+        )
 
     async def interrupt(self) -> None:
         pass
@@ -68,12 +80,18 @@ class ScriptedSession:
 
 def scripted_stack() -> SimpleNamespace:
     """What the server reads of a stack: the voice's rate, the target's layout, queues, decode totals."""
-    stats = SimpleNamespace(as_dict=lambda: {"steps": 4, "tokens_fed": 12, "tokens_out": 8, "busy_s": 0.5,
-                                             "batch_sizes": {"1": 4}})
+    stats = SimpleNamespace(
+        as_dict=lambda: {"steps": 4, "tokens_fed": 12, "tokens_out": 8, "busy_s": 0.5, "batch_sizes": {"1": 4}}
+    )
     worker = SimpleNamespace(waiting=lambda: 0)
     hold = asyncio.Event()
-    return SimpleNamespace(tts=SimpleNamespace(rate_hz=RATE_HZ), asr_worker=worker, tts_worker=worker,
-                           llm=SimpleNamespace(target=None, scheduler=SimpleNamespace(stats=stats)), hold=hold)
+    return SimpleNamespace(
+        tts=SimpleNamespace(rate_hz=RATE_HZ),
+        asr_worker=worker,
+        tts_worker=worker,
+        llm=SimpleNamespace(target=None, scheduler=SimpleNamespace(stats=stats)),
+        hold=hold,
+    )
 
 
 @contextlib.asynccontextmanager

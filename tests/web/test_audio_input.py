@@ -1,4 +1,5 @@
 """PCM decoding of client audio frames, with the frame limit from config."""
+
 import numpy as np
 import pytest
 
@@ -20,4 +21,4 @@ def test_stereo_48k_is_mixed_and_resampled_to_16k():
     audio = AudioInput({**START, "sample_rate": 48000, "channels": 2}, max_frame_bytes=1 << 16)
     out = np.concatenate([audio.decode(pcm) for _ in range(4)])
     assert 5500 <= len(out) <= 6400 and out.dtype == np.float32  # the streaming resampler holds a little back
-    assert np.allclose(out[len(out) // 2:], 1000 / 32768, atol=1e-3)
+    assert np.allclose(out[len(out) // 2 :], 1000 / 32768, atol=1e-3)

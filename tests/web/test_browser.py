@@ -1,4 +1,5 @@
 """The voice page in a real headless Chromium with a fake microphone playing a WAV (slow)."""
+
 import math
 import shutil
 from pathlib import Path
@@ -43,10 +44,21 @@ def _chromium(tmp_path, *flags: str):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                 "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400", *flags):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,1400",
+        *flags,
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
@@ -70,9 +82,13 @@ def test_page_holds_a_two_question_conversation_with_state_waterfalls_and_level(
     ActionChains(browser).send_keys(Keys.SPACE).perform()  # Space starts talking (focus is not in the text box)
     wait = WebDriverWait(browser, TURN_WAIT_S, poll_frequency=0.25)
     for turn in (1, 2):  # each turn is over when its audio has played and the page listens again
-        wait.until(lambda d, n=turn: d.execute_script(
-            "const s = window.voiceStats;"
-            "return s.turnEnds.length >= arguments[0] && s.states[s.states.length - 1] === 'listening'", n))
+        wait.until(
+            lambda d, n=turn: d.execute_script(
+                "const s = window.voiceStats;"
+                "return s.turnEnds.length >= arguments[0] && s.states[s.states.length - 1] === 'listening'",
+                n,
+            )
+        )
     s = stats()
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser-desktop.png"))
@@ -108,9 +124,20 @@ def test_page_holds_a_two_question_conversation_with_state_waterfalls_and_level(
 
 # ---- the page against a scripted server (no models): typed turns, voice off, interruptions, reload ----
 def _metrics(gap_ms: float, interrupted: bool = False) -> dict:
-    return {"turn_gap_ms": gap_ms, "endpoint_ms": 0.0, "asr_final_ms": 0.0, "llm_start_ms": 1.5,
-            "first_span_ms": 120.5, "first_audio_ms": gap_ms, "acceptance": 0.5, "mean_draft_len": 2.0,
-            "tokens": 8, "interrupted": interrupted, "shortened": False, "predictive": False}
+    return {
+        "turn_gap_ms": gap_ms,
+        "endpoint_ms": 0.0,
+        "asr_final_ms": 0.0,
+        "llm_start_ms": 1.5,
+        "first_span_ms": 120.5,
+        "first_audio_ms": gap_ms,
+        "acceptance": 0.5,
+        "mean_draft_len": 2.0,
+        "tokens": 8,
+        "interrupted": interrupted,
+        "shortened": False,
+        "predictive": False,
+    }
 
 
 def _scripted_turn(ws, text: str) -> None:
@@ -123,8 +150,16 @@ def _scripted_turn(ws, text: str) -> None:
     ws.send(json.dumps({"type": "audio_start", "sample_rate": 22050}))
     for _ in range(3):
         ws.send(np.zeros(2205, "<i2").tobytes())
-    ws.send(json.dumps({"type": "turn_end", "metrics": _metrics(250.5, interrupted=story), "transcript": text,
-                        "reply": "Once upon a time" if story else "Hi there."}))
+    ws.send(
+        json.dumps(
+            {
+                "type": "turn_end",
+                "metrics": _metrics(250.5, interrupted=story),
+                "transcript": text,
+                "reply": "Once upon a time" if story else "Hi there.",
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -144,15 +179,27 @@ def scripted_server():
             return None
         file = STATIC / ("index.html" if request.path == "/" else request.path.removeprefix("/static/"))
         body = file.read_bytes()
-        return Response(200, "OK", Headers([("Content-Type", mimetypes.guess_type(file.name)[0]),
-                                            ("Content-Length", str(len(body)))]), body)
+        return Response(
+            200,
+            "OK",
+            Headers([("Content-Type", mimetypes.guess_type(file.name)[0]), ("Content-Length", str(len(body)))]),
+            body,
+        )
 
     def session(ws):
         for message in ws:
             msg = json.loads(message) if isinstance(message, str) else {"type": "audio"}
             if msg["type"] == "start":
-                ws.send(json.dumps({"type": "ready", "session": "s1", "output_sample_rate": 22050,
-                                    "config": {"drafter": "scripted"}}))
+                ws.send(
+                    json.dumps(
+                        {
+                            "type": "ready",
+                            "session": "s1",
+                            "output_sample_rate": 22050,
+                            "config": {"drafter": "scripted"},
+                        }
+                    )
+                )
             elif msg["type"] == "text":
                 _scripted_turn(ws, msg["text"])
 
@@ -187,8 +234,12 @@ def test_page_settings_interruptions_and_log_across_reload(tmp_path, scripted_se
         last = browser.find_elements(By.CSS_SELECTOR, "#log .entry.assistant")[-1]
         assert "(interrupted)" in last.text
         log = [(e["role"], e["text"]) for e in s["log"]]
-        assert log == [("user", "hello"), ("assistant", "Hi there."),
-                       ("user", "tell me a story"), ("assistant", "Once upon a time")]
+        assert log == [
+            ("user", "hello"),
+            ("assistant", "Hi there."),
+            ("user", "tell me a story"),
+            ("assistant", "Once upon a time"),
+        ]
 
         browser.find_element(By.ID, "barge-in").click()  # barge-in off: a setting kept across reloads
         browser.refresh()  # the same tab: the log comes back, with a note that the session is new

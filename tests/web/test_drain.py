@@ -1,4 +1,5 @@
 """`/healthz`, `/metrics` and the SIGTERM drain of the real `VoiceServer` over scripted sessions (no models)."""
+
 import asyncio
 import json
 import urllib.error
@@ -85,10 +86,16 @@ def test_a_session_closes_only_at_a_boundary_with_every_event_sent():
     assert not may_close(busy, session_idle=True, events_waiting=0)
 
 
-@pytest.mark.parametrize("loaded, draining, sessions, reason", [
-    (True, False, 0, "ready"), (False, False, 0, "loading"), (True, False, 8, "full"),
-    (True, True, 0, "draining"), (False, True, 0, "draining"),
-])
+@pytest.mark.parametrize(
+    "loaded, draining, sessions, reason",
+    [
+        (True, False, 0, "ready"),
+        (False, False, 0, "loading"),
+        (True, False, 8, "full"),
+        (True, True, 0, "draining"),
+        (False, True, 0, "draining"),
+    ],
+)
 def test_readiness(loaded, draining, sessions, reason):
     state = readiness(loaded, draining, sessions, max_sessions=8)
     assert state.reason == reason and state.ready == (reason == "ready")
@@ -105,12 +112,17 @@ def test_healthz_is_ready_only_loaded_and_below_the_session_cap():
                 await connect(url.replace("http://", "ws://") + "ws")
             assert refused.value.response.status_code == 503
             from scripted import scripted_stack
+
             app.stack = scripted_stack()
             assert (await aget(url + "healthz"))[0] == 200
             a, b = await session(url), await session(url)
             status, body = await aget(url + "healthz")
-            assert status == 503 and json.loads(body) == {"ready": False, "reason": "full", "sessions": 2,
-                                                          "max_sessions": 2}
+            assert status == 503 and json.loads(body) == {
+                "ready": False,
+                "reason": "full",
+                "sessions": 2,
+                "max_sessions": 2,
+            }
             await a.close()
             await b.close()
             while (await aget(url + "healthz"))[0] != 200:  # the handlers notice the closes

@@ -1,4 +1,5 @@
 """Hypothesis-driven protocol fuzz against a live server (slow): no crash, no internal error."""
+
 import asyncio
 import json
 import urllib.request
@@ -11,17 +12,23 @@ from websockets.exceptions import ConnectionClosed
 pytestmark = pytest.mark.slow
 SENT = {"messages": 0, "internal": 0}
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda kids: (st.lists(kids, max_size=4)
-                                         | st.dictionaries(st.text(max_size=8), kids, max_size=4)),
-                           max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=8,
+)
 types = st.sampled_from(["start", "text", "interrupt", "stop", "dance", "", "START"]) | st.text(max_size=10)
-json_messages = st.builds(lambda t, extra: json.dumps({"type": t, **extra}), types,
-                          st.dictionaries(st.sampled_from(["sample_rate", "format", "channels", "text", "x"]),
-                                          json_values, max_size=4))
-starts = st.builds(lambda r, f, c: json.dumps({"type": "start", "sample_rate": r, "format": f, "channels": c}),
-                   st.sampled_from([8000, 16000, 22050, 44100, 48000, 7999, 48001, 0, -1]),
-                   st.sampled_from(["pcm_s16le", "pcm_f32le", "mp3", ""]), st.sampled_from([1, 2, 0, 3]))
+json_messages = st.builds(
+    lambda t, extra: json.dumps({"type": t, **extra}),
+    types,
+    st.dictionaries(st.sampled_from(["sample_rate", "format", "channels", "text", "x"]), json_values, max_size=4),
+)
+starts = st.builds(
+    lambda r, f, c: json.dumps({"type": "start", "sample_rate": r, "format": f, "channels": c}),
+    st.sampled_from([8000, 16000, 22050, 44100, 48000, 7999, 48001, 0, -1]),
+    st.sampled_from(["pcm_s16le", "pcm_f32le", "mp3", ""]),
+    st.sampled_from([1, 2, 0, 3]),
+)
 raw_text = st.text(max_size=200)
 binaries = st.binary(max_size=2048) | st.integers(0, 70000).map(lambda n: b"\x01" * n)
 messages = st.one_of(json_messages, starts, raw_text, binaries)

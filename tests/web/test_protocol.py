@@ -1,4 +1,5 @@
 """Protocol tests: a real websockets client against a real server (slow: real models)."""
+
 import asyncio
 import json
 import time
@@ -37,7 +38,7 @@ def is_type(kind):
 async def stream(ws, audio, rate=16000, frame_s=0.02, speed=2.0):
     step = int(rate * frame_s)
     for i in range(0, len(audio), step):
-        await ws.send(float_to_pcm16(audio[i:i + step]).tobytes())
+        await ws.send(float_to_pcm16(audio[i : i + step]).tobytes())
         await asyncio.sleep(frame_s / speed)
 
 
@@ -47,18 +48,22 @@ def test_spoken_question_gets_events_in_order(server_url, question_wav):
             await ws.send(json.dumps(START))
             ready = json.loads(await ws.recv())
             assert ready["type"] == "ready" and ready["output_sample_rate"] == 22050
-            audio = np.concatenate([np.zeros(8000, np.float32), read_wav(question_wav),
-                                    np.zeros(16000 * 3, np.float32)])
+            audio = np.concatenate(
+                [np.zeros(8000, np.float32), read_wav(question_wav), np.zeros(16000 * 3, np.float32)]
+            )
             sender = asyncio.ensure_future(stream(ws, audio))
             msgs = await recv_until(ws, is_type("turn_end"))
             sender.cancel()
             return msgs
 
     msgs = asyncio.run(main())
-    kinds = ["audio" if isinstance(m, bytes) else m["type"] + ("/" + m.get("state", "") if m["type"] == "vad" else "")
-             for m in msgs]
-    order = [kinds.index(k)
-             for k in ("vad/speech_start", "vad/speech_end", "reply", "audio_start", "audio", "turn_end")]
+    kinds = [
+        "audio" if isinstance(m, bytes) else m["type"] + ("/" + m.get("state", "") if m["type"] == "vad" else "")
+        for m in msgs
+    ]
+    order = [
+        kinds.index(k) for k in ("vad/speech_start", "vad/speech_end", "reply", "audio_start", "audio", "turn_end")
+    ]
     assert order == sorted(order), kinds
     final = next(m for m in msgs if isinstance(m, dict) and m["type"] == "transcript" and m["final"])
     assert "capital of france" in final["text"].lower()
@@ -111,13 +116,16 @@ def test_two_sessions_keep_separate_conversations(server_url):
     assert second["metrics"]["tokens"] > 0
 
 
-@pytest.mark.parametrize("send, code", [
-    ("not json", "bad_json"),
-    (json.dumps([1, 2]), "bad_message"),
-    (json.dumps({"type": "dance"}), "unknown_type"),
-    (b"\x00\x01", "not_started"),
-    (json.dumps({"type": "text", "text": "hi"}), "not_started"),
-])
+@pytest.mark.parametrize(
+    "send, code",
+    [
+        ("not json", "bad_json"),
+        (json.dumps([1, 2]), "bad_message"),
+        (json.dumps({"type": "dance"}), "unknown_type"),
+        (b"\x00\x01", "not_started"),
+        (json.dumps({"type": "text", "text": "hi"}), "not_started"),
+    ],
+)
 def test_bad_input_before_start_gets_error_and_session_survives(server_url, send, code):
     async def main():
         async with connect(ws_url(server_url)) as ws:
@@ -131,14 +139,17 @@ def test_bad_input_before_start_gets_error_and_session_survives(server_url, send
     assert err["type"] == "error" and err["code"] == code and ready["type"] == "ready"
 
 
-@pytest.mark.parametrize("send, code", [
-    (json.dumps(START), "already_started"),
-    (b"\x00\x01\x02", "bad_frame"),
-    (b"", "empty_frame"),
-    (b"\x00" * 70000, "frame_too_large"),
-    (json.dumps({"type": "text", "text": "   "}), "empty_text"),
-    (json.dumps({"type": "text", "text": "a" * 2001}), "text_too_long"),
-])
+@pytest.mark.parametrize(
+    "send, code",
+    [
+        (json.dumps(START), "already_started"),
+        (b"\x00\x01\x02", "bad_frame"),
+        (b"", "empty_frame"),
+        (b"\x00" * 70000, "frame_too_large"),
+        (json.dumps({"type": "text", "text": "   "}), "empty_text"),
+        (json.dumps({"type": "text", "text": "a" * 2001}), "text_too_long"),
+    ],
+)
 def test_bad_input_after_start_gets_error_and_session_survives(server_url, send, code):
     async def main():
         async with connect(ws_url(server_url)) as ws:
@@ -155,12 +166,15 @@ def test_bad_input_after_start_gets_error_and_session_survives(server_url, send,
     assert end[-1]["metrics"]["tokens"] > 0
 
 
-@pytest.mark.parametrize("start, code", [
-    ({"sample_rate": 4000}, "bad_sample_rate"),
-    ({"sample_rate": "16000"}, "bad_sample_rate"),
-    ({"format": "mp3"}, "bad_format"),
-    ({"channels": 6}, "bad_channels"),
-])
+@pytest.mark.parametrize(
+    "start, code",
+    [
+        ({"sample_rate": 4000}, "bad_sample_rate"),
+        ({"sample_rate": "16000"}, "bad_sample_rate"),
+        ({"format": "mp3"}, "bad_format"),
+        ({"channels": 6}, "bad_channels"),
+    ],
+)
 def test_unsupported_start_parameters(server_url, start, code):
     async def main():
         async with connect(ws_url(server_url)) as ws:
@@ -180,10 +194,12 @@ def test_48k_stereo_float_input_is_resampled(server_url, question_wav):
             audio = np.concatenate([np.zeros(24000, np.float32), audio, np.zeros(48000 * 3, np.float32)])
             stereo = np.repeat(audio, 2).astype("<f4")
             step = 960 * 2
+
             async def send():
                 for i in range(0, len(stereo), step):
-                    await ws.send(stereo[i:i + step].tobytes())
+                    await ws.send(stereo[i : i + step].tobytes())
                     await asyncio.sleep(0.01)
+
             sender = asyncio.ensure_future(send())
             msgs = await recv_until(ws, lambda m: isinstance(m, dict) and m["type"] == "transcript" and m["final"])
             sender.cancel()
