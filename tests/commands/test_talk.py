@@ -5,8 +5,10 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import HANG_GUARD_S
 
-def run_cli(*args, timeout=120):
+
+def run_cli(*args, timeout=HANG_GUARD_S):
     return subprocess.run(
         [sys.executable, "-m", "commands.cli", *args], capture_output=True, text=True, timeout=timeout
     )

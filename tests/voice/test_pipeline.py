@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from audio.wavio import read_wav
+from conftest import HANG_GUARD_S
 from voice.config import load_config
 from voice.pipeline import VoiceSession
 from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
@@ -22,7 +23,7 @@ async def feed(session, audio, speed=1.0):
         await asyncio.sleep(0.02 / speed)
 
 
-async def collect_until(session, stop, timeout=30.0):
+async def collect_until(session, stop, timeout=HANG_GUARD_S):
     events = []
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -176,7 +177,7 @@ def _ask(stack, wav, cfg=None):
         session = VoiceSession(stack, cfg or load_config())
         audio = np.concatenate([silence(0.3), read_wav(wav), silence(3.0)])
         feeder = asyncio.ensure_future(feed(session, audio))
-        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)), timeout=60)
+        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)))
         feeder.cancel()
         await session.close()
         return [e for _, e in events]

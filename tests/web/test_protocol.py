@@ -10,6 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from audio.wavio import float_to_pcm16, read_wav
+from conftest import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
@@ -19,7 +20,7 @@ def ws_url(server_url):
     return server_url.replace("http://", "ws://") + "ws"
 
 
-async def recv_until(ws, pred, timeout=60.0):
+async def recv_until(ws, pred, timeout=HANG_GUARD_S):
     """Messages (decoded JSON, or bytes) up to and including the first matching one."""
     out = []
     deadline = time.perf_counter() + timeout
