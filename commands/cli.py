@@ -12,14 +12,12 @@ import logging
 import sys
 import time
 
+from commands.cli_args import UsageError, config_overrides, int_list, layer_list
+from commands.cli_bench import cmd_bench, cmd_decode_bench, cmd_soak
 from voice.config import Config, load_config
-from voice.errors import USER_ERRORS, VoiceError
+from voice.errors import USER_ERRORS
 
 log = logging.getLogger("voice")
-
-
-class UsageError(VoiceError, ValueError):
-    """Bad command-line input."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -82,25 +80,6 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
         print(f"reply audio: {args.out}")
 
 
-def _int_list(text: str) -> list[int]:
-    """`1,2,4` -> [1, 2, 4] (argparse type: a bad value is a usage error)."""
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
-def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
-    """voice decode-bench: speculative decoding against plain greedy and baselines."""
-    from commands.decode_bench import bench_from_args, print_table
-
-    report = bench_from_args(args, cfg)  # --synthetic: random weights of a real config, an oracle drafter
-    print(json.dumps(report, indent=2) if args.json else print_table(report))
-
-
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
     """voice serve: the voice page and websocket on one port (bound first; /healthz is 503 while loading)."""
     import asyncio
@@ -143,120 +122,6 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
     print(list_devices())
 
 
-def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
-    """voice soak: concurrent sessions and a disconnect storm against a server."""
-    import asyncio
-
-    from commands.bench import bench_audio, machine_info
-    from commands.soak import disconnect_storm, soak
-    from web.launch import spawn_server, stop_server
-
-    try:
-        levels = [int(x) for x in args.clients.split(",")]
-    except ValueError:
-        raise UsageError(f"--clients must be a comma-separated list of integers, got {args.clients!r}") from None
-    if any(n < 1 for n in levels) or args.turns < 1:
-        raise UsageError("--clients and --turns must be at least 1")
-    paths = bench_audio(cfg)
-    # the server it starts runs this command's config and --set overrides
-    passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
-    proc, url = (
-        (None, args.server)
-        if args.server
-        else spawn_server(*passed, "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
-    )
-    ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
-    try:
-        result = asyncio.run(soak(ws_url, paths, levels, args.turns))
-        result["machine"] = machine_info()
-        if args.storm:
-            result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
-    finally:
-        if proc is not None:
-            stop_server(proc)
-    print(json.dumps(result, indent=2))
-
-
-def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
-    """voice bench: real-time turn latency of the streaming pipeline."""
-    import asyncio
-
-    from commands.bench import plot, run_bench
-
-    plan = _bench_plan(args)
-    result, records = asyncio.run(run_bench(cfg, plan))
-    if args.plot and records:
-        plot(records, args.plot)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    m = result["machine"]
-    print(
-        f"machine: {m['cpu']}, {m['logical_cores']} cores, avx2 {m['avx2']} avx512 {m['avx512']} "
-        f"amx {m['amx']} vnni {m['vnni']}"
-    )
-    if "turn_gap_ms" in result:
-        gap = result["turn_gap_ms"]
-        print(
-            f"answered {result['answered']}/{result['turns']}  turn gap p50 {gap['p50']} ms  "
-            f"p90 {gap['p90']} ms  max {gap['max']} ms"
-        )
-        for stage, v in result["stages_ms"].items():
-            print(f"  {stage:12s} p50 {v['p50']} ms after speech end")
-    if "baseline" in result:
-        print(
-            f"batch baseline p50 {result['baseline']['turn_gap_ms']['p50']} ms "
-            f"(ratio {result.get('gap_ratio_vs_baseline')})"
-        )
-    for name, section in (
-        ("hesitation", result.get("hesitation")),
-        ("compared hesitation", result.get("compare", {}).get("hesitation")),
-    ):
-        if section:
-            print(
-                f"{name}: {section['split_turns']}/{section['runs']} split turns, {section['cut_ins']} cut-ins, "
-                f"gap p50 {section['turn_gap_ms']['p50']} ms; by pause {section['by_pause_ms']}"
-            )
-    if result.get("compare", {}).get("turn_gap_ms"):
-        c = result["compare"]
-        print(
-            f"compared ({' '.join(c['set'])}): gap p50 {c['turn_gap_ms']['p50']} ms, main/compared p50 {c['p50_ratio']}"
-        )
-
-
-def _bench_plan(args: argparse.Namespace):
-    """The `voice bench` arguments, checked, as a `BenchPlan`."""
-    from commands.bench import BenchPlan
-
-    if args.server and not args.server.startswith(("ws://", "wss://")):
-        raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
-    if args.server and (args.hesitation or args.hesitation_only or args.compare):
-        raise UsageError("--hesitation and --compare run in-process only: leave out --server")
-    for flag, value in (("--turns", args.turns), ("--questions", args.questions)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1")
-    try:
-        pauses = tuple(int(x) for x in args.pauses.split(","))
-    except ValueError:
-        raise UsageError(f"--pauses must be comma-separated milliseconds, got {args.pauses!r}") from None
-    if not all(0 < ms <= 5000 for ms in pauses):
-        raise UsageError(f"--pauses must be between 1 and 5000 ms, got {args.pauses!r}")
-    compare_cfg = load_config(args.config, _overrides(args) + args.compare) if args.compare else None
-    return BenchPlan(
-        tuple(args.audio or ()),
-        args.turns,
-        args.baseline,
-        args.server,
-        main=not args.hesitation_only,
-        hesitation=args.hesitation or args.hesitation_only,
-        pauses_ms=pauses,
-        questions=args.questions,
-        compare_set=tuple(args.compare),
-        compare_cfg=compare_cfg,
-        progress=not args.json,
-    )
-
-
 def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
     """voice train-drafter: self-distil an MTP drafter for the target."""
     from commands.train_drafter import train_drafter
@@ -297,16 +162,6 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
         conversations=args.conversations,
     )
     print(json.dumps(summary, indent=2))
-
-
-def _layer_list(text: str) -> tuple[int, ...]:
-    """'10,20' → (10, 20); 'none' → ()."""
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected layer numbers like 10,20 or 'none', got {text!r}") from None
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:
@@ -404,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=2, help="MLP blocks in the head (1-4)")
     p.add_argument(
         "--feature-layers",
-        type=_layer_list,
+        type=layer_list,
         default=None,
         metavar="L1,L2",
         help="target layers read besides the last hidden state (default: a third and two thirds "
@@ -450,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32 | bf16 | fp16 (overrides llm.dtype)")
     p.add_argument(
         "--batch",
-        type=_int_list,
+        type=int_list,
         help="also decode the prompts N at a time through the batched scheduler, per size, e.g. 1,2,4,8",
     )
     p.add_argument("--batch-only", action="store_true", help="with --batch: skip the fixed/adaptive/hf modes")
@@ -476,14 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    extra = list(args.set)
-    for flag, key in (("device", "llm.device"), ("dtype", "llm.dtype")):
-        if getattr(args, flag, None):
-            extra.append(f"{key}={args.__dict__[flag]}")
-    return extra
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `voice` console script."""
     args = build_parser().parse_args(argv)
@@ -491,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        cfg = load_config(args.config, _overrides(args))
+        cfg = load_config(args.config, config_overrides(args))
         args.func(args, cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
