@@ -13,18 +13,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
 from decode.controller import Controller, StepStats
 from decode.drafters import Draft, Drafter, observe
 from decode.spans import Span, StableDetokenizer
-from decode.target import Forward
+from decode.target import Forward, Target
 from decode.verify import Accepted, greedy_accept, probs_from_logits, sample_accept
-
-if TYPE_CHECKING:
-    from decode.speculative import SpeculativeDecoder
 
 
 @dataclass(frozen=True)
@@ -96,6 +93,35 @@ class DecodeStats:
         return self.tokens / self.steps if self.steps else 0.0
 
 
+class Sequence(Protocol):
+    """What a job reads and moves on the sequence it works on (`SpeculativeDecoder` is one)."""
+
+    target: Target
+    tokenizer: object
+    drafter: Drafter
+    controller: Controller
+    generator: torch.Generator
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        """The target's hidden state at the last cached position."""
+        ...
+
+    def plan_prefill(
+        self, want: list[int], drafter: Drafter | None = None, refeed_from: int | None = None
+    ) -> list[int]: ...
+
+    def took_prefill(
+        self, tokens: list[int], out: Forward, drafter: Drafter | None = None, keep_logits: bool = False
+    ) -> None: ...
+
+    def took_step(self, cached: list[int], hidden: torch.Tensor) -> None: ...
+
+    def forget_logits(self) -> None: ...
+
+    def primed_for(self, prompt_ids: list[int]) -> torch.Tensor | None: ...
+
+
 class Job(Protocol):
     """Work on one sequence, one target forward at a time."""
 
@@ -124,7 +150,7 @@ class PrefillJob:
 
     def __init__(
         self,
-        dec: SpeculativeDecoder,
+        dec: Sequence,
         ids: list[int],
         drafter: Drafter | None = None,
         token_ids: list[int] | None = None,
@@ -185,7 +211,7 @@ class ReplyJob:
 
     def __init__(
         self,
-        dec: SpeculativeDecoder,
+        dec: Sequence,
         prompt_ids: list[int],
         settings: GenerationSettings,
         cancel: threading.Event | None = None,
