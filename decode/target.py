@@ -24,6 +24,8 @@ from typing import Callable, NamedTuple, Protocol
 import torch
 import torch.nn.functional as F
 
+from decode.layers import project, rms_norm, rotate_half
+
 
 class Forward(NamedTuple):
     """Target outputs for the positions just fed."""
@@ -46,33 +48,6 @@ class Target(Protocol):
     def rollback(self, length: int) -> None: ...
 
     def reset(self) -> None: ...
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm: x / sqrt(mean(x**2) + eps), computed in fp32, times weight."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def project(x: torch.Tensor, weight: torch.Tensor, weight_major: bool = True) -> torch.Tensor:
-    """x Wᵀ for rows x [T, in] and a weight W [out, in] (a bias-free linear layer).
-
-    weight_major computes it as (W xᵀ)ᵀ for T > 1: the same product, with the weight as the left
-    operand. MKL's sgemm on an AVX2 EPYC streams a large weight once per row for the x Wᵀ layout
-    at small T — the 49152×576 LM head costs 15 ms for 1 row, 33 ms for 2, 50 ms for 3 — and
-    once in all for W xᵀ (10–14 ms for 2–5 rows), so a verify step of a few tokens costs about
-    what one token does (`scripts/linear_layout.py` measures both layouts). One row is always
-    F.linear (a matrix-vector product either way).
-    """
-    if not weight_major or x.shape[0] == 1:
-        return F.linear(x, weight)
-    return (weight @ x.t()).t().contiguous()
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class StaticLlamaTarget:
@@ -257,8 +232,8 @@ class StaticLlamaTarget:
             q = q.view(total, nh, hd).transpose(0, 1)
             k = k.view(total, nkv, hd).transpose(0, 1)
             v = v.view(total, nkv, hd).transpose(0, 1)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
             att = attend(i, q, k, v)
             x = x + project(att.transpose(0, 1).reshape(total, nh * hd), w_o, major)
             gate, up = project(rms_norm(x, ln2, self.eps), w_gu, major).chunk(2, dim=-1)

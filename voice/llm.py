@@ -208,7 +208,7 @@ class ReplyModel:
         self.scheduler = self._make_scheduler(cfg)
 
     def _set_layout(self, layout: str) -> None:
-        """Pick the static target's matmul layout (see `decode.target.project`)."""
+        """Pick the static target's matmul layout (see `decode.layers.project`)."""
         if layout not in ("auto", "linear", "weight_major"):
             raise ConfigError(f"decode.linear_layout: expected auto, linear or weight_major, got {layout!r}")
         if not isinstance(self.target, StaticLlamaTarget):
