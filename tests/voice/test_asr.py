@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, strategies as st
 
 from voice.asr import (
-    LOOP_MAX_PERIOD_WORDS,
     MAX_FRAMES,
     DecodeAttempt,
     Decoded,
@@ -14,14 +13,17 @@ from voice.asr import (
     NoSpeechRule,
     WindowDecoder,
     average_logprob,
-    collapse_repetition,
-    compression_ratio,
     decode_plan,
-    find_repetitions,
-    is_repetition_loop,
     transcribe_until_clean,
 )
 from voice.config import ASRConfig
+from voice.repetition import (
+    LOOP_MAX_PERIOD_WORDS,
+    collapse_repetition,
+    compression_ratio,
+    find_repetitions,
+    is_repetition_loop,
+)
 
 # What greedy whisper-base returned on piper fragments with a 600-frame window.
 WHISPER_LOOPS = [
