@@ -12,8 +12,8 @@ P(end or closing punctuation) on the same; each as a first turn and as the secon
 after each earlier exchange; Smart Turn on the audio; combinations of the two.
 Out: JSON on stdout (setup + summary: AUCs, threshold tables, what (eot_low, eot_high)
 pairs do, the best pair) and, with --out, the same with every item.
-Cost: ~5 min on 2 idle cores, ~17 min when they are shared (piper WAVs cached under the
-voice cache, `eot-audio/`). Needs `pip install onnx` for piper's alignments.
+Cost: ~5 min on 2 idle cores, ~17 min when they are shared (piper WAVs from scripts/eot_audio.py
+cached under the voice cache, `eot-audio/`). Needs `pip install onnx` for piper's alignments.
 
     python scripts/eot_eval.py --out tests/data/eot/scores.json
     python scripts/eot_eval.py --rescore tests/data/eot/scores.json   # summary again, no models
@@ -22,7 +22,6 @@ voice cache, `eot-audio/`). Needs `pip install onnx` for piper's alignments.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -30,9 +29,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from eot_audio import AlignedVoice
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS = ROOT / "tests" / "data" / "eot" / "items.json"
@@ -129,69 +131,6 @@ def best_pair(
     return best[1] if best else None
 
 
-# ---- audio ------------------------------------------------------------------------------
-
-
-def trim_trailing_quiet(audio: np.ndarray, frame: int = 160, floor_db: float = -60.0) -> np.ndarray:
-    """Drop trailing 10 ms frames quieter than floor_db (piper's own tail), so the silence is ours."""
-    n = audio.size // frame
-    rms_db = 20 * np.log10(np.sqrt(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1)) + 1e-9)
-    loud = np.nonzero(rms_db > floor_db)[0]
-    return audio[: (loud[-1] + 1) * frame] if loud.size else audio
-
-
-class AlignedVoice:
-    """Piper with phoneme alignments (the model patched in memory; needs the `onnx` package)."""
-
-    def __init__(self, model_path: Path) -> None:
-        from piper import PiperVoice, SynthesisConfig
-
-        self.voice = PiperVoice.load(str(model_path), include_alignments=True)
-        self.config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)  # deterministic, as PiperTTS
-        self.rate_hz = int(self.voice.config.sample_rate)
-
-    def word_ends(self, text: str) -> tuple[np.ndarray, list[int]]:
-        """int16 audio of `text` and the sample where each gap between spoken words begins."""
-        chunks = list(self.voice.synthesize(text, syn_config=self.config, include_alignments=True))
-        if len(chunks) != 1 or chunks[0].phoneme_alignments is None:
-            raise RuntimeError(
-                "piper gave no phoneme alignments: `pip install onnx` (piper-tts[alignment]); "
-                "eot_eval needs it to cut speech after a word"
-            )
-        ends, at = [], 0
-        for a in chunks[0].phoneme_alignments:
-            if a.phoneme == " ":
-                ends.append(at)
-            at += int(a.num_samples)
-        return chunks[0].audio_int16_array, ends
-
-    def n_words(self, text: str) -> int:
-        """Spoken words in `text` as espeak groups them ("of the" is one: ʌvðə)."""
-        return "".join(sum(self.voice.phonemize(text), [])).strip().count(" ") + 1
-
-
-def cut_after(voice: AlignedVoice, full: str, prefix: str, rate_hz: int = 16000) -> np.ndarray:
-    """The full turn's speech up to the gap after the words of `prefix`, at rate_hz: the
-    prosody of a speaker who stops mid-sentence, not of one ending a sentence."""
-    from audio.wavio import pcm16_to_float, resample
-
-    audio, ends = voice.word_ends(full)
-    n = voice.n_words(prefix)
-    if n > len(ends):
-        raise ValueError(f"{prefix!r} is not a prefix of {full!r} in piper's words")
-    return resample(pcm16_to_float(audio[: ends[n - 1]]), voice.rate_hz, rate_hz)
-
-
-def spoken(text: str, stack, cache: Path, rate_hz: int = 16000) -> np.ndarray:
-    """Piper's deterministic audio of `text` at rate_hz, trailing quiet trimmed (cached WAV)."""
-    from audio.wavio import read_wav, write_wav
-
-    path = cache / f"{hashlib.sha1(text.encode()).hexdigest()[:12]}.wav"
-    if not path.is_file():
-        write_wav(path, stack.tts.synthesize_all(text, deterministic=True), stack.tts.rate_hz)
-    return trim_trailing_quiet(read_wav(path, rate_hz))
-
-
 # ---- run --------------------------------------------------------------------------------
 
 
@@ -260,6 +199,8 @@ def score(
     items: list[Item], contexts: list, stack, smart_turn, voice: AlignedVoice, cache: Path, silence_ms: int
 ) -> dict[str, float]:
     """Fill every item's audio, transcript and scores; return the median latency of each scorer (ms)."""
+    from eot_audio import cut_after, spoken  # beside this script; --rescore and the tests need no piper
+
     rate = 16000
     tail = np.zeros(rate * silence_ms // 1000, dtype=np.float32)
     llm = TurnScorer(stack.llm, contexts)
@@ -361,25 +302,36 @@ def summarise(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write setup, summary and every item here")
     parser.add_argument("--silence-ms", type=int, default=200, help="silence after the speech")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for Smart Turn")
     parser.add_argument("--rescore", type=Path, help="summarise the items of an earlier --out file again")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def rescore(path: Path, out: Path | None) -> int:
+    """The summary of an earlier --out file's items again (no models)."""
+    earlier = json.loads(path.read_text())
+    items = [Item(**i) for i in earlier["items"]]
+    setup = earlier["setup"]
+    summary = summarise(
+        items,
+        len(setup["contexts"]),
+        setup["min_silence_ms"],
+        setup["max_silence_ms"],
+        (setup["eot_low"], setup["eot_high"]),
+    )
+    return report(setup, summary, items, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.rescore:
-        earlier = json.loads(args.rescore.read_text())
-        items = [Item(**i) for i in earlier["items"]]
-        setup = earlier["setup"]
-        summary = summarise(
-            items,
-            len(setup["contexts"]),
-            setup["min_silence_ms"],
-            setup["max_silence_ms"],
-            (setup["eot_low"], setup["eot_high"]),
-        )
-        return report(setup, summary, items, args.out)
+        return rescore(args.rescore, args.out)
+
+    from eot_audio import AlignedVoice, spoken  # beside this script (see `score`)
 
     from voice.config import load_config
     from voice.models import cache_dir, piper_path, prepare
