@@ -56,27 +56,75 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def load_sequences(args: argparse.Namespace, model, tokenizer) -> dict:
+    """The generated sequences from `--sequences` when that file exists, else generated now (and written there)."""
+    if args.sequences and Path(args.sequences).is_file():
+        return json.loads(gzip.open(args.sequences).read())
+    seqs = make_sequences(
+        model,
+        tokenizer,
+        args.prompts,
+        args.max_new_tokens,
+        args.gen_batch,
+        args.sampled,
+        conversations=args.conversations,
+    )
+    if args.sequences:
+        with gzip.open(args.sequences, "wt") as f:
+            f.write(json.dumps(seqs))
+    return seqs
+
+
+def feature_view(d: Sequences, all_layers: tuple[int, ...], layers: tuple[int, ...]) -> Sequences:
+    """`d` (features: the last hidden state, then each of `all_layers`) with only the columns that a head
+    reading `layers` sees."""
+    size = d.features.shape[1] // (1 + len(all_layers))
+    columns = [0] + [1 + all_layers.index(layer) for layer in layers]  # last hidden state first
+    keep = torch.cat([torch.arange(c * size, (c + 1) * size) for c in columns]).to(d.features.device)
+    return Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)
+
+
+def score_baseline(path: str, held: dict[str, Sequences], all_layers: tuple[int, ...], embed, depth: int) -> dict:
+    """Teacher-forced acceptance per position of the existing head at `path` on each held-out set."""
+    base = load_mtp(path).to(embed.device)
+    ids = torch.tensor(base.cfg.vocab_ids)
+    base_remap = torch.full((embed.shape[0],), -1, dtype=torch.long)
+    base_remap[ids] = torch.arange(len(ids))
+    rows, base_remap = embed[ids.to(embed.device)], base_remap.to(embed.device)
+    return {
+        name: acceptance(base, feature_view(h, all_layers, base.cfg.feature_layers), embed, rows, base_remap, depth)
+        for name, h in held.items()
+    }
+
+
+def variant_summary(args: argparse.Namespace, variant: tuple, seqs: dict, data: Sequences, history, train_s: float):
+    """OUT/NAME/training.json: the variant, the shared data and recipe, the training history."""
+    name, layers, blocks, context = variant
+    return {
+        "variant": name,
+        "feature_layers": list(layers),
+        "layers": blocks,
+        "context": context,
+        "steps": args.steps,
+        "batch": args.batch,
+        "sequences": len(seqs["train"]),
+        "prompts": args.prompts,
+        "sampled_per_prompt": args.sampled,
+        "conversations": args.conversations,
+        "reply_tokens": sum(len(s) - n for s, n in seqs["train"]),
+        "anchors": len(data.anchors),
+        "train_s": round(train_s, 1),
+        "history": history,
+    }
+
+
 def main() -> None:
     args = parse_args()
     out, depth = Path(args.out), 4
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
     model, tokenizer = load_causal_lm(args.target, device, torch.bfloat16)
-    if args.sequences and Path(args.sequences).is_file():
-        seqs = json.loads(gzip.open(args.sequences).read())
-    else:
-        seqs = make_sequences(
-            model,
-            tokenizer,
-            args.prompts,
-            args.max_new_tokens,
-            args.gen_batch,
-            args.sampled,
-            conversations=args.conversations,
-        )
-        if args.sequences:
-            with gzip.open(args.sequences, "wt") as f:
-                f.write(json.dumps(seqs))
+    seqs = load_sequences(args, model, tokenizer)
     print(f"generated {len(seqs['train'])} sequences in {time.perf_counter() - t0:.1f} s", flush=True)
     model = model.float()
     all_layers = tuple(sorted({layer for _, layers, _, _ in args.variant for layer in layers}))
@@ -89,31 +137,15 @@ def main() -> None:
     }
     print(f"teacher pass done at {time.perf_counter() - t0:.1f} s: {len(data.anchors)} anchors", flush=True)
     embed = model.get_input_embeddings().weight.detach().float()
-    size = embed.shape[1]
-
-    def view(d: Sequences, layers: tuple[int, ...]) -> Sequences:
-        columns = [0] + [1 + all_layers.index(layer) for layer in layers]  # last hidden state first
-        keep = torch.cat([torch.arange(c * size, (c + 1) * size) for c in columns]).to(device)
-        return Sequences(d.tokens, d.features[:, keep], d.labels, d.anchors, d.starts)
-
     if args.baseline:
-        base = load_mtp(args.baseline).to(device)
-        ids = torch.tensor(base.cfg.vocab_ids)
-        base_remap = torch.full((embed.shape[0],), -1, dtype=torch.long)
-        base_remap[ids] = torch.arange(len(ids))
-        scores = {
-            name: acceptance(
-                base, view(h, base.cfg.feature_layers), embed, embed[ids.to(device)], base_remap.to(device), depth
-            )
-            for name, h in held.items()
-        }
+        scores = score_baseline(args.baseline, held, all_layers, embed, depth)
         print("baseline", args.baseline, json.dumps(scores), flush=True)
         (out / "baseline.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "baseline.json").write_text(json.dumps({"head": args.baseline, **scores}, indent=2))
     vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], 8192)
     for name, layers, blocks, context in args.variant:
         cfg = MTPConfig(
-            hidden_size=size,
+            hidden_size=embed.shape[1],
             intermediate_size=model.config.intermediate_size,
             layers=blocks,
             vocab_ids=tuple(vocab_ids.tolist()),
@@ -127,8 +159,8 @@ def main() -> None:
         t1 = time.perf_counter()
         history = fit(
             head,
-            view(data, layers),
-            {k: view(h, layers) for k, h in held.items()},
+            feature_view(data, all_layers, layers),
+            {k: feature_view(h, all_layers, layers) for k, h in held.items()},
             embed,
             embed[vocab_ids],
             remap.to(device),
@@ -138,22 +170,7 @@ def main() -> None:
             args.lr,
         )
         save_mtp(head.cpu(), out / name)
-        summary = {
-            "variant": name,
-            "feature_layers": list(layers),
-            "layers": blocks,
-            "context": context,
-            "steps": args.steps,
-            "batch": args.batch,
-            "sequences": len(seqs["train"]),
-            "prompts": args.prompts,
-            "sampled_per_prompt": args.sampled,
-            "conversations": args.conversations,
-            "reply_tokens": sum(len(s) - n for s, n in seqs["train"]),
-            "anchors": len(data.anchors),
-            "train_s": round(time.perf_counter() - t1, 1),
-            "history": history,
-        }
+        summary = variant_summary(args, (name, layers, blocks, context), seqs, data, history, time.perf_counter() - t1)
         (out / name / "training.json").write_text(json.dumps(summary, indent=2))
         print(name, json.dumps(history[-1]), flush=True)
 
