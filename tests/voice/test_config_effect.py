@@ -1,0 +1,930 @@
+"""Every config key takes effect where it is read.
+
+For each `section.key` of `voice.config.Config` (listed from the dataclasses, so a new key
+without a probe fails) a probe loads the config twice through `load_config(None, overrides)` —
+what `--set section.key=value` does — once without and once with a non-default value, and
+observes the component that reads the key: the built reply model (its settings, drafter,
+controller, scheduler), the OpenAI-compatible backend's client and request, the ASR and TTS
+as `load_stack` builds them (faster-whisper and piper replaced by recording fakes), the
+turn-taker on a scripted timeline, a session on a typed conversation, the server. The test
+fails when the two observations are equal. A tiny random Llama with a word-level tokenizer
+stands in for the LLM; nothing is downloaded and no clock decides a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_llama
+from voice.config import Config, load_config
+
+KEYS = [f"{s.name}.{k.name}" for s in dataclasses.fields(Config) for k in dataclasses.fields(getattr(Config(), s.name))]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """`value` for `--set`, what it changes (`observe`), and overrides both loads share (`base`);
+    `{name}` in a string is one of the rig's paths."""
+
+    value: str
+    observe: Callable[[Config, "Rig"], object]
+    base: tuple[str, ...] = ()
+
+
+PROBES: dict[str, Probe] = {}
+
+
+def probe(key: str, value: str, *base: str):
+    """Register `observe(cfg, rig)` as the probe of `key`."""
+
+    def register(observe):
+        assert key not in PROBES, f"two probes for {key}"
+        PROBES[key] = Probe(value, observe, base)
+        return observe
+
+    return register
+
+
+@dataclass
+class Rig:
+    """Paths of the fake models and the test's monkeypatch."""
+
+    paths: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch
+
+
+# ---- the reply model: a tiny Llama under models.cache_dir --------------------------------------
+WORDS = ["<unk>", "<|im_start|>", "<|im_end|>", ".", "?", "!", "user", "assistant", "system"]
+WORDS += [chr(c) for c in range(ord("a"), ord("z") + 1)]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_tiny_llm(path: Path) -> None:
+    """A random Llama and a word-level tokenizer with a ChatML template, as a local model dir."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="<unk>", eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"]
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    model = tiny_llama(0, vocab=len(WORDS))
+    model.generation_config.eos_token_id = WORDS.index("<|im_end|>")
+    model.save_pretrained(path)
+
+
+def save_mtp_head(path: Path, layers: int) -> None:
+    from decode.mtp import MTPConfig, MTPHead, save_mtp
+
+    torch.manual_seed(0)
+    save_mtp(MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, layers=layers)), path)
+
+
+@pytest.fixture(scope="module")
+def fake_models(tmp_path_factory) -> dict[str, str]:
+    """A models.cache_dir "prepared" with the tiny LLM and an empty whisper file, and other dirs."""
+    from voice.models import LLM_DIR, WHISPER_DIR
+
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_llm(root / "cache" / LLM_DIR)
+    save_tiny_llm(root / "other-llm")
+    (root / "cache" / WHISPER_DIR).mkdir()
+    (root / "cache" / WHISPER_DIR / "model.bin").touch()
+    save_mtp_head(root / "mtp1", layers=1)
+    save_mtp_head(root / "mtp2", layers=2)
+    (root / "env-cache").mkdir()
+    return {name: str(root / name) for name in ("cache", "other-llm", "mtp1", "mtp2", "env-cache")}
+
+
+@pytest.fixture
+def rig(fake_models, monkeypatch) -> Rig:
+    monkeypatch.setenv("VOICE_CACHE", fake_models["env-cache"])  # never the user's cache
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    threads = torch.get_num_threads()  # ReplyModel sets the process's torch threads (llm.threads)
+    yield Rig(fake_models, monkeypatch)
+    torch.set_num_threads(threads)
+
+
+_MODELS: dict[Config, object] = {}
+
+
+def reply_model(cfg: Config):
+    """`ReplyModel(cfg)`, built once per config (its scheduler thread stays, idle)."""
+    from voice.llm import ReplyModel
+
+    if cfg not in _MODELS:
+        _MODELS[cfg] = ReplyModel(cfg)
+    return _MODELS[cfg]
+
+
+def fresh_model(cfg: Config) -> None:
+    """Build a `ReplyModel(cfg)` for its side effects, and stop its scheduler."""
+    from voice.llm import ReplyModel
+
+    ReplyModel(cfg).scheduler.close()
+
+
+# one torch thread: on a busy machine more spin against each other (a model built in 0.2 s took 10)
+LOCAL = (
+    "models.cache_dir={cache}",
+    "llm.threads=1",
+    "decode.drafter=ngram",
+    "decode.linear_layout=linear",
+    "decode.slots=1",
+    "decode.max_draft=2",
+)
+REMOTE = ("llm.base_url=http://127.0.0.1:9/v1",)
+STACK = ("models.cache_dir={cache}",)
+
+
+def remote_request(cfg: Config) -> dict:
+    """The chat request the OpenAI-compatible backend built from `cfg` sends (its client faked)."""
+    from voice.stack import remote_replies
+
+    class Completions:
+        async def create(self, **request):
+            sent.append(request)
+            return Stream()
+
+    class Stream:
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise StopAsyncIteration
+
+        async def close(self):
+            pass
+
+    sent: list[dict] = []
+    replies = remote_replies(cfg, lambda text: [])
+    replies.client = SimpleNamespace(chat=SimpleNamespace(completions=Completions()))
+    ended = threading.Event()
+    ticket = replies.submit_reply([{"role": "user", "content": "hi"}], None, lambda span: None, lambda t: ended.set())
+    assert ended.wait(10) and ticket.error is None, ticket.error
+    return sent[0]
+
+
+def remote_client(cfg: Config):
+    from voice.stack import remote_replies
+
+    replies = remote_replies(cfg, lambda text: [])
+    return None if replies is None else replies.client
+
+
+@probe("models.llm", "{other-llm}", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).model.name_or_path
+
+
+@probe("models.cache_dir", "{cache}")
+def _(cfg, rig):
+    from voice.models import list_models
+
+    return [row.path for row in list_models(cfg.models)]
+
+
+@probe("llm.device", "cpu:0", *LOCAL)
+def _(cfg, rig):
+    from transformers import LlamaForCausalLM
+
+    moved, to = [], LlamaForCausalLM.to
+    rig.monkeypatch.setattr(LlamaForCausalLM, "to", lambda self, *a, **kw: moved.append(a) or to(self, *a, **kw))
+    fresh_model(cfg)
+    return moved
+
+
+@probe("llm.dtype", "bfloat16", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).model.dtype
+
+
+@probe("llm.threads", "2", *LOCAL)
+def _(cfg, rig):
+    fresh_model(cfg)  # torch's threads are the process's: the newest model set them
+    return torch.get_num_threads()
+
+
+@probe("llm.max_new_tokens", "7", *LOCAL, *REMOTE)
+def _(cfg, rig):
+    return {"local": reply_model(cfg).settings.max_new_tokens, "remote": remote_request(cfg)["max_tokens"]}
+
+
+@probe("llm.temperature", "0.7", *LOCAL, *REMOTE)
+def _(cfg, rig):
+    return {"local": reply_model(cfg).settings.temperature, "remote": remote_request(cfg)["temperature"]}
+
+
+@probe("llm.top_p", "0.9", *LOCAL, *REMOTE)
+def _(cfg, rig):
+    return {"local": reply_model(cfg).settings.top_p, "remote": remote_request(cfg)["top_p"]}
+
+
+@probe("llm.seed", "5", *LOCAL)
+def _(cfg, rig):
+    llm = reply_model(cfg)
+    return {"drafter": llm.generator.initial_seed(), "decoder": llm.decoder.generator.initial_seed()}
+
+
+@probe("llm.system_prompt", "Be brief.", *LOCAL, *REMOTE)
+def _(cfg, rig):
+    question = [{"role": "user", "content": "hi"}]
+    return {"local": reply_model(cfg).chat_ids(question), "remote": remote_request(cfg)["messages"]}
+
+
+@probe("llm.backend", "openai", *STACK, *REMOTE)
+def _(cfg, rig):
+    return type(loaded_stack(cfg, rig).replies(cfg.llm)).__name__
+
+
+@probe("llm.base_url", "http://127.0.0.1:9/v1")
+def _(cfg, rig):
+    client = remote_client(cfg)
+    return client and str(client.base_url)
+
+
+@probe("llm.model", "served-name", *REMOTE)
+def _(cfg, rig):
+    return remote_request(cfg)["model"]
+
+
+@probe("llm.api_key_env", "VOICE_TEST_KEY", *REMOTE)
+def _(cfg, rig):
+    rig.monkeypatch.setenv("VOICE_TEST_KEY", "from-the-environment")
+    return remote_client(cfg).api_key
+
+
+@probe("llm.timeout_s", "5.0", *REMOTE)
+def _(cfg, rig):
+    return remote_client(cfg).timeout
+
+
+@probe("decode.drafter", "none", *LOCAL)
+def _(cfg, rig):
+    return type(reply_model(cfg).drafter).__name__
+
+
+@probe("decode.controller", "fixed", *LOCAL)
+def _(cfg, rig):
+    return type(reply_model(cfg).decoder.controller).__name__
+
+
+@probe("decode.max_draft", "3", *LOCAL)
+def _(cfg, rig):
+    llm = reply_model(cfg)
+    return {"controller": llm.decoder.controller.k_max, "calibration": sorted(llm.verify_cost_s)}
+
+
+@probe("decode.fixed_draft", "2", *LOCAL, "decode.controller=fixed")
+def _(cfg, rig):
+    return reply_model(cfg).decoder.controller.k
+
+
+@probe("decode.ngram_max", "5", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).drafter.max_n
+
+
+@probe("decode.ngram_min", "2", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).drafter.min_n
+
+
+@probe(
+    "decode.draft_model",
+    "{other-llm}",
+    *LOCAL,
+    "decode.drafter=model",
+    "decode.draft_model={cache}/smollm2-135m-instruct",
+)
+def _(cfg, rig):
+    return reply_model(cfg).drafter.hf_model.name_or_path
+
+
+@probe("decode.mtp_path", "{mtp2}", *LOCAL, "decode.drafter=mtp", "decode.mtp_path={mtp1}")
+def _(cfg, rig):
+    return reply_model(cfg).drafter.head.cfg.layers
+
+
+@probe("decode.probe_every", "4", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).decoder.controller.probe_every
+
+
+@probe("decode.decay", "0.5", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).decoder.controller.decay
+
+
+@probe("decode.prior_accept", "0.8", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).decoder.controller.prior_accept
+
+
+@probe("decode.cost_ema", "0.5", *LOCAL)
+def _(cfg, rig):
+    llm = reply_model(cfg)
+    return {"controller": llm.decoder.controller.cost_ema, "scheduler": llm.scheduler.cost_ema}
+
+
+@probe("decode.slots", "2", *LOCAL)
+def _(cfg, rig):
+    return len(reply_model(cfg).scheduler.slots)
+
+
+@probe("decode.step_tokens", "32", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).scheduler.step_tokens
+
+
+@probe("decode.talking_weight", "0.5", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).scheduler.talking_weight
+
+
+@probe("decode.defer_ahead_s", "1.0", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).scheduler.defer_ahead_s
+
+
+@probe("decode.linear_layout", "weight_major", *LOCAL)
+def _(cfg, rig):
+    return reply_model(cfg).target.layout
+
+
+@probe("decode.cuda_graphs", "false", *LOCAL)
+def _(cfg, rig):
+    """CPU-only here: the built model is told its target sits on CUDA and asked to capture."""
+    import decode.graphs
+
+    llm, captured = reply_model(cfg), []
+    rig.monkeypatch.setattr(decode.graphs, "StepGraphs", lambda target, widths, slot: captured.append(slot))
+    rig.monkeypatch.setattr(llm.target, "device", torch.device("cuda"))
+    llm._capture_graphs(cfg, [0])
+    return captured
+
+
+# ---- ASR and TTS as load_stack builds them, their libraries faked ---------------------------
+class FakeWhisperModel:
+    """faster-whisper's WhisperModel as `WhisperASR` drives it (also its CTranslate2 model and
+    hf tokenizer): records what it is given, hears `heard` on every decode."""
+
+    heard = ("the the the the the the the the", 0.0, -0.5)  # text, P(no speech), avg log-prob
+
+    def __init__(self, model_dir: str, **options) -> None:
+        self.model_dir, self.options = model_dir, options
+        self.model = self.hf_tokenizer = self
+        self.is_multilingual = False
+        self.windows: list[int] = []
+        self.searches: list[dict] = []
+
+    def feature_extractor(self, audio: np.ndarray) -> np.ndarray:
+        return np.zeros((80, len(audio) // 160), np.float32)
+
+    def encode(self, mel, to_cpu: bool = False):
+        self.windows.append(mel.shape[-1])
+        return mel
+
+    def generate(self, encoded, prompts, **options) -> list:
+        self.searches.append({k: v for k, v in options.items() if k in ("beam_size", "sampling_temperature")})
+        _, no_speech_prob, avg_logprob = self.heard
+        ids = [9, 9, 9]
+        return [SimpleNamespace(sequences_ids=[ids], scores=[avg_logprob * 4 / 3], no_speech_prob=no_speech_prob)]
+
+
+class FakeWhisperTokenizer:
+    def __init__(self, hf_tokenizer: FakeWhisperModel, multilingual: bool, task: str, language: str) -> None:
+        self.model, self.language = hf_tokenizer, language
+        self.sot_sequence, self.no_timestamps = (1,), 2
+
+    def decode(self, ids: list[int]) -> str:
+        return self.model.heard[0]
+
+
+class FakeVoice:
+    """A piper voice: records where it was loaded from and each synthesis config."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.config, self.syn_configs = path, SimpleNamespace(sample_rate=22050), []
+
+    @classmethod
+    def load(cls, path: str) -> FakeVoice:
+        return cls(path)
+
+    def synthesize(self, text: str, syn_config):
+        self.syn_configs.append(syn_config)
+        yield SimpleNamespace(audio_int16_array=np.zeros(10, np.int16), sample_rate=22050)
+
+
+def loaded_stack(cfg: Config, rig: Rig):
+    """`load_stack(cfg)` with faster-whisper and piper faked (and the reply model, probed above)."""
+    import faster_whisper
+    import faster_whisper.tokenizer
+    import piper
+
+    import voice.stack
+
+    rig.monkeypatch.setattr(faster_whisper, "WhisperModel", FakeWhisperModel)
+    rig.monkeypatch.setattr(faster_whisper.tokenizer, "Tokenizer", FakeWhisperTokenizer)
+    rig.monkeypatch.setattr(piper, "PiperVoice", FakeVoice)
+    rig.monkeypatch.setattr(voice.stack, "ReplyModel", lambda cfg: SimpleNamespace(token_ids=lambda text: []))
+    return voice.stack.load_stack(cfg)
+
+
+def transcribed(cfg: Config, rig: Rig, heard: tuple | None = None) -> SimpleNamespace:
+    """One second of audio through the stack's ASR; what it decoded, on which windows, and the text."""
+    if heard:
+        rig.monkeypatch.setattr(FakeWhisperModel, "heard", heard)
+    asr = loaded_stack(cfg, rig).asr
+    text = asr.transcribe(np.zeros(16000, np.float32))
+    return SimpleNamespace(model=asr.model, tokenizer=asr.tokenizer, text=text)
+
+
+SPEECH_HEARD_AS_NOISE = ("hello there", 0.5, -1.5)  # P(no speech) 0.5, avg log-prob -1.5
+
+
+@probe("models.asr", "{other-llm}", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.model_dir
+
+
+@probe("asr.language", "de", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).tokenizer.language
+
+
+@probe("asr.beam_size", "3", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.searches[0]
+
+
+@probe("asr.compute_type", "float32", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.options["compute_type"]
+
+
+@probe("asr.threads", "3", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.options["cpu_threads"]
+
+
+@probe("asr.min_window_frames", "800", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.windows[0]
+
+
+@probe("asr.pad_frames", "600", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.windows[0]
+
+
+@probe("asr.no_speech_threshold", "0.6", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig, SPEECH_HEARD_AS_NOISE).text
+
+
+@probe("asr.log_prob_threshold", "-2.0", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig, SPEECH_HEARD_AS_NOISE).text
+
+
+@probe("asr.loop_retry_window_frames", "2000", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.windows
+
+
+@probe("asr.loop_retry_temperature_step", "0.3", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.searches
+
+
+@probe("asr.loop_retry_max_temperature", "1.0", *STACK)
+def _(cfg, rig):
+    return transcribed(cfg, rig).model.searches
+
+
+@probe("models.tts", "/voices/other.onnx", *STACK)
+def _(cfg, rig):
+    return loaded_stack(cfg, rig).tts.voice.path
+
+
+@probe("tts.length_scale", "1.5", *STACK)
+def _(cfg, rig):
+    tts = loaded_stack(cfg, rig).tts
+    tts.synthesize_all("hello")
+    return tts.voice.syn_configs[0].length_scale
+
+
+# ---- turn-taking: the session's TurnTaker on a scripted timeline ------------------------------
+W = 0.032  # one VAD window
+
+
+def speech(seconds: float, prob: float = 0.9) -> list[float]:
+    return [prob] * round(seconds / W)
+
+
+def quiet(seconds: float) -> list[float]:
+    return [0.02] * round(seconds / W)
+
+
+def timeline(cfg: Config, probs: list[float], score: float = 0.5, asr_s: float = 0.1) -> list[tuple]:
+    """The actions of `TurnTaker(turn_settings(cfg))` (what a session builds) for one VAD probability
+    per window; a decode hears one more word per 0.25 s of audio and answers after `asr_s`, every
+    text scores `score`."""
+    from voice.pipeline import turn_settings
+    from voice.turntaking import Hypothesis, Score, ScoreText, StartReply, Transcribe, TurnTaker, Window
+
+    words = "what is the capital of france today".split()
+    taker, due, log, order = TurnTaker(turn_settings(cfg)), [], [], itertools.count()
+
+    def feed(event, t: float) -> None:
+        for action in taker.step(event):
+            log.append((round(t, 3), type(action).__name__))
+            if isinstance(action, Transcribe):
+                text = " ".join(words[: int(action.audio_end_t / 0.25)])
+                heapq.heappush(due, (t + asr_s, next(order), Hypothesis(action.utterance, text, action.audio_end_t)))
+            elif isinstance(action, (ScoreText, StartReply)):
+                heapq.heappush(due, (t + 0.05, next(order), Score(action.text, score)))
+
+    for i, prob in enumerate(probs):
+        while due and due[0][0] <= i * W:
+            t, _, event = heapq.heappop(due)
+            feed(event, t)
+        feed(Window(i * W, prob), i * W)
+    return log
+
+
+QUESTION = speech(1.6) + quiet(2.5)
+
+
+@probe("vad.threshold", "0.4")
+def _(cfg, rig):
+    return timeline(cfg, speech(1.0, prob=0.45) + quiet(2.5))
+
+
+@probe("vad.hysteresis", "0.3")
+def _(cfg, rig):
+    return timeline(cfg, speech(1.0) + speech(0.5, prob=0.3) + quiet(2.5))
+
+
+@probe("vad.min_speech_ms", "400")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION)
+
+
+@probe("vad.max_utterance_s", "1.0")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION)
+
+
+@probe("asr.interval_ms", "600")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION)
+
+
+@probe("asr.partial_load", "0.25")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION, asr_s=0.2)
+
+
+@probe("asr.final_tail_ms", "500")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION)
+
+
+@probe("turn.predictive", "false")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION)
+
+
+@probe("turn.min_silence_ms", "600")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION, score=0.5)
+
+
+@probe("turn.max_silence_ms", "600")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION, score=0.001)
+
+
+@probe("turn.eot_low", "0.0001")
+def _(cfg, rig):
+    """Read twice: the silence an unlikely ending needs, and whether its reply is prepared."""
+    actions = timeline(cfg, QUESTION, score=0.003)
+    endpoint = next(t for t, action in actions if action == "Endpoint")
+    return {"endpoint": endpoint, "replies": [a for a in actions if a[1] != "Endpoint"]}
+
+
+@probe("turn.eot_high", "0.5")
+def _(cfg, rig):
+    return timeline(cfg, QUESTION, score=0.2)
+
+
+# ---- a session: typed turns over a scripted stack -----------------------------------------------
+REPLY_WORDS = (" ".join(f"word{i}" for i in range(24)) + ". Then a second one. And a third one.").split()
+
+
+class ScriptedReplies:
+    """The reply backend: records each request and whether it starts paused, speaks REPLY_WORDS."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[dict], bool]] = []
+
+    def submit_reply(self, messages, cancel, emit, done, urgent, paused, ahead):
+        from decode.spans import Span
+
+        self.calls.append((messages, paused()))
+        for i, word in enumerate(REPLY_WORDS):
+            emit(Span((i,), word if i == 0 else " " + word, 0, 0, 0.0))
+        stats = SimpleNamespace(tokens=len(REPLY_WORDS), acceptance=0.0, mean_draft_len=0.0)
+        ticket = SimpleNamespace(error=None, job=SimpleNamespace(stats=stats))
+        done(ticket)
+        return ticket
+
+
+def scripted_stack(replies: ScriptedReplies, phrases: list[str]) -> SimpleNamespace:
+    """What a session reads of the stack; TTS records its phrases. A token is a word."""
+    from voice.tts import AudioChunk
+
+    async def run(fn, priority=None):
+        return fn()
+
+    def synthesize(text: str) -> list[AudioChunk]:
+        phrases.append(text)
+        return [AudioChunk(np.zeros(1600, np.int16), 16000, 0.0)]
+
+    llm = SimpleNamespace(
+        chat_ids=lambda msgs: [0] * sum(2 + len(m["content"].split()) for m in msgs),
+        end_of_turn_prob=lambda msgs: 0.9,
+        settings=SimpleNamespace(max_new_tokens=96),
+        count_tokens=lambda text: len(text.split()),
+        scheduler=SimpleNamespace(wake=lambda: None),
+    )
+    worker = SimpleNamespace(run=run, waiting=lambda: 0)
+    return SimpleNamespace(
+        llm=llm,
+        tts=SimpleNamespace(synthesize=synthesize),
+        asr_worker=worker,
+        tts_worker=worker,
+        replies=lambda c: replies,
+    )
+
+
+def conversation(cfg: Config, rig: Rig) -> SimpleNamespace:
+    """A question, then "tell me more", typed into a `VoiceSession`: each turn's metrics, the
+    requests the backend got, the phrases TTS spoke."""
+    import voice.pipeline
+    from voice.session_events import TurnEnd
+
+    rig.monkeypatch.setattr(voice.pipeline, "SileroVAD", lambda: None)  # typed turns: no audio
+    replies, phrases = ScriptedReplies(), []
+
+    async def main() -> list:
+        session = voice.pipeline.VoiceSession(scripted_stack(replies, phrases), cfg)
+        ends = []
+        for text in ("what is the capital of france", "tell me more"):
+            await session.user_text(text)
+            while not isinstance(event := await asyncio.wait_for(session.events.get(), 10), TurnEnd):
+                pass
+            ends.append(event.metrics)
+            while not session.idle:  # the turn-taker hears the reply ended before the next turn
+                await asyncio.sleep(0.01)
+        await session.close()
+        return ends
+
+    return SimpleNamespace(ends=asyncio.run(main()), calls=replies.calls, phrases=phrases)
+
+
+@probe("reply.soft_tokens", "4", "reply.soft_sentences=0")
+def _(cfg, rig):
+    return conversation(cfg, rig).ends[0].reply
+
+
+@probe("reply.soft_sentences", "1")
+def _(cfg, rig):
+    return conversation(cfg, rig).ends[0].reply
+
+
+@probe("reply.continue_on_more", "false")
+def _(cfg, rig):
+    return conversation(cfg, rig).ends[1].continued
+
+
+@probe("llm.history_tokens", "8", "reply.continue_on_more=false")
+def _(cfg, rig):
+    return len(conversation(cfg, rig).calls[1][0])
+
+
+@probe("tts.first_phrase_words", "4")
+def _(cfg, rig):
+    return conversation(cfg, rig).phrases[0]
+
+
+@probe("tts.max_phrase_words", "5")
+def _(cfg, rig):
+    return conversation(cfg, rig).phrases[1]
+
+
+@probe("decode.max_ahead_s", "0")
+def _(cfg, rig):
+    """A reply with no audio ahead of playback waits only when max_ahead_s <= 0."""
+    return conversation(cfg, rig).calls[0][1]
+
+
+# ---- the server ----------------------------------------------------------------------------------
+class ScriptedSession:
+    def __init__(self, stack, cfg, session_id=None) -> None:
+        self.events, self.audio, self.idle = asyncio.Queue(), [], True
+
+    async def feed_audio(self, samples) -> None:
+        self.audio.append(len(samples))
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeSocket:
+    def __init__(self, *incoming) -> None:
+        self.incoming, self.sent, self.closed = list(incoming), [], None
+
+    async def recv(self):
+        return self.incoming.pop(0)
+
+    async def send(self, message) -> None:
+        self.sent.append(message)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = code
+
+
+def scripted_server(cfg: Config):
+    from web.server import VoiceServer
+
+    stack = SimpleNamespace(tts=SimpleNamespace(rate_hz=22050), llm=SimpleNamespace(target=None))
+    return VoiceServer(cfg, stack, session_factory=ScriptedSession)
+
+
+def server_asyncio(rig: Rig, **replaced) -> None:
+    """`asyncio` as `web.server` sees it, with some functions replaced."""
+    import web.server
+
+    names = {n: getattr(asyncio, n) for n in dir(asyncio) if not n.startswith("_")}
+    rig.monkeypatch.setattr(web.server, "asyncio", SimpleNamespace(**{**names, **replaced}))
+
+
+def websocket_session(cfg: Config, rig: Rig, *incoming) -> SimpleNamespace:
+    """`start`, `incoming`, `stop` through the server's connection handler: the error codes it sent
+    and the timeouts it waited for each message with."""
+    timeouts = []
+
+    async def wait_for(awaitable, timeout):
+        timeouts.append(timeout)
+        return await awaitable
+
+    server_asyncio(rig, wait_for=wait_for)
+    ws = FakeSocket(json.dumps({"type": "start", "sample_rate": 16000}), *incoming, json.dumps({"type": "stop"}))
+    asyncio.run(scripted_server(cfg).handle(ws))
+    sent = [json.loads(m) for m in ws.sent if isinstance(m, str)]
+    return SimpleNamespace(timeouts=timeouts, errors=[m["code"] for m in sent if m["type"] == "error"])
+
+
+def listen_options(cfg: Config, rig: Rig) -> dict:
+    """What the server passes to websockets' `serve` (faked: the port is taken)."""
+    import web.server
+
+    options = {}
+
+    async def serve(handler, host, port, **kw):
+        options.update(kw)
+        raise OSError(98, "address in use (faked)")
+
+    rig.monkeypatch.setattr(web.server, "serve", serve)
+    with pytest.raises(web.server.ListenError):
+        asyncio.run(scripted_server(cfg).serve("127.0.0.1", 0))
+    return options
+
+
+@probe("server.host", "0.0.0.0")
+def _(cfg, rig):
+    return serve_address(cfg, rig)
+
+
+@probe("server.port", "9001")
+def _(cfg, rig):
+    return serve_address(cfg, rig)
+
+
+def serve_address(cfg: Config, rig: Rig) -> tuple:
+    """Where `voice serve` (no --host/--port) asks the server to listen."""
+    import web.server
+    from commands.cli import cmd_serve
+
+    bound = []
+
+    async def run_server(cfg, host, port, load, ready=None, listening=None):
+        bound.append((host, port))
+
+    rig.monkeypatch.setattr(web.server, "run_server", run_server)
+    cmd_serve(argparse.Namespace(host=None, port=None), cfg)
+    return bound[0]
+
+
+@probe("server.max_sessions", "9")
+def _(cfg, rig):
+    server = scripted_server(cfg)
+    server.sessions = {f"s{i}": None for i in range(8)}
+    return server.readiness()
+
+
+@probe("server.max_message_bytes", "131072")
+def _(cfg, rig):
+    frame = bytes(70000)
+    return {"frame": websocket_session(cfg, rig, frame).errors, "socket": listen_options(cfg, rig)["max_size"]}
+
+
+@probe("server.ping_interval_s", "5.0")
+def _(cfg, rig):
+    options = listen_options(cfg, rig)
+    return {"ping_interval": options["ping_interval"], "ping_timeout": options["ping_timeout"]}
+
+
+@probe("server.allowed_origins", "https://app.example")
+def _(cfg, rig):
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request
+
+    request = Request("/ws", Headers({"Origin": "https://app.example", "Host": "127.0.0.1:8765"}))
+    return scripted_server(cfg).process_request(SimpleNamespace(respond=lambda status, body: status), request)
+
+
+@probe("server.idle_timeout_s", "30.0")
+def _(cfg, rig):
+    return websocket_session(cfg, rig).timeouts
+
+
+@probe("server.drain_timeout_s", "1.0")
+def _(cfg, rig):
+    """Seconds (on a fake clock) a drain waits for a session that never reaches a turn boundary."""
+    clock, real_sleep = [0.0], asyncio.sleep
+
+    async def sleep(seconds):
+        clock[0] += seconds
+        await real_sleep(0)
+
+    server_asyncio(rig, sleep=sleep, get_running_loop=lambda: SimpleNamespace(time=lambda: clock[0]))
+
+    async def main() -> None:
+        server = scripted_server(cfg)
+        server.sessions["s1"] = SimpleNamespace(sid="s1", turn=SimpleNamespace(busy=True), ws=FakeSocket())
+        server.begin_drain()
+        await server.stopped.wait()
+
+    asyncio.run(main())
+    return round(clock[0], 1)
+
+
+# ---- the tests -----------------------------------------------------------------------------------
+def test_every_config_key_has_a_probe_and_every_probe_a_key():
+    assert sorted(set(KEYS) - set(PROBES)) == [], "keys without a probe: add one here, or remove the key"
+    assert sorted(set(PROBES) - set(KEYS)) == [], "probes of keys that are gone"
+
+
+def test_default_toml_repeats_the_dataclass_defaults():
+    """One source of defaults: configs/default.toml only documents them (other configs override)."""
+    assert load_config() == Config()
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_setting_a_key_changes_what_reads_it(key, rig):
+    p = PROBES.get(key)
+    assert p is not None, f"{key} has no probe in {Path(__file__).name}: add one, or remove the key"
+    base = [b.format(**rig.paths) for b in p.base]
+    default = load_config(None, base)
+    changed = load_config(None, base + [f"{key}={p.value.format(**rig.paths)}"])
+    section, name = key.split(".")
+    assert getattr(getattr(changed, section), name) != getattr(getattr(Config(), section), name), "not a change"
+    before, after = p.observe(default, rig), p.observe(changed, rig)
+    if isinstance(before, dict):  # a key several components read: each must see it
+        unchanged = {reader: value for reader, value in before.items() if after[reader] == value}
+        assert not unchanged, f"--set {key}={p.value} changed nothing in {sorted(unchanged)}: {unchanged}"
+    assert before != after, f"--set {key}={p.value} changed nothing: {before!r}"
