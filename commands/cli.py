@@ -124,7 +124,7 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
     """voice train-drafter: self-distil an MTP drafter for the target."""
-    from commands.train_drafter import train_drafter
+    from commands.train_drafter import DrafterTraining, train_drafter
 
     if args.target:
         cfg = _replace(cfg, "models", llm=args.target)
@@ -142,8 +142,7 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
     ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
-    summary = train_drafter(
-        cfg,
+    run = DrafterTraining(
         prompts=args.prompts,
         max_new=args.max_new_tokens,
         steps=args.steps,
@@ -161,7 +160,7 @@ def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
         context=args.context,
         conversations=args.conversations,
     )
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(train_drafter(cfg, run), indent=2))
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:

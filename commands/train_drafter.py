@@ -7,8 +7,8 @@ earlier turns answered by the target itself, sometimes a system turn), steps, de
 `decode.mtp` head saved as fp16 safetensors + config.json + training.json, with held-out
 acceptance (single prompts, and conversations when trained on them) printed as it trains.
 
-Data: the target's own batched replies (bf16 for speed; a fraction sampled at temperature
-0.8 so that contexts are more varied than greedy alone), then one teacher-forced fp32 pass
+Data: the target's own batched replies (`commands.drafter_data`: bf16 for speed; a fraction
+sampled at temperature 0.8 so that contexts are more varied than greedy alone), then one teacher-forced fp32 pass
 over each whole sequence for its hidden states H_t (plus the residual stream at the
 head's `feature_layers`) and argmax labels A_t — exactly what verification will compare
 against. Training: for anchor t, f_1 = step(start(H_t), E[x_{t+1}]) predicts A_{t+1};
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from commands.prompt_sets import (
-    FOLLOW_UPS,
-    HELD_OUT_TOPICS,
-    SYSTEM_PROMPTS,
-    TEMPLATES,
-    TOPICS,
-    conversation_openers,
-    generate_turns,
-    held_out_prompts,
-    plan_conversations,
-    training_prompts,
+from commands.drafter_data import (
+    cached_sequences,
+    generate_replies as generate_replies,  # scripts import it from here
+    make_sequences,
 )
 from decode.mtp import DEFAULT_PATH, MTPConfig, MTPHead, save_mtp
 from decode.target import check_feature_layers
@@ -60,114 +52,6 @@ class Sequences:
     labels: torch.Tensor  # [N] the target's argmax after each position
     anchors: torch.Tensor  # [M] positions t (last prompt token onward) with t + depth in the same sequence
     starts: torch.Tensor  # [N] where each position's sequence starts (context windows stop there)
-
-
-@torch.inference_mode()
-def generate_replies(
-    model, tokenizer, prompts: list[str] | list[list[dict[str, str]]], max_new: int, batch: int, sample: bool = False
-) -> list[tuple[list[int], int]]:
-    """Batched replies (left padding), greedy or sampled (temperature 0.8, top-p 0.95), to user
-    messages or whole chats. Returns (prompt + reply ids, prompt length) per prompt.
-    """
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    how = dict(do_sample=True, temperature=0.8, top_p=0.95) if sample else dict(do_sample=False)
-    out: list[tuple[list[int], int]] = []
-    for i in tqdm(range(0, len(prompts), batch), desc="sample" if sample else "generate", unit="batch"):
-        chats = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}] if isinstance(p, str) else p,
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for p in prompts[i : i + batch]
-        ]
-        enc = tokenizer(chats, return_tensors="pt", padding=True).to(model.device)
-        gen = model.generate(**enc, max_new_tokens=max_new, pad_token_id=eos, **how)
-        for row, mask in zip(gen, enc["attention_mask"]):
-            ids = row[int((mask == 0).sum()) :].tolist()
-            n_prompt = int(mask.sum())
-            reply = ids[n_prompt:]
-            if eos in reply:
-                reply = reply[: reply.index(eos) + 1]
-            out.append((ids[:n_prompt] + reply, n_prompt))
-    return out
-
-
-def make_sequences(
-    model,
-    tokenizer,
-    prompts: int,
-    max_new: int,
-    gen_batch: int,
-    sampled: float,
-    seed: int = 0,
-    conversations: int = 0,
-    system_prompt: str = "",
-) -> dict:
-    """Training and held-out sequences: a greedy reply per prompt plus `sampled` sampled ones per prompt;
-    with `conversations`, as many multi-turn chats too (see `conversation_sequences`)."""
-    from commands.decode_bench import bundled_prompts
-
-    torch.manual_seed(seed)
-    texts = training_prompts(prompts, set(bundled_prompts()), seed)
-    extra = (texts * (int(sampled) + 1))[: round(sampled * len(texts))]
-    train = generate_replies(model, tokenizer, texts, max_new, gen_batch)
-    train += generate_replies(model, tokenizer, extra, max_new, gen_batch, sample=True)
-    held = generate_replies(model, tokenizer, held_out_prompts(max(8, prompts // 50), seed), max_new, gen_batch)
-    out = {"train": train, "held_out": held}
-    if conversations:
-        gen = lambda chats, sample=False: generate_replies(model, tokenizer, chats, max_new, gen_batch, sample)  # noqa: E731
-        systems = SYSTEM_PROMPTS + [system_prompt] * (len(SYSTEM_PROMPTS) // 3 if system_prompt else 0)
-        out["train"] += conversation_sequences(
-            gen,
-            tokenizer,
-            conversation_openers(),
-            TOPICS,
-            conversations,
-            sampled,
-            seed,
-            systems,
-            frozenset(bundled_prompts()),
-        )
-        out["held_out_conversations"] = conversation_sequences(
-            gen,
-            tokenizer,
-            TEMPLATES,
-            HELD_OUT_TOPICS,
-            max(8, conversations // 50),
-            0,
-            seed + 1,
-            [system_prompt or None],
-            final_only=True,
-        )
-    return out
-
-
-def conversation_sequences(
-    generate,
-    tokenizer,
-    openers: list[str],
-    topics: list[str],
-    n: int,
-    sampled: float,
-    seed: int,
-    systems: list[str | None],
-    exclude: frozenset[str] = frozenset(),
-    final_only: bool = False,
-) -> list[tuple[list[int], int]]:
-    """n multi-turn chats: every earlier turn answered greedily (a sequence each, unless `final_only`),
-    then the last user message answered greedily plus `sampled` sampled replies per chat.
-
-    `generate(chats, sample=False) -> [(ids, prompt length)]`.
-    """
-    plans = plan_conversations(n, topics, openers, FOLLOW_UPS, seed, systems, exclude=exclude)
-    earlier, chats = generate_turns(generate, tokenizer, plans)
-    extra = (chats * (int(sampled) + 1))[: round(sampled * len(chats))]
-    final = generate(chats) + (generate(extra, True) if extra else [])
-    return final if final_only else earlier + final
 
 
 @torch.inference_mode()
@@ -334,112 +218,131 @@ def reduced_vocab(labels: torch.Tensor, vocab_size: int, keep: int) -> tuple[tor
     return ids, remap
 
 
-def cached_sequences(path: str, make: Callable[[], dict]) -> dict:
-    """The training sequences from `path` when it exists, else `make()` (saved to `path` if given)."""
-    cached = Path(path) if path else None
-    if cached and cached.is_file():
-        return json.loads(cached.read_text())
-    seqs = make()
-    if cached:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(seqs))
-    return seqs
-
-
-def train_drafter(
-    cfg: Config,
-    prompts: int = 600,
-    max_new: int = 96,
-    steps: int = 1500,
-    batch: int = 256,
-    depth: int = 4,
-    layers: int = 1,
-    vocab: int = 8192,
-    device: str = "cpu",
-    out: str = "",
-    gen_batch: int = 32,
-    seed: int = 0,
-    sampled: float = 0.5,
-    feature_layers: tuple[int, ...] | None = None,
-    lr: float = 1e-3,
-    sequences_file: str = "",
-    context: int = 0,
-    conversations: int = 0,
-) -> dict:
-    """Generate data (or reuse `sequences_file`), train, save; returns a summary.
+@dataclass(frozen=True)
+class DrafterTraining:
+    """One `voice train-drafter` run: the data to generate, the head to train, how, and where it goes.
 
     `conversations`: multi-turn chats besides the single prompts (`make_sequences`).
     `feature_layers` None: a third and two thirds of the way up the target (EAGLE-3's low/mid/high idea).
+    `sequences_file`: reuse the generated sequences from this JSON file (written if absent).
     """
-    if conversations < 0:
-        raise ConfigError(f"--conversations must be at least 0, got {conversations}")
-    torch.manual_seed(seed)
+
+    prompts: int = 600
+    max_new: int = 96
+    steps: int = 1500
+    batch: int = 256
+    depth: int = 4
+    layers: int = 1
+    vocab: int = 8192
+    device: str = "cpu"
+    out: str = ""
+    gen_batch: int = 32
+    seed: int = 0
+    sampled: float = 0.5
+    feature_layers: tuple[int, ...] | None = None
+    lr: float = 1e-3
+    sequences_file: str = ""
+    context: int = 0
+    conversations: int = 0
+
+
+def train_drafter(cfg: Config, run: DrafterTraining) -> dict:
+    """Generate data (or reuse `run.sequences_file`), train, save; returns a summary (also in training.json)."""
+    if run.conversations < 0:
+        raise ConfigError(f"--conversations must be at least 0, got {run.conversations}")
+    torch.manual_seed(run.seed)
     t_start = time.perf_counter()
-    model, tokenizer = load_causal_lm(llm_path(cfg.models), device, torch.bfloat16)  # generation only
-    n = model.config.get_text_config().num_hidden_layers
-    if feature_layers is None:
-        feature_layers = tuple(sorted({round(n / 3), round(2 * n / 3)} - {0, n}))
-    try:
-        feature_layers = check_feature_layers(feature_layers, n)
-    except ValueError as err:
-        raise ConfigError(f"--feature-layers: {err}") from None
+    model, tokenizer = load_causal_lm(llm_path(cfg.models), run.device, torch.bfloat16)  # generation only
+    feature_layers = resolve_feature_layers(run.feature_layers, model.config.get_text_config().num_hidden_layers)
     seqs = cached_sequences(
-        sequences_file,
+        run.sequences_file,
         lambda m=model: make_sequences(
-            m, tokenizer, prompts, max_new, gen_batch, sampled, seed, conversations, cfg.llm.system_prompt
+            m,
+            tokenizer,
+            run.prompts,
+            run.max_new,
+            run.gen_batch,
+            run.sampled,
+            run.seed,
+            run.conversations,
+            cfg.llm.system_prompt,
         ),
     )
-    t_gen = time.perf_counter() - t_start
+    generate_s = time.perf_counter() - t_start
     model = model.to(torch_dtype("float32"))
-    data = teacher_pass(model, seqs["train"], depth, feature_layers, prompt_context=context)
+    data = teacher_pass(model, seqs["train"], run.depth, feature_layers, prompt_context=run.context)
     held = {
-        name: teacher_pass(model, seqs[key], depth, feature_layers, prompt_context=context)
+        name: teacher_pass(model, seqs[key], run.depth, feature_layers, prompt_context=run.context)
         for name, key in (("held_out", "held_out"), ("held_out_conversation", "held_out_conversations"))
         if key in seqs
     }
     embed = model.get_input_embeddings().weight.detach().float()
-    vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], vocab)
+    vocab_ids, remap = reduced_vocab(data.labels, embed.shape[0], run.vocab)
     mcfg = MTPConfig(
         hidden_size=embed.shape[1],
         intermediate_size=model.config.intermediate_size,
-        layers=layers,
+        layers=run.layers,
         vocab_ids=tuple(vocab_ids.tolist()),
         rms_norm_eps=model.config.rms_norm_eps,
         target=str(cfg.models.llm),
         feature_layers=feature_layers,
-        context=context,
+        context=run.context,
     )
     del model
-    head = MTPHead(mcfg).to(device)
-    history = fit(
-        head, data, held, embed, embed[vocab_ids].to(device), remap.to(device), steps, batch, depth, lr, seed=seed
-    )
-    out_dir = Path(out or DEFAULT_PATH)
+    head = MTPHead(mcfg).to(run.device)
+    rows, remap = embed[vocab_ids].to(run.device), remap.to(run.device)
+    history = fit(head, data, held, embed, rows, remap, run.steps, run.batch, run.depth, run.lr, seed=run.seed)
+    out_dir = Path(run.out or DEFAULT_PATH)
     save_mtp(head.cpu(), out_dir)
-    summary = {
+    summary = _summary(run, seqs, data, len(vocab_ids), mcfg, history, out_dir, generate_s, t_start)
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def resolve_feature_layers(feature_layers: tuple[int, ...] | None, n_layers: int) -> tuple[int, ...]:
+    """The target layers the head reads, checked; None: a third and two thirds of the way up."""
+    if feature_layers is None:
+        feature_layers = tuple(sorted({round(n_layers / 3), round(2 * n_layers / 3)} - {0, n_layers}))
+    try:
+        return check_feature_layers(feature_layers, n_layers)
+    except ValueError as err:
+        raise ConfigError(f"--feature-layers: {err}") from None
+
+
+def _summary(
+    run: DrafterTraining,
+    seqs: dict,
+    data: Sequences,
+    vocab: int,
+    mcfg: MTPConfig,
+    history: list[dict],
+    out_dir: Path,
+    generate_s: float,
+    t_start: float,
+) -> dict:
+    """What `train_drafter` returns and writes as training.json: the data, the recipe, the timings, the history."""
+    return {
         "sequences": len(seqs["train"]),
         "held_out_sequences": len(seqs["held_out"]),
-        "prompts": prompts,
-        "sampled_per_prompt": sampled,
-        "max_new_tokens": max_new,
+        "prompts": run.prompts,
+        "sampled_per_prompt": run.sampled,
+        "max_new_tokens": run.max_new,
         "reply_tokens": sum(len(s) - p for s, p in seqs["train"]),
         "anchors": len(data.anchors),
-        "vocab": len(vocab_ids),
-        "steps": steps,
-        "batch": batch,
-        "depth": depth,
-        "layers": layers,
+        "vocab": vocab,
+        "steps": run.steps,
+        "batch": run.batch,
+        "depth": run.depth,
+        "layers": run.layers,
         "feature_layers": list(mcfg.feature_layers),
-        "context": context,
-        "lr": lr,
-        "device": device,
-        "generate_s": round(t_gen, 1),
+        "context": run.context,
+        "lr": run.lr,
+        "device": run.device,
+        "generate_s": round(generate_s, 1),
         "total_s": round(time.perf_counter() - t_start, 1),
-        "conversations": conversations,
+        "conversations": run.conversations,
         "held_out_acceptance_per_position": history[-1]["held_out_acceptance"],
         "held_out_conversation_acceptance_per_position": history[-1].get("held_out_conversation_acceptance"),
         "history": history,
         "out": str(out_dir),
     }
-    (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
-    return summary
