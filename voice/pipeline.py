@@ -14,7 +14,8 @@ only carries out its actions):
    transcript (a decode reaching past the last voiced window) confirms or replaces it.
 4. Endpoint: the silence needed falls with the final words' end-of-turn score
    (`turn.min_silence_ms` … `turn.max_silence_ms`); the held reply is released at once.
-5. Decoder spans → `PhraseChunker` → piper, phrase by phrase, in worker threads.
+5. Decoder spans → `PhraseChunker` → piper, phrase by phrase, in worker threads
+   (`voice.reply_speaker`).
 6. Speech starting while a reply is active is a barge-in: decoding stops within one
    verify step, queued phrases and unsent audio are dropped, the turn ends `interrupted`.
 Echo: the server relies on the browser's echo cancellation; `voice talk` ignores speech
@@ -37,13 +38,12 @@ import numpy as np
 
 from audio.frames import AudioFrame, Reframer
 from audio.vad import SileroVAD
-from voice.chunker import PhraseChunker
 from voice.config import Config
 from voice.reply_policy import ReplyShaper, asks_for_more
-from voice.reply_turn import EitherSet, ReplyTurn, reply_budget
-from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, log_line
+from voice.reply_speaker import ReplySpeaker
+from voice.reply_turn import ReplyTurn, reply_budget
+from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState, log_line
 from voice.stack import NORMAL, URGENT, Stack
-from voice.tts import AudioChunk
 from voice.turns import Conversation
 from voice.turntaking import (
     Action,
@@ -96,6 +96,7 @@ class VoiceSession:
     def __init__(self, stack: Stack, cfg: Config, session_id: str | None = None) -> None:
         self.stack, self.cfg = stack, cfg
         self.replies = stack.replies(cfg.llm)  # the embedded decoder or a server (`llm.backend`)
+        self.speaker = ReplySpeaker(stack, self.replies, cfg)
         self.id = session_id or f"local{next(_local_ids)}"  # in every log line of this session
         self.events: asyncio.Queue = asyncio.Queue()
         self.vad = SileroVAD()
@@ -346,99 +347,7 @@ class VoiceSession:
             await self.events.put(TurnError("turn_failed", f"{type(err).__name__}: {err}"))
 
     async def _speak_reply(self, turn: ReplyTurn, messages: list[dict]) -> None:
-        loop = asyncio.get_running_loop()
-        spans: asyncio.Queue = asyncio.Queue()
-        phrases: asyncio.Queue = asyncio.Queue()
-        llm = self.stack.llm
         if self.turns.score_of(turn.text) is None:  # the endpoint rule needs it; usually it is known already
-            prob = await asyncio.to_thread(llm.end_of_turn_prob, self.conversation.messages(turn.text))
+            prob = await asyncio.to_thread(self.stack.llm.end_of_turn_prob, self.conversation.messages(turn.text))
             self._spawn(self._act(self.turns.step(Score(turn.text, prob))))
-
-        def put(item) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(spans.put_nowait, item)
-
-        turn.stamp(llm_start=time.perf_counter())
-        # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
-        # reply far ahead of playback waits for it, leaving the batch and the cores to others
-        ticket = self.replies.submit_reply(
-            messages,
-            EitherSet(turn.cancel, turn.finish),
-            emit=put,
-            done=lambda _: put(None),
-            urgent=lambda: not turn.first_phrase.is_set(),
-            paused=lambda: turn.waits(self.cfg.decode.max_ahead_s),
-            ahead=turn.ahead_s,
-        )
-        speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
-        chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
-        shaper = turn.shaper
-        try:
-            while (span := await spans.get()) is not None:
-                if not turn.m.first_span:
-                    turn.stamp(first_span=span.t)
-                self._say(turn, shaper.push(span.text, len(span.token_ids)), chunker, phrases, span.t)
-                if shaper.stopped:  # the reply policy has what it will speak
-                    turn.finish.set()  # the decoder ends the reply at its next step
-                    break
-            if ticket.error is not None:
-                raise ticket.error
-            st = ticket.job.stats
-            if not shaper.stopped:  # decoding ended: the model's end token, or the hard cap
-                capped = st.tokens >= llm.settings.max_new_tokens
-                self._say(turn, shaper.finish(capped), chunker, phrases, time.perf_counter())
-            turn.stamp(
-                tokens=st.tokens,
-                acceptance=st.acceptance,
-                mean_draft_len=st.mean_draft_len,
-                reply_end=shaper.end,
-                shortened=shaper.shortened,
-                reply_sentences=shaper.sentences,
-                reply_tokens=llm.count_tokens(turn.reply_text.strip()),
-                dropped=shaper.dropped,
-            )
-            for phrase in chunker.flush():
-                phrases.put_nowait(phrase)
-            phrases.put_nowait(None)
-            await speaking
-        except BaseException:
-            turn.cancel.set()  # the scheduler drops the reply at its next step
-            speaking.cancel()
-            raise
-
-    @staticmethod
-    def _say(turn: ReplyTurn, text: str, chunker: PhraseChunker, phrases: asyncio.Queue, t: float) -> None:
-        """Send text the reply policy released to TTS and the client; a closed sentence goes out whole."""
-        if not text:
-            return
-        turn.reply_text += text
-        for phrase in chunker.push(text) + (chunker.flush() if turn.shaper.at_close else []):
-            phrases.put_nowait(phrase)
-            turn.first_phrase.set()
-        turn.out.put_nowait(ReplyText(text, t))
-
-    async def _tts_worker(self, turn: ReplyTurn, phrases: asyncio.Queue) -> None:
-        """Synthesise phrases as they come (ahead of the endpoint when predictive); a first phrase
-        goes before other sessions' later phrases."""
-        tts = self.stack.tts
-        first = True
-        while (phrase := await phrases.get()) is not None:
-            if turn.cancel.is_set():
-                return
-
-            def synthesize(p: str = phrase) -> tuple[list[AudioChunk], float, float]:
-                start = time.perf_counter()
-                return list(tts.synthesize(p)), start, time.perf_counter()
-
-            queued = time.perf_counter()
-            chunks, start, end = await self.stack.tts_worker.run(synthesize, URGENT if first else NORMAL)
-            log.debug(
-                "tts: %s phrase of %d words waited %.0f ms, synthesised in %.0f ms",
-                "first" if first else "later",
-                len(phrase.split()),
-                (start - queued) * 1e3,
-                (end - start) * 1e3,
-            )
-            first = False
-            for chunk in chunks:
-                turn.out.put_nowait(AudioOut(chunk))
+        await self.speaker.speak(turn, messages)
