@@ -1,9 +1,10 @@
-"""The protocol's client messages, checked: JSON parsing, `text` turns and the declared audio format.
+"""The protocol of web/PROTOCOL.md both ways: client messages checked, session events as messages.
 
 In: websocket messages as received (text or binary). Out: a checked dict, a turn's text, or
 16 kHz mono float32 samples; a `ProtocolError` with the protocol's error code for anything the
 protocol does not allow (the server sends it as an `error` event and the session goes on).
-Costs a resample per audio frame when the client's rate is not 16 kHz.
+Costs a resample per audio frame when the client's rate is not 16 kHz. The other way,
+`event_message` turns a pipeline event into the JSON message (or binary PCM) the client gets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import soxr
 
 from audio.frames import SAMPLE_RATE_HZ
 from voice.errors import VoiceError
+from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, dispatch
 
 MAX_TEXT_CHARS = 2000
 FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
@@ -84,3 +86,27 @@ def turn_text(msg: dict) -> str:
     if len(text) > MAX_TEXT_CHARS:
         raise ProtocolError("text_too_long", f"text longer than {MAX_TEXT_CHARS} characters")
     return text.strip()
+
+
+_MESSAGES = {
+    VadState: lambda e: {"type": "vad", "state": e.state},
+    Transcript: lambda e: {"type": "transcript", "final": e.final, "text": e.text},
+    ReplyText: lambda e: {"type": "reply", "text": e.text},
+    AudioStart: lambda e: {"type": "audio_start", "sample_rate": e.rate_hz},
+    TurnEnd: lambda e: {
+        "type": "turn_end",
+        "metrics": e.metrics.as_dict(),
+        "transcript": e.metrics.transcript,
+        "reply": e.metrics.reply,
+    },
+    TurnError: lambda e: {"type": "error", "code": e.code, "message": e.message},
+    AudioOut: lambda e: e.chunk.samples.astype("<i2").tobytes(),
+}
+
+
+def event_message(event) -> dict | bytes:
+    """A pipeline event as a protocol message: reply audio as binary PCM, the rest as a JSON-able dict."""
+    msg = dispatch(event, _MESSAGES)
+    if msg is None:
+        raise TypeError(f"unknown event {event!r}")
+    return msg

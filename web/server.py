@@ -17,17 +17,14 @@ import asyncio
 import itertools
 import json
 import logging
-import mimetypes
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -36,51 +33,20 @@ from voice.errors import VoiceError
 from voice.models import LLM_DIR, PIPER_VOICE, WHISPER_DIR
 from voice.pipeline import VoiceSession
 from voice.session_events import (
-    AudioOut,
-    AudioStart,
-    ReplyText,
-    Transcript,
-    TurnEnd,
-    TurnError,
-    VadState,
-    dispatch,
     log_line,
 )
 from voice.stack import Stack
 from web.drain import GOING_AWAY, TurnTracker, may_close, readiness
-from web.metrics import CONTENT_TYPE, ServerMetrics
-from web.protocol import AudioInput, ProtocolError, parse_message, turn_text
+from web.metrics import ServerMetrics
+from web.protocol import AudioInput, ProtocolError, event_message, parse_message, turn_text
+from web.routes import STATIC, get_response
 
-__all__ = ["AudioInput", "ProtocolError", "VoiceServer", "event_message", "run_server"]
+__all__ = ["STATIC", "AudioInput", "ProtocolError", "VoiceServer", "event_message", "run_server"]
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).resolve().parent / "static"
 SOCKET_LIMIT_FACTOR = 16  # messages over 16 x server.max_message_bytes close the socket (1009)
 DRAIN_POLL_S = 0.05  # how often a draining session checks for its turn boundary (a check is a few attribute reads)
-
-_MESSAGES = {
-    VadState: lambda e: {"type": "vad", "state": e.state},
-    Transcript: lambda e: {"type": "transcript", "final": e.final, "text": e.text},
-    ReplyText: lambda e: {"type": "reply", "text": e.text},
-    AudioStart: lambda e: {"type": "audio_start", "sample_rate": e.rate_hz},
-    TurnEnd: lambda e: {
-        "type": "turn_end",
-        "metrics": e.metrics.as_dict(),
-        "transcript": e.metrics.transcript,
-        "reply": e.metrics.reply,
-    },
-    TurnError: lambda e: {"type": "error", "code": e.code, "message": e.message},
-    AudioOut: lambda e: e.chunk.samples.astype("<i2").tobytes(),
-}
-
-
-def event_message(event) -> dict | bytes:
-    """A pipeline event as a protocol message: reply audio as binary PCM, the rest as a JSON-able dict."""
-    msg = dispatch(event, _MESSAGES)
-    if msg is None:
-        raise TypeError(f"unknown event {event!r}")
-    return msg
 
 
 class ListenError(VoiceError, OSError):
@@ -131,12 +97,20 @@ class VoiceServer:
             return True
         return urlsplit(origin).netloc == request.headers.get("Host")
 
+    @property
+    def max_sessions(self) -> int:
+        return self.cfg.server.max_sessions
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition of this worker, read now."""
+        return self.metrics.render()
+
     def readiness(self):
         """What `/healthz` answers now (see `web.drain.readiness`)."""
         return readiness(self.stack is not None, self.draining, len(self.sessions), self.cfg.server.max_sessions)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Health, metrics, stats and static files for plain GETs; the origin and drain checks for `/ws`."""
+        """The origin and drain checks for `/ws`; health, metrics, stats and static files for plain GETs."""
         path = urlsplit(request.path).path
         if path == "/ws":
             if not self._origin_allowed(request):
@@ -148,31 +122,7 @@ class VoiceServer:
                 response.headers["Retry-After"] = "1"
                 return response
             return None
-        if path == "/healthz":
-            state = self.readiness()
-            body = (
-                json.dumps(
-                    {
-                        "ready": state.ready,
-                        "reason": state.reason,
-                        "sessions": len(self.sessions),
-                        "max_sessions": self.cfg.server.max_sessions,
-                    }
-                )
-                + "\n"
-            )
-            return connection.respond(state.status, body)
-        if path == "/metrics":
-            return _response(self.metrics.render(), CONTENT_TYPE)
-        if path == "/stats":
-            if self.stack is None:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "loading\n")
-            return connection.respond(HTTPStatus.OK, json.dumps(self.stats()) + "\n")
-        name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
-        file = (STATIC / name).resolve()
-        if STATIC not in file.parents or not file.is_file():
-            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        return _response(file.read_bytes(), mimetypes.guess_type(file.name)[0] or "application/octet-stream")
+        return get_response(self, connection, path)
 
     def stats(self) -> dict:
         """Sessions, asyncio tasks, threads, resident memory and the decode scheduler's totals
@@ -409,13 +359,6 @@ class VoiceServer:
             if ready and not self.stopped.is_set():
                 ready(url)
             await self.stopped.wait()
-
-
-def _response(body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")]
-    )
-    return Response(200, "OK", headers, body)
 
 
 async def _send_quietly(ws: ServerConnection, msg: dict) -> None:
