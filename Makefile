@@ -33,9 +33,10 @@ llama-server: setup
 	$(PY) -m llama_cpp.server --host 127.0.0.1 --port $(LLAMA_PORT) --n_ctx 4096 --model "$$($(PY) -c \
 	  'from voice.models import LLM_GGUF, LLM_PACKAGE, package_dir; print(package_dir(LLM_PACKAGE) / LLM_GGUF)')"
 
-# ruff's lint rules and the import contracts (layers, no cycles) are in pyproject.toml.
+# ruff's lint and format rules and the import contracts (layers, no cycles) are in pyproject.toml.
 lint: setup-test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	.venv/bin/lint-imports
 
 test: lint
