@@ -144,24 +144,7 @@ def run_decode_bench(
     prompts = bench_prompt_ids(llm, n_prompts, conversation)
     run_ours(llm.decoder, llm.settings, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
     costs = calibrate_verify_cost(llm.target, COST_KS, reps=5)
-    modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
-    if not batch_only:
-        modes += [("fixed", k, None) for k in FIXED_KS]
-        hf_kwargs = _hf_assist_kwargs(cfg, llm)
-        if hf_kwargs is not None:
-            modes.append(("hf_assisted", hf_kwargs.get("prompt_lookup_num_tokens"), hf_kwargs))
-        modes += [("heuristic", None, None), ("adaptive", None, None)]
-    runs, greedy_out = [], None
-    for mode, k, extra in tqdm(modes, desc="decode-bench", disable=not progress):
-        if mode == "hf_assisted":
-            result = _run_hf(llm, prompts, extra)
-        else:
-            use_drafter = NoDrafter() if mode == "greedy" else llm.drafter
-            controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(cfg, costs, kind=mode)
-            result = run_ours(llm.decoder, llm.settings, prompts, use_drafter, controller)
-        outputs = result.pop("_outputs")
-        greedy_out = greedy_out or outputs
-        runs.append({"mode": mode, "k": k, **rounded(result), **against_greedy(outputs, greedy_out)})
+    runs, greedy_out = _run_modes(cfg, llm, prompts, _bench_modes(cfg, llm, batch_only), costs, progress)
     report = {
         "machine": machine_info(),
         "target": llm.cfg.models.llm,
@@ -181,16 +164,50 @@ def run_decode_bench(
         "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()},
     }
     if batch:
-        sizes = [
+        report["batch"] = [
             _run_batch(llm, prompts, size, greedy_out)
             for size in tqdm(batch, desc="decode-bench batch", disable=not progress)
         ]
-        base = sizes[0]["tokens_per_s"] if sizes[0]["size"] == 1 else None
-        for row in sizes:
-            row["vs_batch_1"] = round(row["tokens_per_s"] / base, 3) if base else None
-        report["batch"] = sizes
+        _relative_to_batch_1(report["batch"])
         report["slots"] = len(llm.scheduler.slots)
     return report
+
+
+def _bench_modes(cfg: Config, llm: ReplyModel, batch_only: bool) -> list[tuple[str, int | None, object]]:
+    """(mode, k, extra) to run: greedy first (the reference), then fixed k, transformers, the controllers."""
+    modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
+    if batch_only:
+        return modes
+    modes += [("fixed", k, None) for k in FIXED_KS]
+    hf_kwargs = _hf_assist_kwargs(cfg, llm)
+    if hf_kwargs is not None:
+        modes.append(("hf_assisted", hf_kwargs.get("prompt_lookup_num_tokens"), hf_kwargs))
+    return modes + [("heuristic", None, None), ("adaptive", None, None)]
+
+
+def _run_modes(
+    cfg: Config, llm: ReplyModel, prompts: list[list[int]], modes: list, costs: dict[int, float], progress: bool
+) -> tuple[list[dict], list[list[int]]]:
+    """Each mode's run over `prompts`, compared with the first (greedy); the runs and greedy's outputs."""
+    runs, greedy_out = [], None
+    for mode, k, extra in tqdm(modes, desc="decode-bench", disable=not progress):
+        if mode == "hf_assisted":
+            result = _run_hf(llm, prompts, extra)
+        else:
+            use_drafter = NoDrafter() if mode == "greedy" else llm.drafter
+            controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(cfg, costs, kind=mode)
+            result = run_ours(llm.decoder, llm.settings, prompts, use_drafter, controller)
+        outputs = result.pop("_outputs")
+        greedy_out = greedy_out or outputs
+        runs.append({"mode": mode, "k": k, **rounded(result), **against_greedy(outputs, greedy_out)})
+    return runs, greedy_out
+
+
+def _relative_to_batch_1(sizes: list[dict]) -> None:
+    """Each batch size's aggregate tok/s over batch 1's (None when size 1 was not run first)."""
+    base = sizes[0]["tokens_per_s"] if sizes[0]["size"] == 1 else None
+    for row in sizes:
+        row["vs_batch_1"] = round(row["tokens_per_s"] / base, 3) if base else None
 
 
 class BenchArgsError(VoiceError, ValueError):
