@@ -1,18 +1,25 @@
 """Fixed-width one-sequence steps of a `StaticLlamaTarget`, captured as CUDA graphs.
 
-On a GPU an eager step of SmolLM2-135M is launch-bound: ~30 layers × ~15 kernels, each
+On a GPU an eager step of SmolLM2-135M is launch-bound: ~30 layers × ~45 kernels, each
 launched from Python, cost the same 16–24 ms for any k. A CUDA graph replays the whole step
 in one launch. Capture needs fixed shapes, so a step of width W (1 + k draft tokens) runs
 over static buffers — token ids [W] and the start position (a 0-dim tensor) — writes its
-keys/values with `index_copy_` at positions start..start+W-1, and attends over the slot's
-*whole* cache [max_len] under the causal mask `col <= start + row` instead of slicing the
-cache to the current length. Masked rows get weight exactly 0, so the caches are zeroed
-once (garbage in `torch.empty` rows could be NaN, and 0 · NaN is NaN).
+keys/values with `index_copy_` at positions start..start+W-1, and attends over the first
+`span` rows of the slot's cache under the causal mask `col <= start + row` instead of slicing
+the cache to the current length. One graph is captured per (width, span), spans doubling from
+128 to the cache's size, and a step replays the narrowest span that holds its last position:
+attending over a whole 2048-row cache cost an H100 0.6 ms of a 3.7 ms one-token step and 1.8
+ms of a 5.6 ms five-token one (scripts/step_profile.py). Masked rows get weight exactly 0, so
+the caches are zeroed once (garbage in `torch.empty` rows could be NaN, and 0 · NaN is NaN).
 
-`StepGraphs(target, widths, slot)` captures one graph per width for that slot (on CUDA; elsewhere, or with
-`capture=False`, the same static-shape step runs eagerly — what the CPU tests check against
-the target's own forward). `target.forward` then replays the graph of its width and falls
-back to the eager path for other widths, prefill chunks and packed batches.
+Attention is three kernels, not SDPA's math path (which a boolean mask with grouped KV heads
+takes, a dozen kernels a layer): the query heads of a KV group are stacked as rows of one
+matrix, `baddbmm` adds the additive mask (built once a step) to q·kᵀ/√d, then softmax and ·v.
+
+`StepGraphs(target, widths, slot)` captures the graphs for that slot (on CUDA; elsewhere, or
+with `capture=False`, the same static-shape step runs eagerly — what the CPU tests check
+against the target's own forward). `target.forward` then replays the graph of its width and
+falls back to the eager path for other widths, prefill chunks and packed batches.
 """
 
 from __future__ import annotations
@@ -20,11 +27,21 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from decode.target import Forward, StaticLlamaTarget, project
 
 log = logging.getLogger(__name__)
+
+FIRST_SPAN = 128  # the narrowest cache span a step attends over; spans double up to max_len
+
+
+def cache_spans(max_len: int, first: int = FIRST_SPAN) -> list[int]:
+    """The cache spans steps are captured for: first, 2·first, … below max_len, then max_len."""
+    spans, span = [], first
+    while span < max_len:
+        spans.append(span)
+        span *= 2
+    return spans + [max_len]
 
 
 class StepGraphs:
@@ -40,61 +57,129 @@ class StepGraphs:
         self._cols = torch.arange(target.max_len, device=dev)
         target._k[slot].zero_()
         target._v[slot].zero_()
-        self.steps: dict[int, tuple] = {}
-        for width in sorted(set(widths)):
-            ids = torch.zeros(width, dtype=torch.long, device=dev)
-            start = torch.zeros((), dtype=torch.long, device=dev)
-            self.steps[width] = (None, ids, start, None)
+        self.spans = cache_spans(target.max_len)
+        self.buffers = {
+            w: (torch.zeros(w, dtype=torch.long, device=dev), torch.zeros((), dtype=torch.long, device=dev))
+            for w in sorted(set(widths))
+        }
+        self.steps: dict[tuple[int, int], tuple] = {(w, s): (None, None) for w in self.buffers for s in self.spans}
         self.captured = False
         if capture and dev.type == "cuda":
             self._capture()
         target.step_graphs[slot] = self
 
     @torch.inference_mode()
-    def _static_step(self, ids: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [W, V] and features [W, F] of a step over the static buffers (graph-safe)."""
-        t, slot = self.target, self.slot
-        positions = start + self._rows[: ids.shape[0]]
-        mask = self._cols[None, :] <= positions[:, None]  # [W, max_len]
+    def _static_step(self, ids: torch.Tensor, start: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [W, V] and features [W, F] of a step over the static buffers, attending over the
+        cache's first `span` rows (graph-safe)."""
+        t, slot, width = self.target, self.slot, ids.shape[0]
+        positions = start + self._rows[:width]
+        group, scale = t.n_heads // t.n_kv, t.head_dim**-0.5
+        visible = self._cols[None, :span] <= positions[:, None]  # [W, span]
+        bias = torch.zeros(visible.shape, dtype=t.embed.dtype, device=visible.device).masked_fill_(~visible, -torch.inf)
+        bias = bias.repeat(group, 1).expand(t.n_kv, group * width, span)  # rows: each query head's W rows
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             k_cache, v_cache = t._k[slot][layer], t._v[slot][layer]
             k_cache.index_copy_(1, positions, k)
             v_cache.index_copy_(1, positions, v)
-            return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=t.n_heads != t.n_kv)
+            q = q.reshape(t.n_kv, group * width, t.head_dim)  # query head h reads KV head h // group
+            scores = torch.baddbmm(bias, q, k_cache[:, :span].transpose(1, 2), alpha=scale)
+            weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+            return torch.bmm(weights, v_cache[:, :span]).view(t.n_heads, width, t.head_dim)
 
         hidden, features = t.run_layers(t.embed[ids], t.cos[positions], t.sin[positions], attend)
         return project(hidden, t.lm_head, t.weight_major).float(), features
 
     def _capture(self) -> None:
-        """One graph per width (warmed up on a side stream first, as torch.cuda.graphs asks)."""
+        """One graph per (width, span), warmed up on a side stream first as torch.cuda.graphs asks;
+        the graphs share one memory pool (replays never overlap and `run` copies the outputs out)."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _, ids, start, _ in self.steps.values():
-                for _ in range(2):
-                    self._static_step(ids, start)
+            for width, span in self.steps:
+                self._static_step(*self.buffers[width], span)
         torch.cuda.current_stream().wait_stream(stream)
-        for width, (_, ids, start, _) in list(self.steps.items()):
+        pool = torch.cuda.graph_pool_handle()
+        for width, span in list(self.steps):
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._static_step(ids, start)
-            self.steps[width] = (graph, ids, start, out)
+            with torch.cuda.graph(graph, pool=pool):
+                out = self._static_step(*self.buffers[width], span)
+            self.steps[width, span] = (graph, out)
         self.captured = True
-        log.info("captured CUDA graphs for steps of %s tokens", sorted(self.steps))
+        log.info("captured CUDA graphs for steps of %s tokens over cache spans %s", sorted(self.buffers), self.spans)
 
     def run(self, token_ids: list[int]) -> Forward | None:
         """The step of `token_ids` on this slot if a static step of that width exists, else None."""
-        step, t, slot = self.steps.get(len(token_ids)), self.target, self.slot
-        if step is None or t.lengths[slot] + len(token_ids) > t.max_len:
+        t, slot, width = self.target, self.slot, len(token_ids)
+        end = t.lengths[slot] + width
+        if width not in self.buffers or end > t.max_len:
             return None
-        graph, ids, start, out = step
+        span = next(s for s in self.spans if s >= end)
+        (graph, out), (ids, start) = self.steps[width, span], self.buffers[width]
         ids.copy_(torch.tensor(token_ids, dtype=torch.long))
         start.fill_(t.lengths[slot])
         if graph is not None:
             graph.replay()
             logits, features = out[0].clone(), out[1].clone()  # the next replay overwrites them
+            # return when the outputs are ready, as an eager forward does: the decoder times the forward
+            # as the step's verify cost, and a launch-only time (~0.5 ms of 3) made the adaptive
+            # controller see verifying as nearly free next to drafting and choose k = 0. The caller
+            # reads the logits right away, so waiting here costs nothing.
+            torch.cuda.current_stream().synchronize()
         else:
-            logits, features = self._static_step(ids, start)
-        t.lengths[slot] += len(token_ids)
+            logits, features = self._static_step(ids, start, span)
+        t.lengths[slot] += width
         return Forward(logits, features)
+
+
+class DraftGraphs:
+    """An MTP head's greedy draft loop of k steps, one CUDA graph per k (`MTPDrafter.capture`).
+
+    Eagerly each draft token costs ~40 small kernels and two host syncs (the argmax read back to
+    index the next embedding): about 1 ms a token on an H100, as much as a third of a graph-replayed
+    target step. In a graph the chosen token stays on the device (`vocab_ids[argmax]` indexes the
+    next embedding), so k tokens are one replay and one read-back. Only the greedy loop of a head
+    without context attention is captured; sampling and context heads draft eagerly.
+    """
+
+    def __init__(self, head, embed: torch.Tensor, head_rows: torch.Tensor, vocab_ids: torch.Tensor, ks: list[int]):
+        dev, dtype = head_rows.device, head_rows.dtype
+        width = head.cfg.hidden_size * (1 + len(head.cfg.feature_layers))
+        self.head, self.embed, self.head_rows, self.vocab_ids = head, embed, head_rows, vocab_ids
+        self.hidden = torch.zeros(width, dtype=dtype, device=dev)
+        self.token = torch.zeros(1, dtype=torch.long, device=dev)
+        self.steps: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for k in ks:
+                self._loop(k)
+        torch.cuda.current_stream().wait_stream(stream)
+        for k in sorted(set(ks)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._loop(k)
+            self.steps[k] = (graph, out)
+        log.info("captured CUDA graphs for MTP drafts of %s tokens", sorted(self.steps))
+
+    @torch.inference_mode()
+    def _loop(self, k: int) -> torch.Tensor:
+        """Draft tokens [k] from the static hidden state and last token (graph-safe: no host reads)."""
+        head, dtype = self.head, self.head_rows.dtype
+        feature, token, tokens = head.start(self.hidden), self.token, []
+        for _ in range(k):  # tokens stay [1]-shaped device tensors: index_select never reads them on the host
+            feature = head.step(feature, self.embed.index_select(0, token)[0].to(dtype))
+            token = self.vocab_ids.index_select(0, head.logits(feature, self.head_rows).float().argmax().view(1))
+            tokens.append(token)
+        return torch.cat(tokens)
+
+    def run(self, hidden: torch.Tensor, last_token: int, k: int) -> list[int] | None:
+        """k draft tokens after `last_token` given the target's `hidden` there; None if k was not captured."""
+        step = self.steps.get(k)
+        if step is None:
+            return None
+        self.hidden.copy_(hidden)
+        self.token.fill_(last_token)
+        step[0].replay()
+        return step[1].tolist()

@@ -92,9 +92,12 @@ def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Genera
         from decode.mtp import load_mtp_drafter
 
         try:
-            return load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
+            drafter = load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
         except FileNotFoundError as err:
             raise ConfigError(f"decode.mtp_path: {err}") from None
+        if cfg.decode.cuda_graphs:  # on CUDA the greedy draft loop replays graphs (decode.graphs.DraftGraphs)
+            drafter.capture(cfg.decode.max_draft)
+        return drafter
     if name == "assistant":
         return load_assistant_drafter(cfg, target, generator)
     raise ConfigError(f"decode.drafter: unknown drafter {name!r} (known: none, ngram, model, mtp, assistant)")

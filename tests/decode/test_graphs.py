@@ -6,7 +6,7 @@ import torch
 from conftest import ByteTokenizer, tiny_llama
 from decode.controller import FixedController
 from decode.drafters import NgramDrafter
-from decode.graphs import StepGraphs
+from decode.graphs import StepGraphs, cache_spans
 from decode.speculative import GenerationSettings, SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
@@ -38,6 +38,19 @@ def test_static_step_matches_the_eager_forward_and_rolls_back():
     assert static.length == eager.length == 8
     static.rollback(5), eager.rollback(5)  # a rejected draft: the static step overwrites those rows
     assert torch.allclose(static.forward([1, 2, 3]).logits, eager.forward([1, 2, 3]).logits, atol=1e-4)
+
+
+def test_steps_attend_over_the_narrowest_span_that_holds_them():
+    assert cache_spans(64) == [64] and cache_spans(512) == [128, 256, 512] and cache_spans(300) == [128, 256, 300]
+    eager = StaticLlamaTarget(TARGET, max_len=300)
+    static = StaticLlamaTarget(TARGET, max_len=300)
+    StepGraphs(static, widths=[1, 4], capture=False)
+    eager.forward(list(range(1, 60)) * 2), static.forward(list(range(1, 60)) * 2)  # 118 tokens, eager prefill
+    for ids in ([5, 9, 13, 2], [7], [2, 4, 6, 8], [8], [3, 3, 3, 3]):  # across the 128-row span's end
+        want, got = eager.forward(ids), static.forward(ids)
+        assert torch.allclose(got.logits, want.logits, atol=1e-4)
+    static.rollback(126), eager.rollback(126)
+    assert torch.allclose(static.forward([1, 2, 3, 4]).logits, eager.forward([1, 2, 3, 4]).logits, atol=1e-4)
 
 
 def test_a_width_without_a_static_step_takes_the_eager_path():
@@ -72,4 +85,15 @@ def test_captured_steps_replay_like_the_eager_forward_on_cuda():
     graphs = StepGraphs(graphed, widths=[1, 3])
     assert graphs.captured
     for ids in ([5, 9, 13], [7], [2, 4, 6]):
+        assert torch.allclose(graphed.forward(ids).logits, eager.forward(ids).logits, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU (scripts/step_graphs.py)")
+def test_captured_steps_across_cache_spans_replay_like_the_eager_forward_on_cuda():
+    model = tiny_llama(seed=0).to("cuda")
+    eager, graphed = StaticLlamaTarget(model, max_len=300), StaticLlamaTarget(model, max_len=300)
+    graphs = StepGraphs(graphed, widths=[1, 4])
+    assert graphs.captured and sorted(graphs.steps) == [(w, s) for w in (1, 4) for s in (128, 256, 300)]
+    eager.forward(list(range(1, 61)) * 4), graphed.forward(list(range(1, 61)) * 4)  # 240 tokens
+    for ids in ([5, 9, 13, 2], [7], [2, 4, 6, 8], [8], [3, 3, 3, 3], [1, 2, 3, 4], [5]):  # past 256: the 300 span
         assert torch.allclose(graphed.forward(ids).logits, eager.forward(ids).logits, atol=1e-4)

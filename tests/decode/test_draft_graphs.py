@@ -1,0 +1,68 @@
+"""The MTP head's greedy draft loop captured as CUDA graphs (`decode.graphs.DraftGraphs`)."""
+
+import pytest
+import torch
+
+from conftest import ByteTokenizer, tiny_llama
+from decode.controller import AdaptiveController, FixedController
+from decode.graphs import StepGraphs
+from decode.mtp import MTPConfig, MTPDrafter, MTPHead
+from decode.speculative import GenerationSettings, SpeculativeDecoder
+from decode.target import StaticLlamaTarget
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
+
+
+def head(feature_layers=(), context=0, device="cpu"):
+    torch.manual_seed(0)
+    cfg = MTPConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        layers=2,
+        vocab_ids=tuple(range(0, 64, 2)),
+        feature_layers=feature_layers,
+        context=context,
+    )
+    return MTPHead(cfg).eval().to(device)
+
+
+def test_capture_does_not_apply_on_cpu_to_sampling_or_to_context_heads():
+    embed = tiny_llama(seed=3).model.embed_tokens.weight.detach()
+    assert not MTPDrafter(head(), embed).capture(4)
+    assert MTPDrafter(head(), embed).graphs is None
+
+
+@needs_cuda
+def test_graph_drafts_equal_eager_drafts_on_cuda():
+    embed = tiny_llama(seed=3).to("cuda").model.embed_tokens.weight.detach()
+    eager = MTPDrafter(head(feature_layers=(1,), device="cuda"), embed)
+    graphed = MTPDrafter(head(feature_layers=(1,), device="cuda"), embed)
+    assert graphed.capture(6) and sorted(graphed.graphs.steps) == [1, 2, 3, 4, 5, 6]
+    assert not MTPDrafter(head(context=4, device="cuda"), embed).capture(4)
+    assert not MTPDrafter(head(device="cuda"), embed, temperature=1.0).capture(4)
+    for seed in range(5):
+        hidden = torch.randn(128, generator=torch.Generator().manual_seed(seed)).cuda()
+        for k in (1, 3, 6, 7):  # 7 was not captured: eager
+            ids = [5, 9, seed]
+            assert graphed.propose(ids, k, hidden).tokens == eager.propose(ids, k, hidden).tokens
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", [1, 2, 4, "adaptive"])
+def test_speculative_greedy_over_step_and_draft_graphs_equals_plain_greedy_on_cuda(k):
+    model = tiny_llama(seed=3).to("cuda")
+    prompt, n = [5, 9, 13, 5, 9, 13], 40
+    plain = StaticLlamaTarget(model, max_len=128, feature_layers=(1,))
+    StepGraphs(plain, widths=[1])
+    dec = SpeculativeDecoder(
+        plain, ByteTokenizer(), MTPDrafter(head((1,), device="cuda"), plain.embed), FixedController(0)
+    )
+    want = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in s.token_ids]
+    target = StaticLlamaTarget(model, max_len=128, feature_layers=(1,))
+    StepGraphs(target, widths=list(range(1, 7)))
+    drafter = MTPDrafter(head((1,), device="cuda"), target.embed)
+    assert drafter.capture(5)
+    ctl = AdaptiveController(k_max=5, verify_cost_s={0: 1e-3, 5: 1.1e-3}) if k == "adaptive" else FixedController(k)
+    dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, ctl)
+    got = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in s.token_ids]
+    assert got == want and dec.stats.drafted > 0
