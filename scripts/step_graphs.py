@@ -51,10 +51,7 @@ class Bytes:
 def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from decode.controller import FixedController
-    from decode.drafters import NgramDrafter
     from decode.graphs import StepGraphs
-    from decode.speculative import GenerationSettings, SpeculativeDecoder
     from decode.target import StaticLlamaTarget
 
     parser = argparse.ArgumentParser()
@@ -99,6 +96,18 @@ def main() -> None:
         "eager_ms": step_ms(eager),
         "graph_ms": step_ms(graphed),
     }
+    report.update(identity(eager, graphed, widths))
+    print(json.dumps(report))
+
+
+def identity(eager, graphed, widths: list[int]) -> dict:
+    """Whether greedy speculative decoding (n-gram drafter, fixed k) over the graphs, on slot 0 and on a
+    scheduler slot with its own graphs, gives eager plain greedy's tokens."""
+    from decode.controller import FixedController
+    from decode.drafters import NgramDrafter
+    from decode.graphs import StepGraphs
+    from decode.speculative import GenerationSettings, SpeculativeDecoder
+
     prompt = [5, 9, 13, 5, 9, 13, 21, 5, 9]
     settings = GenerationSettings(max_new_tokens=48)
 
@@ -108,10 +117,10 @@ def main() -> None:
         return [t for s in dec.generate(prompt, settings) for t in s.token_ids]
 
     want = run(eager, 0)
-    report["identical"] = {k: run(graphed, k) == want for k in (0, 2, 4)}
+    out = {"identical": {k: run(graphed, k) == want for k in (0, 2, 4)}}
     StepGraphs(graphed, widths, slot=1)  # a scheduler slot: its own cache, its own graphs
-    report["identical_slot_1"] = {k: run(graphed.slot(1), k) == want for k in (0, 4)}
-    print(json.dumps(report))
+    out["identical_slot_1"] = {k: run(graphed.slot(1), k) == want for k in (0, 4)}
+    return out
 
 
 if __name__ == "__main__":
