@@ -152,6 +152,7 @@ def run_decode_bench(
         "device": cfg.llm.device,
         "linear_layout": getattr(llm.target, "layout", None),
         "cuda_graphs": bool(getattr(llm.target, "step_graphs", None)),
+        "draft_graphs": getattr(llm.drafter, "graphs", None) is not None,  # the MTP draft loop replays graphs
         "dtype": cfg.llm.dtype,
         "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype),
         "threads": torch.get_num_threads(),

@@ -46,6 +46,10 @@ def summary(report: dict) -> dict:
         "token_identity_guaranteed": report.get("token_identity_guaranteed"),
         "ms_to_first_8": {m: by_mode[m].get("ms_to_first_8_tokens") for m in ("greedy", "adaptive") if m in by_mode},
         "verify_ms": report["verify_cost_ms"],
+        "draft_ms_per_token": {
+            m: by_mode[m].get("draft_ms_per_token") for m in ("adaptive", "heuristic") if m in by_mode
+        },
+        "draft_graphs": report.get("draft_graphs"),
     }
     if report.get("acceptance") == "synthetic":
         out.update(
