@@ -20,6 +20,20 @@ class ByteTokenizer:
         return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
 
 
+def plain_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """The reference every lossless test compares with: transformers' greedy `generate`, exactly n tokens."""
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
 @pytest.fixture
 def byte_tokenizer():
     return ByteTokenizer()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ByteTokenizer
+from conftest import ByteTokenizer, plain_greedy
 from decode.assistant import AssistantDrafter, build_assistant
 from decode.controller import AdaptiveController, FixedController
 from decode.speculative import GenerationSettings, SpeculativeDecoder
@@ -45,19 +45,6 @@ def pair():
     return target, assistant
 
 
-def greedy(model, prompt, n):
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt) :].tolist()
-
-
 def test_assistant_drafts_are_lossless_under_our_controllers(pair):
     target, assistant = pair
     for ctl in (FixedController(3), AdaptiveController(k_max=4, verify_cost_s={0: 1e-3, 4: 1.1e-3})):
@@ -65,7 +52,7 @@ def test_assistant_drafts_are_lossless_under_our_controllers(pair):
             hf_target = HFTarget(target, keep_shared_kv=True)
             dec = SpeculativeDecoder(hf_target, ByteTokenizer(), AssistantDrafter(assistant, hf_target), ctl)
             out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=24)) for t in s.token_ids]
-            assert out == greedy(target, prompt, 24)
+            assert out == plain_greedy(target, prompt, 24)
             if isinstance(ctl, FixedController):  # what the adaptive one drafts depends on the machine's speed
                 assert dec.stats.drafted > 0
 
@@ -93,7 +80,7 @@ def test_transformers_own_assisted_generate_matches_greedy(pair):
             pad_token_id=0,
             eos_token_id=None,
         )
-    assert out[0, 3:].tolist() == greedy(target, [5, 6, 7], 16)
+    assert out[0, 3:].tolist() == plain_greedy(target, [5, 6, 7], 16)
 
 
 def test_assistant_needs_a_target_that_keeps_shared_kv(pair):
@@ -127,5 +114,5 @@ def test_rollback_and_drafting_past_the_sliding_window():
         hf_target = HFTarget(target, keep_shared_kv=True)
         dec = SpeculativeDecoder(hf_target, ByteTokenizer(), AssistantDrafter(assistant, hf_target), ctl)
         out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=40)) for t in s.token_ids]
-        assert out == greedy(target, prompt, 40)  # 46 positions: five times the window
+        assert out == plain_greedy(target, prompt, 40)  # 46 positions: five times the window
         assert dec.stats.drafted > dec.stats.accepted  # rejections happened, so rollbacks did

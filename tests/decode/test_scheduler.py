@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ByteTokenizer, tiny_llama
+from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, plan_batch
 from decode.drafters import ModelDrafter, NgramDrafter, NoDrafter
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
@@ -15,19 +15,6 @@ from decode.target import StaticLlamaTarget
 TARGET = tiny_llama(seed=0)
 DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
 SLOTS = 4
-
-
-def plain_greedy(prompt, n):
-    with torch.inference_mode():
-        out = TARGET.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=n,
-            do_sample=False,
-            min_new_tokens=n,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt) :].tolist()
 
 
 def make_drafter(kind, parent):
@@ -108,7 +95,7 @@ def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_gr
         step += 1
         assert step < 2000
     for i, (ticket, got, _) in runs.items():
-        want = plain_greedy(prompts[i], n)
+        want = plain_greedy(TARGET, prompts[i], n)
         if i in cancels:
             assert got == want[: len(got)]  # what it said before the cancel is its own greedy prefix
         else:
@@ -129,7 +116,7 @@ def test_cancelling_one_sequence_never_changes_another():
         run_until_idle(sched)
         outputs.append([runs[0][1], runs[2][1]])
         assert all(t.finished.is_set() and t.error is None for t, _ in runs)
-    assert outputs[0] == outputs[1] == [plain_greedy(prompts[0], 20), plain_greedy(prompts[2], 20)]
+    assert outputs[0] == outputs[1] == [plain_greedy(TARGET, prompts[0], 20), plain_greedy(TARGET, prompts[2], 20)]
 
 
 def test_a_job_goes_to_the_slot_that_has_its_prefix_cached():
@@ -141,7 +128,7 @@ def test_a_job_goes_to_the_slot_that_has_its_prefix_cached():
     again, out = submit(sched, history + [21, 22], 4)
     run_until_idle(sched)
     assert again.slot == first.slot != other.slot
-    assert again.job.stats.tokens == 4 and out == plain_greedy(history + [21, 22], 4)
+    assert again.job.stats.tokens == 4 and out == plain_greedy(TARGET, history + [21, 22], 4)
 
 
 def test_more_jobs_than_slots_wait_and_all_finish():
@@ -149,7 +136,7 @@ def test_more_jobs_than_slots_wait_and_all_finish():
     prompts = [[i + 1, i + 2, i + 3] for i in range(5)]
     runs = [submit(sched, p, 6) for p in prompts]
     run_until_idle(sched)
-    assert [out for _, out in runs] == [plain_greedy(p, 6) for p in prompts]
+    assert [out for _, out in runs] == [plain_greedy(TARGET, p, 6) for p in prompts]
 
 
 def test_scores_and_replies_share_steps_and_the_score_is_the_targets():
@@ -162,7 +149,7 @@ def test_scores_and_replies_share_steps_and_the_score_is_the_targets():
     with torch.inference_mode():
         want = torch.softmax(TARGET(torch.tensor([prompt])).logits[0, -1], -1)[4].item()
     assert score.wait().prob == pytest.approx(want, rel=1e-4, abs=1e-6)
-    assert reply == plain_greedy([3, 4, 5, 6], 12)
+    assert reply == plain_greedy(TARGET, [3, 4, 5, 6], 12)
     assert max(int(size) for size in sched.stats.as_dict()["batch_sizes"]) == 2
 
 
@@ -188,7 +175,7 @@ def test_a_score_inside_the_replys_prompt_is_the_targets_and_primes_the_reply(st
     sched.run_step()
     assert ticket.job is not None and not ticket.job.prefilling  # its prompt was all cached
     run_until_idle(sched)
-    assert out == plain_greedy(reply_prompt, 6) and other == plain_greedy([3, 4, 5, 6], 10)
+    assert out == plain_greedy(TARGET, reply_prompt, 6) and other == plain_greedy(TARGET, [3, 4, 5, 6], 10)
     st = ticket.job.stats
     assert st.tokens == 6 and st.steps <= 5  # the first token came without a forward
     assert sched.stats.tokens_fed - fed <= st.steps * (k + 1) + 10  # no prefill of its prompt
@@ -202,7 +189,7 @@ def test_a_primed_reply_to_other_words_prefills_as_usual():
     other = [9, 8, 7, 6, 1, 2]  # the words changed after the score
     _, out = submit(sched, other, 6)
     run_until_idle(sched)
-    assert out == plain_greedy(other, 6)
+    assert out == plain_greedy(TARGET, other, 6)
 
 
 def test_a_paused_job_waits_and_does_not_stall_others():
@@ -221,7 +208,7 @@ def test_a_paused_job_waits_and_does_not_stall_others():
     assert free.finished.is_set() and not held.finished.is_set() and held_out == []
     hold.set()
     run_until_idle(sched)
-    assert held_out == plain_greedy([1, 2, 3], 8) and free_out == plain_greedy([4, 5, 6], 8)
+    assert held_out == plain_greedy(TARGET, [1, 2, 3], 8) and free_out == plain_greedy(TARGET, [4, 5, 6], 8)
 
 
 def test_a_talking_job_far_ahead_of_playback_sits_out_while_an_urgent_one_runs():
@@ -250,7 +237,7 @@ def test_a_talking_job_far_ahead_of_playback_sits_out_while_an_urgent_one_runs()
     sched.run_step()
     assert len(talk_out) > before
     run_until_idle(sched)
-    assert talk_out == plain_greedy([1, 2, 3], 12) and urgent_out == plain_greedy([4, 5, 6], 6)
+    assert talk_out == plain_greedy(TARGET, [1, 2, 3], 12) and urgent_out == plain_greedy(TARGET, [4, 5, 6], 6)
 
 
 def test_a_prompt_past_the_cache_fails_its_ticket_only():
@@ -260,7 +247,7 @@ def test_a_prompt_past_the_cache_fails_its_ticket_only():
     run_until_idle(sched)
     with pytest.raises(ValueError, match="exceeds the cache"):
         too_long.wait()
-    assert out == plain_greedy([1, 2, 3], 5)
+    assert out == plain_greedy(TARGET, [1, 2, 3], 5)
 
 
 def test_the_threaded_scheduler_serves_concurrent_callers():
@@ -271,7 +258,7 @@ def test_the_threaded_scheduler_serves_concurrent_callers():
         runs = [submit(sched, [i, i + 1, i + 2], 10) for i in range(1, 6)]
         for ticket, _ in runs:
             ticket.wait()
-        assert [out for _, out in runs] == [plain_greedy([i, i + 1, i + 2], 10) for i in range(1, 6)]
+        assert [out for _, out in runs] == [plain_greedy(TARGET, [i, i + 1, i + 2], 10) for i in range(1, 6)]
     finally:
         sched.close()
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ByteTokenizer, tiny_llama
+from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import Draft, ModelDrafter, NgramDrafter, NoDrafter
 from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
@@ -12,19 +12,6 @@ from decode.target import HFTarget, StaticLlamaTarget, project
 
 TARGET = tiny_llama(seed=0)
 DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
-
-
-def plain_greedy(model, prompt, n):
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=n,
-            do_sample=False,
-            min_new_tokens=n,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt) :].tolist()
 
 
 class WrongDrafter:
