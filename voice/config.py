@@ -96,7 +96,7 @@ class DecodeConfig:
     # how the static target multiplies rows by a weight: auto (CPU: timed at load, the faster kept; CUDA: linear) |
     # linear (torch's F.linear) | weight_major ((W xᵀ)ᵀ; 2x cheaper 3–8 token steps on an AVX2 EPYC)
     linear_layout: str = "auto"
-    cuda_graphs: bool = True  # on CUDA: one-sequence steps of 1..max_draft + 1 tokens replay captured graphs
+    cuda_graphs: bool = True  # on CUDA: steps of 1..max_draft + 1 tokens and the MTP draft loop replay captured graphs
 
 
 @dataclass(frozen=True)
