@@ -5,11 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-# How long a test waits for what must happen before calling it a hang. Generous on purpose:
-# tests assert what happens, not how fast, and CI runs them on a busy 2-core machine (there a
-# `voice talk` subprocess once took over 120 s just to load its models).
-HANG_GUARD_S = 600.0
-
 
 class ByteTokenizer:
     """Token id = one UTF-8 byte; decodes like a byte-level BPE tokenizer would."""

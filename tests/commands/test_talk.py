@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import HANG_GUARD_S
+from guards import HANG_GUARD_S
 
 
 def run_cli(*args, timeout=HANG_GUARD_S):

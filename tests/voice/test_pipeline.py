@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from audio.wavio import read_wav
-from conftest import HANG_GUARD_S
+from guards import HANG_GUARD_S
 from voice.config import load_config
 from voice.pipeline import VoiceSession
 from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState

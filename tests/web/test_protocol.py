@@ -10,7 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from audio.wavio import float_to_pcm16, read_wav
-from conftest import HANG_GUARD_S
+from guards import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
