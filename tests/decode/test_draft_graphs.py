@@ -26,7 +26,7 @@ def head(feature_layers=(), context=0, device="cpu"):
     return MTPHead(cfg).eval().to(device)
 
 
-def test_capture_does_not_apply_on_cpu_to_sampling_or_to_context_heads():
+def test_capture_does_not_apply_on_cpu():
     embed = tiny_llama(seed=3).model.embed_tokens.weight.detach()
     assert not MTPDrafter(head(), embed).capture(4)
     assert MTPDrafter(head(), embed).graphs is None
