@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ByteTokenizer, tiny_llama
+from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import FixedController
 from decode.drafters import NgramDrafter
 from decode.graphs import StepGraphs, cache_spans
@@ -11,19 +11,6 @@ from decode.speculative import GenerationSettings, SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
 TARGET = tiny_llama(seed=0)
-
-
-def plain_greedy(prompt, n):
-    with torch.inference_mode():
-        out = TARGET.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=n,
-            do_sample=False,
-            min_new_tokens=n,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt) :].tolist()
 
 
 def test_static_step_matches_the_eager_forward_and_rolls_back():
@@ -68,7 +55,7 @@ def test_speculative_greedy_over_static_steps_equals_plain_greedy(k):
     StepGraphs(target, widths=list(range(1, k + 2)), capture=False)
     dec = SpeculativeDecoder(target, ByteTokenizer(), NgramDrafter(3, 1), FixedController(k))
     got = [t for span in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in span.token_ids]
-    assert got == plain_greedy(prompt, n)
+    assert got == plain_greedy(TARGET, prompt, n)
 
 
 def test_capture_needs_an_empty_slot():

@@ -1,26 +1,13 @@
 import pytest
 import torch
 
-from conftest import ByteTokenizer, tiny_llama
+from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead, load_mtp, load_mtp_drafter, save_mtp
 from decode.speculative import GenerationSettings, SpeculativeDecoder
 from decode.target import HFTarget, StaticLlamaTarget
 
 TARGET = tiny_llama(seed=3)
-
-
-def greedy(prompt, n):
-    with torch.inference_mode():
-        out = TARGET.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt) :].tolist()
 
 
 def head(vocab_ids=()):
@@ -35,7 +22,7 @@ def test_mtp_drafter_is_lossless_under_every_controller():
             drafter = MTPDrafter(head(tuple(range(0, 64, 2))), TARGET.model.embed_tokens.weight.detach())
             dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, ctl)
             out = [t for s in dec.generate([5, 6, 7], GenerationSettings(max_new_tokens=20)) for t in s.token_ids]
-            assert out == greedy([5, 6, 7], 20)
+            assert out == plain_greedy(TARGET, [5, 6, 7], 20)
             assert dec.stats.drafted > 0
 
 
@@ -87,7 +74,7 @@ def test_multi_layer_mtp_drafter_is_lossless_and_must_match_the_target(tmp_path)
         assert drafter.head.cfg.feature_layers == (1,)
         dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, FixedController(3))
         out = [t for s in dec.generate([9, 8, 7], GenerationSettings(max_new_tokens=20)) for t in s.token_ids]
-        assert out == greedy([9, 8, 7], 20)
+        assert out == plain_greedy(TARGET, [9, 8, 7], 20)
         assert dec.stats.drafted > 0
     with pytest.raises(ValueError, match="reads target layers"):
         load_mtp_drafter(str(tmp_path), StaticLlamaTarget(TARGET))
@@ -102,7 +89,7 @@ def test_context_attention_head_is_lossless_and_tracks_the_cache():
     dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, FixedController(3))
     for prompt in ([9, 8, 7], [9, 8, 7, 1, 2]):  # the second reuses the first's cached prefix
         out = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=20)) for t in s.token_ids]
-        assert out == greedy(prompt, 20)
+        assert out == plain_greedy(TARGET, prompt, 20)
         assert dec.stats.drafted > 0
         # the drafter's keys/values are those of the target's features at every cached position
         cached = dec._cached
