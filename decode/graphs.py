@@ -44,6 +44,24 @@ def cache_spans(max_len: int, first: int = FIRST_SPAN) -> list[int]:
     return spans + [max_len]
 
 
+def capture_graphs(calls: dict, pool=None) -> dict:
+    """{key: (graph, outputs)}: each call warmed up once on a side stream (as torch.cuda.graphs asks),
+    then captured as its own CUDA graph (sharing `pool` if given)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls.values():
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graphs = {}
+    for key, call in calls.items():
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = call()
+        graphs[key] = (graph, out)
+    return graphs
+
+
 class StepGraphs:
     """Steps of `widths` tokens on one slot of `target`, as CUDA graphs where possible."""
 
@@ -94,18 +112,8 @@ class StepGraphs:
     def _capture(self) -> None:
         """One graph per (width, span), warmed up on a side stream first as torch.cuda.graphs asks;
         the graphs share one memory pool (replays never overlap and `run` copies the outputs out)."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for width, span in self.steps:
-                self._static_step(*self.buffers[width], span)
-        torch.cuda.current_stream().wait_stream(stream)
-        pool = torch.cuda.graph_pool_handle()
-        for width, span in list(self.steps):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self._static_step(*self.buffers[width], span)
-            self.steps[width, span] = (graph, out)
+        calls = {(w, s): lambda w=w, s=s: self._static_step(*self.buffers[w], s) for w, s in self.steps}
+        self.steps = capture_graphs(calls, pool=torch.cuda.graph_pool_handle())
         self.captured = True
         log.info("captured CUDA graphs for steps of %s tokens over cache spans %s", sorted(self.buffers), self.spans)
 
@@ -149,18 +157,9 @@ class DraftGraphs:
         self.head, self.embed, self.head_rows, self.vocab_ids = head, embed, head_rows, vocab_ids
         self.hidden = torch.zeros(width, dtype=dtype, device=dev)
         self.token = torch.zeros(1, dtype=torch.long, device=dev)
-        self.steps: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for k in ks:
-                self._loop(k)
-        torch.cuda.current_stream().wait_stream(stream)
-        for k in sorted(set(ks)):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._loop(k)
-            self.steps[k] = (graph, out)
+        self.steps: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = capture_graphs(
+            {k: lambda k=k: self._loop(k) for k in sorted(set(ks))}
+        )
         log.info("captured CUDA graphs for MTP drafts of %s tokens", sorted(self.steps))
 
     @torch.inference_mode()
