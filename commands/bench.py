@@ -113,6 +113,8 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
             "first_span": m.first_span,
             "first_audio": m.first_audio,
             "last_audio": m.last_audio,
+            "prediction_started": m.prediction_started,
+            "prediction_audio_ready": m.prediction_audio,
         }
         return True
 
@@ -132,6 +134,25 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     consumer.cancel()
     await session.close()
     return record
+
+
+PREDICTIONS = ("released", "late", "dropped", "none")
+
+
+def prediction_of(record: TurnRecord) -> dict:
+    """How the turn's prediction went (`voice.reply_flow.Prediction`) and when it started and had
+    its first audio, in ms after the end of speech (negative: before it)."""
+    ms = {}
+    for stage in ("prediction_started", "prediction_audio_ready"):
+        if record.stamps.get(stage) and record.speech_end:
+            ms[stage] = round((record.stamps[stage] - record.speech_end) * 1e3, 1)
+        else:
+            ms[stage] = record.metrics.get(f"{stage}_ms")
+    return {
+        "prediction": record.metrics.get("prediction") or None,
+        "prediction_started_ms": ms["prediction_started"],
+        "prediction_audio_ready_ms": ms["prediction_audio_ready"],
+    }
 
 
 def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
@@ -155,6 +176,7 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
         "reply_audio_s": percentiles(audio_s),
         "replies_shortened": sum(bool(r.metrics.get("shortened")) for r in answered),
         "replies_ending_a_sentence": sum(ends_sentence(r.reply) for r in answered),
+        "predictions": {p: sum(r.metrics.get("prediction") == p for r in answered) for p in PREDICTIONS},
         "results": [
             {
                 "audio": r.audio,
@@ -163,6 +185,7 @@ def report(records: list[TurnRecord], baseline: list | None = None) -> dict:
                 **{k: r.metrics.get(k) for k in REPLY_FIELDS},
                 "turn_gap_ms": None if r.turn_gap_ms is None else round(r.turn_gap_ms, 1),
                 "stages_ms": st,
+                **prediction_of(r),
             }
             for r, st in zip(records, per_turn)
         ],
@@ -188,6 +211,7 @@ def compare_report(main: dict, compared: dict, overrides: list[str]) -> dict:
         "answered": compared["answered"],
         "turn_gap_ms": compared["turn_gap_ms"],
         "stages_ms": compared["stages_ms"],
+        "predictions": compared["predictions"],
         "p50_ratio": round(a / b, 3) if a is not None and b else None,
     }
 
@@ -330,6 +354,8 @@ def plot(records: list[TurnRecord], path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(records) + 2.5))
     colors = {
+        "prediction_started": "tab:purple",
+        "prediction_audio_ready": "tab:pink",
         "endpoint": "tab:gray",
         "asr_final": "tab:blue",
         "first_span": "tab:orange",

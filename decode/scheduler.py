@@ -1,14 +1,16 @@
 """The step scheduler: the active jobs of all slots advance together, one packed forward per step.
 
-In: jobs (`ReplyJob`, `PrefillJob`) submitted with callbacks that say whether the job is
-urgent and whether it may run now. Out: each job's spans through its `emit` callback, from
-the scheduler's thread; `Ticket.finished` when it is done (or failed: `Ticket.error`).
+In: jobs (`ReplyJob`, `PrefillJob`) submitted with a `Priority`: data its owner updates
+(urgent, held, when its speech so far ends playing) and the scheduler reads at each step.
+Out: each job's spans through its `emit` callback, from the scheduler's thread;
+`Ticket.finished` when it is done (or failed: `Ticket.error`).
 
 One step:
-1. Runnable jobs: not paused (a held reply that has its first phrase waits for its endpoint);
-   while an urgent job runs, a job whose output is `defer_ahead_s` or more ahead of its
-   listener (`Ticket.ahead`, seconds of speech not yet played) sits the step out: it only has
-   to stay ahead of playback, and a narrower step gives the urgent job its tokens sooner.
+1. Runnable jobs: not held (a held reply that has its first phrase waits for its endpoint) and
+   less than `max_ahead_s` ahead of its listener (`Priority.ahead_s`, seconds of its speech
+   not yet played: it resumes as playback catches up); while an urgent job runs, a job
+   `defer_ahead_s` or more ahead sits the step out: it only has to stay ahead of playback,
+   and a narrower step gives the urgent job its tokens sooner.
 2. Order: urgent jobs (a reply without its first phrase, an end-of-turn score) first, then
    the others, oldest first. Every decoding job gets its 1 + k tokens; prefill chunks share
    what is left of `step_tokens` (unbounded when no other job is decoding).
@@ -46,16 +48,20 @@ def dec_full(dec: SpeculativeDecoder, tokens: list[int]) -> bool:
     return dec.target.length + len(tokens) > dec.target.max_len
 
 
-def _never() -> bool:
-    return False
+@dataclass
+class Priority:
+    """A job's standing, written by its owner (any thread) and read by the scheduler at each step.
 
+    ahead_s(now) = max(0, played_until_t - now): seconds of its speech sent and not yet played.
+    """
 
-def _always() -> bool:
-    return True
+    urgent: bool = True  # a reply awaiting its first phrase, an end-of-turn score
+    held: bool = False  # waits for its owner (a prepared reply awaiting its endpoint)
+    played_until_t: float = 0.0  # perf_counter() when the speech it produced so far ends playing
 
-
-def _zero() -> float:
-    return 0.0
+    def ahead_s(self, now: float) -> float:
+        """Seconds of its speech not yet played at `now`."""
+        return max(0.0, self.played_until_t - now)
 
 
 @dataclass(eq=False)
@@ -65,10 +71,8 @@ class Ticket:
     make: Callable[[SpeculativeDecoder], Job]  # builds the job on the slot it gets
     prompt: list[int]
     emit: Callable[[Span], None]
-    urgent: Callable[[], bool] = _always
-    paused: Callable[[], bool] = _never
+    priority: Priority = field(default_factory=Priority)
     done: Callable[[Ticket], None] | None = None  # called (scheduler thread) once it finished or failed
-    ahead: Callable[[], float] = _zero  # seconds its output is ahead of its listener (speech not yet played)
     order: int = 0
     job: Job | None = None
     slot: int = -1
@@ -117,6 +121,7 @@ class StepScheduler:
         cost_ema: float = 0.2,
         threaded: bool = True,
         defer_ahead_s: float = float("inf"),
+        max_ahead_s: float = float("inf"),
     ) -> None:
         """`forward_packed(feeds)` of the slots' shared target (None: slots run one after another)."""
         if not slots:
@@ -124,7 +129,7 @@ class StepScheduler:
         self.slots, self.forward_packed = slots, forward_packed
         self.width_cost_s = dict(width_cost_s)  # packed width T -> seconds of one forward
         self.step_tokens, self.talking_weight, self.cost_ema = step_tokens, talking_weight, cost_ema
-        self.defer_ahead_s = defer_ahead_s
+        self.defer_ahead_s, self.max_ahead_s = defer_ahead_s, max_ahead_s
         self.stats = SchedulerStats()
         self._used = [0.0] * len(slots)  # last use, for LRU
         self._busy: list[Ticket | None] = [None] * len(slots)
@@ -143,13 +148,11 @@ class StepScheduler:
         make: Callable[[SpeculativeDecoder], Job],
         prompt: list[int],
         emit: Callable[[Span], None] = lambda span: None,
-        urgent: Callable[[], bool] = _always,
-        paused: Callable[[], bool] = _never,
+        priority: Priority | None = None,
         done: Callable[[Ticket], None] | None = None,
-        ahead: Callable[[], float] = _zero,
     ) -> Ticket:
         """Queue a job; it starts on a slot at the next step that has one free."""
-        ticket = Ticket(make, list(prompt), emit, urgent, paused, done, ahead, next(self._order))
+        ticket = Ticket(make, list(prompt), emit, priority or Priority(), done, next(self._order))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the decode scheduler is closed")
@@ -158,7 +161,7 @@ class StepScheduler:
         return ticket
 
     def wake(self) -> None:
-        """Re-check paused jobs now (one was released)."""
+        """Re-check held jobs now (one was released)."""
         with self._cond:
             self._cond.notify()
 
@@ -186,7 +189,7 @@ class StepScheduler:
 
     def _assign(self) -> None:
         """Start waiting tickets on free slots, urgent ones first."""
-        self._waiting.sort(key=lambda t: (not t.urgent(), t.order))
+        self._waiting.sort(key=lambda t: (not t.priority.urgent, t.order))
         while self._waiting and (slot := self._pick_slot(self._waiting[0].prompt)) is not None:
             ticket = self._waiting.pop(0)
             try:
@@ -248,16 +251,21 @@ class StepScheduler:
 
     def _runnable(self) -> list[Ticket]:
         """Jobs that take part in the next step (rule 1 above)."""
-        running = [t for t in self._busy if t is not None and not t.paused()]
-        if any(t.urgent() for t in running):
-            running = [t for t in running if t.urgent() or t.ahead() < self.defer_ahead_s]
+        now = time.perf_counter()
+        running = [
+            t
+            for t in self._busy
+            if t is not None and not t.priority.held and t.priority.ahead_s(now) < self.max_ahead_s
+        ]
+        if any(t.priority.urgent for t in running):
+            running = [t for t in running if t.priority.urgent or t.priority.ahead_s(now) < self.defer_ahead_s]
         return running
 
     def _loop(self) -> None:
         while not self._closed:
             if not self.run_step():
                 with self._cond:
-                    if not self._closed:  # paused jobs are polled; otherwise sleep until a submit
+                    if not self._closed:  # held jobs are polled; otherwise sleep until a submit
                         self._cond.wait(timeout=0.02 if any(self._busy) or self._waiting else None)
         with self._cond:
             closed = RuntimeError("the decode scheduler closed")
@@ -271,7 +279,7 @@ class StepScheduler:
         dec.forget()
 
     def _step(self, running: list[Ticket]) -> None:
-        running.sort(key=lambda t: (not t.urgent(), t.order))
+        running.sort(key=lambda t: (not t.priority.urgent, t.order))
         decoding = [t for t in running if not t.job.prefilling]
         ks = self._plan(decoding)
         room = self.step_tokens - sum(k + 1 for k in ks.values())
@@ -312,7 +320,7 @@ class StepScheduler:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "step: %d urgent of %d jobs, widths %s, %.0f ms",
-                sum(t.urgent() for t in fed),
+                sum(t.priority.urgent for t in fed),
                 len(fed),
                 [len(tokens) for _, tokens, _ in feeds],
                 seconds * 1e3,
@@ -338,7 +346,7 @@ class StepScheduler:
             ctls = [t.job.controller for t in adaptive]
             planned = plan_batch(
                 [c.acceptance() for c in ctls],
-                [1.0 if t.urgent() else self.talking_weight for t in adaptive],
+                [1.0 if t.priority.urgent else self.talking_weight for t in adaptive],
                 [c.k_max for c in ctls],
                 [int(c.probe_due) for c in ctls],
                 sum(k + 1 for k in ks.values()),

@@ -16,7 +16,7 @@ import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from decode.scheduler import StepScheduler, Ticket
+from decode.scheduler import Priority, StepScheduler, Ticket
 from decode.spans import Span
 from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder, calibrate_verify_cost
 from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
@@ -263,6 +263,7 @@ class ReplyModel:
                 cfg.decode.talking_weight,
                 cfg.decode.cost_ema,
                 defer_ahead_s=cfg.decode.defer_ahead_s,
+                max_ahead_s=cfg.decode.max_ahead_s,
             )
         widths = {k + 1: c for k, c in self.verify_cost_s.items()}
         wide = [w - 1 for w in CALIBRATED_WIDTHS if w <= cfg.decode.step_tokens and w not in widths]
@@ -285,6 +286,7 @@ class ReplyModel:
             cfg.decode.talking_weight,
             cfg.decode.cost_ema,
             defer_ahead_s=cfg.decode.defer_ahead_s,
+            max_ahead_s=cfg.decode.max_ahead_s,
         )
 
     def submit_reply(
@@ -293,16 +295,12 @@ class ReplyModel:
         cancel: threading.Event | None,
         emit: Callable[[Span], None],
         done: Callable[[Ticket], None],
-        urgent: Callable[[], bool],
-        paused: Callable[[], bool],
-        ahead: Callable[[], float] = lambda: 0.0,
+        priority: Priority | None = None,
     ) -> Ticket:
         """Start the reply on the scheduler: spans go to `emit` (scheduler thread), then `done`;
-        `ahead()`: seconds of its speech not yet played (see `StepScheduler`)."""
+        `priority`: what its owner tells the scheduler at each step (urgent, held, playback)."""
         ids = self.chat_ids(messages)
-        return self.scheduler.submit(
-            lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit, urgent, paused, done, ahead
-        )
+        return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit, priority, done)
 
     def submit_ids(self, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
         """A reply to prompt token ids on the scheduler (benchmarks): its tokens go to `on_tokens`."""

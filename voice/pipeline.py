@@ -39,6 +39,7 @@ import numpy as np
 from audio.frames import AudioFrame, Reframer
 from audio.vad import SileroVAD
 from voice.config import Config
+from voice.reply_flow import Drop, Finish, Forwarded, OutputMade, Prediction, Release, Stage, Stop
 from voice.reply_policy import ReplyShaper, asks_for_more
 from voice.reply_speaker import ReplySpeaker
 from voice.reply_turn import ReplyTurn, reply_budget
@@ -111,6 +112,7 @@ class VoiceSession:
         self._latest_text = ""  # the newest hypothesis: older ones are not worth scoring
         self._heard_at: dict[tuple[int, float], float] = {}  # (utterance, audio end) -> hypothesis time
         self._replies: dict[int, ReplyTurn] = {}
+        self._dropped = ""  # why this utterance's last prediction was dropped ("" if none was)
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
         self._log("session_open")
@@ -141,7 +143,8 @@ class VoiceSession:
         self._closed = True
         self._log("session_close", replies_in_flight=len(self._replies))
         for turn in list(self._replies.values()):
-            await self._stop(turn, report=False)
+            turn.step(Stop("session closed"))
+            await self._cancel(turn, report=False)
         for task in list(self._tasks):
             task.cancel()
 
@@ -153,7 +156,9 @@ class VoiceSession:
     @property
     def replying(self) -> bool:
         """A confirmed reply is being produced."""
-        return any(t.gate.is_set() and t.task is not None and not t.task.done() for t in self._replies.values())
+        return any(
+            t.flow.stage is Stage.RELEASED and t.task is not None and not t.task.done() for t in self._replies.values()
+        )
 
     def _collect(self, window: np.ndarray) -> None:
         if self._utterance is not None:
@@ -173,6 +178,7 @@ class VoiceSession:
             log.debug("turn-taker: %s", action)
             if isinstance(action, SpeechStarted):
                 self._utterance, self._utterance_id = list(self._preroll), action.utterance
+                self._dropped = ""
                 await self.events.put(VadState("speech_start", action.t))
             elif isinstance(action, Transcribe):
                 self._spawn(self._hypothesis(action, np.concatenate(self._utterance)))
@@ -186,12 +192,15 @@ class VoiceSession:
                 continue  # that reply already ended (it failed, or all its output went out)
             elif isinstance(action, DropReply):
                 self._log("reply_dropped", turn=turn.id, reason=action.reason, text=turn.text)
-                await self._stop(turn, report=False)
+                self._dropped = action.reason
+                if turn.step(Drop(action.reason)):
+                    await self._cancel(turn, report=False)
             elif isinstance(action, ReleaseReply):
                 self._release(turn, action.endpoint)
             elif isinstance(action, StopReply):
                 self._log("reply_stopped", turn=turn.id, reason=action.reason)
-                await self._stop(turn, report=True)
+                if turn.step(Stop(action.reason)):
+                    await self._cancel(turn, report=True)
 
     async def _endpoint(self, end: Endpoint) -> None:
         self._utterance, self._preroll = None, deque(maxlen=PREROLL_WINDOWS)
@@ -205,30 +214,37 @@ class VoiceSession:
         return self._heard_at.get((end.utterance, end.final_audio_end_t), end.t)
 
     def _release(self, turn: ReplyTurn, end: Endpoint) -> None:
-        turn.stamp(
-            speech_end=end.speech_end_t,
-            endpoint=end.t,
-            asr_final=self._heard(end),
-            transcript=end.transcript,
-            predictive=turn.created < end.t,
-            end_of_turn_prob=self.turns.score_of(end.transcript),
-        )
-        turn.gate.set()
-        turn.released.set()
-        self.stack.llm.scheduler.wake()  # it may be waiting on this held reply
+        """The endpoint confirmed the reply's words: open its output, record how the prediction went."""
+        for gate in turn.step(Release(end.t, self._dropped)):
+            prediction = gate.prediction
+            turn.stamp(
+                speech_end=end.speech_end_t,
+                endpoint=end.t,
+                asr_final=self._heard(end),
+                transcript=end.transcript,
+                predictive=prediction in (Prediction.RELEASED, Prediction.LATE),
+                prediction=prediction.value,
+                prediction_started=turn.flow.created_t,
+                prediction_audio=turn.flow.audio_made_t or 0.0,
+                end_of_turn_prob=self.turns.score_of(end.transcript),
+            )
+            if prediction is Prediction.DROPPED:
+                self._log("prediction_dropped", logging.DEBUG, turn=turn.id, reason=self._dropped)
+            turn.gate.set()
+            self.stack.llm.scheduler.wake()  # it may be waiting on this held reply
 
-    async def _stop(self, turn: ReplyTurn, report: bool) -> None:
-        """Cancel a reply; if the user heard part of it, report and remember it."""
+    async def _cancel(self, turn: ReplyTurn, report: bool) -> None:
+        """Carry out a reply's `Cancel`: end its task; if the user heard part of it, report and remember it."""
         self._replies.pop(turn.id, None)
-        turn.cancel.set()
-        turn.released.set()
+        heard = turn.gate.is_set()
+        turn.gate.set()  # its forwarder sees it ended
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()
             try:
                 await turn.task
             except asyncio.CancelledError:
                 pass
-        if report and turn.gate.is_set():
+        if report and heard:
             turn.stamp(interrupted=True, reply=turn.reply_text, reply_audio_s=round(turn.audio_s, 2))
             self._remember(turn)
             await self.events.put(TurnEnd(turn.m))
@@ -292,18 +308,20 @@ class VoiceSession:
         self._replies[turn.id] = turn
         self._log("turn_start", turn=turn.id, typed=start.released, continued=more)
         if start.released:  # a typed turn: no speech to wait for
-            now = time.perf_counter()
+            now = turn.flow.created_t
             turn.stamp(speech_end=now, endpoint=now, asr_final=now)
+            turn.step(Release(now))
             turn.gate.set()
-            turn.released.set()
         turn.task = asyncio.ensure_future(self._reply(turn))
 
     async def _forward(self, turn: ReplyTurn) -> None:
         """Release the turn's events in order once the endpoint confirms it."""
         await turn.gate.wait()
+        if turn.ended:
+            return
         await self.events.put(Transcript(turn.m.transcript, True, turn.m.asr_final))
         while (event := await turn.out.get()) is not None:
-            if turn.cancel.is_set():
+            if turn.ended:
                 return
             if isinstance(event, AudioOut):
                 now = time.perf_counter()
@@ -312,7 +330,7 @@ class VoiceSession:
                     turn.stamp(first_audio=now)
                     await self.events.put(AudioStart(event.chunk.rate_hz, now))
                 turn.stamp(last_audio=now)
-                turn.audio_s += len(event.chunk.samples) / event.chunk.rate_hz
+                turn.sent_audio(len(event.chunk.samples) / event.chunk.rate_hz)
             elif isinstance(event, TurnEnd):
                 turn.stamp(reply_audio_s=round(turn.audio_s, 2))
                 self._remember(turn)  # before the client hears the turn ended: its next turn sees it
@@ -330,13 +348,15 @@ class VoiceSession:
                 turn.stamp(continued=False)
                 await self._speak_reply(turn, self.conversation.messages(turn.text))
             turn.stamp(reply=turn.reply_text.strip())
+            turn.step(OutputMade())
             turn.out.put_nowait(TurnEnd(turn.m))
             turn.out.put_nowait(None)
             await forward  # held until the endpoint
-            self._replies.pop(turn.id, None)
-            await self._act(self.turns.step(ReplyDone(turn.id)))
+            if any(isinstance(a, Finish) for a in turn.step(Forwarded())):  # the turn is over
+                self._replies.pop(turn.id, None)
+                await self._act(self.turns.step(ReplyDone(turn.id)))
         except asyncio.CancelledError:
-            turn.cancel.set()
+            turn.stop_decode.set()
             forward.cancel()
             raise
         except Exception as err:  # a failing stage ends this turn, not the session

@@ -5,7 +5,9 @@ In: a `ReplyTurn` and the chat messages to answer. Out: `ReplyText` and `AudioOu
 session releases them). The decoder runs in the shared scheduler (urgent until the first phrase
 is out, paused when far ahead of playback); each phrase is synthesised on the shared TTS worker
 as soon as the chunker closes it, a first phrase before other sessions' later ones. Cancelling
-`turn.cancel` stops decoding at the next verify step and drops queued phrases.
+the reply (`ReplyTurn.step(Stop(...))`) stops decoding at the next verify step and drops
+queued phrases. The speaker tells the reply's flow when its first phrase went to TTS, when its
+first audio was made and when the reply policy has what it will speak.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from voice.chunker import PhraseChunker
 from voice.config import Config
 from voice.llm import ReplyModel
 from voice.remote_llm import RemoteReplies
-from voice.reply_turn import EitherSet, ReplyTurn
+from voice.reply_flow import AudioMade, FirstPhrase, PolicyDone
+from voice.reply_turn import ReplyTurn
 from voice.session_events import AudioOut, ReplyText
 from voice.stack import NORMAL, URGENT, Stack
 from voice.tts import AudioChunk
@@ -47,13 +50,7 @@ class ReplySpeaker:
         # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
         # reply far ahead of playback waits for it, leaving the batch and the cores to others
         ticket = self.replies.submit_reply(
-            messages,
-            EitherSet(turn.cancel, turn.finish),
-            emit=put,
-            done=lambda _: put(None),
-            urgent=lambda: not turn.first_phrase.is_set(),
-            paused=lambda: turn.waits(self.cfg.decode.max_ahead_s),
-            ahead=turn.ahead_s,
+            messages, turn.stop_decode, emit=put, done=lambda _: put(None), priority=turn.priority
         )
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
@@ -64,7 +61,7 @@ class ReplySpeaker:
                     turn.stamp(first_span=span.t)
                 self._say(turn, shaper.push(span.text, len(span.token_ids)), chunker, phrases, span.t)
                 if shaper.stopped:  # the reply policy has what it will speak
-                    turn.finish.set()  # the decoder ends the reply at its next step
+                    turn.step(PolicyDone())  # the decoder ends the reply at its next step
                     break
             if ticket.error is not None:
                 raise ticket.error
@@ -87,7 +84,7 @@ class ReplySpeaker:
             phrases.put_nowait(None)
             await speaking
         except BaseException:
-            turn.cancel.set()  # the scheduler drops the reply at its next step
+            turn.stop_decode.set()  # the scheduler drops the reply at its next step
             speaking.cancel()
             raise
 
@@ -99,7 +96,7 @@ class ReplySpeaker:
         turn.reply_text += text
         for phrase in chunker.push(text) + (chunker.flush() if turn.shaper.at_close else []):
             phrases.put_nowait(phrase)
-            turn.first_phrase.set()
+            turn.step(FirstPhrase(t))
         turn.out.put_nowait(ReplyText(text, t))
 
     async def _tts_worker(self, turn: ReplyTurn, phrases: asyncio.Queue) -> None:
@@ -108,7 +105,7 @@ class ReplySpeaker:
         tts = self.stack.tts
         first = True
         while (phrase := await phrases.get()) is not None:
-            if turn.cancel.is_set():
+            if turn.ended:
                 return
 
             def synthesize(p: str = phrase) -> tuple[list[AudioChunk], float, float]:
@@ -125,5 +122,7 @@ class ReplySpeaker:
                 (end - start) * 1e3,
             )
             first = False
+            if chunks:
+                turn.step(AudioMade(end))
             for chunk in chunks:
                 turn.out.put_nowait(AudioOut(chunk))

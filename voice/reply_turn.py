@@ -1,4 +1,6 @@
-"""One reply in flight inside a `VoiceSession`: its flags, output gate, pacing and metrics."""
+"""One reply in flight inside a `VoiceSession`: its state machine, output queue, decode standing
+and metrics. The decisions are `voice.reply_flow.ReplyFlow`'s; this object carries out the
+decode-side ones (the job's stop flag, the scheduler's `Priority`) and hands the rest back."""
 
 from __future__ import annotations
 
@@ -7,52 +9,56 @@ import threading
 import time
 from dataclasses import replace
 
+from decode.scheduler import Priority
 from voice.config import Config
+from voice.reply_flow import Cancel, EndDecode, ReplyAction, ReplyFlow, ReplyInput, Stage
 from voice.reply_policy import ReplyBudget, ReplyShaper
 from voice.turns import TurnMetrics
 
 
-class EitherSet:
-    """Set while any of its events is: the decoder ends a reply on a barge-in (`cancel`) or once
-    the reply policy has what it will speak (`finish`)."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
-
-
 class ReplyTurn:
-    """One reply in flight: its cancel flag, output gate and timestamps."""
+    """One reply in flight: its flow, output gate, decode standing and timestamps."""
 
     def __init__(self, reply_id: int, text: str, budget: ReplyBudget, continued: bool = False) -> None:
         self.id, self.text = reply_id, text
-        self.created = time.perf_counter()
-        self.cancel = threading.Event()
-        self.finish = threading.Event()  # the reply policy ended the reply: decoding stops, output goes on
+        self.flow = ReplyFlow(time.perf_counter())
+        self.priority = Priority()  # read by the decode scheduler at each step
+        self.stop_decode = threading.Event()  # read by the decoder: end the reply at the next step
         self.shaper = ReplyShaper(budget)  # what of the decoded text is spoken
         self.continued = continued  # "tell me more": it continues the previous reply
         self.remembered = False  # its reply is in the conversation history
-        self.gate = asyncio.Event()  # set at the endpoint: output may flow
-        self.released = threading.Event()  # the same, or cancelled: for the decode thread
-        self.first_phrase = threading.Event()  # the first phrase went to TTS
+        self.gate = asyncio.Event()  # set when its output may reach the user (or it ended)
         self.m = TurnMetrics(transcript=text, continued=continued)
         self.task: asyncio.Task | None = None
         self.out: asyncio.Queue = asyncio.Queue()  # events held until the gate opens
         self.reply_text = ""
         self.audio_s = 0.0  # reply audio sent to the client
 
-    def ahead_s(self) -> float:
-        """Seconds of reply audio sent and not yet played (playback counted from the first audio)."""
-        return self.audio_s - (time.perf_counter() - self.m.first_audio) if self.m.first_audio else 0.0
+    def step(self, event: ReplyInput) -> list[ReplyAction]:
+        """Run the flow on `event`; carry out its decode-side actions; return them all."""
+        actions = self.flow.step(event)
+        if any(isinstance(a, (EndDecode, Cancel)) for a in actions):
+            self.stop_decode.set()
+        p = self.priority
+        p.urgent, p.held = self.flow.urgent, self.flow.held
+        if not self.flow.decoding:
+            p.played_until_t = 0.0  # a job to end runs its next step at once and frees its slot
+        return actions
 
-    def waits(self, max_ahead_s: float) -> bool:
-        """Whether its decoding waits: held (first phrase made, endpoint not yet confirmed), or
-        `max_ahead_s` of its audio not yet played (it resumes as playback catches up)."""
-        if self.cancel.is_set() or self.finish.is_set():
-            return False  # the scheduler ends it at its next step and frees its slot
-        return (self.first_phrase.is_set() and not self.released.is_set()) or self.ahead_s() >= max_ahead_s
+    @property
+    def ended(self) -> bool:
+        """Dropped or stopped: nothing more of it reaches the user."""
+        return self.flow.stage in (Stage.DROPPED, Stage.STOPPED)
+
+    def sent_audio(self, seconds: float) -> None:
+        """`seconds` more of its audio went to the user (playback counted from the first audio)."""
+        self.audio_s += seconds
+        if self.flow.decoding:
+            self.priority.played_until_t = self.m.first_audio + self.audio_s
+
+    def ahead_s(self) -> float:
+        """Seconds of reply audio sent and not yet played."""
+        return self.priority.ahead_s(time.perf_counter())
 
     def stamp(self, **fields) -> None:
         self.m = replace(self.m, **fields)

@@ -77,6 +77,9 @@ class TurnMetrics:
     reply_audio_s: float = 0.0  # reply audio sent
     dropped: str = ""  # an unfinished sentence cut by the hard cap, never spoken
     predictive: bool = False  # the reply was prepared before the endpoint
+    prediction: str = ""  # released | late | dropped | none (`voice.reply_flow.Prediction`)
+    prediction_started: float = 0.0  # the released reply was started
+    prediction_audio: float = 0.0  # its first audio was made (held until the endpoint if before it)
     end_of_turn_prob: float | None = None  # the final words' semantic end-of-turn score
     transcript: str = ""
     reply: str = ""
@@ -110,6 +113,9 @@ class TurnMetrics:
             "reply_audio_s": self.reply_audio_s,
             "dropped_words": len(self.dropped.split()),
             "predictive": self.predictive,
+            "prediction": self.prediction,
+            "prediction_started_ms": self._since_speech_end(self.prediction_started),
+            "prediction_audio_ready_ms": self._since_speech_end(self.prediction_audio),
             "end_of_turn_prob": None if self.end_of_turn_prob is None else round(self.end_of_turn_prob, 4),
         }
 

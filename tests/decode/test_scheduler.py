@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, plan_batch
 from decode.drafters import ModelDrafter, NgramDrafter, NoDrafter
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
-from decode.scheduler import StepScheduler
+from decode.scheduler import Priority, StepScheduler
 from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
@@ -192,21 +193,18 @@ def test_a_primed_reply_to_other_words_prefills_as_usual():
     assert out == plain_greedy(TARGET, other, 6)
 
 
-def test_a_paused_job_waits_and_does_not_stall_others():
+def test_a_held_job_waits_and_does_not_stall_others():
     sched = scheduler(slots=2)
-    hold = threading.Event()
+    priority = Priority(held=True)
     s = GenerationSettings(max_new_tokens=8)
     held_out, free_out = [], []
     held = sched.submit(
-        lambda dec: ReplyJob(dec, [1, 2, 3], s),
-        [1, 2, 3],
-        lambda sp: held_out.extend(sp.token_ids),
-        paused=lambda: not hold.is_set(),
+        lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: held_out.extend(sp.token_ids), priority
     )
     free, free_out = submit(sched, [4, 5, 6], 8)
     run_until_idle(sched)
     assert free.finished.is_set() and not held.finished.is_set() and held_out == []
-    hold.set()
+    priority.held = False  # its owner released it
     run_until_idle(sched)
     assert held_out == plain_greedy(TARGET, [1, 2, 3], 8) and free_out == plain_greedy(TARGET, [4, 5, 6], 8)
 
@@ -214,16 +212,10 @@ def test_a_paused_job_waits_and_does_not_stall_others():
 def test_a_talking_job_far_ahead_of_playback_sits_out_while_an_urgent_one_runs():
     sched = scheduler(slots=2)
     sched.defer_ahead_s = 3.0
-    ahead = [10.0]
+    talking = Priority(urgent=False, played_until_t=time.perf_counter() + 1000.0)
     s = GenerationSettings(max_new_tokens=12)
     talk_out = []
-    sched.submit(
-        lambda dec: ReplyJob(dec, [1, 2, 3], s),
-        [1, 2, 3],
-        lambda sp: talk_out.extend(sp.token_ids),
-        urgent=lambda: False,
-        ahead=lambda: ahead[0],
-    )
+    sched.submit(lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: talk_out.extend(sp.token_ids), talking)
     sched.run_step()  # alone it runs (prefill) however far ahead it is
     sched.run_step()
     before = len(talk_out)
@@ -232,12 +224,32 @@ def test_a_talking_job_far_ahead_of_playback_sits_out_while_an_urgent_one_runs()
     while not urgent.finished.is_set():
         assert sched.run_step()
         assert len(talk_out) == before  # sat out every step the urgent job ran
-    ahead[0] = 2.0  # playback caught up: it runs beside urgent work again
+    talking.played_until_t = time.perf_counter() + 2.0  # playback caught up: it runs beside urgent work again
     urgent2, _ = submit(sched, [7, 8], 6)
     sched.run_step()
     assert len(talk_out) > before
     run_until_idle(sched)
     assert talk_out == plain_greedy(TARGET, [1, 2, 3], 12) and urgent_out == plain_greedy(TARGET, [4, 5, 6], 6)
+
+
+def test_a_job_max_ahead_of_playback_waits_until_playback_catches_up():
+    sched = scheduler(slots=2)
+    sched.max_ahead_s = 8.0
+    talking = Priority(urgent=False)
+    s = GenerationSettings(max_new_tokens=12)
+    out = []
+    ticket = sched.submit(
+        lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: out.extend(sp.token_ids), talking
+    )
+    sched.run_step()
+    sched.run_step()
+    before = len(out)
+    assert before > 0
+    talking.played_until_t = time.perf_counter() + 1000.0  # far ahead of playback
+    assert not sched.run_step() and len(out) == before
+    talking.played_until_t = 0.0  # played out
+    run_until_idle(sched)
+    assert ticket.finished.is_set() and out == plain_greedy(TARGET, [1, 2, 3], 12)
 
 
 def test_a_prompt_past_the_cache_fails_its_ticket_only():

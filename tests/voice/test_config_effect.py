@@ -648,12 +648,12 @@ class ScriptedReplies:
     """The reply backend: records each request and whether it starts paused, speaks REPLY_WORDS."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[dict], bool]] = []
+        self.calls: list[list[dict]] = []
 
-    def submit_reply(self, messages, cancel, emit, done, urgent, paused, ahead):
+    def submit_reply(self, messages, cancel, emit, done, priority):
         from decode.spans import Span
 
-        self.calls.append((messages, paused()))
+        self.calls.append(messages)
         for i, word in enumerate(REPLY_WORDS):
             emit(Span((i,), word if i == 0 else " " + word, 0, 0, 0.0))
         stats = SimpleNamespace(tokens=len(REPLY_WORDS), acceptance=0.0, mean_draft_len=0.0)
@@ -732,7 +732,7 @@ def _(cfg, rig):
 
 @probe("llm.history_tokens", "8", "reply.continue_on_more=false")
 def _(cfg, rig):
-    return len(conversation(cfg, rig).calls[1][0])
+    return len(conversation(cfg, rig).calls[1])
 
 
 @probe("tts.first_phrase_words", "4")
@@ -745,10 +745,9 @@ def _(cfg, rig):
     return conversation(cfg, rig).phrases[1]
 
 
-@probe("decode.max_ahead_s", "0")
+@probe("decode.max_ahead_s", "1.0", *LOCAL)
 def _(cfg, rig):
-    """A reply with no audio ahead of playback waits only when max_ahead_s <= 0."""
-    return conversation(cfg, rig).calls[0][1]
+    return reply_model(cfg).scheduler.max_ahead_s
 
 
 # ---- the server ----------------------------------------------------------------------------------
