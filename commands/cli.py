@@ -23,7 +23,7 @@ log = logging.getLogger("voice")
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What becomes a one-line error: user-facing errors only (a FileNotFoundError from a bug keeps
     its traceback; files the user names are checked where they are opened)."""
-    from commands.fleet import FleetError
+    from commands.balancer import FleetError
     from commands.talk import DeviceError
 
     return (*USER_ERRORS, DeviceError, FleetError)

@@ -173,6 +173,20 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """How `voice fleet` restarts its workers (the supervision rules are in commands/supervisor.py).
+
+    A worker that exits before it is back in the balancer's rotation failed to start: the n-th
+    such failure in a row waits min(restart_backoff_max_s, restart_backoff_s * 2**(n-1)) before
+    the next start.
+    """
+
+    restart_backoff_s: float = 1.0  # wait after the first failed start; doubles with each failure in a row
+    restart_backoff_max_s: float = 60.0
+    start_timeout_s: float = 600.0  # a worker not healthy this long after its start is killed (a failed start)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -185,6 +199,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 def _coerce(key: str, value: object, kind: object) -> object:

@@ -13,17 +13,21 @@ import signal
 import subprocess
 import sys
 import time
+from typing import IO
 
 
-def start_server(*args: str, own_group: bool = False) -> subprocess.Popen:
-    """`voice serve ARGS…` as a child (pass `--port`), its output on a pipe; see `wait_ready`.
-    `own_group`: a terminal's Ctrl-C does not reach it (its parent stops it, e.g. by a drain)."""
+def start_server(
+    *args: str, own_group: bool = False, log: IO | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`voice serve ARGS…` as a child (pass `--port`), its output on a pipe (see `wait_ready`) or
+    into `log`; `env` is added to this process's environment. `own_group`: a terminal's Ctrl-C
+    does not reach it (its parent stops it, e.g. by a drain)."""
     return subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "serve", *args],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if log is None else log,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         start_new_session=own_group,
     )
 

@@ -8,15 +8,23 @@ Costs a few microseconds per event; a scrape reads a handful of counters.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Turn gaps on a 2-core CPU run from ~0.5 s (one talker) to tens of seconds (overloaded).
 TURN_GAP_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0)
 ACCEPTANCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RESTARTS_ENV = "VOICE_WORKER_RESTARTS"  # `voice fleet` tells a worker it starts on its port how often before
+
+
+def worker_restarts() -> int:
+    """How often `voice fleet` has started this worker's port again (RESTARTS_ENV; 0 outside a fleet)."""
+    value = os.environ.get(RESTARTS_ENV, "0")
+    return int(value) if value.isdigit() else 0
 
 
 class _LiveCollector:
@@ -80,6 +88,11 @@ class ServerMetrics:
         self.acceptance = Histogram(
             "voice_turn_draft_acceptance", "Accepted / drafted tokens per turn", buckets=ACCEPTANCE_BUCKETS, registry=r
         )
+        Gauge(
+            "voice_worker_restarts",
+            "Times `voice fleet` started this worker's port again (drained, crashed or killed before; 0: first start)",
+            registry=r,
+        ).set(worker_restarts())
         r.register(_LiveCollector(read_live))
 
     def turn_ended(self, metrics: dict) -> None:
