@@ -29,6 +29,7 @@ from audio.pacing import feed_realtime
 from audio.wavio import AudioError, read_wav, write_wav
 from commands.summary import percentiles
 from voice.config import Config, ConfigError
+from voice.errors import VoiceError
 from voice.models import cache_dir
 from voice.reply_policy import ends_sentence
 from voice.turns import STAGES, TurnRecord
@@ -265,6 +266,14 @@ class BenchPlan:
     progress: bool = True
 
 
+class BenchCut(VoiceError, RuntimeError):
+    """`voice bench --server` stopped by the server (gone, or a turn failed); `records`: the turns before."""
+
+    def __init__(self, message: str, records: list[TurnRecord]) -> None:
+        super().__init__(message)
+        self.records = records
+
+
 def _say(plan: BenchPlan, text: str) -> None:
     if plan.progress:
         print(text, flush=True)
@@ -276,9 +285,12 @@ async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> l
         if plan.server is None:
             record = await run_inprocess_turn(stack, cfg, path)
         else:
-            from web.client import run_server_turn
+            from web.client import ServerError, run_server_turn
 
-            record = await run_server_turn(plan.server, path)
+            try:
+                record = await run_server_turn(plan.server, path)
+            except ServerError as err:  # the server went away or failed the turn: report what was done
+                raise BenchCut(f"{err} after {len(records)} of {len(paths)} turns", records) from None
         records.append(record)
         gap = "no reply" if record.turn_gap_ms is None else f"{record.turn_gap_ms:.0f} ms"
         _say(plan, f"[{i + 1}/{len(paths)}] {path.name}: {record.transcript!r} -> gap {gap}")

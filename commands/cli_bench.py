@@ -28,6 +28,7 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
 
     from commands.bench import bench_audio, machine_info
     from commands.soak import disconnect_storm, soak
+    from web.client import ServerLost
     from web.launch import spawn_server, stop_server
 
     try:
@@ -48,22 +49,34 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     try:
         result = asyncio.run(soak(ws_url, paths, levels, args.turns))
         result["machine"] = machine_info()
-        if args.storm:
-            result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
+        if args.storm and "server_lost" not in result:
+            try:
+                result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
+            except ServerLost as err:
+                result["server_lost"] = str(err)
     finally:
         if proc is not None:
             stop_server(proc)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2), flush=True)
+    if "server_lost" in result:
+        answered = result["warmup_answered"] + sum(level["answered"] for level in result["levels"])
+        raise ServerLost(f"{result['server_lost']} — {answered} turns answered before; the JSON above has the counts")
 
 
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
 
-    from commands.bench import plot, run_bench
+    from commands.bench import BenchCut, machine_info, plot, report, run_bench
 
     plan = _bench_plan(args)
-    result, records = asyncio.run(run_bench(cfg, plan))
+    try:
+        result, records = asyncio.run(run_bench(cfg, plan))
+    except BenchCut as err:  # the turns before still count: their JSON, then the one-line error
+        if args.json:
+            cut = {"machine": machine_info(), **report(err.records), "server_lost": str(err)}
+            print(json.dumps(cut, indent=2), flush=True)
+        raise
     if args.plot and records:
         plot(records, args.plot)
     if args.json:

@@ -84,7 +84,7 @@ class Fleet:
     say: Callable[[str], None] = lambda line: print(time.strftime("[%H:%M:%S] ") + line, flush=True)
     members: list[Worker] = field(default_factory=list)
     balancer: Balancer | None = None
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="voice-fleet-")))
+    workdir: Path | None = None  # made by `start()` unless given
 
     @property
     def url(self) -> str:
@@ -92,6 +92,7 @@ class Fleet:
 
     def start(self) -> None:
         """Start the workers together, wait until each is healthy, then HAProxy with every worker UP."""
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="voice-fleet-"))
         self.balancer = Balancer(find_haproxy(), self.workdir)
         ports = (
             [self.first_worker_port + i for i in range(self.workers)]
@@ -273,8 +274,8 @@ def run_fleet(fleet: Fleet) -> None:
     workers = ", ".join(w.label() for w in fleet.members)
     fleet.say(
         f"fleet ready: open {fleet.url}  (websocket: ws://{HOST}:{fleet.port}/ws; {workers}, each with "
-        f"/healthz and /metrics; haproxy config {fleet.balancer.config}); rolling restart: "
-        f"kill -HUP {os.getpid()}; stop: Ctrl-C or kill {os.getpid()}"
+        f"/healthz and /metrics; haproxy pid {fleet.balancer.proc.pid}, config {fleet.balancer.config}); "
+        f"rolling restart: kill -HUP {os.getpid()}; stop: Ctrl-C or kill {os.getpid()}"
     )
 
     def rolling_asked() -> bool:

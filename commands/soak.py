@@ -3,7 +3,9 @@
 In: a server URL, concurrency levels, turns per client. Out: JSON per level — turn-gap
 p50/p90, answered and lost turns, errors — plus the server's RSS, task and thread counts
 (from its `/stats`) before and after, so leaks show. Traffic goes only to the given
-server (use a loopback address).
+server (use a loopback address). A turn cut by a draining worker (1001) or a dropped
+connection (a worker killed) is said again on a new session; a server or balancer that stops
+accepting connections ends the run with the counts so far and `server_lost` saying why.
 """
 
 from __future__ import annotations
@@ -12,28 +14,39 @@ import asyncio
 import json
 import random
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
 from voice.turns import STAGES
-from web.client import ServerGoingAway, open_session, spoken_turn
+from web.client import ServerGoingAway, ServerLost, SessionDropped, open_session, spoken_turn
 
 
 def server_stats(ws_url: str) -> dict:
-    """The server's `/stats` (sessions, tasks, threads, rss_bytes)."""
+    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLost` when nothing answers."""
     http = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0]
-    with urllib.request.urlopen(f"{http}/stats", timeout=10) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(f"{http}/stats", timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError:
+        raise
+    except OSError as err:  # refused, reset, timed out: the server or the balancer is gone
+        raise ServerLost(
+            f"the server at {ws_url} went away ({getattr(err, 'reason', err)}); is it still running?"
+        ) from None
 
 
-TURN_RETRIES = 3  # a turn cut by a draining worker (1001) is said again on a new session this often
+TURN_RETRIES = 3  # a turn cut by a draining worker (1001) or a dropped connection is said again this often
 
 
-async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple[list[dict], int, list[str], int]:
-    """One talker's turns: the answered ones' stage times (gap last), lost turns, errors, and turns
-    said again on a new session because a draining worker closed the old one (1001)."""
+async def _client(
+    url: str, paths: list[Path], turns: int, offset: int
+) -> tuple[list[dict], int, list[str], int, str | None]:
+    """One talker's turns: the answered ones' stage times (gap last), lost turns, errors, turns said
+    again on a new session because the old one was cut (1001 or dropped), and why the server was lost
+    (None: it was not; the talker stops there and its remaining turns count as lost)."""
     answered, lost, errors, retried = [], 0, [], 0
     ws = None
     try:
@@ -44,10 +57,12 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
                 try:
                     ws = ws if ws is not None else await open_session(url)
                     record = await spoken_turn(ws, path)
-                except ServerGoingAway:
+                except (ServerGoingAway, SessionDropped):
                     ws = None
                     retried += 1
                     continue
+                except ServerLost as err:
+                    return answered, lost + turns - i, errors, retried, str(err)
                 except Exception as err:  # a refused session or a server error loses the turn
                     errors.append(f"{type(err).__name__}: {err}")
                     ws = await _drop(ws)
@@ -70,7 +85,7 @@ async def _client(url: str, paths: list[Path], turns: int, offset: int) -> tuple
     finally:
         if ws is not None:
             await ws.close()
-    return answered, lost, errors, retried
+    return answered, lost, errors, retried, None
 
 
 async def _drop(ws):
@@ -120,23 +135,33 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmu
     `before` is read after a warm-up of one turn per client of the largest level (unless
     `warmup` is False), so first-use allocations (model buffers, onnxruntime arenas sized by
     the longest phrase so far) are not counted as growth. `/stats` is read only when `url`
-    reaches a worker that has it (through a balancer it is one worker's figures).
+    reaches a worker that has it (through a balancer it is one worker's figures). A server that
+    goes away ends the run: the levels so far (the cut one with its counts, no server figures)
+    and `server_lost`, why.
     """
+    out: dict = {"server": url, "turns_per_client": turns, "warmup_answered": 0, "before": None, "levels": []}
+    try:
+        await _run_levels(url, paths, levels, turns, warmup, out)
+    except ServerLost as err:
+        out["server_lost"] = str(err)
+    levels_done = out["levels"]
+    out["after"] = levels_done[-1]["server_after"] if levels_done else out["before"]
+    return out
+
+
+async def _run_levels(url: str, paths: list[Path], levels: list[int], turns: int, warmup: bool, out: dict) -> None:
+    """`soak`'s work, written into `out` as it goes (so a lost server leaves the counts so far)."""
     warm = await asyncio.gather(*(_client(url, paths, 1, i) for i in range(max(levels)))) if warmup else []
-    before = await settle(url, {"sessions": 0, "tasks": 1 << 30})
-    out = {
-        "server": url,
-        "turns_per_client": turns,
-        "warmup_answered": sum(len(r[0]) for r in warm),
-        "before": before,
-        "levels": [],
-    }
+    out["warmup_answered"] = sum(len(r[0]) for r in warm)
+    _raise_if_lost(warm)
+    before = out["before"] = await settle(url, {"sessions": 0, "tasks": 1 << 30})
     for n in levels:
         t0 = time.perf_counter()
         start = await asyncio.to_thread(server_stats, url)
         results = await asyncio.gather(*(_client(url, paths, turns, i) for i in range(n)))
+        lost_server = any(r[4] for r in results)
+        after = None if lost_server else await settle(url, before)
         turns_done = [t for r in results for t in r[0]]
-        after = await settle(url, before)
         out["levels"].append(
             {
                 "clients": n,
@@ -150,13 +175,18 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmu
                     s: percentiles([t[s] for t in turns_done if t[s] is not None]) for s in ("llm_start", *STAGES)
                 },
                 "wall_s": round(time.perf_counter() - t0, 1),
-                **decode_delta(start.get("decode"), after.get("decode")),
-                "rss_mb": round(after["rss_bytes"] / 2**20, 1),
+                **decode_delta(start.get("decode"), after and after.get("decode")),
+                "rss_mb": round(after["rss_bytes"] / 2**20, 1) if after else None,
                 "server_after": after,
             }
         )
-    out["after"] = out["levels"][-1]["server_after"] if out["levels"] else before
-    return out
+        _raise_if_lost(results)
+
+
+def _raise_if_lost(results: list[tuple]) -> None:
+    """`ServerLost` with the first talker's reason, if one lost the server."""
+    if reason := next((r[4] for r in results if r[4]), None):
+        raise ServerLost(reason)
 
 
 async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 0) -> dict:

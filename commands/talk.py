@@ -236,9 +236,10 @@ async def talk_remote(
     url: str, input_device=None, output_device=None, input_wav: str | None = None, output_wav: str | None = None
 ) -> int:
     """Stream the microphone (or a WAV) to a server's `/ws`; print and play what comes back. A
-    worker that drains closes with 1001 at a turn boundary: a new session opens (through a
-    balancer, on another worker) and the microphone carries on."""
-    from web.client import ServerGoingAway, open_session
+    worker that drains closes with 1001 at a turn boundary (or dies, dropping the connection):
+    a new session opens (through a balancer, on another worker) and the microphone carries on.
+    A server that no longer accepts connections raises `ServerLost` with the turns answered."""
+    from web.client import ServerGoingAway, ServerLost, SessionDropped, open_session
 
     audio = read_wav(input_wav) if input_wav else None
     sd = None
@@ -252,12 +253,17 @@ async def talk_remote(
     )
     try:
         while not out.finished.is_set():
-            ws = await open_session(url)
+            try:
+                ws = await open_session(url)
+            except ServerLost as err:
+                raise ServerLost(f"{err} ({out.answered} turns answered before)") from None
             print(f"(connected to {url})", flush=True)
             try:
                 await _converse(ws, frames, out, source)
             except ServerGoingAway:
                 print("\n(the server is draining — reconnecting…)", flush=True)
+            except SessionDropped:
+                print("\n(the connection dropped — reconnecting…)", flush=True)
     finally:
         source.cancel()
         out.close()
@@ -321,7 +327,7 @@ async def _converse(ws, frames: asyncio.Queue, out: _RemoteOutput, source: async
     raises ServerGoingAway on 1001."""
     from websockets.exceptions import ConnectionClosed
 
-    from web.client import ServerError, ServerGoingAway, is_going_away
+    from web.client import ServerError, ServerGoingAway, SessionDropped, is_dropped, is_going_away
 
     async def send() -> None:
         while True:
@@ -344,6 +350,8 @@ async def _converse(ws, frames: asyncio.Queue, out: _RemoteOutput, source: async
     except ConnectionClosed as err:
         if is_going_away(err):
             raise ServerGoingAway("the worker is draining") from None
+        if is_dropped(err):
+            raise SessionDropped("the connection dropped") from None
         raise ServerError(f"the server closed the session ({err}); is it still running?") from None
     finally:
         for task in tasks:

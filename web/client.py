@@ -6,6 +6,9 @@ audio received minus the time the last voiced sample was sent. A worker that dra
 the session with 1001 (going away): `spoken_turn` raises `ServerGoingAway` and the caller
 opens a new session (through a balancer, on another worker) and says the turn again;
 `open_session` retries a worker that answers 503 (loading or draining) or drops the handshake.
+A connection that drops without a close (a worker or balancer killed) raises `SessionDropped`
+(say the turn again on a new session, as for 1001); when nothing accepts connections any more
+`open_session` raises `ServerLost`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ class ServerGoingAway(ServerError):
     """The server closed the session with 1001 (it is draining): open a new session and go on."""
 
 
+class SessionDropped(ServerError):
+    """The connection ended without a close (the worker or the balancer died): open a new session
+    (through a balancer, on another worker) and go on."""
+
+
+class ServerLost(ServerError):
+    """Nothing accepts connections at the URL any more (the server or the balancer went away)."""
+
+
 def is_going_away(err: BaseException) -> bool:
     """A socket closed by the server with 1001 (going away)."""
     return isinstance(err, ConnectionClosed) and err.rcvd is not None and err.rcvd.code == GOING_AWAY
@@ -47,13 +59,16 @@ def is_going_away(err: BaseException) -> bool:
 
 async def open_session(url: str, timeout_s: float = 60.0, tries: int = OPEN_TRIES) -> ClientConnection:
     """Connect and start a session; returns the open websocket after `ready`. A 503 (worker loading
-    or draining), a refused connection or a 1001 before `ready` is retried `tries` times."""
+    or draining), a refused connection, a 1001 or a dropped connection before `ready` is retried
+    `tries` times; `ServerLost` when the last try's connection was refused too."""
     for attempt in range(tries):
         try:
             return await _start_session(url, timeout_s)
-        except (InvalidHandshake, OSError, ServerGoingAway) as err:
+        except (InvalidHandshake, OSError, ServerGoingAway, SessionDropped) as err:
             if isinstance(err, InvalidStatus) and err.response.status_code != 503:
                 raise ServerError(f"server refused the session: HTTP {err.response.status_code}") from None
+            if attempt == tries - 1 and isinstance(err, OSError):
+                raise ServerLost(f"the server at {url} went away ({err}); is it still running?") from None
             if attempt == tries - 1:
                 raise ServerError(f"no worker took the session after {tries} tries: {err}") from None
             await asyncio.sleep(OPEN_RETRY_DELAY_S)
@@ -68,6 +83,8 @@ async def _start_session(url: str, timeout_s: float) -> ClientConnection:
     except ConnectionClosed as err:
         if is_going_away(err):
             raise ServerGoingAway("the worker went away before the session started") from None
+        if is_dropped(err):
+            raise SessionDropped("the connection dropped before the session started") from None
         raise
     if ready.get("type") != "ready":
         await ws.close()
@@ -118,10 +135,18 @@ async def spoken_turn(ws: ClientConnection, path: Path, audio: np.ndarray | None
 
 
 def _closed(err: ConnectionClosed) -> Exception:
-    """A closed socket as the error the caller acts on: `ServerGoingAway` for 1001."""
+    """A closed socket as the error the caller acts on: `ServerGoingAway` for 1001, `SessionDropped`
+    for a connection that ended without a close frame."""
     if is_going_away(err):
         return ServerGoingAway("the worker is draining (1001 going away): open a new session and say the turn again")
+    if is_dropped(err):
+        return SessionDropped("the connection dropped without a close (the server died?): open a new session")
     return err
+
+
+def is_dropped(err: BaseException) -> bool:
+    """A socket that ended without a close frame from the server (its process or the balancer died)."""
+    return isinstance(err, ConnectionClosed) and err.rcvd is None
 
 
 async def run_server_turn(url: str, path: Path) -> TurnRecord:
@@ -130,5 +155,8 @@ async def run_server_turn(url: str, path: Path) -> TurnRecord:
     try:
         return await spoken_turn(ws, path)
     finally:
-        await ws.send(json.dumps({"type": "stop"}))
+        try:
+            await ws.send(json.dumps({"type": "stop"}))
+        except ConnectionClosed:  # the turn's own error (if any) says why
+            pass
         await ws.close()

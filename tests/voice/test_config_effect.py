@@ -908,6 +908,41 @@ def test_every_config_key_has_a_probe_and_every_probe_a_key():
     assert sorted(set(PROBES) - set(KEYS)) == [], "probes of keys that are gone"
 
 
+# ---- fleet: the supervisor `voice fleet` builds, on a scripted timeline ------------------------
+def fleet_supervision(cfg: Config, rig: Rig) -> list:
+    """The actions of `voice fleet`'s supervisor for a worker that exits, then keeps failing to start."""
+    import commands.fleet
+    from commands.supervisor import Exited, Tick
+
+    fleets = []
+    rig.monkeypatch.setattr(commands.fleet, "run_fleet", fleets.append)
+    args = argparse.Namespace(
+        workers=2, port=8765, first_worker_port=8801, check_ms=1000, print_config=False, config=None, set=[]
+    )
+    commands.fleet.fleet_command(args, cfg)
+    fleet = fleets[0]
+    fleet.members = [commands.fleet.Worker("w1", 8801), commands.fleet.Worker("w2", 8802)]
+    sup = fleet.supervisor()
+    script = [Exited("w1", 0, 0.0), Exited("w1", 1, 1.0), Tick(1000.0), Exited("w1", 1, 1001.0), Tick(3000.0)]
+    script += [Tick(3030.0), Tick(3600.0)]
+    return [(obs, sup.observe(obs)) for obs in script]
+
+
+@probe("fleet.restart_backoff_s", "2.0")
+def _(cfg, rig):
+    return fleet_supervision(cfg, rig)
+
+
+@probe("fleet.restart_backoff_max_s", "1.5")
+def _(cfg, rig):
+    return fleet_supervision(cfg, rig)
+
+
+@probe("fleet.start_timeout_s", "30.0")
+def _(cfg, rig):
+    return fleet_supervision(cfg, rig)
+
+
 def test_default_toml_repeats_the_dataclass_defaults():
     """One source of defaults: configs/default.toml only documents them (other configs override)."""
     assert load_config() == Config()
