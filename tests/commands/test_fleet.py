@@ -180,6 +180,16 @@ def assert_every_turn_answered(result: dict, turns: int) -> None:
 
 
 @pytest.mark.slow
+def test_a_soak_through_the_fleet_is_answered_and_counted_by_the_workers(fleet, paths):
+    workers = fleet.workers().values()
+    counted = sum(metric(url, "voice_turn_gap_seconds_count") for url in workers)
+    result = asyncio.run(soak(fleet.ws_url, paths, levels=[2], turns=1))
+    assert_every_turn_answered(result, 2)
+    now = sum(metric(url, "voice_turn_gap_seconds_count") for url in workers)
+    assert now - counted == result["warmup_answered"] + 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["drained", "killed"])
 def test_a_worker_that_goes_away_under_a_soak_comes_back_and_no_turn_is_lost(fleet, paths, sig):
     mark, workers = len(fleet.lines), fleet.workers()
