@@ -25,13 +25,13 @@ from web.client import ServerGoingAway, ServerLost, SessionDropped, open_session
 
 
 def server_stats(ws_url: str) -> dict:
-    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLost` when nothing answers."""
+    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLost` when it does not answer 200."""
     http = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0]
     try:
         with urllib.request.urlopen(f"{http}/stats", timeout=10) as resp:
             return json.loads(resp.read())
-    except urllib.error.HTTPError:
-        raise
+    except urllib.error.HTTPError as err:  # a balancer with no worker up answers 503
+        raise ServerLost(f"the server at {ws_url} answered /stats with HTTP {err.code}: is any worker up?") from None
     except OSError as err:  # refused, reset, timed out: the server or the balancer is gone
         raise ServerLost(
             f"the server at {ws_url} went away ({getattr(err, 'reason', err)}); is it still running?"
