@@ -289,9 +289,10 @@ def run_fleet(fleet: Fleet) -> None:
         fleet.supervise(lambda: bool(stop), rolling_asked)
     except KeyboardInterrupt:
         pass
-    fleet.say("draining the workers…")
-    fleet.stop()
-    fleet.say("fleet stopped")
+    finally:  # whatever ends the loop, no worker or HAProxy is left behind
+        fleet.say("draining the workers…")
+        fleet.stop()
+        fleet.say("fleet stopped")
 
 
 def add_fleet_parser(sub, common: argparse.ArgumentParser) -> None:

@@ -318,3 +318,26 @@ def test_bench_replies_are_brief_and_end_on_a_sentence(stack):
         assert ends_sentence(turn["reply"]), turn["reply"]
         assert 0 < turn["reply_audio_s"] <= 15 and turn["reply_sentences"] >= 1 and turn["reply_tokens"] > 0
     assert result["reply_audio_s"]["p50"] <= 10
+
+
+def test_bench_through_a_server_that_is_gone_prints_its_json_and_one_line(tmp_path, capsys, monkeypatch):
+    import json
+    import socket
+
+    import numpy as np
+
+    import web.client
+    from audio.wavio import write_wav
+    from commands.cli import main
+
+    monkeypatch.setattr(web.client, "OPEN_RETRY_DELAY_S", 0.0)
+    write_wav(tmp_path / "q.wav", np.zeros(1600, np.float32), 16000)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        gone = f"ws://127.0.0.1:{s.getsockname()[1]}/ws"
+    assert main(["bench", "--server", gone, "--audio", str(tmp_path / "q.wav"), "--json"]) == 2
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["turns"] == 0 and "went away" in result["server_lost"]
+    assert err.startswith(f"error: the server at {gone} went away") and "after 0 of 1 turns" in err, err
+    assert len(err.strip().splitlines()) == 1, err

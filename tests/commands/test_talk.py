@@ -126,3 +126,63 @@ def test_talk_through_a_server_reconnects_when_the_worker_goes_away(tmp_path, ca
     assert len(sessions) == 2 and "draining — reconnecting" in out
     assert "you:       What is the capital of France?" in out and "Paris." in out and "[turn gap 512.0 ms" in out
     assert reply.stat().st_size > 3000
+
+
+def test_talk_through_a_server_reconnects_after_a_drop_and_says_when_the_server_is_gone(tmp_path, capsys, monkeypatch):
+    """The first session's connection drops without a close (its worker killed): talk opens a new one.
+    Then, with nothing listening, `voice talk --server` ends with one line and the turns answered."""
+    import json
+    import socket
+
+    from websockets.asyncio.server import serve
+
+    import web.client
+    from audio.wavio import write_wav
+    from commands.cli import main
+    from commands.talk import talk_remote
+
+    monkeypatch.setattr(web.client, "OPEN_RETRY_DELAY_S", 0.0)
+    sessions = []
+    metrics = {
+        "turn_gap_ms": 512.0,
+        "asr_final_ms": 1.0,
+        "first_span_ms": 1.0,
+        "interrupted": False,
+        "shortened": False,
+    }
+
+    async def handler(ws):
+        assert json.loads(await ws.recv())["type"] == "start"
+        sessions.append(ws)
+        await ws.send(json.dumps({"type": "ready", "session": f"s{len(sessions)}", "output_sample_rate": 16000}))
+        for _ in range(10):
+            await ws.recv()
+        if len(sessions) == 1:
+            ws.transport.abort()  # a killed worker: no close frame
+            return
+        await ws.send(json.dumps({"type": "transcript", "final": True, "text": "Hi?"}))
+        await ws.send(json.dumps({"type": "audio_start", "sample_rate": 16000}))
+        await ws.send(np.zeros(1600, "<i2").tobytes())
+        await ws.send(json.dumps({"type": "turn_end", "metrics": metrics, "transcript": "", "reply": "Hello."}))
+        async for _ in ws:
+            pass
+
+    wav = tmp_path / "q.wav"
+    write_wav(wav, 0.1 * np.sin(np.arange(8000) / 5.0).astype(np.float32), 16000)
+
+    async def through_server():
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            url = f"ws://127.0.0.1:{port}/ws"
+            return await asyncio.wait_for(talk_remote(url, input_wav=str(wav), output_wav=str(tmp_path / "r.wav")), 60)
+
+    assert asyncio.run(through_server()) == 0
+    assert len(sessions) == 2 and "connection dropped — reconnecting" in capsys.readouterr().out
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        gone = f"ws://127.0.0.1:{s.getsockname()[1]}/ws"
+    assert main(["talk", "--server", gone, "--input-wav", str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the server at {gone} went away") and "(0 turns answered before)" in err, err
+    assert len(err.strip().splitlines()) == 1, err
