@@ -279,18 +279,19 @@ class VoiceSession:
             await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t)))
             return
         try:  # a decode that may be the final transcript goes before other sessions' partials
-            text = await self.stack.asr_worker.run(
-                lambda: self.stack.asr.transcribe(audio), URGENT if ask.quiet else NORMAL
+            heard = await self.stack.asr_worker.run(
+                lambda: self.stack.asr.transcribe_detailed(audio), URGENT if ask.quiet else NORMAL
             )
+            text, looped = heard.text, heard.attempts > 1 or heard.collapsed
         except Exception as err:  # the turn-taker must hear back, or it waits forever
             log.exception(log_line("asr_failed", session=self.id))
             await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
-            text = ""
+            text, looped = "", False
         self._heard_at[(ask.utterance, ask.audio_end_t)] = time.perf_counter()
         if ask.utterance == self._utterance_id and self._utterance is not None and text:
             self._latest_text = text
             await self.events.put(Transcript(text, False, time.perf_counter()))
-        await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t)))
+        await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t, looped)))
 
     async def _score(self, text: str) -> None:
         llm = self.stack.llm

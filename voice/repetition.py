@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 LOOP_MIN_REPEATS = 3
 LOOP_MAX_PERIOD_WORDS = 12
+CLAUSE_MIN_WORDS = 3  # a whole sentence this long said twice in a row is a loop too
 COMPRESSION_RATIO_THRESHOLD = 2.4  # faster-whisper's default for its temperature fallback
 _SENTENCE_END = (".", "?", "!")
 
@@ -50,13 +51,23 @@ def _periodic_end(keys: Sequence[str], start: int, period: int) -> int:
     return end
 
 
-def _loop_at(keys: Sequence[str], start: int, min_repeats: int, max_period_words: int) -> Repetition | None:
+def _loop_at(
+    words: Sequence[str], keys: Sequence[str], start: int, min_repeats: int, max_period_words: int
+) -> Repetition | None:
     for period in range(1, min(max_period_words, (len(keys) - start) // 2) + 1):
         end = _periodic_end(keys, start, period)
         run = end - start
         if run >= min_repeats * period or (end == len(keys) and run > 2 * period):
             return Repetition(start, end, period)
+        if run >= 2 * period >= 2 * CLAUSE_MIN_WORDS and _is_clause(words, start, period):
+            return Repetition(start, end, period)
     return None
+
+
+def _is_clause(words: Sequence[str], start: int, period: int) -> bool:
+    """Words [start, start + period) are a whole sentence: it closes, and nothing open precedes it."""
+    opens = start == 0 or words[start - 1].endswith(_SENTENCE_END)
+    return opens and words[start + period - 1].endswith(_SENTENCE_END)
 
 
 def find_repetitions(
@@ -67,15 +78,17 @@ def find_repetitions(
     Words compare lower-cased without punctuation. A run of length L with period p (a phrase
     of p <= max_period_words words) is a loop when L >= min_repeats * p, or when it ends the
     text and L > 2 * p: a loop cut off mid-phrase by the token cap ("Learn to swim! Learn to
-    swim! Learn to"). So "No, no, no." and "very very very good" count as loops (retried,
-    then collapsed to "No" / "very good", which keeps their meaning); "Yes yes." and
+    swim! Learn to"), or when the phrase is a whole sentence of p >= CLAUSE_MIN_WORDS words
+    said twice: a short-window decode that invents an ending and repeats it ("Who painted
+    her? Who painted her?"). So "No, no, no." and "very very very good" count as loops
+    (retried, then collapsed to "No" / "very good", which keeps their meaning); "Yes yes." and
     "Thank you. Thank you." do not.
     """
     keys = [_norm(w) for w in words]
     runs: list[Repetition] = []
     start = 0
     while start < len(keys):
-        run = _loop_at(keys, start, min_repeats, max_period_words)
+        run = _loop_at(words, keys, start, min_repeats, max_period_words)
         runs += [run] if run else []
         start = run.end if run else start + 1
     return runs

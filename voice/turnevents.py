@@ -27,6 +27,7 @@ class Hypothesis:
     utterance: int
     text: str
     audio_end_t: float
+    looped: bool = False  # the decode looped (retried or collapsed): its ending is no sign the turn ended
 
 
 @dataclass(frozen=True)

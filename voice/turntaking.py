@@ -18,7 +18,9 @@ The rules:
   repeats the previous hypothesis word for word; otherwise one whose audio reaches
   `asr.final_tail_ms` past the last voiced window is. Audio already covered is never re-decoded.
 - Endpoint: silence >= required_silence_ms(score of the final transcript); the reply built on
-  the final transcript's words is released, any other is dropped and one is started.
+  the final transcript's words is released, any other is dropped and one is started. A final
+  transcript whose decode looped ("Who painted her? Who painted her?", collapsed to one copy)
+  waits `turn.max_silence_ms`: an invented ending never shortens the wait.
 - Speech while a released reply plays is a barge-in (`StopReply`), unless `echo` says the
   speech is our own reply through a speaker.
 """
@@ -203,7 +205,7 @@ class TurnTaker:
                 return []
             return self._transcribe(t, quiet=True)  # with the tail: soft word endings ("France") are in
         silence_ms = (t - u.last_voiced_t) * 1e3
-        if u.endpoint_due or silence_ms >= self._required_ms(u.final.text):
+        if u.endpoint_due or silence_ms >= self._required_ms(u.final):
             return self._endpoint(t)
         return []
 
@@ -212,11 +214,14 @@ class TurnTaker:
         self.utterance.last_decode_t = t
         return [Transcribe(self.utterance.id, t, quiet)]
 
-    def _required_ms(self, text: str) -> float:
+    def _required_ms(self, final: Hypothesis) -> float:
         s = self.settings
-        if not text.strip():
+        if not final.text.strip():
             return s.min_silence_ms  # nothing said (noise): end it without a reply
-        return required_silence_ms(self.score_of(text), s.min_silence_ms, s.max_silence_ms, s.eot_low, s.eot_high)
+        if final.looped:
+            return s.max_silence_ms
+        prob = self.score_of(final.text)
+        return required_silence_ms(prob, s.min_silence_ms, s.max_silence_ms, s.eot_low, s.eot_high)
 
     def score_of(self, text: str) -> float | None:
         """The score of `text`, or of the latest scored text with the same words."""

@@ -36,6 +36,7 @@ WHISPER_LOOPS = [
     "Farge a Stocean Farge a Stocean Farge a St",  # the token cap cut "Stocean"
     "Italy Italy Italy Italy Italy Italy Italy Italy Italy Italy Italy Italy Italy",
     "Learn to swim! Learn to swim! Learn to",
+    "Who painted her? Who painted her?",  # a short window invented an ending, then repeated it
 ]
 SPEECH = [
     "What is the capital of France?",
@@ -86,6 +87,14 @@ def test_three_in_a_row_is_a_loop_even_when_said():
     # Documented choice: retried, and if it persists collapsed, which keeps the meaning.
     assert is_repetition_loop("No, no, no.")
     assert collapse_repetition("very very very good") == "very good"
+
+
+def test_a_whole_sentence_said_twice_is_a_loop_and_collapses_to_one():
+    assert collapse_repetition("Who painted her? Who painted her?") == "Who painted her?"
+    assert collapse_repetition("So. The cat sat. The cat sat. Really") == "So. The cat sat. Really"
+    # shorter sentences, or a repeat that is not a whole sentence, are speech
+    assert not is_repetition_loop("Thank you. Thank you.")
+    assert not is_repetition_loop("I said what is it. What is it.")
 
 
 def test_long_character_loop_is_caught_by_compression_ratio():

@@ -189,8 +189,8 @@ def test_with_the_asr_busy_partials_are_skipped_and_the_final_transcript_still_a
     stack, question_wav, monkeypatch
 ):
     calls = []
-    transcribe = stack.asr.transcribe
-    monkeypatch.setattr(stack.asr, "transcribe", lambda audio: calls.append(len(audio)) or transcribe(audio))
+    transcribe = stack.asr.transcribe_detailed
+    monkeypatch.setattr(stack.asr, "transcribe_detailed", lambda audio: calls.append(len(audio)) or transcribe(audio))
     asyncio.run(_ask(stack, question_wav))
     free = len(calls)
     calls.clear()
