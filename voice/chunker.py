@@ -1,8 +1,9 @@
 """Phrase chunker: decoder text deltas in, speakable phrases out.
 
 In: text deltas as spans arrive. Out: phrases for TTS. The first phrase goes as soon as
-it can be spoken naturally — `first_words` complete words, or a clause/sentence end —
-then clause or sentence chunks (capped at `max_words`). A cut happens only at whitespace,
+it can be spoken naturally — `first_words` complete words (more while the last one is a
+word no phrase ends on: "the", "of", "is", …), or a clause/sentence end — then clause or
+sentence chunks (capped at `max_words`). A cut happens only at whitespace,
 so a word or a number ("3.14", "1,000") is never split. Pure; no model.
 """
 
@@ -13,6 +14,12 @@ from dataclasses import dataclass, field
 
 # punctuation that ends a clause when followed by whitespace
 _CLAUSE_END = re.compile(r"[.!?;:,]['\")\]]*\s")
+# words a spoken phrase does not end on: a first phrase "The" or "It is" would be said alone
+_LEANS_ON_NEXT = frozenset(
+    "a an the of to in on at for from with by about as into and or but if so that than "
+    "is are was were be been am do does did can could will would should may might must "
+    "i you he she it we they my your his her its our their this these those there".split()
+)
 
 
 @dataclass
@@ -51,6 +58,15 @@ class PhraseChunker:
             n_words = len(buf[: clause.end()].split())
             if n_words <= limit and (self._emitted == 0 or n_words >= 2):
                 return clause.end()
+        if self._emitted == 0:
+            limit = self._first_cut_words(buf, limit)
         if len(word_ends) >= limit:
             return word_ends[limit - 1]
         return None
+
+    def _first_cut_words(self, buf: str, limit: int) -> int:
+        """Words in the first phrase: `limit`, more while the last leans on the next (to `max_words`)."""
+        words = buf.split()
+        while limit < self.max_words and limit <= len(words) and words[limit - 1].lower() in _LEANS_ON_NEXT:
+            limit += 1
+        return limit

@@ -153,7 +153,7 @@ class TurnConfig:
 class TTSConfig:
     """Piper synthesis and the phrase chunker that feeds it."""
 
-    first_phrase_words: int = 2
+    first_phrase_words: int = 1  # more while its last word leans on the next ("The" waits for "moon")
     max_phrase_words: int = 18
     length_scale: float = 1.0
 

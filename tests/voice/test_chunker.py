@@ -16,10 +16,19 @@ def feed(text, pieces, first_words, max_words=18):
 def test_first_phrase_after_a_few_words_then_clauses():
     text = "The capital of France is Paris. It is known for the Eiffel Tower, museums and food."
     phrases = feed(text, [3] * 40, first_words=3)
-    assert phrases[0] == "The capital of"
-    assert phrases[1] == "France is Paris."
+    assert phrases[0] == "The capital of France"  # not cut after "of"
+    assert phrases[1] == "is Paris."
     assert phrases[2] == "It is known for the Eiffel Tower,"
     assert " ".join(phrases) == text
+
+
+def test_a_one_word_first_phrase_never_ends_on_a_word_that_leans_on_the_next():
+    text = "The capital of France is Paris."
+    assert feed(text, [1] * 40, first_words=1)[0] == "The capital"
+    assert feed("Paris is the capital.", [1] * 40, first_words=1)[0] == "Paris"
+    assert feed("It is a big one.", [1] * 40, first_words=1)[0] == "It is a big"
+    ch = PhraseChunker(first_words=1, max_words=18)
+    assert ch.push("The ") == [] and ch.push("moon ") == ["The moon"]
 
 
 def test_first_phrase_released_at_early_punctuation():
