@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    loaded = sys.modules.get("voice.stack")  # imported only by the commands that load models
+    stacks_before = loaded.stacks_loaded() if loaded is not None else 0
     try:
         cfg = load_config(args.config, config_overrides(args))
         args.func(args, cfg)
@@ -353,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:  # worker threads stop after their current call, before the interpreter exits
-        loaded = sys.modules.get("voice.stack")  # imported only by the commands that load models
+    finally:  # the command's worker threads stop after their current call, before the interpreter exits
+        loaded = sys.modules.get("voice.stack")
         if loaded is not None:
-            loaded.close_stacks()
+            loaded.close_stacks(stacks_before)
     return 0
 
 

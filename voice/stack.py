@@ -131,12 +131,17 @@ class Stack:
         self.tts_worker.close()
 
 
-_loaded: list[Stack] = []  # what `close_stacks` stops
+_loaded: list[Stack] = []  # what `close_stacks` stops, in the order they were loaded
 
 
-def close_stacks() -> None:
-    """Close every stack `load_stack` returned (the CLI calls this before the interpreter exits)."""
-    while _loaded:
+def stacks_loaded() -> int:
+    """How many stacks `load_stack` has returned and `close_stacks` not yet closed."""
+    return len(_loaded)
+
+
+def close_stacks(keep: int = 0) -> None:
+    """Close the stacks loaded after the first `keep` (the CLI: those its command loaded), newest first."""
+    while len(_loaded) > keep:
         _loaded.pop().close()
 
 
