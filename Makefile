@@ -26,11 +26,12 @@ fleet: setup-fleet
 	$(VOICE) fleet $(FLEET_ARGS)
 
 # An OpenAI-compatible server on the embedded SmolLM2 GGUF, for llm.backend=openai (README "Deployment"):
-# the first run builds llama-cpp-python from source (~55 min on 2 busy cores; pip caches the wheel)
+# the first run builds llama-cpp-python from source (~55 min on 2 busy cores; pip caches the wheel);
+# it serves the model as "smollm2" (--set llm.model=smollm2: the load-time check wants a listed name)
 LLAMA_PORT ?= 8080
 llama-server: setup
 	$(PY) -m pip install -q "llama-cpp-python[server]==0.3.36"
-	$(PY) -m llama_cpp.server --host 127.0.0.1 --port $(LLAMA_PORT) --n_ctx 4096 --model "$$($(PY) -c \
+	$(PY) -m llama_cpp.server --host 127.0.0.1 --port $(LLAMA_PORT) --n_ctx 4096 --model_alias smollm2 --model "$$($(PY) -c \
 	  'from voice.models import LLM_GGUF, LLM_PACKAGE, package_dir; print(package_dir(LLM_PACKAGE) / LLM_GGUF)')"
 
 # ruff's lint and format rules and the import contracts (layers, no cycles) are in pyproject.toml.

@@ -19,6 +19,10 @@ from voice.errors import USER_ERRORS
 
 log = logging.getLogger("voice")
 
+TOKEN_ENV_HELP = (
+    "the environment variable holding the server's secret, sent as a bearer token (default: server.token_env)"
+)
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What becomes a one-line error: user-facing errors only (a FileNotFoundError from a bug keeps
@@ -51,7 +55,7 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
 
     audio = read_wav(args.audio)
     stack = load_stack(cfg)
-    result = batch_turn(audio, stack.asr, stack.llm, stack.tts)
+    result = batch_turn(audio, stack.asr, stack.replies(cfg.llm), stack.tts)  # llm.backend
     if args.out:
         write_wav(args.out, result.audio, result.rate_hz)
     stages = {
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk through a running server or fleet (ws://…/ws) instead "
         "of loading the models here; reconnects when a worker drains (1001)",
     )
+    p.add_argument("--token-env", metavar="VAR", help=TOKEN_ENV_HELP)
     p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("devices", parents=[common], help="list audio devices")
@@ -293,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--turns", type=int, default=10, help="spoken turns per client")
     p.add_argument("--storm", type=int, default=20, help="clients in the disconnect storm (0: none)")
     p.add_argument("--json", action="store_true", help="print JSON (what it always prints)")
+    p.add_argument("--token-env", metavar="VAR", help=TOKEN_ENV_HELP)
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
@@ -336,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    loaded = sys.modules.get("voice.stack")  # imported only by the commands that load models
+    stacks_before = loaded.stacks_loaded() if loaded is not None else 0
     try:
         cfg = load_config(args.config, config_overrides(args))
         args.func(args, cfg)
@@ -347,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:  # the command's worker threads stop after their current call, before the interpreter exits
+        loaded = sys.modules.get("voice.stack")
+        if loaded is not None:
+            loaded.close_stacks(stacks_before)
     return 0
 
 

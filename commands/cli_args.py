@@ -8,6 +8,7 @@ argparse value types of list flags, and the config overrides a command's flags m
 from __future__ import annotations
 
 import argparse
+import os
 
 from voice.errors import VoiceError
 
@@ -44,3 +45,13 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag, None):
             extra.append(f"{key}={args.__dict__[flag]}")
     return extra
+
+
+def env_token(name: str) -> str | None:
+    """The server's shared secret from the environment variable `name` (`--token-env`; "": none)."""
+    if not name:
+        return None
+    token = os.environ.get(name, "")
+    if not token:
+        raise UsageError(f"--token-env {name}: that environment variable is not set; export it (the server's secret)")
+    return token

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from commands.cli_args import UsageError, config_overrides
+from commands.cli_args import UsageError, config_overrides, env_token
 from voice.config import Config, load_config
 
 
@@ -37,6 +37,7 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
         raise UsageError(f"--clients must be a comma-separated list of integers, got {args.clients!r}") from None
     if any(n < 1 for n in levels) or args.turns < 1:
         raise UsageError("--clients and --turns must be at least 1")
+    token = env_token(args.token_env or cfg.server.token_env)  # a server started here reads the same variable
     paths = bench_audio(cfg)
     # the server it starts runs this command's config and --set overrides
     passed = ([f"--config={args.config}"] if args.config else []) + [f"--set={kv}" for kv in args.set]
@@ -47,11 +48,11 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     )
     ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
     try:
-        result = asyncio.run(soak(ws_url, paths, levels, args.turns))
+        result = asyncio.run(soak(ws_url, paths, levels, args.turns, token=token))
         result["machine"] = machine_info()
         if args.storm and "server_lost" not in result:
             try:
-                result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm))
+                result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm, token=token))
             except ServerLost as err:
                 result["server_lost"] = str(err)
     finally:

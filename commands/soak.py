@@ -21,14 +21,16 @@ from pathlib import Path
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
 from voice.turns import STAGES
-from web.client import ServerGoingAway, ServerLost, SessionDropped, open_session, spoken_turn
+from web.client import ServerGoingAway, ServerLost, SessionDropped, auth_headers, open_session, spoken_turn
 
 
-def server_stats(ws_url: str) -> dict:
-    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLost` when it does not answer 200."""
+def server_stats(ws_url: str, token: str | None = None) -> dict:
+    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLost` when it does not answer 200.
+    `token`: the server's shared secret."""
     http = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0]
+    request = urllib.request.Request(f"{http}/stats", headers=auth_headers(token))
     try:
-        with urllib.request.urlopen(f"{http}/stats", timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as err:  # a balancer with no worker up answers 503
         raise ServerLost(f"the server at {ws_url} answered /stats with HTTP {err.code}: is any worker up?") from None
@@ -42,7 +44,7 @@ TURN_RETRIES = 3  # a turn cut by a draining worker (1001) or a dropped connecti
 
 
 async def _client(
-    url: str, paths: list[Path], turns: int, offset: int
+    url: str, paths: list[Path], turns: int, offset: int, token: str | None = None
 ) -> tuple[list[dict], int, list[str], int, str | None]:
     """One talker's turns: the answered ones' stage times (gap last), lost turns, errors, turns said
     again on a new session because the old one was cut (1001 or dropped), and why the server was lost
@@ -55,7 +57,7 @@ async def _client(
             record = None
             for _ in range(TURN_RETRIES + 1):
                 try:
-                    ws = ws if ws is not None else await open_session(url)
+                    ws = ws if ws is not None else await open_session(url, token=token)
                     record = await spoken_turn(ws, path)
                 except (ServerGoingAway, SessionDropped):
                     ws = None
@@ -117,11 +119,11 @@ def decode_delta(start: dict | None, end: dict | None) -> dict:
     }
 
 
-async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
+async def settle(url: str, baseline: dict, timeout_s: float = 10.0, token: str | None = None) -> dict:
     """Server stats once sessions and tasks are back to the baseline (or after the timeout)."""
     deadline = time.perf_counter() + timeout_s
     while True:
-        stats = await asyncio.to_thread(server_stats, url)
+        stats = await asyncio.to_thread(server_stats, url, token)
         if (
             stats["sessions"] <= baseline["sessions"] and stats["tasks"] <= baseline["tasks"]
         ) or time.perf_counter() > deadline:
@@ -129,7 +131,9 @@ async def settle(url: str, baseline: dict, timeout_s: float = 10.0) -> dict:
         await asyncio.sleep(0.5)
 
 
-async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmup: bool = True) -> dict:
+async def soak(
+    url: str, paths: list[Path], levels: list[int], turns: int, warmup: bool = True, token: str | None = None
+) -> dict:
     """Run each concurrency level; report gaps, losses, retried turns and server resources.
 
     `before` is read after a warm-up of one turn per client of the largest level (unless
@@ -141,7 +145,7 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmu
     """
     out: dict = {"server": url, "turns_per_client": turns, "warmup_answered": 0, "before": None, "levels": []}
     try:
-        await _run_levels(url, paths, levels, turns, warmup, out)
+        await _run_levels(url, paths, levels, turns, warmup, out, token)
     except ServerLost as err:
         out["server_lost"] = str(err)
     levels_done = out["levels"]
@@ -149,18 +153,20 @@ async def soak(url: str, paths: list[Path], levels: list[int], turns: int, warmu
     return out
 
 
-async def _run_levels(url: str, paths: list[Path], levels: list[int], turns: int, warmup: bool, out: dict) -> None:
+async def _run_levels(
+    url: str, paths: list[Path], levels: list[int], turns: int, warmup: bool, out: dict, token: str | None = None
+) -> None:
     """`soak`'s work, written into `out` as it goes (so a lost server leaves the counts so far)."""
-    warm = await asyncio.gather(*(_client(url, paths, 1, i) for i in range(max(levels)))) if warmup else []
+    warm = await asyncio.gather(*(_client(url, paths, 1, i, token) for i in range(max(levels)))) if warmup else []
     out["warmup_answered"] = sum(len(r[0]) for r in warm)
     _raise_if_lost(warm)
-    before = out["before"] = await settle(url, {"sessions": 0, "tasks": 1 << 30})
+    before = out["before"] = await settle(url, {"sessions": 0, "tasks": 1 << 30}, token=token)
     for n in levels:
         t0 = time.perf_counter()
-        start = await asyncio.to_thread(server_stats, url)
-        results = await asyncio.gather(*(_client(url, paths, turns, i) for i in range(n)))
+        start = await asyncio.to_thread(server_stats, url, token)
+        results = await asyncio.gather(*(_client(url, paths, turns, i, token) for i in range(n)))
         lost_server = any(r[4] for r in results)
-        after = None if lost_server else await settle(url, before)
+        after = None if lost_server else await settle(url, before, token=token)
         turns_done = [t for r in results for t in r[0]]
         out["levels"].append(
             {
@@ -189,14 +195,14 @@ def _raise_if_lost(results: list[tuple]) -> None:
         raise ServerLost(reason)
 
 
-async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 0) -> dict:
+async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 0, token: str | None = None) -> dict:
     """Clients that start talking or ask a typed question and vanish at a random moment."""
     rng = random.Random(seed)
     audio = read_wav(path)
-    before = await asyncio.to_thread(server_stats, url)
+    before = await asyncio.to_thread(server_stats, url, token)
 
     async def one(i: int) -> None:
-        ws = await open_session(url)
+        ws = await open_session(url, token=token)
         if i % 2:
             await ws.send(json.dumps({"type": "text", "text": "Tell me a fun fact about octopuses."}))
         else:
@@ -208,5 +214,5 @@ async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(clients)))
-    after = await settle(url, before, timeout_s=30.0)
+    after = await settle(url, before, timeout_s=30.0, token=token)
     return {"clients": clients, "before": before, "after": after, "settle_s": round(time.perf_counter() - t0, 1)}

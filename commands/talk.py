@@ -221,19 +221,28 @@ async def _listen(sd, session, device) -> None:
 
 
 def talk_command(args, cfg: Config) -> None:
-    """`voice talk` from parsed CLI arguments: in-process, or through `--server`."""
+    """`voice talk` from parsed CLI arguments: in-process, or through `--server` (with the secret
+    in the environment variable `--token-env` names, default `server.token_env`)."""
+    from commands.cli_args import env_token
+
     devices = [int(v) if v is not None and v.isdigit() else v for v in (args.input_device, args.output_device)]
     if not args.server:
         asyncio.run(talk(cfg, *devices, args.input_wav, args.output_wav, args.barge_in))
     elif not args.server.startswith(("ws://", "wss://")):
         raise DeviceError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
     else:
-        asyncio.run(talk_remote(args.server, *devices, args.input_wav, args.output_wav))
+        token = env_token(args.token_env or cfg.server.token_env)
+        asyncio.run(talk_remote(args.server, *devices, args.input_wav, args.output_wav, token))
 
 
 # ---- `voice talk --server`: the same conversation through a running server or a fleet -----------
 async def talk_remote(
-    url: str, input_device=None, output_device=None, input_wav: str | None = None, output_wav: str | None = None
+    url: str,
+    input_device=None,
+    output_device=None,
+    input_wav: str | None = None,
+    output_wav: str | None = None,
+    token: str | None = None,
 ) -> int:
     """Stream the microphone (or a WAV) to a server's `/ws`; print and play what comes back. A
     worker that drains closes with 1001 at a turn boundary (or dies, dropping the connection):
@@ -254,7 +263,7 @@ async def talk_remote(
     try:
         while not out.finished.is_set():
             try:
-                ws = await open_session(url)
+                ws = await open_session(url, token=token)
             except ServerLost as err:
                 raise ServerLost(f"{err} ({out.answered} turns answered before)") from None
             print(f"(connected to {url})", flush=True)

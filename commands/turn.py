@@ -1,19 +1,23 @@
 """One whole turn, batch style: the naive baseline the streaming pipeline must beat.
 
 In: a WAV file. Out: `TurnResult` with transcript, reply text, reply audio and the time of
-each stage: whole-file transcription → complete greedy reply → TTS of the whole reply.
+each stage: whole-file transcription → complete greedy reply (the embedded model's, or the
+OpenAI-compatible server's with `llm.backend = "openai"`) → TTS of the whole reply.
 Nothing overlaps, so the turn gap is asr + llm + tts.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from decode.spans import Span
 from voice.asr import WhisperASR
 from voice.llm import ReplyModel
+from voice.remote_llm import RemoteReplies
 from voice.tts import PiperTTS
 
 
@@ -36,13 +40,17 @@ class TurnResult:
         return self.asr_ms + self.llm_ms + self.tts_ms
 
 
-def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel, tts: PiperTTS) -> TurnResult:
-    """Transcribe all, generate all, synthesise all."""
+def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel | RemoteReplies, tts: PiperTTS) -> TurnResult:
+    """Transcribe all, generate all (`llm`: the embedded model or a server), synthesise all."""
     t0 = time.perf_counter()
     transcript = asr.transcribe(audio_16k)
     t1 = time.perf_counter()
-    with llm.lock:
-        spans = list(llm.reply_plain([{"role": "user", "content": transcript}]))
+    messages = [{"role": "user", "content": transcript}]
+    if isinstance(llm, RemoteReplies):
+        spans = remote_reply(llm, messages)
+    else:
+        with llm.lock:
+            spans = list(llm.reply_plain(messages))
     reply = "".join(s.text for s in spans).strip()
     t2 = time.perf_counter()
     audio = tts.synthesize_all(reply)
@@ -57,3 +65,14 @@ def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel, tts: Pip
         (t3 - t2) * 1e3,
         sum(len(s.token_ids) for s in spans),
     )
+
+
+def remote_reply(remote: RemoteReplies, messages: list[dict[str, str]]) -> list[Span]:
+    """The server's whole reply to `messages`; raises its `LLMServerError` if the request failed."""
+    spans: list[Span] = []
+    ended = threading.Event()
+    ticket = remote.submit_reply(messages, None, spans.append, lambda _: ended.set())
+    ended.wait()
+    if ticket.error is not None:
+        raise ticket.error
+    return spans

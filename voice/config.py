@@ -170,6 +170,9 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # empty: same origin only
     idle_timeout_s: float = 120.0
     drain_timeout_s: float = 60.0  # SIGTERM: running turns may finish for this long, then sessions close (1001)
+    # the environment variable holding a shared secret ("": none): /ws then needs `Authorization: Bearer
+    # <secret>` (or ?token=), /metrics and /stats the header; /healthz stays open for a balancer
+    token_env: str = ""
 
 
 @dataclass(frozen=True)

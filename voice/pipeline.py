@@ -39,6 +39,7 @@ import numpy as np
 from audio.frames import AudioFrame, Reframer
 from audio.vad import SileroVAD
 from voice.config import Config
+from voice.errors import VoiceError
 from voice.reply_flow import Drop, Finish, Forwarded, OutputMade, Prediction, Release, Stage, Stop
 from voice.reply_policy import ReplyShaper, asks_for_more
 from voice.reply_speaker import ReplySpeaker
@@ -70,6 +71,11 @@ log = logging.getLogger(__name__)
 
 PREROLL_WINDOWS = 10  # 320 ms kept before speech_start: the detector fires late
 _local_ids = itertools.count(1)
+
+
+def _traceback_wanted(err: Exception) -> bool:
+    """A failed turn logs one line; the traceback too with --debug, or when it is a bug here."""
+    return log.isEnabledFor(logging.DEBUG) or not isinstance(err, VoiceError)
 
 
 def turn_settings(cfg: Config) -> TurnSettings:
@@ -284,7 +290,7 @@ class VoiceSession:
             )
             text, looped = heard.text, heard.attempts > 1 or heard.collapsed
         except Exception as err:  # the turn-taker must hear back, or it waits forever
-            log.exception(log_line("asr_failed", session=self.id))
+            log.error(log_line("asr_failed", session=self.id, error=str(err)), exc_info=_traceback_wanted(err))
             await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
             text, looped = "", False
         self._heard_at[(ask.utterance, ask.audio_end_t)] = time.perf_counter()
@@ -361,7 +367,10 @@ class VoiceSession:
             forward.cancel()
             raise
         except Exception as err:  # a failing stage ends this turn, not the session
-            log.exception(log_line("turn_failed", session=self.id, turn=turn.id))
+            log.error(
+                log_line("turn_failed", session=self.id, turn=turn.id, error=str(err)),
+                exc_info=_traceback_wanted(err),
+            )
             forward.cancel()
             self._replies.pop(turn.id, None)
             await self._act(self.turns.step(ReplyDone(turn.id)))

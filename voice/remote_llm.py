@@ -11,7 +11,10 @@ same with either backend.
 
 Costs here: one HTTP stream per reply; each streamed delta is tokenized by the embedded
 model's tokenizer (a span's `token_ids` are those local ids: the reply policy's budget is in
-tokens, and the server's own ids are not streamed).
+tokens, and the server's own ids are not streamed). `check_server` (one `GET /models`, before
+the models load) refuses a server that is unreachable, refuses the key or does not serve
+`llm.model`; a reply that fails later ends with an `LLMServerError` whose one line names the
+URL, the cause and the fix (`server_failure`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,79 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import httpx
+
 from decode.spans import Span
 from decode.speculative import DecodeStats
+from voice.errors import VoiceError
 
 log = logging.getLogger(__name__)
 
 CONTINUE_PROMPT = "Please go on."  # a chat API cannot extend an assistant message: "tell me more" asks
+CHECK_TIMEOUT_S = 5.0  # the load-time GET /models (at most llm.timeout_s): a live server lists its models at once
+
+
+class LLMServerError(VoiceError):
+    """The OpenAI-compatible server is unreachable, refused the key or the model, or failed a request."""
+
+
+def server_failure(err: BaseException, base_url: str, api_key_env: str) -> str:
+    """One line naming the server's URL, the cause of `err` (an `httpx` or `openai` error) and the fix."""
+    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        return (
+            f"the LLM server at {base_url} refused the API key (HTTP {status}): put its key in the "
+            f"environment variable {api_key_env} (llm.api_key_env)"
+        )
+    if status == 404:
+        return (
+            f"the LLM server at {base_url} answered 404 (not found): llm.base_url must be its /v1 URL "
+            "and llm.model a model it serves"
+        )
+    if status is not None:
+        return f"the LLM server at {base_url} failed the request (HTTP {status}): see the server's log"
+    from openai import APITimeoutError
+
+    if _caused_by(err, (TimeoutError, httpx.TimeoutException, APITimeoutError)):
+        return (
+            f"the LLM server at {base_url} did not answer (timed out): check that it is running and "
+            "not overloaded, or raise llm.timeout_s"
+        )
+    cause = "connection refused" if _caused_by(err, (ConnectionRefusedError,)) else str(err)
+    return f"cannot reach the LLM server at {base_url} ({cause}): start it, or fix llm.base_url"
+
+
+def _caused_by(err: BaseException | None, kinds: tuple[type[BaseException], ...]) -> bool:
+    seen = 0
+    while err is not None and seen < 10:  # the `openai` client wraps httpx's error, which wraps the OS's
+        if isinstance(err, kinds):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def check_server(base_url: str, model: str, api_key: str | None, api_key_env: str, timeout_s: float) -> list[str]:
+    """`GET {base_url}/models`: the served model ids; raises `LLMServerError` (one line: URL, cause,
+    fix) when the server cannot be reached, refuses the key, or does not serve `model`."""
+    url = base_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{url}/models", headers=headers, timeout=timeout_s)
+        response.raise_for_status()
+        served = [m["id"] for m in response.json().get("data", [])]
+    except httpx.UnsupportedProtocol:
+        raise LLMServerError(f"llm.base_url must be an http:// or https:// URL, got {base_url!r}") from None
+    except httpx.HTTPError as err:
+        raise LLMServerError(server_failure(err, url, api_key_env)) from None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise LLMServerError(
+            f"{url}/models did not answer an OpenAI model list: is llm.base_url the server's /v1 URL?"
+        ) from None
+    if served and model not in served:
+        raise LLMServerError(
+            f"the LLM server at {url} does not serve the model {model!r}: set llm.model to one of {', '.join(served)}"
+        )
+    return served
 
 
 @dataclass
@@ -81,11 +151,31 @@ class RemoteReplies:
             client = AsyncOpenAI(
                 base_url=base_url, api_key=os.environ.get(api_key_env) or "none", timeout=timeout_s, max_retries=0
             )
+        self.base_url, self.api_key_env = base_url, api_key_env
         self.client, self.model, self.tokenize = client, model, tokenize
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.system_prompt = system_prompt
         self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="remote-replies", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="remote-replies", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Cancel replies in flight, close the HTTP client and stop the backend's thread."""
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            close = getattr(self.client, "close", None)
+            if close is not None:
+                await close()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
 
     def submit_reply(
         self,
@@ -119,9 +209,13 @@ class RemoteReplies:
             await self._stream(job, messages, emit)
         except asyncio.CancelledError:
             job.stats.cancelled = True
-        except Exception as err:  # the pipeline reports it for this turn; the session keeps serving
-            log.warning("remote reply failed: %s: %s", type(err).__name__, err)
+        except Exception as err:  # the pipeline reports and logs it for this turn; the session keeps serving
+            from openai import APIError
+
             ticket.error = err
+            if isinstance(err, (APIError, httpx.HTTPError)):  # the server's failure, not a bug here
+                ticket.error = LLMServerError(server_failure(err, self.base_url, self.api_key_env))
+                ticket.error.__cause__ = err  # the traceback --debug shows
         finally:
             watcher.cancel()
             if ticket.error is None:

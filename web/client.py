@@ -57,13 +57,16 @@ def is_going_away(err: BaseException) -> bool:
     return isinstance(err, ConnectionClosed) and err.rcvd is not None and err.rcvd.code == GOING_AWAY
 
 
-async def open_session(url: str, timeout_s: float = 60.0, tries: int = OPEN_TRIES) -> ClientConnection:
+async def open_session(
+    url: str, timeout_s: float = 60.0, tries: int = OPEN_TRIES, token: str | None = None
+) -> ClientConnection:
     """Connect and start a session; returns the open websocket after `ready`. A 503 (worker loading
     or draining), a refused connection, a 1001 or a dropped connection before `ready` is retried
-    `tries` times; `ServerLost` when the last try's connection was refused too."""
+    `tries` times; `ServerLost` when the last try's connection was refused too. `token`: the
+    server's shared secret (`server.token_env`), sent as `Authorization: Bearer`."""
     for attempt in range(tries):
         try:
-            return await _start_session(url, timeout_s)
+            return await _start_session(url, timeout_s, token)
         except (InvalidHandshake, OSError, ServerGoingAway, SessionDropped) as err:
             if isinstance(err, InvalidStatus) and err.response.status_code != 503:
                 raise ServerError(f"server refused the session: HTTP {err.response.status_code}") from None
@@ -75,8 +78,8 @@ async def open_session(url: str, timeout_s: float = 60.0, tries: int = OPEN_TRIE
     raise AssertionError("unreachable")
 
 
-async def _start_session(url: str, timeout_s: float) -> ClientConnection:
-    ws = await connect(url, max_size=None)
+async def _start_session(url: str, timeout_s: float, token: str | None = None) -> ClientConnection:
+    ws = await connect(url, max_size=None, additional_headers=auth_headers(token))
     try:
         await ws.send(json.dumps(START))
         ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
@@ -90,6 +93,11 @@ async def _start_session(url: str, timeout_s: float) -> ClientConnection:
         await ws.close()
         raise ServerError(f"server did not start the session: {ready}")
     return ws
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The header that carries the server's shared secret (none without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 async def spoken_turn(ws: ClientConnection, path: Path, audio: np.ndarray | None = None) -> TurnRecord:

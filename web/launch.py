@@ -1,8 +1,9 @@
 """Start `voice serve` in a child process and wait for its URL (soak runs and tests).
 
 In: extra CLI arguments. Out: the process and its `http://…/` URL, read from the line the
-server prints when it listens. Raises `RuntimeError` with the server's output if it
-does not come up.
+server prints when it is ready. Raises `ServerStartError` if it does not come up: the
+server's own `error: …` line when it printed one (a dead LLM server, a port in use), else its
+output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import subprocess
 import sys
 import time
 from typing import IO
+
+from voice.errors import VoiceError
+
+
+class ServerStartError(VoiceError, RuntimeError):
+    """The child `voice serve` exited or stayed silent instead of becoming ready."""
 
 
 def start_server(
@@ -43,7 +50,11 @@ def wait_ready(proc: subprocess.Popen, timeout_s: float = 180.0) -> str:
         if m := re.search(r"open (http://\S+/)", line):
             return m.group(1)
     proc.kill()
-    raise RuntimeError("server did not start:\n" + "".join(seen))
+    proc.wait()
+    said = [line.removeprefix("error: ").strip() for line in seen if line.startswith("error: ")]
+    raise ServerStartError(
+        f"the server did not start: {said[-1]}" if said else "server did not start:\n" + "".join(seen)
+    )
 
 
 def spawn_server(*args: str, timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:

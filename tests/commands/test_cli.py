@@ -2,8 +2,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from fake_openai import REPLY, ChatServer, dead_url
 
+from audio.wavio import write_wav
 from commands.cli import main
 
 
@@ -85,6 +88,57 @@ def test_train_drafter_rejects_bad_feature_layers(capsys):
     assert "expected layer numbers" in capsys.readouterr().err
     assert main(["train-drafter", "--steps", "5"]) == 2
     assert "--steps must be at least 10" in capsys.readouterr().err
+
+
+def openai_backend(url: str) -> list[str]:
+    return ["--set", "llm.backend=openai", "--set", f"llm.base_url={url}"]
+
+
+def test_commands_refuse_to_start_with_one_line_when_the_llm_server_is_down(tmp_path):
+    """The server is checked before the models load: each command says why in one line and exits 2."""
+    url = dead_url()
+    wav = tmp_path / "q.wav"
+    write_wav(wav, np.zeros(16000, np.float32), 16000)
+    why = f"cannot reach the LLM server at {url} (connection refused): start it, or fix llm.base_url"
+    for args, said in (
+        (["turn", str(wav)], why),
+        (["bench", "--json", "--audio", str(wav)], why),
+        (["talk", "--input-wav", str(wav), "--output-wav", str(tmp_path / "out.wav")], why),
+        (["serve", "--port", "0"], why),
+        (["soak", "--clients", "1", "--turns", "1", "--storm", "0"], f"the server did not start: {why}"),
+    ):
+        out = run_cli(*args, *openai_backend(url))
+        assert (out.returncode, out.stderr.splitlines()) == (2, [f"error: {said}"]), args
+
+
+@pytest.mark.slow
+def test_turn_answers_from_the_configured_backend(question_wav):
+    srv = ChatServer()
+    try:
+        out = run_cli("turn", str(question_wav), "--json", *openai_backend(srv.url))
+    finally:
+        srv.close()
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["reply"] == "".join(REPLY)
+    assert srv.requests[0]["messages"][-1] == {"role": "user", "content": result["transcript"]}
+
+
+@pytest.mark.slow
+def test_a_bench_whose_llm_server_fails_every_reply_exits_cleanly_with_one_line_per_failure(question_wav):
+    """The exit used to abort (134: a worker thread still in a native call as the interpreter exited)."""
+    srv = ChatServer(status=500)
+    try:
+        out = run_cli("bench", "--json", "--audio", str(question_wav), "--turns", "2", *openai_backend(srv.url))
+    finally:
+        srv.close()
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "Traceback" not in out.stderr and "terminate called" not in out.stderr, out.stderr[-4000:]
+    report = json.loads(out.stdout)
+    assert (report["turns"], report["answered"]) == (2, 0)
+    failed = [line for line in out.stderr.splitlines() if "event=turn_failed" in line]
+    assert failed and all(f"the LLM server at {srv.url} failed the request (HTTP 500)" in line for line in failed)
+    print(out.stderr)
 
 
 def test_turn_answers_a_spoken_question(question_wav, tmp_path):

@@ -254,7 +254,12 @@ def _(cfg, rig):
 
 @probe("llm.backend", "openai", *STACK, *REMOTE)
 def _(cfg, rig):
-    return type(loaded_stack(cfg, rig).replies(cfg.llm)).__name__
+    """The sessions' reply backend, and the server checked before the models load (faked here)."""
+    import voice.stack
+
+    checked = []
+    rig.monkeypatch.setattr(voice.stack, "check_server", lambda url, *rest: checked.append(url))
+    return {"replies": type(loaded_stack(cfg, rig).replies(cfg.llm)).__name__, "load_check": checked}
 
 
 @probe("llm.base_url", "http://127.0.0.1:9/v1")
@@ -874,6 +879,20 @@ def _(cfg, rig):
 
     request = Request("/ws", Headers({"Origin": "https://app.example", "Host": "127.0.0.1:8765"}))
     return scripted_server(cfg).process_request(SimpleNamespace(respond=lambda status, body: status), request)
+
+
+@probe("server.token_env", "VOICE_TEST_TOKEN")
+def _(cfg, rig):
+    """What a websocket handshake without a token gets (None: through to the session)."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request
+
+    rig.monkeypatch.setenv("VOICE_TEST_TOKEN", "secret")
+    connection = SimpleNamespace(
+        respond=lambda status, body: SimpleNamespace(status=status, headers={}), remote_address=None
+    )
+    response = scripted_server(cfg).process_request(connection, Request("/ws", Headers()))
+    return response and response.status
 
 
 @probe("server.idle_timeout_s", "30.0")

@@ -4,78 +4,14 @@ ticket, and the session picks the backend from `llm.backend`."""
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_openai import REPLY, ChatServer, dead_url
 
 from voice.config import ConfigError, LLMConfig
-from voice.remote_llm import CONTINUE_PROMPT, RemoteReplies, chat_messages
-from voice.stack import Stack, remote_replies
-
-REPLY = ["Paris", " is", " the", " capital", " of", " France", "."]
-
-
-class ChatServer:
-    """`POST /v1/chat/completions` streaming `words` as server-sent events (or failing with `status`)."""
-
-    def __init__(self, words=REPLY, status=200, gate: threading.Event | None = None):
-        self.words, self.status, self.gate = words, status, gate
-        self.requests: list[dict] = []
-        self.sent = 0
-        self.disconnected = threading.Event()
-        self.finished = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                if server.status != 200:
-                    self.send_response(server.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(json.dumps({"error": {"message": "model not loaded"}}).encode())
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                try:
-                    for i, word in enumerate(server.words):
-                        last = i == len(server.words) - 1
-                        self._event(
-                            {
-                                "choices": [
-                                    {"index": 0, "delta": {"content": word}, "finish_reason": "stop" if last else None}
-                                ]
-                            }
-                        )
-                        server.sent += 1
-                        if server.gate is not None and i == 0:
-                            server.gate.wait(30)  # hold the stream after its first delta
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    server.disconnected.set()
-                finally:
-                    server.finished.set()
-
-            def _event(self, delta):
-                chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m", **delta}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from voice.remote_llm import CONTINUE_PROMPT, LLMServerError, RemoteReplies, chat_messages, check_server
+from voice.stack import Stack, check_llm_server, remote_replies
 
 
 @pytest.fixture
@@ -138,22 +74,103 @@ def test_a_cancel_closes_the_stream_so_the_server_stops_sending():
         srv.close()
 
 
-def test_a_server_error_reaches_the_ticket_and_the_reply_ends():
+def test_a_server_error_reaches_the_ticket_as_one_line_naming_the_url_and_the_reply_ends():
     srv = ChatServer(status=503)
     try:
         ticket, spans = run(replies(srv.url), [{"role": "user", "content": "Hi"}])
-        assert ticket.error is not None and "503" in str(ticket.error)
+        assert isinstance(ticket.error, LLMServerError)
+        assert str(ticket.error) == f"the LLM server at {srv.url} failed the request (HTTP 503): see the server's log"
         assert not spans
     finally:
         srv.close()
 
 
-def test_a_refused_connection_reaches_the_ticket():
+def test_a_refused_connection_reaches_the_ticket_as_one_line_naming_the_url():
     srv = ChatServer()
     url = srv.url
     srv.close()
     ticket, _ = run(replies(url, timeout_s=5), [{"role": "user", "content": "Hi"}])
-    assert ticket.error is not None
+    assert isinstance(ticket.error, LLMServerError)
+    assert (
+        str(ticket.error) == f"cannot reach the LLM server at {url} (connection refused): start it, or fix llm.base_url"
+    )
+
+
+def silent_url():
+    """A port that accepts connections and never answers."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def checked(url, model="default", key=None, timeout_s=5.0):
+    try:
+        return check_server(url, model, key, "VOICE_TEST_KEY", timeout_s)
+    except LLMServerError as err:
+        return str(err)
+
+
+def test_the_load_time_check_names_the_url_the_cause_and_the_fix():
+    srv = ChatServer(served=("smol",))
+    sock, silent = silent_url()
+    try:
+        assert checked(srv.url, "smol", key="k1") == ["smol"]
+        assert srv.keys == ["Bearer k1"]  # the key the replies will send
+        assert checked(srv.url, "default") == (
+            f"the LLM server at {srv.url} does not serve the model 'default': set llm.model to one of smol"
+        )
+        srv.models_status = 401
+        assert checked(srv.url, "smol") == (
+            f"the LLM server at {srv.url} refused the API key (HTTP 401): put its key in the environment "
+            "variable VOICE_TEST_KEY (llm.api_key_env)"
+        )
+        assert "answered 404" in checked(srv.url.removesuffix("/v1"), "smol")  # base_url without /v1
+        url = dead_url()
+        assert (
+            checked(url) == f"cannot reach the LLM server at {url} (connection refused): start it, or fix llm.base_url"
+        )
+        assert checked(silent, timeout_s=0.2) == (
+            f"the LLM server at {silent} did not answer (timed out): check that it is running and not "
+            "overloaded, or raise llm.timeout_s"
+        )
+        assert checked("127.0.0.1:8080/v1") == (
+            "llm.base_url must be an http:// or https:// URL, got '127.0.0.1:8080/v1'"
+        )
+    finally:
+        sock.close()
+        srv.close()
+
+
+def test_only_the_openai_backend_checks_its_server_when_the_models_load(monkeypatch):
+    url = dead_url()
+    check_llm_server(LLMConfig(backend="local", base_url=url))  # the local backend never calls it
+    with pytest.raises(LLMServerError, match="connection refused"):
+        check_llm_server(LLMConfig(backend="openai", base_url=url))
+    import voice.stack
+
+    monkeypatch.setattr(voice.stack, "WhisperASR", lambda *a: pytest.fail("models loaded before the check"))
+    with pytest.raises(LLMServerError, match="cannot reach"):
+        voice.stack.load_stack(voice.stack.Config(llm=LLMConfig(backend="openai", base_url=url)))
+
+
+def test_closing_the_backend_cancels_a_reply_in_flight_and_stops_its_thread():
+    gate = threading.Event()
+    srv = ChatServer(words=["word"] * 50, gate=gate)
+    try:
+        backend = replies(srv.url)
+        first, ended = threading.Event(), threading.Event()
+        ticket = backend.submit_reply(
+            [{"role": "user", "content": "Talk."}], None, lambda span: first.set(), lambda t: ended.set()
+        )
+        assert first.wait(30)  # the server now holds the stream
+        backend.close()
+        assert ended.is_set() and ticket.job.stats.cancelled and not backend._thread.is_alive()
+    finally:
+        gate.set()
+        srv.close()
 
 
 def test_continuing_an_answer_asks_the_server_to_go_on():

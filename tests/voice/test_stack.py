@@ -54,3 +54,22 @@ def test_waiting_counts_queued_calls_not_the_running_one():
     running.result(timeout=10)
     queued.result(timeout=10)
     assert worker.waiting() == 0
+
+
+def test_close_waits_for_the_running_call_drops_the_queued_ones_and_refuses_new_ones():
+    """What the CLI relies on at exit: no worker thread is still inside a (native) call."""
+    worker = PriorityWorker("test")
+    gate, started, ran = threading.Event(), threading.Event(), []
+    running = worker.submit(lambda: (started.set(), gate.wait(30), ran.append("running")))
+    queued = worker.submit(lambda: ran.append("queued"))
+    started.wait(10)
+    closer = threading.Thread(target=worker.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # still waiting for the running call
+    gate.set()
+    closer.join(30)
+    assert not closer.is_alive() and ran == ["running"] and running.done() and queued.cancelled()
+    assert not worker._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.submit(lambda: None).result(timeout=1)

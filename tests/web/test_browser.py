@@ -177,6 +177,8 @@ def scripted_server():
     def static(connection, request):
         if request.path == "/ws":
             return None
+        if request.path == "/healthz":  # the page asks before it connects
+            return connection.respond(200, json.dumps({"ready": True, "reason": "ready"}))
         file = STATIC / ("index.html" if request.path == "/" else request.path.removeprefix("/static/"))
         body = file.read_bytes()
         return Response(
@@ -247,5 +249,90 @@ def test_page_settings_interruptions_and_log_across_reload(tmp_path, scripted_se
         assert [(e["role"], e["text"]) for e in browser.execute_script("return window.voiceStats.log")] == log
         assert "new session" in browser.find_element(By.ID, "log").text
         assert not browser.find_element(By.ID, "barge-in").is_selected()
+    finally:
+        browser.quit()
+
+
+# ---- the page against a real VoiceServer whose models are still loading (scripted sessions) ----
+@pytest.fixture
+def loading_server():
+    """A `VoiceServer` without its models yet, served from a thread; `seen` lists each `/healthz`
+    answer and `/ws` handshake in order, `load()` makes it ready, `drop()` closes every session."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from scripted import ScriptedSession, scripted_stack
+
+    from voice.config import load_config
+    from web.server import VoiceServer
+
+    seen: list[tuple[str, int]] = []
+    box: dict = {}
+    listening = threading.Event()
+
+    async def main():
+        app = VoiceServer(load_config(), None, session_factory=ScriptedSession)
+        answer = app.process_request
+
+        def recording(connection, request):
+            response = answer(connection, request)
+            path = request.path.split("?")[0]
+            if path in ("/healthz", "/ws"):
+                seen.append((path, 101 if response is None else response.status_code))
+            return response
+
+        app.process_request = recording
+        box.update(loop=asyncio.get_running_loop(), app=app)
+        await app.serve("127.0.0.1", 0, listening=lambda url: (box.update(url=url), listening.set()))
+
+    async def drop():
+        await asyncio.gather(*(c.ws.close() for c in box["app"].sessions.values()))
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert listening.wait(30)
+    loop = box["loop"]
+    yield SimpleNamespace(
+        url=box["url"],
+        seen=seen,
+        load=lambda: loop.call_soon_threadsafe(setattr, box["app"], "stack", scripted_stack()),
+        drop=lambda: asyncio.run_coroutine_threadsafe(drop(), loop).result(30),
+    )
+    loop.call_soon_threadsafe(box["app"].stopped.set)
+    thread.join(30)
+
+
+def test_a_page_opened_while_the_models_load_says_so_and_connects_at_the_first_ready_poll(tmp_path, loading_server):
+    """ "Within 1 s of /healthz turning 200" without a clock: the page asks every HEALTH_POLL_MS
+    (<= 500 ms, read from the page) and connects on the first answer that says ready (the server's
+    order of requests shows it), so a ready server waits at most one poll interval and one request."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def polls(status: int) -> int:
+        return loading_server.seen.count(("/healthz", status))
+
+    browser = _chromium(tmp_path)
+    try:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+        browser.get(loading_server.url)
+        wait.until(lambda d: polls(503) >= 3)  # it keeps asking while the models load
+        assert browser.execute_script("return window.voiceStats.statuses") == ["Loading models…"]
+        assert browser.execute_script("return HEALTH_POLL_MS") <= 500
+        assert not any(path == "/ws" for path, _ in loading_server.seen)  # no refused handshakes, no backoff
+
+        loading_server.load()
+        wait.until(lambda d: d.execute_script("return window.voiceStats.ready"))
+        seen = loading_server.seen
+        first_ready = seen.index(("/healthz", 200))
+        assert seen[first_ready : first_ready + 2] == [("/healthz", 200), ("/ws", 101)]
+        assert polls(200) == 1
+        statuses = browser.execute_script("return window.voiceStats.statuses")
+        assert statuses[0] == "Loading models…" and statuses[1].startswith("Connected") and len(statuses) == 2
+
+        loading_server.drop()  # a connection that was up is lost: now the page backs off, then asks again
+        wait.until(lambda d: polls(200) == 2 and d.execute_script("return window.voiceStats.ready"))
+        statuses = browser.execute_script("return window.voiceStats.statuses")
+        assert statuses[2] == "Connection lost — reconnecting in 0.5 s…" and statuses[3].startswith("Connected")
     finally:
         browser.quit()

@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 const stats = window.voiceStats = {
   connected: false, ready: false, transcripts: [], replies: [], turnEnds: [], errors: [],
   audioChunksReceived: 0, audioChunksPlayed: 0, audioSecondsPlayed: 0,
-  states: [], log: [], levelMax: 0, waterfalls: [], gaps: [], config: null,
+  states: [], log: [], levelMax: 0, waterfalls: [], gaps: [], config: null, statuses: [], healthPolls: 0,
 };
 const SETTINGS_KEY = 'voice.settings';
 const settings = Object.assign({ voiceForTyped: true, bargeIn: true },
@@ -16,18 +16,57 @@ let ws = null, audioCtx = null, micStream = null, micNode = null, talking = fals
 let reconnectDelay = 500, outRate = 22050, nextPlayTime = 0, sources = new Set();
 let typedQueue = [], muteReply = false, turnOver = true, sessions = 0;
 const GOING_AWAY = 1001;  // the server drains: reconnect now (see PROTOCOL.md)
+const HEALTH_POLL_MS = 500;  // while the models load /healthz is asked this often; the first 200 connects
+const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');  // server.token_env's secret: #token=…
 const JITTER_S = 0.06;  // small playback buffer against network jitter
 const INTERRUPTED_SHOW_MS = 1500;  // how long "Interrupted" stays up before "Listening"
 
-function setStatus(text, kind = '') { const s = $('status'); s.textContent = text; s.className = kind; }
+function setStatus(text, kind = '') {
+  const s = $('status'); s.textContent = text; s.className = kind;
+  if (stats.statuses[stats.statuses.length - 1] !== text) stats.statuses.push(text);
+}
 function announce(text) { $('announce').textContent = text; }
-function wsUrl() { return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws'; }
+function wsUrl() {
+  const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+  return TOKEN ? `${url}?token=${encodeURIComponent(TOKEN)}` : url;  // a browser cannot send the header
+}
 function restState() { return talking ? 'listening' : 'off'; }
 
+// /healthz: {ready, reason}, or null when the server cannot be reached.
+async function health() {
+  try {
+    return await (await fetch('/healthz', { cache: 'no-store' })).json();
+  } catch (err) {
+    return null;
+  }
+}
+
+// Connect once the server is ready: while it loads its models, ask again every HEALTH_POLL_MS
+// (no backoff: it will be ready soon); unreachable, full or draining, back off.
+async function connectWhenReady() {
+  const h = await health();
+  stats.healthPolls++;
+  if (h && h.ready) { connect(); return; }
+  if (h && h.reason === 'loading') {
+    setStatus('Loading models…', 'live');
+    setTimeout(connectWhenReady, HEALTH_POLL_MS);
+    return;
+  }
+  retryLater(h ? `The server is ${h.reason}` : 'The server cannot be reached');
+}
+
+function retryLater(why) {
+  setStatus(`${why} — reconnecting in ${(reconnectDelay / 1000).toFixed(1)} s…`, 'error');
+  setTimeout(connectWhenReady, reconnectDelay);
+  reconnectDelay = Math.min(reconnectDelay * 2, 10000);
+}
+
 function connect() {
+  let opened = false;
   ws = new WebSocket(wsUrl());
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => {
+    opened = true;
     stats.connected = true; reconnectDelay = 500;
     ws.send(JSON.stringify({ type: 'start', sample_rate: 16000, format: 'pcm_s16le', channels: 1 }));
   };
@@ -46,9 +85,9 @@ function connect() {
     }
     flushPlayback();
     state.set(restState());
-    setStatus(`Connection lost — reconnecting in ${(reconnectDelay / 1000).toFixed(1)} s…`, 'error');
-    setTimeout(connect, reconnectDelay);
-    reconnectDelay = Math.min(reconnectDelay * 2, 10000);
+    // back off after a lost connection or a refused handshake (a wrong #token=…, another origin,
+    // a drain that raced /healthz), then ask /healthz again
+    retryLater(opened ? 'Connection lost' : 'The server refused the connection');
   };
 }
 
@@ -254,4 +293,4 @@ for (const [id, key] of [['voice-typed', 'voiceForTyped'], ['barge-in', 'bargeIn
   $(id).onchange = () => { settings[key] = $(id).checked; localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings)); };
 }
 $('sparkline').replaceChildren(sparklineSvg([]));
-connect();
+connectWhenReady();
