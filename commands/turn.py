@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audio.vad import WINDOW
 from decode.spans import Span
 from voice.asr import WhisperASR
 from voice.llm import ReplyModel
+from voice.pipeline import PREROLL_WINDOWS
 from voice.remote_llm import RemoteReplies
 from voice.tts import PiperTTS
 
@@ -43,7 +45,10 @@ class TurnResult:
 def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel | RemoteReplies, tts: PiperTTS) -> TurnResult:
     """Transcribe all, generate all (`llm`: the embedded model or a server), synthesise all."""
     t0 = time.perf_counter()
-    transcript = asr.transcribe(audio_16k)
+    # the quiet a session's utterance starts with (its VAD preroll): whisper-base int8 can mishear
+    # a first word that starts the file ("capital of friends" for "France" on an AVX-512 EPYC)
+    lead = np.zeros(PREROLL_WINDOWS * WINDOW, np.float32)
+    transcript = asr.transcribe(np.concatenate([lead, audio_16k.astype(np.float32, copy=False)]))
     t1 = time.perf_counter()
     messages = [{"role": "user", "content": transcript}]
     if isinstance(llm, RemoteReplies):
