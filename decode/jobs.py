@@ -139,6 +139,10 @@ class Job(Protocol):
 
     def drain(self) -> list[Span]: ...
 
+    def stop_if_cancelled(self) -> bool:
+        """End the job now if its owner cancelled it (its last span queued); True if it ended."""
+        ...
+
 
 class PrefillJob:
     """Bring a sequence's cache to `ids` (in chunks of at most `max_tokens`); with `token_ids`,
@@ -198,6 +202,9 @@ class PrefillJob:
     def drain(self) -> list[Span]:
         return []
 
+    def stop_if_cancelled(self) -> bool:
+        return False  # a score or a cache warm-up is cheap and has no owner to cancel it
+
 
 class ReplyJob:
     """One reply: prefill the prompt (chunked when a scheduler asks), then draft, verify, accept.
@@ -241,10 +248,15 @@ class ReplyJob:
     def last_only(self) -> bool:
         return self.prefilling
 
+    def stop_if_cancelled(self) -> bool:
+        if self.done or self.cancel is None or not self.cancel.is_set():
+            return False
+        self.stats.cancelled = self.done = True
+        self._out.append(Span((), self.detok.flush(), 0, 0, time.perf_counter(), final=True))
+        return True
+
     def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:
-        if self.cancel is not None and self.cancel.is_set():
-            self.stats.cancelled = self.done = True
-            self._out.append(Span((), self.detok.flush(), 0, 0, time.perf_counter(), final=True))
+        if self.stop_if_cancelled():
             return []
         if self.prefilling:
             return self.prefill.feed(max_tokens=max_tokens)

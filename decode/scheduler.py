@@ -188,7 +188,11 @@ class StepScheduler:
         return max(free, key=lambda i: (common_prefix_len(self.slots[i].cached, prompt), -self._used[i]))
 
     def _assign(self) -> None:
-        """Start waiting tickets on free slots, urgent ones first."""
+        """Start waiting tickets on free slots, urgent ones first; a cancelled job's slot is freed
+        first, so a job sharing its prefix (the next hypothesis' reply) reuses its cache."""
+        for ticket in self._busy:
+            if ticket is not None and ticket.job.stop_if_cancelled():
+                self._complete(ticket)
         self._waiting.sort(key=lambda t: (not t.priority.urgent, t.order))
         while self._waiting and (slot := self._pick_slot(self._waiting[0].prompt)) is not None:
             ticket = self._waiting.pop(0)

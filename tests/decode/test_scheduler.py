@@ -252,6 +252,21 @@ def test_a_job_max_ahead_of_playback_waits_until_playback_catches_up():
     assert ticket.finished.is_set() and out == plain_greedy(TARGET, [1, 2, 3], 12)
 
 
+def test_a_cancelled_job_frees_its_slot_for_a_job_sharing_its_prefix_at_once():
+    sched = scheduler(slots=2)
+    s = GenerationSettings(max_new_tokens=8)
+    cancel = threading.Event()
+    first = sched.submit(lambda dec: ReplyJob(dec, [1, 2, 3, 4, 5], s, cancel), [1, 2, 3, 4, 5])
+    sched.run_step()  # its prefill is cached on its slot
+    cancel.set()  # the words changed: the next reply shares the prefix
+    second, out = submit(sched, [1, 2, 3, 4, 5, 6], 6)
+    sched.run_step()
+    assert first.finished.is_set() and first.job.stats.cancelled
+    assert second.slot == first.slot  # not the other, empty slot: its prefix is reused
+    run_until_idle(sched)
+    assert out == plain_greedy(TARGET, [1, 2, 3, 4, 5, 6], 6)
+
+
 def test_a_prompt_past_the_cache_fails_its_ticket_only():
     sched = scheduler(slots=2)
     too_long, _ = submit(sched, list(range(1, 64)) * 3, 4)
