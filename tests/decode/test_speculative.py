@@ -247,6 +247,54 @@ def test_sampling_decoder_runs_and_respects_budget():
     assert sum(len(s.token_ids) for s in spans) == 15
 
 
+def target_law_of_three(prompt, temperature):
+    """P(x1, x2, x3 | prompt) under TARGET sampled at `temperature`: [V, V, V], from one forward
+    over every two-token continuation."""
+    from decode.verify import probs_from_logits
+
+    vocab = TARGET.config.vocab_size
+    pairs = torch.tensor([[a, b] for a in range(vocab) for b in range(vocab)])
+    ids = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
+    with torch.inference_mode():
+        logits = TARGET(ids).logits.double()
+    p = probs_from_logits(logits[:, -3:], temperature)  # after the prompt, after x1, after x2
+    p1 = p[0, 0]
+    p2 = p[::vocab, 1]  # row a * vocab: x1 = a
+    p3 = p[:, 2].reshape(vocab, vocab, vocab)
+    return p1[:, None, None] * p2[:, :, None] * p3
+
+
+def test_sampled_replies_follow_the_targets_law_over_their_first_three_tokens():
+    """The decoder end to end at temperature 2 with a drafter whose q is not p (the target's own
+    weights at temperature 1): one step drafts two tokens, so the first three come from the accept
+    ratio, the residual and the bonus row at each position. P(x1 x2 x3) must be the target's."""
+    from scipy.stats import chisquare
+
+    prompt, temperature, n = [5, 9, 2, 7], 2.0, 2000
+    law = target_law_of_three(prompt, temperature).flatten()
+    drafter = ModelDrafter(
+        StaticLlamaTarget(TARGET, max_len=64), temperature=1.0, generator=torch.Generator().manual_seed(1)
+    )
+    dec = SpeculativeDecoder(
+        StaticLlamaTarget(TARGET, max_len=64), ByteTokenizer(), drafter, FixedController(2), seed=3
+    )
+    s = GenerationSettings(max_new_tokens=3, temperature=temperature)
+    counts = torch.zeros_like(law)
+    accepted = set()
+    vocab = TARGET.config.vocab_size
+    for _ in range(n):
+        spans = list(dec.generate(prompt, s))
+        a, b, c = [t for sp in spans for t in sp.token_ids]
+        counts[(a * vocab + b) * vocab + c] += 1
+        accepted.add(spans[0].accepted_len)
+    assert accepted == {0, 1, 2}  # rejections at either position, and full acceptance (the bonus row)
+    cells = law * n >= 5  # the likely sequences; the rest folded into one bin
+    observed = torch.cat([counts[cells], counts[~cells].sum()[None]])
+    expected = torch.cat([law[cells], law[~cells].sum()[None]]) * n
+    assert cells.sum() >= 10
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01
+
+
 def test_calibration_leaves_cache_untouched():
     target = StaticLlamaTarget(TARGET)
     target.forward([1, 2, 3])

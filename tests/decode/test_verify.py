@@ -1,3 +1,6 @@
+import itertools
+
+import pytest
 import torch
 from scipy.stats import chisquare
 
@@ -24,36 +27,69 @@ def test_top_p_keeps_smallest_prefix_reaching_mass():
     assert torch.allclose(probs, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=1e-5)
 
 
-def _first_token_counts(draft_q, target_p, draft_token_fn, n, seed):
-    gen = torch.Generator().manual_seed(seed)
-    counts = torch.zeros(len(target_p))
-    for _ in range(n):
-        tok = draft_token_fn(gen)
-        q = None if draft_q is None else draft_q[None]
-        out = sample_accept([tok], q, torch.stack([target_p, target_p]), gen)
-        counts[out.tokens[0]] += 1
-    return counts
-
-
-def test_rejection_sampling_first_token_follows_target_distribution():
-    p = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0])
-    q = torch.tensor([0.1, 0.1, 0.2, 0.3, 0.3])  # a poor drafter, mass where p has none
-    n = 6000
-    counts = _first_token_counts(q, p, lambda g: int(torch.multinomial(q, 1, generator=g)), n, seed=1)
-    assert counts[4] == 0
-    stat = chisquare(counts[:4].numpy(), (p[:4] * n).numpy())
-    assert stat.pvalue > 0.01, stat
-
-
-def test_rejection_sampling_with_deterministic_drafter_is_exact():
-    p = torch.tensor([0.25, 0.25, 0.5])
-    n = 6000
-    counts = _first_token_counts(None, p, lambda g: 2, n, seed=2)
-    stat = chisquare(counts.numpy(), (p * n).numpy())
-    assert stat.pvalue > 0.01, stat
-
-
 def test_identical_distributions_accept_everything():
     p = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
     out = sample_accept([0, 1], p[:2], p, torch.Generator().manual_seed(0))
     assert out.accepted_len == 2 and len(out.tokens) == 3
+
+
+# ---- sampling end to end: the first three tokens, as a decoder loop emits them ---------------
+V = 3  # every 3-token sequence is one χ² cell (27)
+
+
+def laws(seed, zero=None):
+    """A next-token law for every context of up to 5 tokens, each row its own: a row read at the
+    wrong position, or for the wrong context, changes what comes out. `zero(ctx)`: a token the
+    law never gives (where the other side does), so rejections and the residual both matter."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = {}
+    for n in range(6):
+        for ctx in itertools.product(range(V), repeat=n):
+            row = torch.rand(V, generator=gen, dtype=torch.float64) ** 2 + 0.02
+            if zero is not None and (z := zero(ctx)) is not None:
+                row[z] = 0.0
+            rows[ctx] = row / row.sum()
+    return rows
+
+
+P = laws(10, zero=lambda ctx: 2 if len(ctx) == 1 else None)  # the target
+Q = laws(11, zero=lambda ctx: 0)  # a drafter unlike it: never proposes 0, often what p never gives
+
+
+def speculate(n, k, gen, sampled):
+    """Tokens from `sample_accept` steps of k drafts (the decoder's loop, no model) until n.
+
+    `sampled`: the drafter samples from Q and its rows go to `sample_accept`; else it proposes
+    Q's most likely token (a deterministic drafter: one-hot q)."""
+    out: list[int] = []
+    while len(out) < n:
+        draft, q_rows = [], []
+        for _ in range(k):
+            row = Q[tuple(out + draft)]
+            token = int(torch.multinomial(row, 1, generator=gen)) if sampled else int(row.argmax())
+            draft.append(token)
+            q_rows.append(row)
+        p_rows = torch.stack([P[tuple(out + draft[:i])] for i in range(k + 1)])
+        q = torch.stack(q_rows) if sampled else None
+        out += sample_accept(draft, q, p_rows, gen).tokens
+    return tuple(out[:n])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled_q", "one_hot"])
+def test_sampled_sequences_follow_the_target_law_over_the_first_three_tokens(k, sampled):
+    """P(x1, x2, x3) = p(x1) p(x2 | x1) p(x3 | x1 x2), whatever the drafter and k: the accept ratio,
+    the residual and the bonus token must each use the row of their own position."""
+    gen = torch.Generator().manual_seed(k)
+    n = 6000
+    cells = list(itertools.product(range(V), repeat=3))
+    counts = dict.fromkeys(cells, 0)
+    for _ in range(n):
+        counts[speculate(3, k, gen, sampled)] += 1
+    expected = [float(P[()][a] * P[(a,)][b] * P[(a, b)][c]) * n for a, b, c in cells]
+    observed = [counts[c] for c in cells]
+    assert all(o == 0 for o, e in zip(observed, expected) if e == 0), "a token the target never gives"
+    kept = [(o, e) for o, e in zip(observed, expected) if e > 0]
+    total = sum(e for _, e in kept)
+    stat = chisquare([o for o, _ in kept], [e * n / total for _, e in kept])
+    assert stat.pvalue > 0.01, stat
