@@ -1,3 +1,4 @@
+import functools
 import threading
 
 import pytest
@@ -47,31 +48,62 @@ def decode(target, drafter, controller, prompt, n):
     return [t for s in spans for t in s.token_ids], dec
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    prompt=st.lists(st.integers(1, 63), min_size=1, max_size=12),
-    k=st.integers(0, 6),
-    drafter=st.sampled_from(["ngram", "model", "none"]),
-    controller=st.sampled_from(["fixed", "adaptive", "heuristic"]),
-    weight_major=st.booleans(),
-)
-def test_speculative_greedy_equals_plain_greedy(prompt, k, drafter, controller, weight_major):
+GRID_PROMPTS = ([5, 9, 13, 5, 9, 13, 5], [41, 7, 22, 3, 60, 18])  # prompt lookup finds drafts in the first
+
+
+@functools.cache
+def greedy_of(prompt, n):
+    return plain_greedy(TARGET, list(prompt), n)
+
+
+@pytest.mark.parametrize("weight_major", [False, True], ids=["linear", "weight_major"])
+@pytest.mark.parametrize("controller", ["fixed", "adaptive", "heuristic"])
+@pytest.mark.parametrize("drafter", ["ngram", "model", "none"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_speculative_greedy_equals_plain_greedy(drafter, controller, weight_major, k):
+    """Every drafter x controller x layout, each run (not sampled): output == plain greedy."""
     n = 24
-    want = plain_greedy(TARGET, prompt, n)
-    drafters = {
-        "ngram": NgramDrafter(3, 1),
-        "none": NoDrafter(),
-        "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128)),
-    }
-    ctl = {
-        "fixed": FixedController(k),
-        "heuristic": HeuristicController(max(k, 1), 6),
-        "adaptive": AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1}),
-    }[controller]
-    got, _ = decode(
-        StaticLlamaTarget(TARGET, max_len=128, weight_major=weight_major), drafters[drafter], ctl, prompt, n
-    )
-    assert got == want
+    for prompt in GRID_PROMPTS:
+        drafters = {
+            "ngram": NgramDrafter(3, 1),
+            "none": NoDrafter(),
+            "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128)),
+        }
+        ctl = {
+            "fixed": FixedController(k),
+            "heuristic": HeuristicController(k, 6),
+            "adaptive": AdaptiveController(k_max=k, verify_cost_s={0: 1.0, 8: 1.1}),
+        }[controller]
+        target = StaticLlamaTarget(TARGET, max_len=128, weight_major=weight_major)
+        got, _ = decode(target, drafters[drafter], ctl, prompt, n)
+        assert got == greedy_of(tuple(prompt), n), f"prompt {prompt}"
+
+
+class HalfRightDrafter(WrongDrafter):
+    """Proposes the target's greedy continuation for the first half of k, then wrong tokens: every
+    step accepts some of its draft and rejects the rest (the rollback path)."""
+
+    name = "half_right"
+
+    def propose(self, ids, k, hidden):
+        right = self._oracle(ids, k)
+        half = (k + 1) // 2
+        return Draft(right[:half] + [(t + 1) % 64 for t in right[half:]])
+
+
+@pytest.mark.parametrize("target_kind", ["static", "hf"])
+def test_a_draft_accepted_in_part_rolls_back_its_rejected_tail(target_kind):
+    """Each step accepts 2 of 4 drafted tokens and rejects 2 that the target has already cached:
+    the cache must drop them, or every later token reads their keys."""
+    prompt, n = [3, 4, 5], 24
+    target = StaticLlamaTarget(TARGET, max_len=128) if target_kind == "static" else HFTarget(TARGET)
+    dec = SpeculativeDecoder(target, ByteTokenizer(), HalfRightDrafter(TARGET), FixedController(4))
+    spans = list(dec.generate(prompt, GenerationSettings(max_new_tokens=n)))
+    got = [t for s in spans for t in s.token_ids]
+    assert got == greedy_of(tuple(prompt), n)
+    full = [s for s in spans if s.draft_len == 4]
+    assert len(full) >= 4 and all(s.accepted_len == 2 for s in full)  # accepted in part, every step
+    assert target.length == len(prompt) + n - 1  # the cache holds what was said, not the rejected drafts
 
 
 def test_hf_target_with_cache_crop_is_lossless_too():
