@@ -84,15 +84,20 @@ def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_gr
     }
     n = 16
     runs = {}
+    cancelled_at = {}  # i -> (tokens said before its cancel, whether it held a slot then)
     step = 0
     while len(runs) < n_seq or not all(t.finished.is_set() for t, _, _ in runs.values()):
         for i in range(n_seq):
             if i not in runs and joins[i] <= step:
                 cancel = threading.Event()
                 runs[i] = (*submit(sched, prompts[i], n, cancel), cancel)
-            if i in runs and i in cancels and step >= joins[i] + cancels[i]:
+            if i in runs and i in cancels and step >= joins[i] + cancels[i] and i not in cancelled_at:
                 runs[i][2].set()
+                cancelled_at[i] = (len(runs[i][1]), runs[i][0].job is not None)
         sched.run_step()
+        for i, (said, placed) in cancelled_at.items():
+            assert len(runs[i][1]) == said, f"sequence {i} spoke after its cancel"
+            assert runs[i][0].finished.is_set() or not placed, f"sequence {i} still running a step after its cancel"
         step += 1
         assert step < 2000
     for i, (ticket, got, _) in runs.items():
@@ -118,6 +123,28 @@ def test_cancelling_one_sequence_never_changes_another():
         outputs.append([runs[0][1], runs[2][1]])
         assert all(t.finished.is_set() and t.error is None for t, _ in runs)
     assert outputs[0] == outputs[1] == [plain_greedy(TARGET, prompts[0], 20), plain_greedy(TARGET, prompts[2], 20)]
+
+
+@pytest.mark.parametrize("drafter,k", [("ngram", 3), ("none", 0)])
+def test_a_cancelled_sequence_stops_at_the_next_step_and_frees_its_slot(drafter, k):
+    sched = scheduler(drafter, "fixed", k, slots=2)
+    cancel = threading.Event()
+    ticket, out = submit(sched, [5, 9, 13, 5, 9, 13], 40, cancel)
+    other, other_out = submit(sched, [1, 2, 3], 40)
+    for _ in range(4):
+        sched.run_step()
+    said = list(out)
+    assert 0 < len(said) < 40 and not ticket.finished.is_set()
+    cancel.set()
+    sched.run_step()
+    assert ticket.finished.is_set() and ticket.error is None and ticket.job.stats.cancelled
+    assert out == said  # not one token after the cancel
+    late, late_out = submit(sched, [7, 8, 9], 5)
+    sched.run_step()
+    assert late.slot == ticket.slot  # the slot was free for the next job at once
+    run_until_idle(sched)
+    assert out == said and other_out == plain_greedy(TARGET, [1, 2, 3], 40)
+    assert late_out == plain_greedy(TARGET, [7, 8, 9], 5)
 
 
 def test_a_job_goes_to_the_slot_that_has_its_prefix_cached():
