@@ -6,9 +6,15 @@ from web.launch import spawn_server, stop_server
 
 
 @pytest.fixture(scope="session")
-def server_url(stack):  # `stack` prepares the models first
+def server(stack):  # `stack` prepares the models first
+    """The server process and its page URL."""
     proc, url = spawn_server("--set", "server.max_sessions=6")
-    yield url
+    yield proc, url
     out = stop_server(proc)  # Ctrl-C must shut down cleanly
     assert proc.returncode == 0, out
     assert "server stopped" in out
+
+
+@pytest.fixture(scope="session")
+def server_url(server):
+    return server[1]
