@@ -70,9 +70,11 @@ def test_spoken_question_gets_events_in_order(server_url, question_wav):
     assert "capital of france" in final["text"].lower()
     reply = "".join(m["text"] for m in msgs if isinstance(m, dict) and m["type"] == "reply")
     assert "paris" in reply.lower()
-    metrics = msgs[-1]["metrics"]
-    assert 0 < metrics["turn_gap_ms"] < 5000 and metrics["tokens"] > 0 and not metrics["interrupted"]
-    assert metrics["asr_final_ms"] <= metrics["first_audio_ms"]
+    m = msgs[-1]["metrics"]
+    assert m["tokens"] > 0 and not m["interrupted"]
+    # each stage after the one it waits for, from the end of speech (how fast is the bench's job)
+    assert 0 <= m["endpoint_ms"] <= m["first_audio_ms"] == m["turn_gap_ms"] <= m["last_audio_ms"]
+    assert m["asr_final_ms"] <= m["first_audio_ms"] and m["first_span_ms"] <= m["first_audio_ms"]
 
 
 def test_text_turn_and_interrupt(server_url):
@@ -85,17 +87,24 @@ def test_text_turn_and_interrupt(server_url):
             await ws.send(json.dumps({"type": "text", "text": "Tell me a fun fact about octopuses."}))
             await recv_until(ws, lambda m: isinstance(m, bytes))
             await ws.send(json.dumps({"type": "interrupt"}))
-            t0 = time.perf_counter()
             cut = await recv_until(ws, is_type("turn_end"))
-            return first, cut, time.perf_counter() - t0
+            await ws.send(json.dumps({"type": "text", "text": "Say hello."}))
+            after = await recv_until(ws, is_type("turn_end"))
+            return first, cut, after
 
-    first, cut, took = asyncio.run(main())
+    first, cut, after = asyncio.run(main())
     assert any(isinstance(m, dict) and m["type"] == "transcript" and m["final"] for m in first)
     assert "paris" in "".join(m["text"] for m in first if isinstance(m, dict) and m["type"] == "reply").lower()
-    assert cut[-1]["metrics"]["interrupted"] is True and took < 1.0
+    assert cut[-1]["metrics"]["interrupted"] is True
+    # not one byte of the stopped reply after its turn_end: the next audio is the new turn's
+    first_audio = next(i for i, m in enumerate(after) if isinstance(m, bytes) or m["type"] == "audio_start")
+    assert after[first_audio] == {"type": "audio_start", "sample_rate": 22050}, after[: first_audio + 1]
+    assert after[-1]["metrics"]["interrupted"] is False
 
 
 def test_two_sessions_keep_separate_conversations(server_url):
+    """A name told to one session is known to it and not to the other, asked at the same time."""
+
     async def turn(ws, text):
         await ws.send(json.dumps({"type": "text", "text": text}))
         msgs = await recv_until(ws, is_type("turn_end"))
@@ -107,14 +116,12 @@ def test_two_sessions_keep_separate_conversations(server_url):
                 await ws.send(json.dumps(START))
             ra, rb = json.loads(await a.recv()), json.loads(await b.recv())
             assert ra["session"] != rb["session"]
-            ends = await asyncio.gather(turn(a, "What is the capital of France?"), turn(b, "Why is the sky blue?"))
-            second = await turn(a, "And what about Germany?")
-            return ends, second
+            await turn(a, "Hi, my name is Zoltan.")
+            return await asyncio.gather(turn(a, "What is my name?"), turn(b, "What is my name?"))
 
-    (end_a, end_b), second = asyncio.run(main())
-    assert "france" in end_a["transcript"].lower() and "sky" in end_b["transcript"].lower()
-    assert "paris" in end_a["reply"].lower() and "paris" not in end_b["reply"].lower()
-    assert second["metrics"]["tokens"] > 0
+    asked_a, asked_b = asyncio.run(main())
+    assert "zoltan" in asked_a["reply"].lower(), asked_a["reply"]
+    assert "zoltan" not in asked_b["reply"].lower(), asked_b["reply"]
 
 
 @pytest.mark.parametrize(
@@ -186,14 +193,23 @@ def test_unsupported_start_parameters(server_url, start, code):
     assert err["code"] == code
 
 
-def test_48k_stereo_float_input_is_resampled(server_url, question_wav):
+def test_48k_stereo_float_input_is_mixed_down_and_resampled(server_url, question_wav, stack, tmp_path):
+    """Left = question + another sentence, right = question - it: only the mean of the two
+    channels is the question alone (one channel, or the samples read as mono, is not)."""
+    from audio.wavio import write_wav
+
+    other = tmp_path / "other.wav"
+    write_wav(other, stack.tts.synthesize_all("How far away is the moon?", deterministic=True), stack.tts.rate_hz)
+
     async def main():
         async with connect(ws_url(server_url)) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": 48000, "format": "pcm_f32le", "channels": 2}))
             await ws.recv()
             audio = read_wav(question_wav, rate_hz=48000)
             audio = np.concatenate([np.zeros(24000, np.float32), audio, np.zeros(48000 * 3, np.float32)])
-            stereo = np.repeat(audio, 2).astype("<f4")
+            moon = read_wav(other, rate_hz=48000)[: len(audio) - 24000]
+            moon = 1.5 * np.concatenate([np.zeros(24000, np.float32), moon, np.zeros(len(audio) - 24000 - len(moon))])
+            stereo = np.stack([audio + moon, audio - moon], axis=1).reshape(-1).astype("<f4")
             step = 960 * 2
 
             async def send():
