@@ -9,32 +9,27 @@ text messages and binary PCM. Models are shared through one worker thread each, 
 queue for the LLM. Bad input gets an `error` message and the session goes on. SIGTERM drains:
 `/healthz` turns 503 at once, new sessions are refused, each session is closed with 1001
 (going away) at its first turn boundary, and any left at `server.drain_timeout_s`. With
-`server.token_env` set, `/ws` needs the secret (`Authorization: Bearer …` or `?token=…`, which
-the page takes from its URL's `#token=…`) and `/metrics` and `/stats` the header; anything else
-gets 401 before a session exists. `/healthz` stays open.
+`server.token_env` set, `/ws`, `/metrics` and `/stats` need the secret (`web.auth`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import itertools
 import json
 import logging
-import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from voice.config import Config, ConfigError
+from voice.config import Config
 from voice.errors import VoiceError
 from voice.models import LLM_DIR, PIPER_VOICE, WHISPER_DIR
 from voice.pipeline import VoiceSession
@@ -42,6 +37,7 @@ from voice.session_events import (
     log_line,
 )
 from voice.stack import Stack
+from web.auth import server_token, token_refusal, warn_if_exposed
 from web.drain import GOING_AWAY, TurnTracker, may_close, readiness
 from web.metrics import ServerMetrics
 from web.protocol import AudioInput, ProtocolError, event_message, parse_message, turn_text
@@ -57,30 +53,6 @@ DRAIN_POLL_S = 0.05  # how often a draining session checks for its turn boundary
 
 class ListenError(VoiceError, OSError):
     """The port cannot be bound (in use, not allowed, no such address)."""
-
-
-PROTECTED = ("/ws", "/metrics", "/stats")  # what needs the secret when server.token_env is set
-
-
-def server_token(cfg: Config) -> str | None:
-    """The shared secret from the environment variable `server.token_env` names (None: no token)."""
-    name = cfg.server.token_env
-    if not name:
-        return None
-    token = os.environ.get(name, "")
-    if not token:
-        raise ConfigError(f"server.token_env names {name}, which is not set: export {name}=<a long random secret>")
-    return token
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can reach `host` (127.0.0.1, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -140,26 +112,10 @@ class VoiceServer:
         """What `/healthz` answers now (see `web.drain.readiness`)."""
         return readiness(self.stack is not None, self.draining, len(self.sessions), self.cfg.server.max_sessions)
 
-    def _token_refusal(self, connection: ServerConnection, request: Request, path: str) -> Response | None:
-        """401 for a protected path without the secret (None: let it through)."""
-        if self.token is None or path not in PROTECTED:
-            return None
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        given = given.strip() if scheme.lower() == "bearer" else ""
-        if not given and path == "/ws":  # a browser cannot set headers on a websocket
-            given = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
-        if given and hmac.compare_digest(given.encode(), self.token.encode()):
-            return None
-        peer = connection.remote_address[0] if connection.remote_address else None
-        log.warning(log_line("unauthorized", path=path, token="wrong" if given else "missing", peer=peer))
-        response = connection.respond(HTTPStatus.UNAUTHORIZED, "a token is needed: Authorization: Bearer <token>\n")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """The token, origin and drain checks for `/ws`; health, metrics, stats and static files for plain GETs."""
         path = urlsplit(request.path).path
-        if (refused := self._token_refusal(connection, request, path)) is not None:
+        if (refused := token_refusal(connection, request, path, self.token)) is not None:
             return refused
         if path == "/ws":
             if not self._origin_allowed(request):
@@ -387,13 +343,7 @@ class VoiceServer:
         listening: Callable[[str], None] | None = None,
     ) -> None:
         """Listen, load the models (`load()` in a thread, if given), then serve until `stopped`."""
-        if self.token is None and not is_loopback(host):
-            log.warning(
-                "serving on %s without a token: anyone who can reach port %s can talk to the assistant and read "
-                "/metrics and /stats; set server.token_env (README: When something goes wrong)",
-                host or "every address",
-                port,
-            )
+        warn_if_exposed(host, port, self.token)
         try:
             server = await serve(
                 self.handle,

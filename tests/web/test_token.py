@@ -56,7 +56,7 @@ def test_with_a_token_only_its_holders_get_sessions_metrics_and_stats(monkeypatc
         async with serving(TOKEN_ENV) as (app, url):
             app.session_factory = counted
             ws = url.replace("http://", "ws://") + "ws"
-            with caplog.at_level(logging.WARNING, logger="web.server"):
+            with caplog.at_level(logging.WARNING, logger="web.auth"):
                 refused = [
                     await ws_status(ws),
                     await ws_status(ws, {"Authorization": "Bearer wrong"}),
@@ -112,7 +112,7 @@ def test_binding_beyond_loopback_without_a_token_warns(host, token, warned, monk
     monkeypatch.setattr(web.server, "serve", serve)
     monkeypatch.setenv("VOICE_TEST_TOKEN", SECRET)
     app = VoiceServer(load_config(None, [TOKEN_ENV] if token else []), SimpleNamespace())
-    with caplog.at_level(logging.WARNING, logger="web.server"), pytest.raises(web.server.ListenError):
+    with caplog.at_level(logging.WARNING, logger="web.auth"), pytest.raises(web.server.ListenError):
         asyncio.run(app.serve(host, 8765))
     said = [r.getMessage() for r in caplog.records if "without a token" in r.getMessage()]
     assert bool(said) == warned
