@@ -150,7 +150,7 @@ class VoiceSession:
         self._log("session_close", replies_in_flight=len(self._replies))
         for turn in list(self._replies.values()):
             turn.step(Stop("session closed"))
-            await self._cancel(turn, report=False)
+            await self._cancel(turn, heard=False)  # nobody is left to tell
         for task in list(self._tasks):
             task.cancel()
 
@@ -199,14 +199,14 @@ class VoiceSession:
             elif isinstance(action, DropReply):
                 self._log("reply_dropped", turn=turn.id, reason=action.reason, text=turn.text)
                 self._dropped = action.reason
-                if turn.step(Drop(action.reason)):
-                    await self._cancel(turn, report=False)
+                for cancel in turn.step(Drop(action.reason)):
+                    await self._cancel(turn, cancel.heard)
             elif isinstance(action, ReleaseReply):
                 self._release(turn, action.endpoint)
             elif isinstance(action, StopReply):
                 self._log("reply_stopped", turn=turn.id, reason=action.reason)
-                if turn.step(Stop(action.reason)):
-                    await self._cancel(turn, report=True)
+                for cancel in turn.step(Stop(action.reason)):
+                    await self._cancel(turn, cancel.heard)
 
     async def _endpoint(self, end: Endpoint) -> None:
         self._utterance, self._preroll = None, deque(maxlen=PREROLL_WINDOWS)
@@ -239,10 +239,9 @@ class VoiceSession:
             turn.gate.set()
             self.stack.llm.scheduler.wake()  # it may be waiting on this held reply
 
-    async def _cancel(self, turn: ReplyTurn, report: bool) -> None:
+    async def _cancel(self, turn: ReplyTurn, heard: bool) -> None:
         """Carry out a reply's `Cancel`: end its task; if the user heard part of it, report and remember it."""
         self._replies.pop(turn.id, None)
-        heard = turn.gate.is_set()
         turn.gate.set()  # its forwarder sees it ended
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()
@@ -250,7 +249,7 @@ class VoiceSession:
                 await turn.task
             except asyncio.CancelledError:
                 pass
-        if report and heard:
+        if heard:
             turn.stamp(interrupted=True, reply=turn.reply_text, reply_audio_s=round(turn.audio_s, 2))
             self._remember(turn)
             await self.events.put(TurnEnd(turn.m))
