@@ -56,10 +56,6 @@ class ReplyTurn:
         if self.flow.decoding:
             self.priority.played_until_t = self.m.first_audio + self.audio_s
 
-    def ahead_s(self) -> float:
-        """Seconds of reply audio sent and not yet played."""
-        return self.priority.ahead_s(time.perf_counter())
-
     def stamp(self, **fields) -> None:
         self.m = replace(self.m, **fields)
 
