@@ -5,7 +5,7 @@ In: arbitrary-length sample blocks as a client or microphone delivers them. Out:
 with the perf_counter() time its last sample arrived. Costs a numpy concatenate.
 Also `last_voiced_sample`, an offline scan for where speech ends in a whole file, held
 against each band's noise floor so that background noise does not count as speech
-(an FFT per 10 ms: ~5 ms per second of audio).
+(an FFT per 10 ms of audio).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Voice activity: silero VAD on 512-sample windows, and the endpointing rule.
 
-In: 32 ms windows at 16 kHz. Out: a speech probability per window (silero, ONNX, ~0.3 ms
-each on one core) and, from `Endpointer`, events: `speech_start`, `first_silence` (the
+In: 32 ms windows at 16 kHz. Out: a speech probability per window (silero, ONNX, one small
+forward per window) and, from `Endpointer`, events: `speech_start`, `first_silence` (the
 first quiet window after speech — start the final ASR decode now), `speech_resumed`
 (the user went on after a short pause), and `speech_end` (silence lasted `end_silence_ms`:
 the endpoint). `Endpointer` is pure: no model, no clock.

@@ -14,6 +14,7 @@ import time
 
 from commands.cli_args import UsageError, config_overrides, int_list, layer_list
 from commands.cli_bench import cmd_bench, cmd_decode_bench, cmd_soak
+from commands.hesitation import DEFAULT_PAUSES_MS
 from voice.config import Config, load_config
 from voice.errors import USER_ERRORS
 
@@ -126,45 +127,59 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
     print(list_devices())
 
 
+# train-drafter's flags (argparse dest) and the `DrafterTraining` field each sets; a flag not given
+# leaves the field's default, so the defaults are written once, in the dataclass
+TRAINING_FIELDS = {
+    "prompts": "prompts",
+    "max_new_tokens": "max_new",
+    "steps": "steps",
+    "batch": "batch",
+    "depth": "depth",
+    "layers": "layers",
+    "feature_layers": "feature_layers",
+    "sampled": "sampled",
+    "lr": "lr",
+    "context": "context",
+    "sequences": "sequences_file",
+    "conversations": "conversations",
+    "vocab": "vocab",
+    "device": "device",
+    "out": "out",
+    "gen_batch": "gen_batch",
+}
+TRAINING_MINIMUMS = {
+    "prompts": 1,
+    "steps": 10,
+    "batch": 1,
+    "depth": 1,
+    "layers": 1,
+    "vocab": 1,
+    "sampled": 0,
+    "context": 0,
+    "max_new_tokens": 1,
+    "gen_batch": 1,
+}
+
+
+def training_run(args: argparse.Namespace):
+    """The `DrafterTraining` that `voice train-drafter` asked for: its defaults, then the flags given."""
+    from commands.train_drafter import DrafterTraining
+
+    given = {field: getattr(args, dest) for dest, field in TRAINING_FIELDS.items() if getattr(args, dest) is not None}
+    run = DrafterTraining(**given)
+    for dest, low in TRAINING_MINIMUMS.items():
+        if (value := getattr(run, TRAINING_FIELDS[dest])) < low:
+            raise UsageError(f"--{dest.replace('_', '-')} must be at least {low}, got {value}")
+    return run
+
+
 def cmd_train_drafter(args: argparse.Namespace, cfg: Config) -> None:
     """voice train-drafter: self-distil an MTP drafter for the target."""
-    from commands.train_drafter import DrafterTraining, train_drafter
+    from commands.train_drafter import train_drafter
 
     if args.target:
         cfg = _replace(cfg, "models", llm=args.target)
-    for flag, value, low in (
-        ("--prompts", args.prompts, 1),
-        ("--steps", args.steps, 10),
-        ("--batch", args.batch, 1),
-        ("--depth", args.depth, 1),
-        ("--layers", args.layers, 1),
-        ("--vocab", args.vocab, 1),
-        ("--sampled", args.sampled, 0),
-        ("--context", args.context, 0),
-        ("--max-new-tokens", args.max_new_tokens, 1),
-        ("--gen-batch", args.gen_batch, 1),
-    ):
-        if value < low:
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
-    run = DrafterTraining(
-        prompts=args.prompts,
-        max_new=args.max_new_tokens,
-        steps=args.steps,
-        batch=args.batch,
-        depth=args.depth,
-        layers=args.layers,
-        vocab=args.vocab,
-        device=args.device or "cpu",
-        out=args.out or "",
-        gen_batch=args.gen_batch,
-        sampled=args.sampled,
-        feature_layers=args.feature_layers,
-        lr=args.lr,
-        sequences_file=args.sequences or "",
-        context=args.context,
-        conversations=args.conversations,
-    )
-    print(json.dumps(train_drafter(cfg, run), indent=2))
+    print(json.dumps(train_drafter(cfg, training_run(args)), indent=2))
 
 
 def _replace(cfg: Config, section: str, **values) -> Config:
@@ -238,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hesitation-only", action="store_true", help="run only the hesitation questions")
     p.add_argument(
         "--pauses",
-        default="400,700,900",
+        default=",".join(map(str, DEFAULT_PAUSES_MS)),
         metavar="MS,MS",
-        help="pause lengths of the hesitation questions (default 400,700,900)",
+        help="pause lengths of the hesitation questions (default %(default)s)",
     )
     p.add_argument("--questions", type=int, help="hesitation questions to use (default: all 6)")
     p.add_argument(
@@ -253,43 +268,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
+    # defaults: commands.train_drafter.DrafterTraining (`training_run`)
     p = sub.add_parser("train-drafter", parents=[common], help="train an MTP drafter for the target")
     p.add_argument("--target", help="target model dir or hub id (default: models.llm)")
-    p.add_argument("--prompts", type=int, default=600, help="generated training prompts")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="reply length per prompt")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--depth", type=int, default=4, help="draft positions trained")
-    p.add_argument("--layers", type=int, default=2, help="MLP blocks in the head (1-4)")
+    p.add_argument("--prompts", type=int, help="generated training prompts")
+    p.add_argument("--max-new-tokens", type=int, help="reply length per prompt")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--batch", type=int, help="anchors per training step")
+    p.add_argument("--depth", type=int, help="draft positions trained")
+    p.add_argument("--layers", type=int, help="MLP blocks in the head (1-4)")
     p.add_argument(
         "--feature-layers",
         type=layer_list,
-        default=None,
         metavar="L1,L2",
         help="target layers read besides the last hidden state (default: a third and two thirds "
         "of the way up; 'none' for the last hidden state only)",
     )
     p.add_argument(
-        "--sampled",
-        type=float,
-        default=0.5,
-        help="sampled replies per prompt besides the greedy one (more varied contexts)",
+        "--sampled", type=float, help="sampled replies per prompt besides the greedy one (more varied contexts)"
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument(
-        "--context", type=int, default=0, help="recent target positions each draft step attends to (0: none)"
-    )
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--context", type=int, help="recent target positions each draft step attends to (0: none)")
     p.add_argument("--sequences", metavar="JSON", help="reuse generated sequences from this file (written if absent)")
     p.add_argument(
         "--conversations",
         type=int,
-        default=0,
         help="multi-turn training chats (earlier turns answered by the target) besides the prompts",
     )
-    p.add_argument("--vocab", type=int, default=8192, help="reduced drafter vocabulary")
+    p.add_argument("--vocab", type=int, help="reduced drafter vocabulary")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to generate and train")
     p.add_argument("--out", help="output folder (default: the shipped drafter's folder)")
-    p.add_argument("--gen-batch", type=int, default=32, help="prompts generated at once")
+    p.add_argument("--gen-batch", type=int, help="prompts generated at once")
     p.set_defaults(func=cmd_train_drafter)
 
     p = sub.add_parser("soak", parents=[common], help="concurrent sessions + disconnect storm against a server")

@@ -15,7 +15,8 @@ with the probability given. What it measures is the machinery at the size users 
 costs, graphs, the controller's choice of k — not a drafter. Replies ignore EOS (every prompt
 makes max_new_tokens). Only Llama-class configs: `StaticLlamaTarget` (and so the graphs) does
 not implement Gemma 4 (per-layer inputs, sliding-window and KV-shared layers). The static target
-computes plain RoPE from `rope_theta` and ignores llama3's frequency scaling: the same cost.
+takes the model's own rotary frequencies, so Llama 3's frequency scaling is applied as transformers
+applies it; rope types that change with the sequence length (dynamic, longrope) are refused.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from commands.supervisor import (
     Supervisor,
     Tick,
 )
-from voice.config import FleetConfig
+from voice.config import FleetConfig, ServerConfig
 from web.launch import start_server
 from web.metrics import RESTARTS_ENV
 
@@ -75,10 +75,10 @@ class Fleet:
     """Workers and the HAProxy in front of them; `start()`, then `supervise(…)`; `stop()` drains."""
 
     workers: int = 2
-    port: int = 8765
+    port: int = ServerConfig.port  # the balancer takes the port one server would have
     first_worker_port: int = 8801  # 0: any free ports
     check_ms: int = 1000
-    max_sessions: int = 8
+    max_sessions: int = ServerConfig.max_sessions
     worker_args: tuple[str, ...] = ()
     settings: FleetConfig = field(default_factory=FleetConfig)
     say: Callable[[str], None] = lambda line: print(time.strftime("[%H:%M:%S] ") + line, flush=True)
@@ -298,15 +298,17 @@ def run_fleet(fleet: Fleet) -> None:
 def add_fleet_parser(sub, common: argparse.ArgumentParser) -> None:
     """`voice fleet`'s arguments (on the CLI's subparsers)."""
     p = sub.add_parser("fleet", parents=[common], help="N local workers behind HAProxy, supervised (try a fleet)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--port", type=int, default=8765, help="the balancer's port (default 8765)")
+    p.add_argument("--workers", type=int, default=Fleet.workers, help="worker processes (default %(default)s)")
+    p.add_argument("--port", type=int, default=Fleet.port, help="the balancer's port (default %(default)s)")
     p.add_argument(
         "--first-worker-port",
         type=int,
-        default=8801,
-        help="workers listen on consecutive ports from here (default 8801; 0 = any free)",
+        default=Fleet.first_worker_port,
+        help="workers listen on consecutive ports from here (default %(default)s; 0 = any free)",
     )
-    p.add_argument("--check-ms", type=int, default=1000, help="health check interval (default 1000 ms)")
+    p.add_argument(
+        "--check-ms", type=int, default=Fleet.check_ms, help="health check interval (default %(default)s ms)"
+    )
     p.add_argument("--print-config", action="store_true", help="print the rendered haproxy.cfg and exit")
     p.set_defaults(func=fleet_command)
 

@@ -232,7 +232,7 @@ class DrafterTraining:
     steps: int = 1500
     batch: int = 256
     depth: int = 4
-    layers: int = 1
+    layers: int = 2  # residual MLP blocks: the shipped head's (training.json)
     vocab: int = 8192
     device: str = "cpu"
     out: str = ""

@@ -109,7 +109,7 @@ class AdaptiveController:
     slowly to what k measures (shape(0) anchors it). Probing: after `probe_every` plain steps one
     step at the best k > 0 is tried (where the curve is flat it tests several positions at once);
     each probe that accepts nothing doubles the wait (up to 16x), one that accepts resets it, so a
-    drafter that never pays costs < 1 % (AVX2: a drafting step is ~1.8x a plain one).
+    drafter that never pays costs one probe per 16 x `probe_every` plain steps.
     """
 
     k_max: int = 8

@@ -1,16 +1,15 @@
 """Fixed-width one-sequence steps of a `StaticLlamaTarget`, captured as CUDA graphs.
 
 On a GPU an eager step of SmolLM2-135M is launch-bound: ~30 layers × ~45 kernels, each
-launched from Python, cost the same 16–24 ms for any k. A CUDA graph replays the whole step
+launched from Python, cost about the same for any k. A CUDA graph replays the whole step
 in one launch. Capture needs fixed shapes, so a step of width W (1 + k draft tokens) runs
 over static buffers — token ids [W] and the start position (a 0-dim tensor) — writes its
 keys/values with `index_copy_` at positions start..start+W-1, and attends over the first
 `span` rows of the slot's cache under the causal mask `col <= start + row` instead of slicing
 the cache to the current length. One graph is captured per (width, span), spans doubling from
-128 to the cache's size, and a step replays the narrowest span that holds its last position:
-attending over a whole 2048-row cache cost an H100 0.6 ms of a 3.7 ms one-token step and 1.8
-ms of a 5.6 ms five-token one (scripts/step_profile.py). Masked rows get weight exactly 0, so
-the caches are zeroed once (garbage in `torch.empty` rows could be NaN, and 0 · NaN is NaN).
+128 to the cache's size, and a step replays the narrowest span that holds its last position,
+so attention's cost follows the context, not the cache size (docs/gpu.md). Masked rows get
+weight exactly 0, so the caches are zeroed once (garbage in `torch.empty` rows could be NaN, and 0 · NaN is NaN).
 
 Attention is three kernels, not SDPA's math path (which a boolean mask with grouped KV heads
 takes, a dozen kernels a layer): the query heads of a KV group are stacked as rows of one
@@ -131,8 +130,8 @@ class StepGraphs:
             graph.replay()
             logits, features = out[0].clone(), out[1].clone()  # the next replay overwrites them
             # return when the outputs are ready, as an eager forward does: the decoder times the forward
-            # as the step's verify cost, and a launch-only time (~0.5 ms of 3) made the adaptive
-            # controller see verifying as nearly free next to drafting and choose k = 0. The caller
+            # as the step's verify cost, and a launch-only time (a fraction of the step) made the
+            # adaptive controller see verifying as nearly free next to drafting and choose k = 0. The caller
             # reads the logits right away, so waiting here costs nothing.
             torch.cuda.current_stream().synchronize()
         else:
@@ -145,9 +144,9 @@ class DraftGraphs:
     """An MTP head's greedy draft loop of k steps, one CUDA graph per k (`MTPDrafter.capture`).
 
     Eagerly each draft token costs ~40 small kernels and two host syncs (the argmax read back to
-    index the next embedding): about 1 ms a token on an H100, as much as a third of a graph-replayed
-    target step. In a graph the chosen token stays on the device (`vocab_ids[argmax]` indexes the
-    next embedding), so k tokens are one replay and one read-back. Only the greedy loop of a head
+    index the next embedding), a sizeable share of a graph-replayed target step (docs/gpu.md). In
+    a graph the chosen token stays on the device (`vocab_ids[argmax]` indexes the next
+    embedding), so k tokens are one replay and one read-back. Only the greedy loop of a head
     without context attention is captured; sampling and context heads draft eagerly.
     """
 

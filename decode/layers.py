@@ -20,11 +20,11 @@ def project(x: torch.Tensor, weight: torch.Tensor, weight_major: bool = True) ->
     """x Wᵀ for rows x [T, in] and a weight W [out, in] (a bias-free linear layer).
 
     weight_major computes it as (W xᵀ)ᵀ for T > 1: the same product, with the weight as the left
-    operand. MKL's sgemm on an AVX2 EPYC streams a large weight once per row for the x Wᵀ layout
-    at small T — the 49152×576 LM head costs 15 ms for 1 row, 33 ms for 2, 50 ms for 3 — and
-    once in all for W xᵀ (10–14 ms for 2–5 rows), so a verify step of a few tokens costs about
-    what one token does (`scripts/linear_layout.py` measures both layouts). One row is always
-    F.linear (a matrix-vector product either way).
+    operand. Some BLAS builds (MKL's sgemm on AVX2) stream a large weight once per row for the
+    x Wᵀ layout at small T and once in all for W xᵀ, so a verify step of a few tokens then costs
+    about what one token does; others are faster with x Wᵀ (`scripts/linear_layout.py` measures
+    both; figures in docs/decoding.md). One row is always F.linear (a matrix-vector product
+    either way).
     """
     if not weight_major or x.shape[0] == 1:
         return F.linear(x, weight)

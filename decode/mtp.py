@@ -9,9 +9,9 @@ a reduced vocabulary (the tokens the target actually emits, as Gemma 4's E2B/E4B
 do with "embedder clustering") through rows of the target's own tied embedding; the step's
 output feature replaces h for the next step. Verification stays on the full vocabulary, so nothing is
 lost when the reduced vocabulary misses a token — that draft is simply rejected.
-Cost per draft token on 2 CPU cores: ~1 ms against ~27 ms for one SmolLM2 step. On an H100 the
-eager loop is launch-bound (k = 1: 1.4 ms, k = 8: 6.0 ms); `capture` replays it as one CUDA graph per
-k (0.22 ms and 1.0 ms; scripts/step_profile.py).
+Cost per draft token: the fusion, `layers` MLP blocks and a `len(vocab_ids)`-row head at the model
+width — a small fraction of a target step; on CUDA `capture` replays the k-step loop as one graph
+per k (measured costs: docs/decoding.md, docs/gpu.md).
 """
 
 from __future__ import annotations

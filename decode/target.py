@@ -110,8 +110,7 @@ class StaticLlamaTarget:
         """Time steps of `widths` tokens (slot 0, after `context` tokens) with each layout of `project`,
         interleaved, and keep the faster: seconds per layout (best round, summed over widths).
 
-        Which one wins is the CPU's BLAS: on an AVX2 EPYC the weight-major product made 3–8 token
-        steps 2x cheaper; on an AVX-512/AMX Xeon torch's own layout was 1.6x cheaper at 2–3 tokens.
+        Which one wins is the CPU's BLAS (figures per CPU in docs/decoding.md).
         """
         saved = self.lengths[0]
         base = max(saved, min(context, self.max_len - max(widths) - 1))

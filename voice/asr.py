@@ -10,14 +10,14 @@ until the token cap. A loop never leaves this module: `voice.repetition` spots i
 `transcribe_until_clean` retries with a longer window, then samples at rising temperatures
 (faster-whisper's fallback), and if all of them loop, `collapse_repetition` keeps one copy.
 A clean first decode costs what it always did (one encode, one greedy decode, plus a ~40 µs
-check); a loop costs the longer-window decode too (~+1 s on 2 busy cores).
+check); a loop costs the longer-window decode too.
 
 On non-speech (a cough, a door slam, a keyboard) whisper hallucinates ("I", "I'm sorry.").
 `NoSpeechRule` is faster-whisper's own silence test on each decode: P(<|nospeech|>) above
 `no_speech_threshold` and an average token log-prob at or below `log_prob_threshold` give "".
 Both come out of the same `generate` call, so no decode is added: the no-speech probability
-costs one vocabulary projection at <|startoftranscript|> during the prompt's prefill (~7 ms
-CPU, 2-4 % of a short utterance's transcribe), the log-prob nothing.
+costs one vocabulary projection at <|startoftranscript|> during the prompt's prefill, the
+log-prob nothing.
 """
 
 from __future__ import annotations
@@ -82,11 +82,7 @@ class NoSpeechRule:
 class LoopRetry:
     """What `transcribe` tries after a looping greedy decode, in this order."""
 
-    # On 99 piper fragments (33 phrases x 0/0.3/0.6 s lead silence) greedy at 600 frames looped
-    # 9 times; greedy at 1500 mended 8 (+0.7-1.7 s on 2 busy cores). 3000 mended the ninth but
-    # took 7.7 s, and collapsing its loop gave the same "Mount Everest", so 3000 is opt-in.
-    # Sampling stops at 0.6: at 1.0, 3 of 8 samples were other words ("Actor Behos"), worse
-    # than collapsing the greedy loop ("Octopus Octopus Octopus" -> "Octopus").
+    # Why 1500 frames and T <= 0.6 (and 3000 frames opt-in): docs/benchmarks.md, "Whisper loop retries"
     windows_frames: tuple[int, ...] = (1500,)  # longer windows: more trailing silence
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6)  # sampled on the longest window
 

@@ -43,8 +43,7 @@ class LLMConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
-    # empty: the model's own chat template default. The brief instruction scored 14/20 against 12/20
-    # without it on tests/data/factual.json (scripts/brief_eval.py; README "Reply length")
+    # empty: the model's own chat template default (why the brief instruction: docs/benchmarks.md)
     system_prompt: str = (
         "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Answer in one or two short sentences."
     )
@@ -94,7 +93,7 @@ class DecodeConfig:
     defer_ahead_s: float = 3.0  # a reply this far ahead of playback sits steps out while one awaits its first phrase
     max_ahead_s: float = 8.0  # ... and this far ahead it waits for playback (inf: decode the whole reply at once)
     # how the static target multiplies rows by a weight: auto (CPU: timed at load, the faster kept; CUDA: linear) |
-    # linear (torch's F.linear) | weight_major ((W xᵀ)ᵀ; 2x cheaper 3–8 token steps on an AVX2 EPYC)
+    # linear (torch's F.linear) | weight_major ((W xᵀ)ᵀ; which is faster depends on the BLAS: docs/decoding.md)
     linear_layout: str = "auto"
     cuda_graphs: bool = True  # on CUDA: steps of 1..max_draft + 1 tokens and the MTP draft loop replay captured graphs
 
@@ -108,13 +107,13 @@ class ASRConfig:
     compute_type: str = "int8"
     threads: int = 0
     interval_ms: int = 250  # partial decodes while the user speaks, at most this often
-    partial_load: float = 1.0  # ... and at most this share of the time (1: back to back; 0.5 measured worse on AVX2)
+    partial_load: float = 1.0  # ... and at most this share of the time (1: back to back)
     min_window_frames: int = 600  # mel frames (10 ms each) encoded at least
     pad_frames: int = 300  # silence frames encoded after the speech
     final_tail_ms: int = 64  # audio awaited after the first quiet VAD window before the final decode
     # faster-whisper's silence test on each short-window decode: "" when P(<|nospeech|>) >
-    # no_speech_threshold and the mean token log-prob <= log_prob_threshold (1.0: off). Its 0.6
-    # suits 30 s windows; on ours noise scored 0.37-0.81 (the pipeline's cough 0.45), speech <= 0.49
+    # no_speech_threshold and the mean token log-prob <= log_prob_threshold (1.0: off); below
+    # faster-whisper's 0.6, which suits 30 s windows (docs/benchmarks.md)
     no_speech_threshold: float = 0.4
     log_prob_threshold: float = -1.0
     # after a looping greedy decode: greedy on a longer window (0: none), then sampling on it at
@@ -145,8 +144,8 @@ class TurnConfig:
     predictive: bool = True  # prepare the reply (ASR, LLM, first phrase's audio) before the endpoint
     min_silence_ms: int = 200  # silence that ends a turn whose words look complete
     max_silence_ms: int = 1200  # silence that ends any turn
-    eot_low: float = 0.005  # tests/data/eot: genuine unfinished phrases score <= 0.003
-    eot_high: float = 0.1  # 72 % of complete first turns (90 % of second turns) end at min_silence_ms
+    eot_low: float = 0.005  # at or below: wait max_silence_ms (chosen on tests/data/eot: docs/benchmarks.md)
+    eot_high: float = 0.1  # at or above: wait min_silence_ms
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ DTYPES = {
 
 def calibration_ks(max_draft: int) -> list[int]:
     """Every draft length the controller may pick, 0..max_draft: on CPUs the verify cost is not
-    smooth in k (AVX2, SmolLM2: k=1 126 ms, k=2 183 ms, k=6 144 ms), so none is interpolated."""
+    smooth in k (docs/decoding.md), so none is interpolated."""
     return list(range(max(0, max_draft) + 1))
 
 
@@ -217,8 +217,8 @@ class ReplyModel:
         if not isinstance(self.target, StaticLlamaTarget):
             return
         if layout == "auto" and self.target.device.type == "cuda":
-            # eager GPU steps are launch-bound, so timing them picks at random; in CUDA graphs on an
-            # H100 torch's layout measured 4.4–4.9 ms for 2–9 tokens against 5.0 ms weight-major
+            # eager GPU steps are launch-bound, so timing them picks at random; in CUDA graphs
+            # torch's layout was no slower (docs/gpu.md)
             self.target.weight_major = False
         elif layout == "auto":
             costs = self.target.choose_layout()
@@ -349,9 +349,8 @@ class ReplyModel:
 
         The message is scored without its closing punctuation (whisper closes cut phrases with
         '?' or '.' and the model believes it): p = P(end-of-user token) + P('.', '?', '!', …)
-        after the words, from the target's softmax at that position. Measured on piper speech
-        (tests/data/eot): AUC 0.96-0.99 complete vs cut mid-sentence, against 0.62-0.85 for the
-        end token after whisper's punctuated text. The prefill it needs is the reply's own: when
+        after the words, from the target's softmax at that position (how well it separates complete
+        from cut phrases: docs/benchmarks.md). The prefill it needs is the reply's own: when
         the reply's prompt (punctuation kept, then the assistant's header) extends the scored
         words, one prefill of that prompt reads p at the words' last row and keeps the last row's
         logits, and a reply to these words then takes its first token from them (`ReplyJob`).

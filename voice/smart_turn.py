@@ -5,10 +5,9 @@ moment of a decision (~200 ms). Out: P(turn complete) in [0, 1], read from proso
 timing, not words. The model input is pipecat's own (`LocalSmartTurnAnalyzerV3`): the
 last 8 s, zero-padded at the start, as Whisper log-mel features (80 x 800, waveform
 normalised to zero mean / unit variance) under the input name `input_features`; the
-output (named `logits`) is already a sigmoid probability. Cost on 2 shared EPYC cores:
-~90-115 ms a call, p50 of 20 (features ~5 ms, the ONNX encoder the rest, one onnxruntime
-thread, pipecat's default; two threads were no faster while the cores were shared:
-85-145 ms). The 8.7 MB model ships in the `pipecat-ai` wheel (BSD-2), installed with
+output (named `logits`) is already a sigmoid probability. Cost: the log-mel features and one
+ONNX encoder pass on one onnxruntime thread, pipecat's default (measured: docs/benchmarks.md).
+The 8.7 MB model ships in the `pipecat-ai` wheel (BSD-2), installed with
 --no-deps from scripts/models.txt.
 """
 

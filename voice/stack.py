@@ -1,12 +1,12 @@
 """The loaded models of one process: ASR, reply LLM, TTS — loaded once, shared by sessions.
 
-In: `Config`. Out: `Stack`. Cost on 2 cores: ~3 s (whisper 0.6 s, piper 0.4 s, SmolLM2 +
-verify-cost calibration ~2 s). Raises `ModelNotReady` naming the fix when a model is missing.
+In: `Config`. Out: `Stack`. Cost: loading the three models once, and timing the target's
+steps for the verify-cost calibration. Raises `ModelNotReady` naming the fix when a model is missing.
 ASR and TTS each run on one `PriorityWorker` thread: calls from all sessions queue there,
 the urgent ones first (a final transcript before anyone's partial; a reply's first phrase
 before phrases of replies already talking), and each model's scratch memory lives in one
-thread's allocator arena instead of spreading over a growing pool (measured: the pool let
-RSS creep up with concurrency). The LLM runs on the decode scheduler's thread
+thread's allocator arena instead of spreading over a growing pool (where RSS crept up with
+concurrency). The LLM runs on the decode scheduler's thread
 (`ReplyModel.scheduler`), which batches all sessions' replies. With `llm.backend = "openai"`
 the server is checked first (`GET /models`, a second at most), so a dead one fails before
 the models load. `close_stacks()` stops every loaded stack's threads after their current
