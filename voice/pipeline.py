@@ -117,6 +117,7 @@ class VoiceSession:
         self._utterance_id = 0
         self._latest_text = ""  # the newest hypothesis: older ones are not worth scoring
         self._heard_at: dict[tuple[int, float], float] = {}  # (utterance, audio end) -> hypothesis time
+        self._scoring: dict[str, asyncio.Future] = {}  # text -> its end-of-turn score's prefill, in flight
         self._replies: dict[int, ReplyTurn] = {}
         self._dropped = ""  # why this utterance's last prediction was dropped ("" if none was)
         self._tasks: set[asyncio.Task] = set()
@@ -299,13 +300,22 @@ class VoiceSession:
         await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t, looped)))
 
     async def _score(self, text: str) -> None:
-        llm = self.stack.llm
-        msgs = self.conversation.messages(text)
-
         if text != self._latest_text:  # newer words came while this waited
             return
-        prob = await asyncio.to_thread(llm.end_of_turn_prob, msgs)
+        prob = await self._end_of_turn_prob(text)
         await self._act(self.turns.step(Score(text, prob)))
+
+    def _end_of_turn_prob(self, text: str) -> asyncio.Future:
+        """The end-of-turn score of `text`, one prefill per text: a reply to words whose score is
+        in flight waits for that prefill (it keeps the reply's first logits) instead of running
+        a second one. Shielded: a cancelled reply does not cancel the score others wait for."""
+        future = self._scoring.get(text)
+        if future is None:
+            msgs = self.conversation.messages(text)
+            future = asyncio.ensure_future(asyncio.to_thread(self.stack.llm.end_of_turn_prob, msgs))
+            self._scoring[text] = future
+            future.add_done_callback(lambda _: self._scoring.pop(text, None))
+        return asyncio.shield(future)
 
     # ---- reply -----------------------------------------------------------------
     def _start_reply(self, start: StartReply) -> None:
@@ -377,6 +387,6 @@ class VoiceSession:
 
     async def _speak_reply(self, turn: ReplyTurn, messages: list[dict]) -> None:
         if self.turns.score_of(turn.text) is None:  # the endpoint rule needs it; usually it is known already
-            prob = await asyncio.to_thread(self.stack.llm.end_of_turn_prob, self.conversation.messages(turn.text))
+            prob = await self._end_of_turn_prob(turn.text)
             self._spawn(self._act(self.turns.step(Score(turn.text, prob))))
         await self.speaker.speak(turn, messages)
