@@ -6,9 +6,11 @@ Out: each job's spans through its `emit` callback, from the scheduler's thread;
 `Ticket.finished` when it is done (or failed: `Ticket.error`).
 
 One step:
-1. Runnable jobs: not held (a held reply that has its first phrase waits for its endpoint) and
+1. Runnable jobs: not held (a held reply that has its first phrase waits for its endpoint),
    less than `max_ahead_s` ahead of its listener (`Priority.ahead_s`, seconds of its speech
-   not yet played: it resumes as playback catches up); while an urgent job runs, a job
+   not yet played: it resumes as playback catches up), and, if it `may_hold`, with its owner
+   caught up on its spans (the last one may have finished its first phrase and made it held: no
+   step decodes past it while the final transcript needs the cores); while an urgent job runs, a job
    `defer_ahead_s` or more ahead sits the step out: it only has to stay ahead of playback,
    and a narrower step gives the urgent job its tokens sooner.
 2. Order: urgent jobs (a reply without its first phrase, an end-of-turn score) first, then
@@ -42,6 +44,8 @@ from decode.target import Forward
 
 log = logging.getLogger(__name__)
 
+OWNER_WAIT_S = 0.05  # longest an urgent job waits for its owner to read its spans
+
 
 def dec_full(dec: SpeculativeDecoder, tokens: list[int]) -> bool:
     """Feeding `tokens` would run past the slot's cache."""
@@ -58,10 +62,19 @@ class Priority:
     urgent: bool = True  # a reply awaiting its first phrase, an end-of-turn score
     held: bool = False  # waits for its owner (a prepared reply awaiting its endpoint)
     played_until_t: float = 0.0  # perf_counter() when the speech it produced so far ends playing
+    may_hold: bool = False  # a span may make it held (a prepared reply before its endpoint)
+    emitted: int = 0  # spans the scheduler gave the owner (written by the scheduler)
+    read: int = 0  # spans the owner has acted on (written by the owner, then `StepScheduler.wake`)
+    emitted_t: float = 0.0  # perf_counter() of the last span given
 
     def ahead_s(self, now: float) -> float:
         """Seconds of its speech not yet played at `now`."""
         return max(0.0, self.played_until_t - now)
+
+    def owner_behind(self, now: float, wait_s: float) -> bool:
+        """The owner of a job that may become held has not yet read its last span (that span may
+        end its first phrase and hold it), for at most `wait_s` after that span."""
+        return self.may_hold and self.read < self.emitted and now - self.emitted_t < wait_s
 
 
 @dataclass(eq=False)
@@ -130,6 +143,7 @@ class StepScheduler:
         self.width_cost_s = dict(width_cost_s)  # packed width T -> seconds of one forward
         self.step_tokens, self.talking_weight, self.cost_ema = step_tokens, talking_weight, cost_ema
         self.defer_ahead_s, self.max_ahead_s = defer_ahead_s, max_ahead_s
+        self.owner_wait_s = OWNER_WAIT_S
         self.stats = SchedulerStats()
         self._used = [0.0] * len(slots)  # last use, for LRU
         self._busy: list[Ticket | None] = [None] * len(slots)
@@ -222,6 +236,8 @@ class StepScheduler:
     def _complete(self, ticket: Ticket) -> None:
         for span in ticket.job.drain():
             self.stats.tokens_out += len(span.token_ids)
+            ticket.priority.emitted += 1
+            ticket.priority.emitted_t = time.perf_counter()
             try:
                 ticket.emit(span)
             except Exception:  # a caller that went away must not stop the others' step
@@ -259,7 +275,10 @@ class StepScheduler:
         running = [
             t
             for t in self._busy
-            if t is not None and not t.priority.held and t.priority.ahead_s(now) < self.max_ahead_s
+            if t is not None
+            and not t.priority.held
+            and t.priority.ahead_s(now) < self.max_ahead_s
+            and not t.priority.owner_behind(now, self.owner_wait_s)
         ]
         if any(t.priority.urgent for t in running):
             running = [t for t in running if t.priority.urgent or t.priority.ahead_s(now) < self.defer_ahead_s]

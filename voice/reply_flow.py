@@ -149,6 +149,11 @@ class ReplyFlow:
         return self.decoding and self.first_phrase_t is None and self.stage in _LIVE
 
     @property
+    def may_hold(self) -> bool:
+        """Decoding a prepared reply's first phrase: the span that completes it holds the reply."""
+        return self.decoding and self.stage is Stage.PREPARING
+
+    @property
     def held(self) -> bool:
         """Its decoding waits for the endpoint."""
         return self.decoding and self.stage is Stage.HELD

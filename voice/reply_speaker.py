@@ -60,6 +60,8 @@ class ReplySpeaker:
                 if not turn.m.first_span:
                     turn.stamp(first_span=span.t)
                 self._say(turn, shaper.push(span.text, len(span.token_ids)), chunker, phrases, span.t)
+                turn.priority.read += 1  # a prepared reply's next step waits for this (it may be held now)
+                llm.scheduler.wake()
                 if shaper.stopped:  # the reply policy has what it will speak
                     turn.step(PolicyDone())  # the decoder ends the reply at its next step
                     break

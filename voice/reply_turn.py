@@ -22,7 +22,7 @@ class ReplyTurn:
     def __init__(self, reply_id: int, text: str, budget: ReplyBudget, continued: bool = False) -> None:
         self.id, self.text = reply_id, text
         self.flow = ReplyFlow(time.perf_counter())
-        self.priority = Priority()  # read by the decode scheduler at each step
+        self.priority = Priority(may_hold=self.flow.may_hold)  # read by the decode scheduler at each step
         self.stop_decode = threading.Event()  # read by the decoder: end the reply at the next step
         self.shaper = ReplyShaper(budget)  # what of the decoded text is spoken
         self.continued = continued  # "tell me more": it continues the previous reply
@@ -40,7 +40,7 @@ class ReplyTurn:
         if any(isinstance(a, (EndDecode, Cancel)) for a in actions):
             self.stop_decode.set()
         p = self.priority
-        p.urgent, p.held = self.flow.urgent, self.flow.held
+        p.urgent, p.held, p.may_hold = self.flow.urgent, self.flow.held, self.flow.may_hold
         if not self.flow.decoding:
             p.played_until_t = 0.0  # a job to end runs its next step at once and frees its slot
         return actions

@@ -332,3 +332,27 @@ def test_plan_batch_alone_is_the_single_sequence_argmax_and_drops_k_when_width_c
     flat = {1: 1.0, 40: 1.0}
     assert plan_batch([[0.9] * 4] * 2, [1.0, 0.25], [4, 4], [0, 0], 0, flat) == [4, 4]
     assert plan_batch([[0.0] * 4], [1.0], [4], [1], 0, steep) == [1]
+
+
+def test_a_job_that_may_hold_waits_for_its_owner_to_read_each_span():
+    sched = scheduler(slots=2)
+    sched.owner_wait_s = 1e9  # no clock decides here: only the owner's reads
+    prepared = Priority(may_hold=True)
+    s = GenerationSettings(max_new_tokens=8)
+    out = []
+    ticket = sched.submit(
+        lambda dec: ReplyJob(dec, [1, 2, 3], s), [1, 2, 3], lambda sp: out.extend(sp.token_ids), prepared
+    )
+    other, other_out = submit(sched, [4, 5, 6], 8)
+    while not out:
+        assert sched.run_step()
+    before = len(out)
+    sched.run_step()  # the other job goes on; this one waits for its owner to read its span
+    assert len(out) == before and len(other_out) > 0
+    prepared.read = prepared.emitted
+    prepared.held = True  # that span finished its first phrase: held until the endpoint
+    run_until_idle(sched)
+    assert len(out) == before and other.finished.is_set()
+    prepared.held = prepared.may_hold = False  # released
+    run_until_idle(sched)
+    assert ticket.finished.is_set() and out == plain_greedy(TARGET, [1, 2, 3], 8)

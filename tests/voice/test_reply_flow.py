@@ -28,9 +28,10 @@ def run(flow: ReplyFlow, *events) -> list:
 
 def test_a_prepared_reply_holds_after_its_first_phrase_and_is_released_with_its_audio_ready():
     flow = ReplyFlow(created_t=0.0)
-    assert flow.urgent and not flow.held
+    assert flow.urgent and not flow.held and flow.may_hold  # the span ending its first phrase holds it
     assert run(flow, FirstPhrase(0.10)) == []
     assert flow.stage is Stage.HELD and flow.held and not flow.urgent  # decoding waits for the endpoint
+    assert not flow.may_hold
     run(flow, AudioMade(0.20), AudioMade(0.25))
     assert flow.audio_made_t == 0.20  # the first chunk counts
     assert run(flow, Release(0.30)) == [OpenGate(Prediction.RELEASED)]
@@ -50,7 +51,7 @@ def test_a_prediction_whose_audio_is_not_ready_at_the_endpoint_is_late():
 def test_a_reply_released_before_its_first_phrase_stays_urgent():
     flow = ReplyFlow(created_t=0.0)
     assert run(flow, Release(0.05)) == [OpenGate(Prediction.LATE)]
-    assert flow.urgent and not flow.held
+    assert flow.urgent and not flow.held and not flow.may_hold  # its spans go out as they come
     run(flow, FirstPhrase(0.2))
     assert flow.stage is Stage.RELEASED and not flow.urgent and not flow.held
 
