@@ -1,7 +1,9 @@
 """`voice soak`: concurrent spoken sessions against a running server, and a disconnect storm.
 
 In: a server URL, concurrency levels, turns per client. Out: JSON per level — turn-gap
-p50/p90, answered and lost turns, errors — plus the server's RSS, task and thread counts
+p50/p90, answered and lost turns, errors, why turns were slow (`why`: the stage each turn
+waited longest in, each talker's worst gap, the worst turn's split) and the server's queue
+depths sampled during the level (`queues`) — plus the server's RSS, task and thread counts
 (from its `/stats`) before and after, so leaks show. Traffic goes only to the given
 server (use a loopback address). A turn cut by a draining worker (1001) or a dropped
 connection (a worker killed) is said again on a new session; a server or balancer that stops
@@ -82,6 +84,7 @@ async def _client(
                         **record.stages_ms(),
                         "llm_start": record.metrics.get("llm_start_ms"),
                         "turn_gap": record.turn_gap_ms,
+                        "client": offset,
                     }
                 )
     finally:
@@ -104,6 +107,63 @@ def _turn_problem(record) -> str | None:
     if record.turn_gap_ms is None:
         return f"no reply audio: heard {record.transcript!r}"
     return None
+
+
+WAITS = ("endpoint", "llm", "tts")  # a turn's gap, split where it waited: see `turn_waits`
+
+
+def turn_waits(stages: dict) -> dict[str, float]:
+    """Where one answered turn's gap went, in ms: `endpoint` = end of speech → endpoint; `llm` =
+    endpoint → first reply text (0 if the text came first, a prepared reply); `tts` = the later
+    of those → first audio. The three add up to the gap."""
+    endpoint = max(0.0, stages.get("endpoint") or 0.0)
+    text = max(endpoint, stages.get("first_span") or endpoint)
+    audio = max(text, stages["first_audio"])
+    return {"endpoint": round(endpoint, 1), "llm": round(text - endpoint, 1), "tts": round(audio - text, 1)}
+
+
+def why_slow(turns: list[dict]) -> dict:
+    """Per level: how many turns waited longest in each stage, each talker's worst gap, and the
+    worst turn with its split (who waited, and where)."""
+    if not turns:
+        return {"waited_longest": {}, "worst_gap_by_client": {}, "worst_turn": None}
+    counts = dict.fromkeys(WAITS, 0)
+    worst_by_client: dict[int, float] = {}
+    for t in turns:
+        waits = turn_waits(t)
+        counts[max(WAITS, key=waits.__getitem__)] += 1
+        worst_by_client[t["client"]] = max(worst_by_client.get(t["client"], 0.0), round(t["turn_gap"], 1))
+    worst = max(turns, key=lambda t: t["turn_gap"])
+    return {
+        "waited_longest": counts,
+        "worst_gap_by_client": {str(c): g for c, g in sorted(worst_by_client.items())},
+        "worst_turn": {"client": worst["client"], "turn_gap": round(worst["turn_gap"], 1), **turn_waits(worst)},
+    }
+
+
+def queue_summary(samples: list[dict]) -> dict:
+    """Queue depths sampled from `/stats` during a level: mean and max per queue, and the samples
+    (seconds into the level, depth per queue)."""
+    names = sorted({k for s in samples for k in s.get("queues", {})})
+    out: dict = {}
+    for name in names:
+        depths = [s["queues"][name] for s in samples if name in s.get("queues", {})]
+        out[name] = {"mean": round(sum(depths) / len(depths), 2), "max": max(depths)}
+    out["samples"] = [{"t": s["t"], **s.get("queues", {})} for s in samples]
+    return out
+
+
+async def sample_queues(url: str, samples: list[dict], token: str | None, every_s: float = 0.5) -> None:
+    """Append the server's queue depths to `samples` every `every_s` until cancelled."""
+    t0 = time.perf_counter()
+    while True:
+        try:
+            stats = await asyncio.to_thread(server_stats, url, token)
+        except ServerLost:
+            return
+        if "queues" in stats:
+            samples.append({"t": round(time.perf_counter() - t0, 2), "queues": stats["queues"]})
+        await asyncio.sleep(every_s)
 
 
 def decode_delta(start: dict | None, end: dict | None) -> dict:
@@ -164,7 +224,12 @@ async def _run_levels(
     for n in levels:
         t0 = time.perf_counter()
         start = await asyncio.to_thread(server_stats, url, token)
-        results = await asyncio.gather(*(_client(url, paths, turns, i, token) for i in range(n)))
+        samples: list[dict] = []
+        sampler = asyncio.ensure_future(sample_queues(url, samples, token))
+        try:
+            results = await asyncio.gather(*(_client(url, paths, turns, i, token) for i in range(n)))
+        finally:
+            sampler.cancel()
         lost_server = any(r[4] for r in results)
         after = None if lost_server else await settle(url, before, token=token)
         turns_done = [t for r in results for t in r[0]]
@@ -180,6 +245,8 @@ async def _run_levels(
                 "stages_ms": {
                     s: percentiles([t[s] for t in turns_done if t[s] is not None]) for s in ("llm_start", *STAGES)
                 },
+                "why": why_slow(turns_done),
+                "queues": queue_summary(samples),
                 "wall_s": round(time.perf_counter() - t0, 1),
                 **decode_delta(start.get("decode"), after and after.get("decode")),
                 "rss_mb": round(after["rss_bytes"] / 2**20, 1) if after else None,

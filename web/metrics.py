@@ -21,6 +21,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RESTARTS_ENV = "VOICE_WORKER_RESTARTS"  # `voice fleet` tells a worker it starts on its port how often before
 
 
+def rss_bytes() -> int:
+    """This process's resident memory (its peak where /proc is missing)."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            return 1024 * next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def worker_restarts() -> int:
     """How often `voice fleet` has started this worker's port again (RESTARTS_ENV; 0 outside a fleet)."""
     value = os.environ.get(RESTARTS_ENV, "0")

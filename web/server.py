@@ -39,7 +39,7 @@ from voice.session_events import (
 from voice.stack import Stack
 from web.auth import server_token, token_refusal, warn_if_exposed
 from web.drain import GOING_AWAY, TurnTracker, may_close, readiness
-from web.metrics import ServerMetrics
+from web.metrics import ServerMetrics, rss_bytes
 from web.protocol import AudioInput, ProtocolError, event_message, parse_message, turn_text
 from web.routes import STATIC, get_response
 
@@ -130,23 +130,17 @@ class VoiceServer:
         return get_response(self, connection, path)
 
     def stats(self) -> dict:
-        """Sessions, asyncio tasks, threads, resident memory and the decode scheduler's totals
-        (steps, tokens, batch sizes): for soak tests and operators."""
-        import resource
+        """Sessions, asyncio tasks, threads, resident memory, the decode scheduler's totals (steps,
+        tokens, batch sizes) and the queues now: for soak tests and operators."""
         import threading
 
-        rss_kb = 0
-        try:
-            with open("/proc/self/status") as f:
-                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {
             "sessions": len(self.sessions),
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
-            "rss_bytes": rss_kb * 1024,
+            "rss_bytes": rss_bytes(),
             "decode": self.stack.llm.scheduler.stats.as_dict(),
+            "queues": self._queues(),
         }
 
     def live_metrics(self) -> dict:
@@ -157,13 +151,17 @@ class VoiceServer:
             "turns_in_progress": sum(c.turn.busy for c in self.sessions.values()),
         }
         if self.stack is not None:
-            live["queues"] = {
-                "asr": self.stack.asr_worker.waiting(),
-                "tts": self.stack.tts_worker.waiting(),
-                "reply": sum(1 for c in self.sessions.values() if c.session is not None and c.session.replying),
-            }
+            live["queues"] = self._queues()
             live["decode"] = self.stack.llm.scheduler.stats.as_dict()
         return live
+
+    def _queues(self) -> dict:
+        """Calls waiting for the ASR and TTS threads, and replies in progress."""
+        return {
+            "asr": self.stack.asr_worker.waiting(),
+            "tts": self.stack.tts_worker.waiting(),
+            "reply": sum(1 for c in self.sessions.values() if c.session is not None and c.session.replying),
+        }
 
     def ready_message(self, sid: str) -> str:
         """The `ready` event: the session id, the reply audio's rate and the active configuration."""
