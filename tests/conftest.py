@@ -19,7 +19,7 @@ def plain_greedy(model, prompt: list[int], n: int) -> list[int]:
     """The reference every lossless test compares with: transformers' greedy `generate`, exactly n tokens."""
     with torch.inference_mode():
         out = model.generate(
-            torch.tensor([prompt]),
+            torch.tensor([prompt], device=model.device),
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,

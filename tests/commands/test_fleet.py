@@ -28,11 +28,12 @@ from guards import HANG_GUARD_S
 from voice.config import load_config
 
 
-def haproxy_or_skip() -> str:
+def haproxy() -> str:
+    """The haproxy binary; without it the fleet tests fail (like the browser tests without Chromium)."""
     try:
         return find_haproxy()
-    except FleetError as err:  # `make test` installs it through scripts/bootstrap --test (root + apt)
-        pytest.skip(f"haproxy cannot be installed here: {err}")
+    except FleetError:  # `make test` installs it through scripts/bootstrap --test (root + apt)
+        pytest.fail("haproxy is needed for the fleet tests: run `scripts/bootstrap --test` as root")
 
 
 def free_port() -> int:
@@ -73,7 +74,7 @@ def until(condition, what: str):
 def test_rendered_config_passes_haproxys_own_check(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(render_config(8765, [8801, 8802, 8803], 1000, 8, tmp_path / "admin.sock"))
-    out = subprocess.run([haproxy_or_skip(), "-c", "-f", str(cfg)], capture_output=True, text=True)
+    out = subprocess.run([haproxy(), "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     text = cfg.read_text()
     assert "balance leastconn" in text and "uri /healthz" in text and "stats socket" in text
@@ -124,7 +125,7 @@ class RunningFleet:
 
 @pytest.fixture(scope="module")
 def fleet(stack):  # `stack` prepares the models first
-    haproxy_or_skip()
+    haproxy()
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "fleet", "--workers", "2", "--port", str(port)]
@@ -252,7 +253,7 @@ def test_a_soak_whose_balancer_is_killed_prints_one_line_and_its_json(fleet, tmp
     cfg = tmp_path / "haproxy.cfg"
     ports = [int(url.rsplit(":", 1)[1].strip("/")) for url in workers.values()]
     cfg.write_text(render_config(port, ports, 250, 4, tmp_path / "admin.sock"))
-    balancer = subprocess.Popen([haproxy_or_skip(), "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL)
+    balancer = subprocess.Popen([haproxy(), "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL)
     try:
         until(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "the test's haproxy did not come up")
         answered = sum(metric(url, "voice_turn_gap_seconds_count") for url in workers.values())

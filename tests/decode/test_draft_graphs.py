@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ByteTokenizer, tiny_llama
+from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController
 from decode.graphs import StepGraphs
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
@@ -50,14 +50,19 @@ def test_graph_drafts_equal_eager_drafts_on_cuda():
 @needs_cuda
 @pytest.mark.parametrize("k", [1, 2, 4, "adaptive"])
 def test_speculative_greedy_over_step_and_draft_graphs_equals_plain_greedy_on_cuda(k):
+    """Against transformers' own greedy `generate` on the same CUDA model (conftest.plain_greedy), not
+    the decoder's k = 0 path, which shares the static target and its graphs with what is tested."""
     model = tiny_llama(seed=3).to("cuda")
     prompt, n = [5, 9, 13, 5, 9, 13], 40
+    want = plain_greedy(model, prompt, n)
+    # the reference reads the context, not only the last token: attention bugs cannot hide
+    assert plain_greedy(model, [7, 7, 7, 7, 7, 13], n) != want
     plain = StaticLlamaTarget(model, max_len=128, feature_layers=(1,))
     StepGraphs(plain, widths=[1])
     dec = SpeculativeDecoder(
         plain, ByteTokenizer(), MTPDrafter(head((1,), device="cuda"), plain.embed), FixedController(0)
     )
-    want = [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in s.token_ids]
+    assert [t for s in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in s.token_ids] == want
     target = StaticLlamaTarget(model, max_len=128, feature_layers=(1,))
     StepGraphs(target, widths=list(range(1, 7)))
     drafter = MTPDrafter(head((1,), device="cuda"), target.embed)

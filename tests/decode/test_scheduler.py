@@ -6,9 +6,10 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
-from decode.controller import AdaptiveController, FixedController, plan_batch
+from decode.controller import AdaptiveController, FixedController, StepStats, plan_batch
 from decode.drafters import ModelDrafter, NgramDrafter, NoDrafter
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
+from decode.oracle import OracleDrafter
 from decode.scheduler import Priority, StepScheduler
 from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder
 from decode.target import StaticLlamaTarget
@@ -106,6 +107,44 @@ def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_gr
             assert got == want[: len(got)]  # what it said before the cancel is its own greedy prefix
         else:
             assert ticket.error is None and got == want, f"sequence {i} diverged"
+
+
+def untimed(controller):
+    """`controller` fed acceptance only: a batched step's verify time is not its own, and draft time
+    is the machine's speed, which must not decide a test."""
+    update = controller.update
+    controller.update = lambda stats: update(StepStats(stats.draft_len, stats.accepted_len, 0.0, None))
+    return controller
+
+
+@pytest.mark.parametrize("controller", ["fixed", "adaptive"])
+def test_sequences_sharing_a_step_each_draft_and_accept_part_of_it(controller):
+    """Three replies packed into each step: every one drafts k = 3 (the adaptive planner too, where a
+    packed forward costs the same at any width) and accepts 2 of them (the oracle is right at
+    draft positions 1 and 2, wrong at 3); each reply is still its plain greedy."""
+    prompts, n = [[5, 9, 13, 5], [1, 2, 3], [40, 41, 40, 41, 7]], 18
+    refs = [p + plain_greedy(TARGET, p, n) for p in prompts]
+    parent = StaticLlamaTarget(TARGET, max_len=160)
+    decs = []
+    for i in range(len(prompts)):
+        ctl = FixedController(3) if controller == "fixed" else untimed(AdaptiveController(k_max=3, probe_every=1000))
+        decs.append(SpeculativeDecoder(parent.slot(i), ByteTokenizer(), OracleDrafter(refs, [1.0, 1.0, 0.0], 64), ctl))
+    widths = []  # per step: the width of each decoding sequence's feed (prefill feeds are last-only)
+
+    def forward_packed(feeds):
+        widths.append([len(tokens) for _, tokens, last_only in feeds if not last_only])
+        return parent.forward_packed(feeds)
+
+    flat = {w: 1.0 for w in range(1, 65)}  # cost_ema = 0: the measured times never replace these
+    sched = StepScheduler(decs, forward_packed, flat, step_tokens=64, cost_ema=0.0, threaded=False)
+    runs = [submit(sched, p, n) for p in prompts]
+    run_until_idle(sched)
+    assert [out for _, out in runs] == [plain_greedy(TARGET, p, n) for p in prompts]
+    assert [3 + 1] * 3 in widths, f"no step drafted k = 3 for all three sequences: {widths}"
+    for ticket, _ in runs:
+        st = ticket.job.stats
+        assert st.drafted > 0 and 0 < st.accepted < st.drafted, (st.drafted, st.accepted)
+        assert st.steps < n  # drafting saved forwards
 
 
 def test_cancelling_one_sequence_never_changes_another():

@@ -3,8 +3,9 @@
 For each `section.key` of `voice.config.Config` (listed from the dataclasses, so a new key
 without a probe fails) a probe loads the config twice through `load_config(None, overrides)` —
 what `--set section.key=value` does — once without and once with a non-default value, and
-observes the component that reads the key: the built reply model (its settings, drafter,
-controller, scheduler), the OpenAI-compatible backend's client and request, the ASR and TTS
+observes the component that reads the key: the built reply model (its reply, its drafter's
+proposals, the k its controller asks and what its scheduler runs on scripted steps), the
+OpenAI-compatible backend's client and request, the ASR and TTS
 as `load_stack` builds them (faster-whisper and piper replaced by recording fakes), the
 turn-taker on a scripted timeline, a session on a typed conversation, the server. The test
 fails when the two observations are equal. A tiny random Llama with a word-level tokenizer
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import dataclasses
 import heapq
 import itertools
@@ -225,25 +227,33 @@ def _(cfg, rig):
     return torch.get_num_threads()
 
 
+def plain_reply(cfg: Config) -> list[int]:
+    """The built model's reply to "hi" without drafting, from its decoder's configured seed."""
+    llm = reply_model(cfg)
+    llm.decoder.generator.manual_seed(llm.decoder.generator.initial_seed())  # as built, whatever ran before
+    with llm.lock:
+        return [t for span in llm.reply_plain([{"role": "user", "content": "hi"}]) for t in span.token_ids]
+
+
 @probe("llm.max_new_tokens", "7", *LOCAL, *REMOTE)
 def _(cfg, rig):
-    return {"local": reply_model(cfg).settings.max_new_tokens, "remote": remote_request(cfg)["max_tokens"]}
+    return {"local": len(plain_reply(cfg)), "remote": remote_request(cfg)["max_tokens"]}
 
 
-@probe("llm.temperature", "0.7", *LOCAL, *REMOTE)
+@probe("llm.temperature", "3.0", *LOCAL, *REMOTE, "llm.max_new_tokens=24")
 def _(cfg, rig):
-    return {"local": reply_model(cfg).settings.temperature, "remote": remote_request(cfg)["temperature"]}
+    return {"local": plain_reply(cfg), "remote": remote_request(cfg)["temperature"]}
 
 
-@probe("llm.top_p", "0.9", *LOCAL, *REMOTE)
+@probe("llm.top_p", "0.5", *LOCAL, *REMOTE, "llm.max_new_tokens=24", "llm.temperature=3.0")
 def _(cfg, rig):
-    return {"local": reply_model(cfg).settings.top_p, "remote": remote_request(cfg)["top_p"]}
+    return {"local": plain_reply(cfg), "remote": remote_request(cfg)["top_p"]}
 
 
-@probe("llm.seed", "5", *LOCAL)
+@probe("llm.seed", "5", *LOCAL, "llm.max_new_tokens=24", "llm.temperature=3.0")
 def _(cfg, rig):
-    llm = reply_model(cfg)
-    return {"drafter": llm.generator.initial_seed(), "decoder": llm.decoder.generator.initial_seed()}
+    """The sampled reply, and the drafter's generator (a sampling drafter draws from it)."""
+    return {"reply": plain_reply(cfg), "drafter": reply_model(cfg).generator.initial_seed()}
 
 
 @probe("llm.system_prompt", "Be brief.", *LOCAL, *REMOTE)
@@ -286,7 +296,8 @@ def _(cfg, rig):
 
 @probe("decode.drafter", "none", *LOCAL)
 def _(cfg, rig):
-    return type(reply_model(cfg).drafter).__name__
+    """What the built model's drafter proposes after a context that repeats itself."""
+    return reply_model(cfg).drafter.propose(NGRAM_CONTEXT, 2, None).tokens
 
 
 @probe("decode.controller", "fixed", *LOCAL)
@@ -294,25 +305,55 @@ def _(cfg, rig):
     return type(reply_model(cfg).decoder.controller).__name__
 
 
+# ---- the built model's controller, drafter and scheduler, on scripted steps (no measured time) --
+FLAT_COSTS = {0: 1.0, 8: 1.4}  # seconds of a verify forward per k: a machine where drafting pays
+STEEP_COSTS = {0: 1.0, 8: 3.0}  # ... where it pays only when most drafts are accepted
+
+
+def controller_ks(cfg: Config, accepted: list[int], costs: dict, draft_s: list[float] | None = None) -> list[int]:
+    """The k the built reply model's controller asks before each step and after the last, the target
+    accepting `accepted[i]` tokens of step i's draft; its verify costs are `costs`, not the load-time
+    calibration, and not learnt (no verify time is reported); step i drafts `draft_s[i]` seconds
+    per token (default 0)."""
+    from decode.controller import StepStats
+
+    built = reply_model(cfg).decoder.controller
+    ctl = dataclasses.replace(built, verify_cost_s=dict(costs), draft_cost_s=0.0, load=1.0, _since_draft=0)
+    ks = []
+    for n, per_token_s in zip(accepted, draft_s or [0.0] * len(accepted)):
+        ks.append(k := ctl.next_k())
+        ctl.update(StepStats(k, min(n, k), k * per_token_s, None))
+    return ks + [ctl.next_k()]
+
+
 @probe("decode.max_draft", "3", *LOCAL)
 def _(cfg, rig):
+    """The k a controller asks while every draft is accepted, and the widths timed at load."""
+    calibrated = sorted(reply_model(cfg).verify_cost_s)
+    return {"controller": controller_ks(cfg, [8] * 4, FLAT_COSTS), "calibration": calibrated}
+
+
+@probe("decode.fixed_draft", "1", *LOCAL, "decode.controller=fixed")
+def _(cfg, rig):
+    """The draft lengths of a reply (the n-gram drafter proposes up to k where its context repeats)."""
     llm = reply_model(cfg)
-    return {"controller": llm.decoder.controller.k_max, "calibration": sorted(llm.verify_cost_s)}
+    with llm.lock:
+        return max(span.draft_len for span in llm.reply([{"role": "user", "content": "a b c a b c a b c a b"}]))
 
 
-@probe("decode.fixed_draft", "2", *LOCAL, "decode.controller=fixed")
+NGRAM_CONTEXT = [1, 2, 3, 4, 9, 9, 3, 4, 7, 2, 3, 4]  # [3, 4] recurs after 2 and after 9; [2, 3, 4] after 1
+
+
+@probe("decode.ngram_max", "2", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).decoder.controller.k
-
-
-@probe("decode.ngram_max", "5", *LOCAL)
-def _(cfg, rig):
-    return reply_model(cfg).drafter.max_n
+    """The longest match wins: [2, 3, 4] continues with 9 (n = 3), [3, 4] with 7 (n <= 2)."""
+    return reply_model(cfg).drafter.propose(NGRAM_CONTEXT, 2, None).tokens
 
 
 @probe("decode.ngram_min", "2", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).drafter.min_n
+    """A context whose last two tokens never occurred before: n = 1 still finds its last token."""
+    return reply_model(cfg).drafter.propose([5, 6, 7, 6, 8, 7], 2, None).tokens
 
 
 @probe(
@@ -333,43 +374,117 @@ def _(cfg, rig):
 
 @probe("decode.probe_every", "4", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).decoder.controller.probe_every
+    """Where drafting never pays and nothing is accepted: the steps at which a draft is tried anyway."""
+    ks = controller_ks(cfg, [0] * 40, STEEP_COSTS)
+    return [i for i, k in enumerate(ks) if k]
 
 
 @probe("decode.decay", "0.5", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).decoder.controller.decay
+    """Drafts accepted for 8 steps, then rejected: how soon the controller stops drafting."""
+    return controller_ks(cfg, [8] * 8 + [0] * 8, STEEP_COSTS)
 
 
 @probe("decode.prior_accept", "0.8", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).decoder.controller.prior_accept
+    """The k asked before anything was measured."""
+    return controller_ks(cfg, [], STEEP_COSTS)
 
 
 @probe("decode.cost_ema", "0.5", *LOCAL)
 def _(cfg, rig):
-    llm = reply_model(cfg)
-    return {"controller": llm.decoder.controller.cost_ema, "scheduler": llm.scheduler.cost_ema}
+    """The controller: drafting a token goes from 0.02 s to 2 s (a plain step: 1 s), one token of each
+    draft accepted; how soon it stops drafting. The scheduler: its estimate of a 4-token forward as
+    steps of 1 s follow one of 2 s."""
+    ks = controller_ks(cfg, [1] * 12, FLAT_COSTS, draft_s=[0.02] * 4 + [2.0] * 8)
+    sched = idle_copy(reply_model(cfg).scheduler, width_cost_s={4: 2.0})
+    estimates = []
+    for _ in range(3):
+        sched._learn_cost(4, 1.0)
+        estimates.append(round(sched.cost(4), 3))
+    return {"controller": ks, "scheduler": estimates}
+
+
+def idle_copy(sched, **replaced):
+    """A copy of the built model's scheduler to drive by hand (its thread, idle, keeps the original)."""
+    twin = copy.copy(sched)
+    twin.__dict__.update(replaced)
+    return twin
+
+
+def ticket(job, urgent: bool = True, played_until_t: float = 0.0):
+    """A scheduler ticket already holding `job`, with the given standing."""
+    from decode.scheduler import Priority, Ticket
+
+    made = Ticket(lambda dec: job, [1], lambda span: None, Priority(urgent, False, played_until_t))
+    made.job = job
+    return made
+
+
+def step_feeds(cfg: Config) -> list[int | None]:
+    """The built scheduler's step over a reply decoding at k = 2 and a prompt to prefill: what it
+    asks of each (the reply's k, the prefill's token budget); the jobs record and feed nothing."""
+    from decode.controller import FixedController
+
+    asked = []
+
+    class Recording:
+        def __init__(self, prefilling: bool) -> None:
+            self.prefilling, self.controller, self.done = prefilling, FixedController(2), False
+
+        def feed(self, k=None, max_tokens=None):
+            asked.append(max_tokens if self.prefilling else k)
+            return []
+
+        def drain(self):
+            return []
+
+    idle_copy(reply_model(cfg).scheduler)._step([ticket(Recording(False)), ticket(Recording(True))])
+    return asked
+
+
+def runnable(cfg: Config, rig: Rig, *tickets) -> list[bool]:
+    """Which of `tickets` (on the built scheduler's slots, the clock at 100 s) take part in a step."""
+    import decode.scheduler
+
+    rig.monkeypatch.setattr(decode.scheduler, "time", SimpleNamespace(perf_counter=lambda: 100.0))
+    chosen = idle_copy(reply_model(cfg).scheduler, _busy=list(tickets))._runnable()
+    return [t in chosen for t in tickets]
 
 
 @probe("decode.slots", "2", *LOCAL)
 def _(cfg, rig):
-    return len(reply_model(cfg).scheduler.slots)
+    """How many of three waiting replies start at once (each on its own slot)."""
+    job = SimpleNamespace(done=False, stop_if_cancelled=lambda: False)
+    sched = reply_model(cfg).scheduler
+    twin = idle_copy(sched, _busy=[None] * len(sched.slots), _waiting=[ticket(job) for _ in range(3)])
+    twin._used = [0.0] * len(sched.slots)
+    twin._assign()
+    return sum(t is not None for t in twin._busy)
 
 
 @probe("decode.step_tokens", "32", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).scheduler.step_tokens
+    return step_feeds(cfg)
 
 
-@probe("decode.talking_weight", "0.5", *LOCAL)
+@probe("decode.talking_weight", "1.0", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).scheduler.talking_weight
+    """The k planned for an urgent reply and one already talking, sharing a step whose width costs
+    a quarter of a plain step per token: the talking one drafts less the less it weighs."""
+    from voice.llm import make_controller
+
+    steep = {w: 1.0 + 0.25 * (w - 1) for w in range(1, 65)}
+    replies = [SimpleNamespace(controller=make_controller(cfg, FLAT_COSTS), prefilling=False) for _ in range(2)]
+    sched = idle_copy(reply_model(cfg).scheduler, width_cost_s=steep)
+    plan = sched._plan([ticket(replies[0], urgent=True), ticket(replies[1], urgent=False)])
+    return list(plan.values())
 
 
 @probe("decode.defer_ahead_s", "1.0", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).scheduler.defer_ahead_s
+    """A talking reply 2 s ahead of playback beside an urgent one: does it take part in the step?"""
+    return runnable(cfg, rig, ticket(None, urgent=True), ticket(None, urgent=False, played_until_t=102.0))
 
 
 @probe("decode.linear_layout", "weight_major", *LOCAL)
@@ -752,7 +867,8 @@ def _(cfg, rig):
 
 @probe("decode.max_ahead_s", "1.0", *LOCAL)
 def _(cfg, rig):
-    return reply_model(cfg).scheduler.max_ahead_s
+    """A talking reply 2 s ahead of playback, alone: does it take a step or wait for playback?"""
+    return runnable(cfg, rig, ticket(None, urgent=False, played_until_t=102.0))
 
 
 # ---- the server ----------------------------------------------------------------------------------

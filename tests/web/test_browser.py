@@ -162,11 +162,35 @@ def _scripted_turn(ws, text: str) -> None:
     )
 
 
+def _held_turn(ws, text: str, chunks: int, chunk_samples: int) -> None:
+    """A turn whose reply audio is sent and whose turn_end waits for the page (an interrupt, a mark)."""
+    import json
+
+    ws.send(json.dumps({"type": "transcript", "final": True, "text": text}))
+    ws.send(json.dumps({"type": "reply", "text": "Let me tell you."}))
+    ws.send(json.dumps({"type": "audio_start", "sample_rate": 22050}))
+    for _ in range(chunks):
+        ws.send(np.zeros(chunk_samples, "<i2").tobytes())
+
+
+def _end_held_turn(ws, text: str, interrupted: bool) -> None:
+    import json
+
+    metrics = _metrics(250.5, interrupted=interrupted)
+    ws.send(json.dumps({"type": "turn_end", "metrics": metrics, "transcript": text, "reply": "Let me tell you."}))
+
+
 @pytest.fixture
 def scripted_server():
+    """A server that answers typed turns as `_scripted_turn` does; a text starting "hold" gets a held
+    turn of 0.3 s of audio, "interrupt me" one of 30 s. A held turn ends (interrupted if the page sent
+    `interrupt`, counted in `heard.interrupts`) after a `mark` the test sends through the page's
+    socket, once 25 microphone frames followed it (`heard.frames`: per mark, whether each frame was
+    all zeros)."""
     import json
     import mimetypes
     import threading
+    from types import SimpleNamespace
 
     from websockets.datastructures import Headers
     from websockets.http11 import Response
@@ -188,10 +212,32 @@ def scripted_server():
             body,
         )
 
+    heard = SimpleNamespace(interrupts=0, frames=[])
+
     def session(ws):
+        held, marked, interrupted = None, None, False  # a turn awaiting its end; frames since the mark
         for message in ws:
-            msg = json.loads(message) if isinstance(message, str) else {"type": "audio"}
-            if msg["type"] == "start":
+            if isinstance(message, bytes):
+                if marked is not None:
+                    marked.append(not any(message))
+                    if len(marked) == 25:
+                        heard.frames.append(marked)
+                        marked = None
+                        if held:
+                            _end_held_turn(ws, held, interrupted)
+                            held, interrupted = None, False
+                continue
+            msg = json.loads(message)
+            if msg["type"] == "interrupt":
+                heard.interrupts += 1
+                interrupted = held is not None
+            elif msg["type"] == "mark":
+                marked = []
+            elif msg["type"] == "text" and msg["text"].startswith(("hold", "interrupt me")):
+                held = msg["text"]
+                long = held.startswith("interrupt me")
+                _held_turn(ws, held, chunks=30 if long else 3, chunk_samples=22050 if long else 2205)
+            elif msg["type"] == "start":
                 ws.send(
                     json.dumps(
                         {
@@ -207,7 +253,7 @@ def scripted_server():
 
     server = serve(session, "127.0.0.1", 0, process_request=static)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.socket.getsockname()[1]}/"
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.socket.getsockname()[1]}/", heard=heard)
     server.shutdown()
 
 
@@ -219,7 +265,7 @@ def test_page_settings_interruptions_and_log_across_reload(tmp_path, scripted_se
     browser = _chromium(tmp_path)
     try:
         wait = WebDriverWait(browser, 60, poll_frequency=0.1)
-        browser.get(scripted_server)
+        browser.get(scripted_server.url)
         wait.until(lambda d: d.execute_script("return window.voiceStats.ready"))
         browser.find_element(By.ID, "voice-typed").click()  # voice off for typed turns
         browser.find_element(By.ID, "text").send_keys("hello", Keys.ENTER)
@@ -249,6 +295,72 @@ def test_page_settings_interruptions_and_log_across_reload(tmp_path, scripted_se
         assert [(e["role"], e["text"]) for e in browser.execute_script("return window.voiceStats.log")] == log
         assert "new session" in browser.find_element(By.ID, "log").text
         assert not browser.find_element(By.ID, "barge-in").is_selected()
+    finally:
+        browser.quit()
+
+
+def test_page_interrupt_button_escape_and_barge_in_off_silence(tmp_path, scripted_server):
+    """The mic (a steady tone) is on while replies play: with barge-in on the server hears it, with
+    barge-in off the page sends silence until the reply is over; the Interrupt button and the
+    Escape key each send `interrupt` and stop the audio still queued (30 s of it) before the
+    server's turn_end comes."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tone = tmp_path / "tone.wav"
+    write_wav(tone, 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 10) / 16000).astype(np.float32), 16000)
+    heard = scripted_server.heard
+    browser = _chromium(tmp_path, f"--use-file-for-fake-audio-capture={tone}")
+    try:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+
+        def state_is(name: str) -> None:
+            wait.until(lambda d: d.execute_script("return state.name") == name)
+
+        def ask(text: str) -> None:
+            browser.find_element(By.ID, "text").send_keys(text, Keys.ENTER)
+            state_is("speaking")
+
+        def frames_after_mark() -> list[bool]:
+            """Whether each of the 25 mic frames the server got after a mark sent now was all zeros."""
+            marks = len(heard.frames)
+            browser.execute_script("ws.send(JSON.stringify({type: 'mark'}))")
+            wait.until(lambda d: len(heard.frames) > marks)
+            return heard.frames[-1]
+
+        browser.get(scripted_server.url)
+        wait.until(lambda d: d.execute_script("return window.voiceStats.ready"))
+        ActionChains(browser).send_keys(Keys.SPACE).perform()  # the mic on
+        state_is("listening")
+
+        ask("hold on, barge-in on")
+        assert not any(frames_after_mark())  # the server hears the user over the reply
+        browser.find_element(By.ID, "barge-in").click()  # barge-in off
+        ask("hold on, barge-in off")
+        assert all(frames_after_mark())  # silence while the reply plays
+        state_is("listening")  # the reply is over: the user is heard again
+        assert not any(frames_after_mark())
+
+        turns = len(browser.execute_script("return window.voiceStats.turnEnds"))
+        for key in ("button", "escape"):
+            ask(f"interrupt me ({key})")
+            assert browser.execute_script("return sources.size") > 0  # 30 s of reply audio queued
+            if key == "button":
+                browser.find_element(By.ID, "interrupt").click()
+            else:
+                ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+            count = 1 if key == "button" else 2
+            wait.until(lambda d, n=count: heard.interrupts == n)
+            assert browser.execute_script("return sources.size") == 0  # its audio stopped, no turn_end yet
+            assert len(browser.execute_script("return window.voiceStats.turnEnds")) == turns
+            frames_after_mark()  # the server ends the turn, interrupted
+            turns += 1
+            wait.until(lambda d, n=turns: len(d.execute_script("return window.voiceStats.turnEnds")) == n)
+            assert "(interrupted)" in browser.find_elements(By.CSS_SELECTOR, "#log .entry.assistant")[-1].text
+            assert browser.execute_script("return window.voiceStats.states").count("interrupted") == turns - 2
+        assert not browser.execute_script("return window.voiceStats.errors")
     finally:
         browser.quit()
 
