@@ -34,8 +34,9 @@ from commands.bench import machine_info
 from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
 from decode.controller import FixedController, expected_tokens
 from decode.drafters import NoDrafter
+from decode.jobs import GenerationSettings
 from decode.oracle import OracleDrafter, acceptance_at
-from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
+from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
 from decode.target import StaticLlamaTarget, static_supported
 from voice.config import Config, ConfigError
 from voice.llm import calibration_ks, make_controller, torch_dtype

@@ -11,7 +11,8 @@ import time
 
 from decode.controller import Controller
 from decode.drafters import Drafter
-from decode.speculative import DecodeStats, GenerationSettings, SpeculativeDecoder
+from decode.jobs import DecodeStats, GenerationSettings
+from decode.speculative import SpeculativeDecoder
 
 FIXED_KS = (1, 2, 4, 6)  # the fixed draft lengths every bench runs against the controllers
 

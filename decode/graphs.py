@@ -27,7 +27,8 @@ import logging
 
 import torch
 
-from decode.target import Forward, StaticLlamaTarget, project
+from decode.layers import project
+from decode.target import Forward, StaticLlamaTarget
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decode.drafters import Draft, pick
-from decode.target import rms_norm
+from decode.layers import rms_norm
 
 
 @dataclass(frozen=True)

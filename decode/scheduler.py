@@ -38,8 +38,9 @@ from typing import Callable
 
 from decode.controller import AdaptiveController, interpolate_cost, plan_batch
 from decode.drafters import common_prefix_len
+from decode.jobs import Job
 from decode.spans import Span
-from decode.speculative import Job, SpeculativeDecoder
+from decode.speculative import SpeculativeDecoder
 from decode.target import Forward
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,6 @@ from decode.jobs import DecodeStats, GenerationSettings, Job, PrefillJob, ReplyJ
 from decode.spans import Span
 from decode.target import Forward, Target
 
-__all__ = [
-    "DecodeStats",
-    "GenerationSettings",
-    "Job",
-    "PrefillJob",
-    "ReplyJob",
-    "SpeculativeDecoder",
-    "calibrate_verify_cost",
-]
-
 
 class SpeculativeDecoder:
     """One sequence's state over a target (or one slot of it): its cached tokens, hidden state, drafter.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from commands.drafter_data import generate_replies
 from commands.prompt_sets import bench_plans, generate_turns
-from commands.train_drafter import generate_replies
 from voice.llm import load_causal_lm
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "commands" / "data" / "conversations.json"

@@ -106,7 +106,8 @@ def identity(eager, graphed, widths: list[int]) -> dict:
     from decode.controller import FixedController
     from decode.drafters import NgramDrafter
     from decode.graphs import StepGraphs
-    from decode.speculative import GenerationSettings, SpeculativeDecoder
+    from decode.jobs import GenerationSettings
+    from decode.speculative import SpeculativeDecoder
 
     prompt = [5, 9, 13, 5, 9, 13, 21, 5, 9]
     settings = GenerationSettings(max_new_tokens=48)

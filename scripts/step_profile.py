@@ -124,7 +124,8 @@ def loop_split(target, drafter, k: int, new_tokens: int = 64) -> dict:
     """One reply decoded with fixed k: ms per step in total, in the drafter, launching the verify, the rest."""
     from decode.controller import FixedController
     from decode.drafters import NoDrafter
-    from decode.speculative import GenerationSettings, SpeculativeDecoder
+    from decode.jobs import GenerationSettings
+    from decode.speculative import SpeculativeDecoder
 
     target.rollback(0)
     dec = SpeculativeDecoder(target, Bytes(), drafter if k else NoDrafter(), FixedController(k))

@@ -164,6 +164,43 @@ def argmaxes(t: StaticLlamaTarget, ids: list[int], chunk: int = 16) -> torch.Ten
     return torch.cat(out)
 
 
+def agreement(t, convs: list, ref: list, against: str) -> dict:
+    """Share of scored positions whose argmax equals the reference variant's."""
+    same = total = 0
+    for (ids, scored), want in zip(convs, ref):
+        mask = torch.tensor(scored)
+        got = argmaxes(t, ids)
+        same += int((got == want)[mask].sum())
+        total += int(mask.sum())
+    return {"agreement_vs_" + against: round(same / total, 4), "positions": total}
+
+
+def consistency(t, convs: list) -> dict:
+    """Share of positions where 5- and 16-token steps pick what 1-token steps pick."""
+    same, total = {5: 0, 16: 0}, 0
+    for ids, scored in convs:
+        mask = torch.tensor(scored)
+        one = argmaxes(t, ids, chunk=1)[mask]
+        total += len(one)
+        for w in same:
+            same[w] += int((argmaxes(t, ids, chunk=w)[mask] == one).sum())
+    return {"same_as_1_token_steps": {w: round(v / total, 4) for w, v in same.items()}, "consistency_positions": total}
+
+
+def machine(args: argparse.Namespace) -> dict:
+    """The CPU, its vector flags and the run's settings."""
+    flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
+    cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    return {
+        "cpu": cpu,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "context": args.context,
+        "reps": args.reps,
+        "flags": [f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni"))],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -210,39 +247,11 @@ def main() -> None:
             "build_s": round(build_s[name], 1),
         }
         if convs:
-            same = total = 0
-            for (ids, scored), want in zip(convs, ref):
-                mask = torch.tensor(scored)
-                got = argmaxes(t, ids)
-                same += int((got == want)[mask].sum())
-                total += int(mask.sum())
-            row["agreement_vs_" + names[0]] = round(same / total, 4)
-            row["positions"] = total
+            row.update(agreement(t, convs, ref, names[0]))
         if args.consistency:  # a verify of k + 1 tokens must pick what k + 1 one-token steps pick
-            same, total = {5: 0, 16: 0}, 0
-            for ids, scored in conversation_ids(tok)[: args.consistency]:
-                mask = torch.tensor(scored)
-                one = argmaxes(t, ids, chunk=1)[mask]
-                total += len(one)
-                for w in same:
-                    same[w] += int((argmaxes(t, ids, chunk=w)[mask] == one).sum())
-            row["same_as_1_token_steps"] = {w: round(v / total, 4) for w, v in same.items()}
-            row["consistency_positions"] = total
+            row.update(consistency(t, conversation_ids(tok)[: args.consistency]))
         print(json.dumps(row), flush=True)
-    flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
-    cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    print(
-        json.dumps(
-            {
-                "cpu": cpu,
-                "threads": args.threads,
-                "torch": torch.__version__,
-                "context": args.context,
-                "reps": args.reps,
-                "flags": [f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni"))],
-            }
-        )
-    )
+    print(json.dumps(machine(args)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from commands.train_drafter import Sequences, acceptance, fit, make_sequences, reduced_vocab, teacher_pass
+from commands.drafter_data import make_sequences
+from commands.train_drafter import Sequences, acceptance, fit, reduced_vocab, teacher_pass
 from decode.mtp import MTPConfig, MTPHead, load_mtp, save_mtp
 from voice.llm import load_causal_lm
 

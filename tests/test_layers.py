@@ -2,6 +2,7 @@
 and break on a back-edge: an upward import between layers, decode or audio importing our code,
 or a cycle between the modules of a package."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -73,3 +74,38 @@ def test_no_module_over_400_lines_and_no_function_over_60():
                 if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
                     too_long.append(f"{rel}: {node.name}() {n} lines")
     assert not too_long, too_long
+
+
+def _top_level_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(names a module defines, names it imports) at its top level, `if` blocks included."""
+    defined, imported = set(), set()
+    body = list(tree.body)
+    while body:
+        node = body.pop(0)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try)):
+            body.extend(node.body + node.orelse + getattr(node, "handlers", []) + getattr(node, "finalbody", []))
+        elif isinstance(node, ast.ExceptHandler):
+            body.extend(node.body)
+    return defined, imported
+
+
+def test_every_name_is_imported_from_the_module_that_defines_it():
+    """No shim: `from voice.x import Name` only when voice/x.py defines Name (not re-exports it)."""
+    files = [p for pkg in (*PACKAGES, "tests", "scripts") for p in (ROOT / pkg).rglob("*.py")]
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in files}
+    defined = {m: _top_level_names(ast.parse(p.read_text()))[0] for m, p in modules.items()}
+    borrowed = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in defined:
+                for alias in node.names:
+                    if alias.name not in defined[node.module] and f"{node.module}.{alias.name}" not in modules:
+                        borrowed.append(f"{path.relative_to(ROOT)}: {alias.name} from {node.module}")
+    assert borrowed == [], "import these from where they are defined:\n" + "\n".join(borrowed)

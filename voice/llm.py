@@ -16,9 +16,10 @@ import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from decode.jobs import GenerationSettings, PrefillJob, ReplyJob
 from decode.scheduler import Priority, StepScheduler, Ticket
 from decode.spans import Span
-from decode.speculative import GenerationSettings, PrefillJob, ReplyJob, SpeculativeDecoder, calibrate_verify_cost
+from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
 from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
 from voice.config import Config, ConfigError
 from voice.models import ModelNotReady, llm_path

@@ -46,8 +46,7 @@ from voice.reply_speaker import ReplySpeaker
 from voice.reply_turn import ReplyTurn, reply_budget
 from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState, log_line
 from voice.stack import NORMAL, URGENT, Stack
-from voice.turns import Conversation
-from voice.turntaking import (
+from voice.turnevents import (
     Action,
     ClientInterrupt,
     DropReply,
@@ -61,11 +60,11 @@ from voice.turntaking import (
     StartReply,
     StopReply,
     Transcribe,
-    TurnSettings,
-    TurnTaker,
     TypedText,
     Window,
 )
+from voice.turns import Conversation
+from voice.turntaking import TurnSettings, TurnTaker
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import httpx
 
+from decode.jobs import DecodeStats
 from decode.spans import Span
-from decode.speculative import DecodeStats
 from voice.errors import VoiceError
 
 log = logging.getLogger(__name__)

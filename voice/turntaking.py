@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from audio.vad import WINDOW_MS, Endpointer
-from voice.turnevents import (  # the vocabulary, re-exported: callers import it from here
+from voice.turnevents import (
     Action,
     ClientInterrupt,
     DropReply,

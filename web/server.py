@@ -41,9 +41,7 @@ from web.auth import server_token, token_refusal, warn_if_exposed
 from web.drain import GOING_AWAY, TurnTracker, may_close, readiness
 from web.metrics import ServerMetrics, rss_bytes
 from web.protocol import AudioInput, ProtocolError, event_message, parse_message, turn_text
-from web.routes import STATIC, get_response
-
-__all__ = ["STATIC", "AudioInput", "ProtocolError", "VoiceServer", "event_message", "run_server"]
+from web.routes import get_response
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def test_only_user_facing_errors_become_one_line_errors(tmp_path, capsys, monkey
     from voice.smart_turn import SmartTurnNotInstalled
     from voice.tts import TTSError
     from web.client import ServerError
-    from web.server import ProtocolError
+    from web.protocol import ProtocolError
 
     for cls in (cli.UsageError, TTSError, SmartTurnNotInstalled, ServerError, ProtocolError):
         assert issubclass(cls, VoiceError)

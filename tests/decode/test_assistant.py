@@ -6,7 +6,8 @@ import torch
 from conftest import ByteTokenizer, plain_greedy
 from decode.assistant import AssistantDrafter, build_assistant
 from decode.controller import AdaptiveController, FixedController
-from decode.speculative import GenerationSettings, SpeculativeDecoder
+from decode.jobs import GenerationSettings
+from decode.speculative import SpeculativeDecoder
 from decode.target import HFTarget
 
 transformers = pytest.importorskip("transformers")

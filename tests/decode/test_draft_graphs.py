@@ -6,8 +6,9 @@ import torch
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController
 from decode.graphs import StepGraphs
+from decode.jobs import GenerationSettings
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
-from decode.speculative import GenerationSettings, SpeculativeDecoder
+from decode.speculative import SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")

@@ -7,7 +7,8 @@ from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import FixedController
 from decode.drafters import NgramDrafter
 from decode.graphs import StepGraphs, cache_spans
-from decode.speculative import GenerationSettings, SpeculativeDecoder
+from decode.jobs import GenerationSettings
+from decode.speculative import SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
 TARGET = tiny_llama(seed=0)

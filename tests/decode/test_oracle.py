@@ -4,8 +4,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ByteTokenizer, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import NoDrafter
+from decode.jobs import GenerationSettings
 from decode.oracle import OracleDrafter, acceptance_at
-from decode.speculative import GenerationSettings, SpeculativeDecoder
+from decode.speculative import SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
 REFERENCE = list(range(10, 60))  # a "greedy continuation": prompt 10..14, then the reply

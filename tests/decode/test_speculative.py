@@ -8,8 +8,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import Draft, ModelDrafter, NgramDrafter, NoDrafter
-from decode.speculative import GenerationSettings, SpeculativeDecoder, calibrate_verify_cost
-from decode.target import HFTarget, StaticLlamaTarget, project
+from decode.jobs import GenerationSettings
+from decode.layers import project
+from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
+from decode.target import HFTarget, StaticLlamaTarget
 
 TARGET = tiny_llama(seed=0)
 DRAFT = tiny_llama(seed=1, hidden=32, layers=1)
@@ -361,7 +363,7 @@ def test_a_primed_reply_samples_its_first_token_from_the_targets_distribution():
     """Sampling: the first token taken from a prefill's kept logits follows softmax(logits / T)."""
     from scipy.stats import chisquare
 
-    from decode.speculative import PrefillJob
+    from decode.jobs import PrefillJob
     from decode.verify import probs_from_logits
 
     prompt = [5, 9, 2, 7]

@@ -672,7 +672,8 @@ def timeline(cfg: Config, probs: list[float], score: float = 0.5, asr_s: float =
     per window; a decode hears one more word per 0.25 s of audio and answers after `asr_s`, every
     text scores `score`."""
     from voice.pipeline import turn_settings
-    from voice.turntaking import Hypothesis, Score, ScoreText, StartReply, Transcribe, TurnTaker, Window
+    from voice.turnevents import Hypothesis, Score, ScoreText, StartReply, Transcribe, Window
+    from voice.turntaking import TurnTaker
 
     words = "what is the capital of france today".split()
     taker, due, log, order = TurnTaker(turn_settings(cfg)), [], [], itertools.count()

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from hypothesis import given, strategies as st
 
-from voice.turntaking import (
+from voice.turnevents import (
     ClientInterrupt,
     DropReply,
     Endpoint,
@@ -21,13 +21,10 @@ from voice.turntaking import (
     StartReply,
     StopReply,
     Transcribe,
-    TurnSettings,
-    TurnTaker,
     TypedText,
     Window,
-    normalise,
-    required_silence_ms,
 )
+from voice.turntaking import TurnSettings, TurnTaker, normalise, required_silence_ms
 
 W = 0.032  # one VAD window
 

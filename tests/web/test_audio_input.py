@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from web.server import AudioInput, ProtocolError
+from web.protocol import AudioInput, ProtocolError
 
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
 

@@ -196,7 +196,7 @@ def scripted_server():
     from websockets.http11 import Response
     from websockets.sync.server import serve
 
-    from web.server import STATIC
+    from web.routes import STATIC
 
     def static(connection, request):
         if request.path == "/ws":
