@@ -27,9 +27,9 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     import asyncio
 
     from commands.bench import bench_audio, machine_info
+    from commands.launch import spawn_server, stop_server
     from commands.soak import disconnect_storm, soak
     from web.client import ServerLost
-    from web.launch import spawn_server, stop_server
 
     try:
         levels = [int(x) for x in args.clients.split(",")]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from commands.balancer import HOST, Balancer, FleetError, find_haproxy, is_up, render_config, server_name
+from commands.launch import start_server
 from commands.supervisor import (
     Action,
     Back,
@@ -46,7 +47,6 @@ from commands.supervisor import (
     Tick,
 )
 from voice.config import FleetConfig, ServerConfig
-from web.launch import start_server
 from web.metrics import RESTARTS_ENV
 
 BALANCER = "haproxy"  # the supervisor's slot for the balancer

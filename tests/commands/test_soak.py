@@ -5,9 +5,9 @@ import asyncio
 import pytest
 
 from commands.bench import bench_audio
+from commands.launch import spawn_server, stop_server
 from commands.soak import disconnect_storm, soak
 from voice.config import load_config
-from web.launch import spawn_server, stop_server
 
 pytestmark = pytest.mark.slow
 

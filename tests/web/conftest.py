@@ -2,7 +2,7 @@
 
 import pytest
 
-from web.launch import spawn_server, stop_server
+from commands.launch import spawn_server, stop_server
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Start `voice serve` in a child process and wait for its URL (soak runs and tests).
+"""Start `voice serve` in a child process and wait for its URL (soak, fleet and tests).
 
 In: extra CLI arguments. Out: the process and its `http://…/` URL, read from the line the
 server prints when it is ready. Raises `ServerStartError` if it does not come up: the
