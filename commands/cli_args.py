@@ -8,8 +8,8 @@ argparse value types of list flags, and the config overrides a command's flags m
 from __future__ import annotations
 
 import argparse
-import os
 
+from voice.config import secret_from_env
 from voice.errors import VoiceError
 
 
@@ -49,9 +49,9 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 def env_token(name: str) -> str | None:
     """The server's shared secret from the environment variable `name` (`--token-env`; "": none)."""
-    if not name:
-        return None
-    token = os.environ.get(name, "")
-    if not token:
-        raise UsageError(f"--token-env {name}: that environment variable is not set; export it (the server's secret)")
-    return token
+    return secret_from_env(
+        name,
+        lambda name: UsageError(
+            f"--token-env {name}: that environment variable is not set; export it (the server's secret)"
+        ),
+    )

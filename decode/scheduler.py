@@ -45,7 +45,7 @@ from decode.target import Forward
 
 log = logging.getLogger(__name__)
 
-OWNER_WAIT_S = 0.05  # longest an urgent job waits for its owner to read its spans
+OWNER_WAIT_S = 0.05  # longest a job that may hold waits for its owner to read its spans
 
 
 def dec_full(dec: SpeculativeDecoder, tokens: list[int]) -> bool:

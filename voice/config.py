@@ -8,10 +8,12 @@ type, raises `ConfigError` naming the key. Costs nothing worth measuring.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from voice.errors import VoiceError
 
@@ -20,6 +22,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.t
 
 class ConfigError(VoiceError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+
+def secret_from_env(name: str, unset: Callable[[str], Exception]) -> str | None:
+    """The secret in the environment variable `name` (None when no variable is named); raises
+    `unset(name)` when that variable is unset or empty."""
+    if not name:
+        return None
+    token = os.environ.get(name, "")
+    if not token:
+        raise unset(name)
+    return token
 
 
 @dataclass(frozen=True)

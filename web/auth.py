@@ -9,14 +9,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from voice.config import Config, ConfigError
+from voice.config import Config, ConfigError, secret_from_env
 from voice.session_events import log_line
 
 log = logging.getLogger(__name__)
@@ -26,13 +25,12 @@ PROTECTED = ("/ws", "/metrics", "/stats")  # what needs the secret when server.t
 
 def server_token(cfg: Config) -> str | None:
     """The shared secret from the environment variable `server.token_env` names (None: no token)."""
-    name = cfg.server.token_env
-    if not name:
-        return None
-    token = os.environ.get(name, "")
-    if not token:
-        raise ConfigError(f"server.token_env names {name}, which is not set: export {name}=<a long random secret>")
-    return token
+    return secret_from_env(
+        cfg.server.token_env,
+        lambda name: ConfigError(
+            f"server.token_env names {name}, which is not set: export {name}=<a long random secret>"
+        ),
+    )
 
 
 def is_loopback(host: str) -> bool:
