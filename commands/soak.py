@@ -144,12 +144,12 @@ def why_slow(turns: list[dict]) -> dict:
 def queue_summary(samples: list[dict]) -> dict:
     """Queue depths sampled from `/stats` during a level: mean and max per queue, and the samples
     (seconds into the level, depth per queue)."""
-    names = sorted({k for s in samples for k in s.get("queues", {})})
+    names = sorted({k for s in samples for k in s["queues"]})
     out: dict = {}
     for name in names:
-        depths = [s["queues"][name] for s in samples if name in s.get("queues", {})]
+        depths = [s["queues"][name] for s in samples if name in s["queues"]]
         out[name] = {"mean": round(sum(depths) / len(depths), 2), "max": max(depths)}
-    out["samples"] = [{"t": s["t"], **s.get("queues", {})} for s in samples]
+    out["samples"] = [{"t": s["t"], **s["queues"]} for s in samples]
     return out
 
 
