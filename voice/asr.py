@@ -196,36 +196,74 @@ class WindowDecoder:
         self.model, self.prompt, self.features = model, prompt, features
         self.max_length, self.detokenize, self.beam_size = max_length, detokenize, beam_size
         self.encoded: dict[int, Any] = {}
+        self.known: dict[DecodeAttempt, Decoded] = {}  # attempts already decoded in a batch
 
     def __call__(self, attempt: DecodeAttempt) -> Decoded:
         """Text, no-speech probability and average log-prob of one greedy (T = 0) or sampled
-        (top-k 0, T > 0) decode; the two numbers come with the decode, not from another one."""
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.transcribe import get_ctranslate2_storage
-
+        (top-k 0, T > 0) decode; the two numbers come with the decode, not from another one.
+        An attempt already decoded in a batch (`known`) is taken from there."""
+        if attempt in self.known:
+            return self.known.pop(attempt)
         window = attempt.window_frames
         if window not in self.encoded:
-            mel = get_ctranslate2_storage(pad_or_trim(self.features, window)[None])
-            self.encoded[window] = self.model.encode(mel, to_cpu=False)
-        search = (
-            {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": attempt.temperature}
-            if attempt.temperature > 0
-            else {"beam_size": self.beam_size}
-        )
-        result = self.model.generate(
-            self.encoded[window],
-            [self.prompt],
-            max_length=self.max_length,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-            return_scores=True,
-            return_no_speech_prob=True,
-            **search,
-        )[0]
+            self.encoded[window] = self.model.encode(_mel([self.features], window), to_cpu=False)
+        result = _generate(self.model, self.encoded[window], [self.prompt], self.max_length, attempt, self.beam_size)[0]
+        return self.decoded(result)
+
+    def decoded(self, result: Any) -> Decoded:
+        """One CTranslate2 whisper result as text, no-speech probability and average log-prob."""
         token_ids = list(result.sequences_ids[0])
         return Decoded(
             self.detokenize(token_ids).strip(), result.no_speech_prob, average_logprob(result.scores[0], len(token_ids))
         )
+
+
+def _mel(features: list[np.ndarray], window: int) -> Any:
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.transcribe import get_ctranslate2_storage
+
+    return get_ctranslate2_storage(np.stack([pad_or_trim(f, window) for f in features]))
+
+
+def _generate(
+    model: Any, encoded: Any, prompts: list[list[int]], max_length: int, attempt: DecodeAttempt, beam_size: int
+) -> list:
+    search = (
+        {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": attempt.temperature}
+        if attempt.temperature > 0
+        else {"beam_size": beam_size}
+    )
+    return model.generate(
+        encoded,
+        prompts,
+        max_length=max_length,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+        return_scores=True,
+        return_no_speech_prob=True,
+        **search,
+    )
+
+
+def decode_together(decoders: Sequence[WindowDecoder], attempt: DecodeAttempt) -> list[Decoded]:
+    """`attempt` (greedy) for several utterances in one encode and one generate call.
+
+    Whisper encodes a fixed window, so the utterances share `attempt.window_frames` and each
+    one's mel frames and encoding are what it would get alone; greedy decoding is per row,
+    so each row's tokens are its own decode's (checked in the tests on the embedded model).
+    The decoders share their prompt and `max_length` too (`WhisperASR` derives the cap from the
+    window).
+    """
+    first = decoders[0]
+    if any(
+        (d.prompt, d.max_length, d.beam_size) != (first.prompt, first.max_length, first.beam_size) for d in decoders
+    ):
+        raise ValueError("decode_together: the decoders differ in prompt, max_length or beam size")
+    encoded = first.model.encode(_mel([d.features for d in decoders], attempt.window_frames), to_cpu=False)
+    results = _generate(
+        first.model, encoded, [first.prompt] * len(decoders), first.max_length, attempt, first.beam_size
+    )
+    return [d.decoded(result) for d, result in zip(decoders, results)]
 
 
 class WhisperASR:
@@ -245,6 +283,7 @@ class WhisperASR:
         loop_retry_window_frames: int = 1500,
         loop_retry_temperature_step: float = 0.2,
         loop_retry_max_temperature: float = 0.6,
+        max_batch: int = 4,
     ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
@@ -259,6 +298,9 @@ class WhisperASR:
             loop_retry_window_frames, loop_retry_temperature_step, loop_retry_max_temperature
         )
         self.min_window_frames, self.pad_frames = min_window_frames, pad_frames
+        if max_batch < 1:
+            raise ValueError(f"asr.max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch  # utterances decoded in one batch at most (`transcribe_batch`'s callers)
         self._prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
         self.last_transcription: Transcription | None = None  # for callers that log attempts
 
@@ -271,7 +313,44 @@ class WhisperASR:
         self.last_transcription = self._transcribe(audio)
         return self.last_transcription
 
+    def transcribe_batch(self, audios: Sequence[np.ndarray]) -> list[Transcription]:
+        """`transcribe_detailed` of each utterance; the first decodes of those that share a
+        window run as one batch (`decode_together`), retries alone. Each result is the one
+        its utterance gets alone."""
+        planned = [self._plan(audio) for audio in audios]
+        groups: dict[DecodeAttempt, list[WindowDecoder]] = {}
+        for p in planned:
+            if not isinstance(p, Transcription):
+                groups.setdefault(p[1][0], []).append(p[0])
+        for attempt, decoders in groups.items():
+            if len(decoders) > 1 and attempt.temperature == 0:
+                for d, decoded in zip(decoders, decode_together(decoders, attempt)):
+                    d.known[attempt] = decoded
+        return [p if isinstance(p, Transcription) else self._until_clean(*p) for p in planned]
+
+    def batch_key(self, audio: np.ndarray) -> int | None:
+        """What utterances must share to be decoded in one batch (their first window, in mel
+        frames); None: this one decodes alone (empty, or longer than whisper's 30 s)."""
+        if audio.size == 0 or audio.size > SAMPLE_RATE_HZ * MAX_FRAMES // FRAMES_PER_S:
+            return None
+        return self._window(len(audio) // (SAMPLE_RATE_HZ // FRAMES_PER_S) + 1)  # the extractor's frames (centred)
+
+    def _window(self, frames: int) -> int:
+        # Silence after the speech (pad_frames, at least min_window_frames) keeps whisper from
+        # repeating itself or dropping the last word: measured on the bench questions, +50
+        # frames repeated sentences, +300 (min 600) matched whole-file decoding but for 2 words.
+        return min(MAX_FRAMES, max(self.min_window_frames, -(-(frames + self.pad_frames) // 100) * 100))
+
+    def _until_clean(self, decoder: WindowDecoder, plan: list[DecodeAttempt]) -> Transcription:
+        return transcribe_until_clean(decoder, plan, no_speech=self.no_speech)
+
     def _transcribe(self, audio: np.ndarray) -> Transcription:
+        planned = self._plan(audio)
+        return planned if isinstance(planned, Transcription) else self._until_clean(*planned)
+
+    def _plan(self, audio: np.ndarray) -> Transcription | tuple[WindowDecoder, list[DecodeAttempt]]:
+        """The decoder and decode plan of one utterance, or its transcription where no short
+        window applies (empty audio; longer than 30 s: faster-whisper's own segmenting)."""
         if audio.size == 0:
             return Transcription("", 0)
         if audio.size > SAMPLE_RATE_HZ * MAX_FRAMES // FRAMES_PER_S:
@@ -281,12 +360,10 @@ class WhisperASR:
             looped = is_repetition_loop(text)  # faster-whisper retried already; still never pass one on
             return Transcription(loop_free(text) if looped else text, 1, looped, (Decoded(text),))
         features = self.model.feature_extractor(audio)
-        # Silence after the speech (pad_frames, at least min_window_frames) keeps whisper from
-        # repeating itself or dropping the last word: measured on the bench questions, +50
-        # frames repeated sentences, +300 (min 600) matched whole-file decoding but for 2 words.
-        frames = features.shape[-1] + self.pad_frames
-        window = min(MAX_FRAMES, max(self.min_window_frames, -(-frames // 100) * 100))
-        max_tokens = int(16 + 8 * len(audio) / SAMPLE_RATE_HZ)  # ~3 words/s speech; stops loops
+        window = self._window(features.shape[-1])
+        # ~3 words/s of the speech the window can hold: stops loops; one cap per window, so that
+        # utterances sharing a window decode in one batch exactly as alone
+        max_tokens = 16 + 8 * max(0, window - self.pad_frames) // FRAMES_PER_S
         decoder = WindowDecoder(
             self.model.model,
             self._prompt,
@@ -295,4 +372,4 @@ class WhisperASR:
             self.tokenizer.decode,
             self.beam_size,
         )
-        return transcribe_until_clean(decoder, decode_plan(window, self.retry), no_speech=self.no_speech)
+        return decoder, decode_plan(window, self.retry)

@@ -134,6 +134,8 @@ class ASRConfig:
     loop_retry_window_frames: int = 1500
     loop_retry_temperature_step: float = 0.2
     loop_retry_max_temperature: float = 0.6
+    # decodes of several sessions that share a window run as one CTranslate2 batch, at most this many
+    max_batch: int = 4
 
 
 @dataclass(frozen=True)

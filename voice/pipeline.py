@@ -284,9 +284,7 @@ class VoiceSession:
             await self._act(self.turns.step(Hypothesis(ask.utterance, text, ask.audio_end_t)))
             return
         try:  # a decode that may be the final transcript goes before other sessions' partials
-            heard = await self.stack.asr_worker.run(
-                lambda: self.stack.asr.transcribe_detailed(audio), URGENT if ask.quiet else NORMAL
-            )
+            heard = await self.stack.transcribe(audio, URGENT if ask.quiet else NORMAL)
             text, looped = heard.text, heard.attempts > 1 or heard.collapsed
         except Exception as err:  # the turn-taker must hear back, or it waits forever
             log.error(log_line("asr_failed", session=self.id, error=str(err)), exc_info=_traceback_wanted(err))

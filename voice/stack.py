@@ -4,9 +4,9 @@ In: `Config`. Out: `Stack`. Cost: loading the three models once, and timing the 
 steps for the verify-cost calibration. Raises `ModelNotReady` naming the fix when a model is missing.
 ASR and TTS each run on one `PriorityWorker` thread: calls from all sessions queue there,
 the urgent ones first (a final transcript before anyone's partial; a reply's first phrase
-before phrases of replies already talking), and each model's scratch memory lives in one
-thread's allocator arena instead of spreading over a growing pool (where RSS crept up with
-concurrency). The LLM runs on the decode scheduler's thread
+before phrases of replies already talking; decodes of one priority and window batched), and
+each model's scratch memory lives in one thread's allocator arena instead of spreading over
+a growing pool (where RSS crept up with concurrency). The LLM runs on the decode scheduler's thread
 (`ReplyModel.scheduler`), which batches all sessions' replies. With `llm.backend = "openai"`
 the server is checked first (`GET /models`, a second at most), so a dead one fails before
 the models load. `close_stacks()` stops every loaded stack's threads after their current
@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from voice.asr import WhisperASR
+from voice.asr import Transcription, WhisperASR
 from voice.config import Config, ConfigError, LLMConfig
 from voice.llm import ReplyModel
 from voice.models import piper_path, whisper_path
@@ -40,11 +40,29 @@ log = logging.getLogger(__name__)
 URGENT, NORMAL = 0, 1
 
 
+@dataclass(frozen=True)
+class Batched:
+    """One item of a call that serves several items at once: `fn([item, ...])` returns one
+    result per item, in order. Queued items with the same `fn`, `key` and priority run together,
+    at most `limit` of them."""
+
+    fn: Callable[[list[Any]], list[Any]]
+    item: Any
+    key: Any
+    limit: int
+
+    def joins(self, other: Any) -> bool:
+        """Whether `other` (a queued call) may run in this one's batch."""
+        return isinstance(other, Batched) and other.fn == self.fn and other.key == self.key
+
+
 class PriorityWorker:
-    """One thread running submitted calls, lowest priority number first, in order within one."""
+    """One thread running submitted calls, lowest priority number first, in order within one.
+
+    A `Batched` call takes the queued calls of its priority that join it into one call."""
 
     def __init__(self, name: str) -> None:
-        self._heap: list[tuple[int, int, Future, Callable[[], Any]]] = []
+        self._heap: list[tuple[int, int, Future, Callable[[], Any] | Batched]] = []
         self._count = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -61,6 +79,14 @@ class PriorityWorker:
             heapq.heappush(self._heap, (priority, next(self._count), future, fn))
             self._cond.notify()
         return future
+
+    async def run_batched(
+        self, fn: Callable[[list[Any]], list[Any]], item: Any, key: Any, limit: int, priority: int = NORMAL
+    ) -> Any:
+        """`fn([item])[0]`, awaited; run in one `fn` call with up to `limit - 1` queued items of
+        the same `fn`, `key` and priority (`key` None: alone)."""
+        call = Batched(fn, item, key, limit if key is not None else 1)
+        return await asyncio.wrap_future(self.submit(call, priority))  # type: ignore[arg-type]
 
     def waiting(self) -> int:
         """Calls queued and not yet started."""
@@ -89,13 +115,40 @@ class PriorityWorker:
                     self._cond.wait()
                 if self._closed:
                     return
-                _, _, future, fn = heapq.heappop(self._heap)
+                priority, _, future, fn = heapq.heappop(self._heap)
+                batch = self._take_batch(priority, fn) if isinstance(fn, Batched) else []
+            if isinstance(fn, Batched):
+                self._run_batch([(future, fn), *batch])
+                continue
             if not future.set_running_or_notify_cancel():
                 continue  # the caller gave up on it while it waited
             try:
                 future.set_result(fn())
             except BaseException as err:  # the caller gets it; the worker keeps serving
                 future.set_exception(err)
+
+    def _take_batch(self, priority: int, first: Batched) -> list[tuple[Future, Batched]]:
+        """Remove and return the queued calls that join `first`'s batch, oldest first (lock held)."""
+        joining = sorted(e for e in self._heap if e[0] == priority and first.joins(e[3]))[: first.limit - 1]
+        if joining:
+            taken = {id(e[2]) for e in joining}
+            self._heap = [e for e in self._heap if id(e[2]) not in taken]
+            heapq.heapify(self._heap)
+        return [(future, call) for _, _, future, call in joining]
+
+    @staticmethod
+    def _run_batch(calls: list[tuple[Future, Batched]]) -> None:
+        live = [(f, c) for f, c in calls if f.set_running_or_notify_cancel()]  # drop the abandoned
+        if not live:
+            return
+        try:
+            results = live[0][1].fn([c.item for _, c in live])
+        except BaseException as err:  # every caller of the batch gets it; the worker keeps serving
+            for future, _ in live:
+                future.set_exception(err)
+            return
+        for (future, _), result in zip(live, results):
+            future.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -108,6 +161,14 @@ class Stack:
     asr_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("asr"))
     tts_worker: PriorityWorker = field(default_factory=lambda: PriorityWorker("tts"))
     remote: RemoteReplies | None = None  # an OpenAI-compatible server (`llm.base_url`), if configured
+
+    async def transcribe(self, audio: Any, priority: int = NORMAL) -> Transcription:
+        """`asr.transcribe_detailed(audio)` on the ASR thread, in one batch with the queued decodes
+        of other sessions that share its priority and window (at most `asr.max_batch`)."""
+        asr = self.asr
+        return await self.asr_worker.run_batched(
+            asr.transcribe_batch, audio, asr.batch_key(audio), asr.max_batch, priority
+        )
 
     def replies(self, llm: LLMConfig) -> ReplyModel | RemoteReplies:
         """What writes the replies for sessions configured with `llm` (`llm.backend`)."""
@@ -194,6 +255,7 @@ def load_stack(cfg: Config) -> Stack:
         cfg.asr.loop_retry_window_frames,
         cfg.asr.loop_retry_temperature_step,
         cfg.asr.loop_retry_max_temperature,
+        cfg.asr.max_batch,
     )
     tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
     llm = ReplyModel(cfg)

@@ -451,3 +451,49 @@ def test_short_spoken_answers_are_not_taken_for_noise(stack, tmp_path, answer, w
     audio = np.concatenate([np.zeros(4800, np.float32), read_wav(tmp_path / "answer.wav")])  # 0.3 s lead
     result = stack.asr.transcribe_detailed(audio)
     assert word in result.text.lower() and not result.no_speech
+
+
+@pytest.mark.slow
+def test_utterances_decoded_in_one_batch_get_what_each_gets_alone(stack, question_wav, monkeypatch):
+    """Sessions' decodes batched on the ASR thread (`transcribe_batch`): same text, attempts and
+    evidence as alone, for clean, looping (retried alone) and non-batchable utterances."""
+    from audio.wavio import pcm16_to_float, read_wav, resample
+
+    def spoken(text: str, lead_s: float) -> np.ndarray:
+        speech = pcm16_to_float(stack.tts.synthesize_all(text, deterministic=True))
+        return np.concatenate([np.zeros(int(lead_s * 16000), np.float32), resample(speech, stack.tts.rate_hz, 16000)])
+
+    asr = stack.asr
+    audios = [
+        spoken("Mount Everest?", 0.0),  # greedy loops at 600 frames: retried alone after the batch
+        spoken("largest ocean?", 0.6),
+        np.concatenate([np.zeros(5120, np.float32), read_wav(question_wav)]),
+        spoken("the Pacific?", 0.3),
+        np.zeros(0, np.float32),  # nothing to decode
+        spoken("Name three rivers in Europe and say which one of them is the longest.", 2.5),  # another window
+    ]
+    keys = [asr.batch_key(a) for a in audios]
+    assert keys[0] == keys[1] == keys[3] and keys[4] is None and keys[5] not in (None, keys[0])
+    alone = [asr.transcribe_detailed(a) for a in audios]
+
+    class Recording:  # the CTranslate2 model, counting the utterances of each generate call
+        def __init__(self, model):
+            self.model, self.batches = model, []
+
+        def encode(self, *args, **kwargs):
+            return self.model.encode(*args, **kwargs)
+
+        def generate(self, encoded, prompts, **kwargs):
+            self.batches.append(len(prompts))
+            return self.model.generate(encoded, prompts, **kwargs)
+
+    recording = Recording(asr.model.model)
+    monkeypatch.setattr(asr.model, "model", recording)
+    together = asr.transcribe_batch(audios)
+    assert max(recording.batches) == sum(k == keys[0] for k in keys)  # the four of one window, in one call
+    assert alone[0].attempts > 1 and "everest" in alone[0].text.lower()
+    for a, b in zip(alone, together):
+        assert (b.text, b.attempts, b.no_speech, b.texts) == (a.text, a.attempts, a.no_speech, a.texts)
+        for x, y in zip(a.decodes, b.decodes):
+            assert x.no_speech_prob == pytest.approx(y.no_speech_prob, abs=1e-4)
+            assert x.avg_logprob == pytest.approx(y.avg_logprob, abs=1e-4)

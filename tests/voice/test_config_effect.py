@@ -517,6 +517,7 @@ class FakeWhisperModel:
         self.is_multilingual = False
         self.windows: list[int] = []
         self.searches: list[dict] = []
+        self.batches: list[int] = []  # prompts per generate call
 
     def feature_extractor(self, audio: np.ndarray) -> np.ndarray:
         return np.zeros((80, len(audio) // 160), np.float32)
@@ -527,9 +528,11 @@ class FakeWhisperModel:
 
     def generate(self, encoded, prompts, **options) -> list:
         self.searches.append({k: v for k, v in options.items() if k in ("beam_size", "sampling_temperature")})
+        self.batches.append(len(prompts))
         _, no_speech_prob, avg_logprob = self.heard
         ids = [9, 9, 9]
-        return [SimpleNamespace(sequences_ids=[ids], scores=[avg_logprob * 4 / 3], no_speech_prob=no_speech_prob)]
+        result = SimpleNamespace(sequences_ids=[ids], scores=[avg_logprob * 4 / 3], no_speech_prob=no_speech_prob)
+        return [result] * len(prompts)
 
 
 class FakeWhisperTokenizer:
@@ -641,6 +644,28 @@ def _(cfg, rig):
 @probe("asr.loop_retry_max_temperature", "1.0", *STACK)
 def _(cfg, rig):
     return transcribed(cfg, rig).model.searches
+
+
+@probe("asr.max_batch", "2", *STACK)
+def _(cfg, rig):
+    """Four sessions' decodes queued behind a running one: batches of at most max_batch."""
+    stack = loaded_stack(cfg, rig)
+    gate = threading.Event()
+    stack.asr_worker.submit(gate.wait)
+
+    async def four():
+        decodes = [asyncio.ensure_future(stack.transcribe(np.zeros(16000 + 800 * i, np.float32))) for i in range(4)]
+        await asyncio.sleep(0)  # all four queued before the worker is free
+        gate.set()
+        return await asyncio.gather(*decodes)
+
+    asyncio.run(four())
+    stack.close()
+    return [
+        n
+        for n, search in zip(stack.asr.model.batches, stack.asr.model.searches)
+        if "sampling_temperature" not in search
+    ][:2]
 
 
 @probe("models.tts", "/voices/other.onnx", *STACK)

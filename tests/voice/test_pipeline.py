@@ -200,13 +200,13 @@ def test_with_the_asr_busy_partials_are_skipped_and_the_final_transcript_still_a
     from voice.stack import NORMAL, URGENT
 
     ran = []  # the priority of each ASR decode that ran: partials NORMAL, may-be-final URGENT
-    run = stack.asr_worker.run
+    run = stack.asr_worker.run_batched
 
-    async def recording(fn, priority=NORMAL):
+    async def recording(fn, item, key, limit, priority=NORMAL):
         ran.append(priority)
-        return await run(fn, priority)
+        return await run(fn, item, key, limit, priority)
 
-    monkeypatch.setattr(stack.asr_worker, "run", recording)
+    monkeypatch.setattr(stack.asr_worker, "run_batched", recording)
     asyncio.run(_ask(stack, question_wav))
     assert NORMAL in ran and URGENT in ran  # free: partials while the user speaks, then the final
     ran.clear()

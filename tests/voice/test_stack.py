@@ -73,3 +73,49 @@ def test_close_waits_for_the_running_call_drops_the_queued_ones_and_refuses_new_
     assert not worker._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         worker.submit(lambda: None).result(timeout=1)
+
+
+def test_queued_batched_calls_of_one_key_and_priority_run_together_up_to_the_limit():
+    worker = PriorityWorker("test")
+    gate, calls = threading.Event(), []
+
+    def double(items):
+        calls.append(list(items))
+        return [2 * i for i in items]
+
+    async def main():
+        worker.submit(gate.wait)  # holds the thread while the queue fills
+        asks = [(1, "a", NORMAL), (2, "b", NORMAL), (3, "a", NORMAL), (4, "a", URGENT), (5, "a", NORMAL)]
+        asks += [(6, "a", NORMAL), (7, None, NORMAL), (8, None, NORMAL)]
+        runs = [asyncio.ensure_future(worker.run_batched(double, i, key, 3, p)) for i, key, p in asks]
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*runs)
+
+    assert asyncio.run(main()) == [2, 4, 6, 8, 10, 12, 14, 16]  # each caller gets its own item's result
+    # urgent first; then the oldest normal "a" with the next two of its key; key None runs alone
+    assert calls == [[4], [1, 3, 5], [2], [6], [7], [8]]
+
+
+def test_a_failing_batch_reaches_every_caller_and_a_cancelled_item_is_left_out():
+    worker = PriorityWorker("test")
+    gate, calls = threading.Event(), []
+
+    def fail(items):
+        calls.append(list(items))
+        raise ValueError("bad batch")
+
+    async def main():
+        worker.submit(gate.wait)
+        runs = [asyncio.ensure_future(worker.run_batched(fail, i, "k", 4)) for i in range(3)]
+        await asyncio.sleep(0)
+        runs[1].cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[0], ValueError) and isinstance(results[2], ValueError)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert calls == [[0, 2]]
+    assert asyncio.run(worker.run(lambda: "still serving")) == "still serving"
