@@ -58,6 +58,14 @@ def observe(drafter: Drafter, start: int, hidden: torch.Tensor) -> None:
         method(start, hidden)
 
 
+def share_context(drafter: Drafter, source: Drafter, n: int) -> None:
+    """Give `drafter` what `source` observed of the target's first `n` cached positions (after
+    their KV was copied between slots); only drafters with `observe` keep any."""
+    method = getattr(drafter, "copy_context", None)
+    if method is not None:
+        method(source, n)
+
+
 def common_prefix_len(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))

@@ -242,6 +242,10 @@ class MTPDrafter:
             rows = self.head.context_kv(hidden.to(self.context_kv.dtype))
             self.context_kv = torch.cat([self.context_kv[:start], rows])
 
+    def copy_context(self, source: MTPDrafter, n: int) -> None:
+        """`source`'s observed features at positions 0..n-1 (`decode.drafters.share_context`)."""
+        self.context_kv = source.context_kv[:n].clone()
+
     @torch.inference_mode()
     def propose(self, ids: list[int], k: int, hidden: torch.Tensor | None) -> Draft:
         if k <= 0 or hidden is None:

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from decode.controller import Controller
-from decode.drafters import Drafter, common_prefix_len, observe
+from decode.drafters import Drafter, common_prefix_len, observe, share_context
 from decode.jobs import DecodeStats, GenerationSettings, Job, PrefillJob, ReplyJob
 from decode.spans import Span
 from decode.target import Forward, Target
@@ -93,6 +93,24 @@ class SpeculativeDecoder:
     def forget_logits(self) -> None:
         """The kept logits were used (a primed first token); the next forward extends the cache."""
         self._next_logits = None
+
+    def adopt_prefix(self, other: SpeculativeDecoder, n: int) -> bool:
+        """Hold `other`'s first `n` cached tokens (their KV copied, the drafter's context too), as if
+        this decoder had prefilled them; with all of `other`'s tokens, its last hidden state and kept
+        logits too. False (nothing changed) where the targets cannot share a cache.
+
+        The KV is `other`'s own, computed in other step widths than a prefill here would use: the
+        same (tiny) difference as reusing this slot's cache across turns.
+        """
+        copy = getattr(self.target, "copy_prefix_from", None)
+        if copy is None or not 0 < n <= len(other._cached) or not copy(other.target, n):
+            return False
+        share_context(self.drafter, other.drafter, n)
+        self._cached = other._cached[:n]
+        whole = n == len(other._cached)
+        self._hidden = other._hidden if whole else None
+        self._next_logits = other._next_logits if whole else None
+        return True
 
     def forget(self) -> None:
         """Drop the whole cached context (the target's cache is reset by the caller)."""

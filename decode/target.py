@@ -160,6 +160,14 @@ class StaticLlamaTarget:
             raise ValueError(f"cannot roll back to {length} from {self.lengths[slot]}")
         self.lengths[slot] = length
 
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Slot `dst` now holds slot `src`'s first `n` positions (their keys and values, copied)."""
+        if not 0 <= n <= self.lengths[src]:
+            raise ValueError(f"slot {src} holds {self.lengths[src]} positions, not {n}")
+        self._k[dst][:, :, :n].copy_(self._k[src][:, :, :n])
+        self._v[dst][:, :, :n].copy_(self._v[src][:, :, :n])
+        self.lengths[dst] = n
+
     def forward(self, token_ids: list[int]) -> Forward:
         """Run the model on `token_ids` at slot 0's positions length..length+n-1."""
         return self.forward_packed([(0, token_ids, False)])[0]
@@ -294,6 +302,14 @@ class SlotTarget:
 
     def reset(self) -> None:
         self.parent.lengths[self.index] = 0
+
+    def copy_prefix_from(self, other: SlotTarget, n: int) -> bool:
+        """Take `other`'s first `n` cached positions (a copy, no forward); False if `other` is a
+        slot of another target."""
+        if not isinstance(other, SlotTarget) or other.parent is not self.parent:
+            return False
+        self.parent.copy_prefix(other.index, self.index, n)
+        return True
 
 
 class HFTarget:

@@ -396,3 +396,68 @@ def test_a_job_that_may_hold_waits_for_its_owner_to_read_each_span():
     prepared.held = prepared.may_hold = False  # released
     run_until_idle(sched)
     assert ticket.finished.is_set() and out == plain_greedy(TARGET, [1, 2, 3], 8)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    drafter=st.sampled_from(["ngram", "model", "mtp", "none"]),
+    k=st.integers(0, 4),
+)
+def test_a_prefix_cached_in_a_busy_slot_is_copied_and_the_reply_is_still_plain_greedy(data, drafter, k):
+    """A session's score and reply of the same history land on different slots: the second copies
+    the history's KV from the first instead of prefilling it."""
+    sched = scheduler(drafter, "fixed", k, slots=3)
+    adopted = []
+    for dec in sched.slots:  # record each copy
+        dec.adopt_prefix = lambda other, n, adopt=dec.adopt_prefix: adopted.append(n) or adopt(other, n)
+    history = data.draw(st.lists(st.integers(1, 63), min_size=6, max_size=40), label="history")
+    tails = [data.draw(st.lists(st.integers(1, 63), min_size=1, max_size=6), label=f"tail{i}") for i in range(2)]
+    first, out_first = submit(sched, history + tails[0], 12)
+    sched.run_step()  # its prefill is cached; it keeps decoding, so its slot stays busy
+    fed = sched.stats.tokens_fed
+    second, out_second = submit(sched, history + tails[1], 8)
+    run_until_idle(sched)
+    assert second.slot != first.slot and adopted and adopted[0] >= len(history)
+    assert out_first == plain_greedy(TARGET, history + tails[0], 12)
+    assert out_second == plain_greedy(TARGET, history + tails[1], 8)
+    # the second prefilled at most its own tail (and one re-fed token): the history came by copy
+    assert (
+        sched.stats.tokens_fed - fed
+        <= first.job.stats.steps * (k + 1) + second.job.stats.steps * (k + 1) + len(tails[1]) + 1
+    )
+
+
+def test_a_copied_prefix_is_the_sources_keys_values_and_drafter_context():
+    sched = scheduler("mtp", "fixed", 2, slots=2)
+    prompt = list(range(1, 30))
+    sched.submit(lambda dec: PrefillJob(dec, prompt, token_ids=[4], keep_logits=True), prompt)
+    run_until_idle(sched)
+    src = next(dec for dec in sched.slots if dec.cached)
+    dst = next(dec for dec in sched.slots if dec is not src)
+    assert dst.adopt_prefix(src, 20)
+    parent = src.target.parent
+    a, b = src.target.index, dst.target.index
+    assert parent.lengths[b] == 20 and dst.cached == prompt[:20] and dst.hidden is None
+    assert torch.equal(parent._k[b][:, :, :20], parent._k[a][:, :, :20])
+    assert torch.equal(parent._v[b][:, :, :20], parent._v[a][:, :, :20])
+    assert torch.equal(dst.drafter.context_kv, src.drafter.context_kv[:20])
+    assert dst.adopt_prefix(src, len(prompt))  # all of it: the kept logits come along
+    assert dst.primed_for(prompt) is not None and torch.equal(dst.primed_for(prompt), src.primed_for(prompt))
+    other = StaticLlamaTarget(TARGET, max_len=160).slot(1)
+    alone = SpeculativeDecoder(other, ByteTokenizer(), NoDrafter(), FixedController(0))
+    assert not alone.adopt_prefix(src, 5) and alone.cached == []  # another target's cache: nothing copied
+
+
+def test_a_free_slot_whose_cache_another_slot_holds_is_taken_before_a_unique_history():
+    sched = scheduler(slots=3)
+    history, other = [7, 8, 9, 10, 11, 12, 13, 14], [40, 41, 42, 43, 44, 45]
+    kept, _ = submit(sched, history + [20], 2)  # a session's history, used first (least recently)
+    run_until_idle(sched)
+    a, _ = submit(sched, other + [1], 2)
+    b, _ = submit(sched, other + [1, 2], 2)  # on another slot: holds all of a's cache but one token
+    run_until_idle(sched)
+    new, _ = submit(sched, [60, 61, 62], 2)  # shares nothing with any slot
+    run_until_idle(sched)
+    assert len({kept.slot, a.slot, b.slot}) == 3
+    assert new.slot == a.slot  # the history stays cached, though its slot is the least recently used
