@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from eot_audio import AlignedVoice, spoken  # beside this script (see `score`)
 
+    from commands.smart_turn import SmartTurn
     from voice.config import load_config
     from voice.models import cache_dir, piper_path, prepare
-    from voice.smart_turn import SmartTurn
     from voice.stack import load_stack
 
     cfg = load_config()

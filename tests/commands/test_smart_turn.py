@@ -1,4 +1,4 @@
-"""Smart Turn (audio end-of-turn) and the LLM's end-of-turn score (the eot_eval rules: tests/test_scripts.py)."""
+"""Smart Turn, the audio end-of-turn score that scripts/eot_eval.py compares with the LLM's."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice import smart_turn
-from voice.smart_turn import SmartTurn, SmartTurnNotInstalled, last_window, model_path
+from commands import smart_turn
+from commands.smart_turn import SmartTurn, SmartTurnNotInstalled, last_window, model_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,12 +82,3 @@ def test_smart_turn_features_match_pipecats_own_extractor(turn_model):
     theirs = features.compute_whisper_log_mel_features(last_window(audio, 8 * 16000))
     assert ours.shape == theirs.shape == (80, 800)
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_llm_end_of_turn_prob_is_low_mid_sentence_and_high_after_a_question(stack):
-    cut = stack.llm.end_of_turn_prob([{"role": "user", "content": "Can you tell me the name of the"}])
-    full = stack.llm.end_of_turn_prob([{"role": "user", "content": "Can you tell me the name of the largest ocean?"}])
-    # measured (P(end or closing punctuation) on the words without whisper's '?'): 0.0 vs 0.041
-    assert cut < 0.005 < 0.02 < full
-    assert stack.llm.end_of_turn_prob([{"role": "user", "content": "What is the capital of France?"}]) > 0.5
