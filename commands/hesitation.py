@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.frames import SAMPLE_RATE_HZ, last_voiced_sample
-from audio.pacing import feed_marked
+from audio.frames import SAMPLE_RATE_HZ
 from audio.wavio import pcm16_to_float, read_wav, resample, write_wav
+from commands.pacing import feed_marked
+from commands.speech_end import last_voiced_sample
 from commands.summary import percentiles
 from voice.config import Config
 from voice.models import cache_dir

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
-from voice.turns import STAGES
-from web.client import ServerGoingAway, ServerLost, SessionDropped, auth_headers, open_session, spoken_turn
+from commands.turn_record import STAGES, spoken_turn
+from web.client import ServerGoingAway, ServerLost, SessionDropped, auth_headers, open_session
 
 
 def server_stats(ws_url: str, token: str | None = None) -> dict:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from audio.frames import AudioFrame, Reframer, last_voiced_sample
+from audio.frames import AudioFrame, Reframer
 from audio.vad import Endpointer
 
 
@@ -30,10 +30,3 @@ def test_reframer_cuts_exact_windows():
     r = Reframer(512)
     out = r.push(AudioFrame(np.ones(700, np.float32), 1.0)) + r.push(AudioFrame(np.ones(400, np.float32), 2.0))
     assert [len(w.samples) for w in out] == [512, 512] and [w.t for w in out] == [1.0, 2.0]
-
-
-def test_last_voiced_sample_from_energy():
-    x = np.zeros(16000, np.float32)
-    x[4000:8000] = 0.5 * np.sin(np.arange(4000) / 5)
-    assert 7800 <= last_voiced_sample(x) <= 8000
-    assert last_voiced_sample(np.zeros(100, np.float32)) == 0
