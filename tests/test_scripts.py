@@ -30,6 +30,7 @@ TOOLS = {
     "linear_layout.py": sys.executable,
     "make_conversations.py": sys.executable,
     "step_graphs.py": sys.executable,
+    "sizes.py": sys.executable,
     "step_profile.py": sys.executable,
     "target_step.py": sys.executable,
     "train_mtp_variants.py": sys.executable,
@@ -62,6 +63,16 @@ def test_bootstrap_refuses_an_unknown_flag_before_installing_anything():
     out = run_tool("bootstrap", "--tset")
     assert out.returncode == 2
     assert out.stderr.strip() == "bootstrap: unknown argument --tset (see --help)"
+
+
+def test_size_report_lists_long_modules_and_functions_and_never_fails(tmp_path):
+    (tmp_path / "voice").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(70))
+    (tmp_path / "voice" / "big.py").write_text(f"def long_one():\n{body}\n" + "y = 0\n" * 400)
+    (tmp_path / "voice" / "small.py").write_text("def short():\n    return 1\n")
+    out = run_tool("sizes.py", "--root", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:] == ["    471  voice/big.py", "     71  voice/big.py:1 long_one()"]
 
 
 @functools.cache
