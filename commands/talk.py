@@ -223,13 +223,13 @@ async def _listen(sd, session, device) -> None:
 def talk_command(args, cfg: Config) -> None:
     """`voice talk` from parsed CLI arguments: in-process, or through `--server` (with the secret
     in the environment variable `--token-env` names, default `server.token_env`)."""
-    from commands.cli_args import env_token
+    from commands.cli_args import UsageError, env_token
 
     devices = [int(v) if v is not None and v.isdigit() else v for v in (args.input_device, args.output_device)]
     if not args.server:
         asyncio.run(talk(cfg, *devices, args.input_wav, args.output_wav, args.barge_in))
     elif not args.server.startswith(("ws://", "wss://")):
-        raise DeviceError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+        raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
     else:
         token = env_token(args.token_env or cfg.server.token_env)
         asyncio.run(talk_remote(args.server, *devices, args.input_wav, args.output_wav, token))
