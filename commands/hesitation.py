@@ -215,7 +215,7 @@ class HesitationRun:
 async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
     """Record events until the clip is fed, no utterance or answered turn is open, and
     `QUIET_S` passed with no event."""
-    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
+    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnFailed, VadState
 
     open_turns, speaking, last, new_reply = 0, False, time.perf_counter(), False
     while True:
@@ -236,7 +236,7 @@ async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
         elif isinstance(event, AudioOut) and new_reply:
             run.reply_starts.append(now)
             new_reply = False
-        elif isinstance(event, (TurnEnd, TurnError)):
+        elif isinstance(event, (TurnEnd, TurnFailed)):
             open_turns = max(0, open_turns - 1)
         fed = run.fed_at.get("audio_end")
         if fed is not None and not speaking and open_turns == 0 and now - max(last, fed) >= QUIET_S:

@@ -105,7 +105,7 @@ class Speaker:
 
 
 async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) -> None:
-    from voice.session_events import AudioOut, ReplyText, Transcript, TurnEnd, TurnError, VadState, dispatch
+    from voice.session_events import AudioOut, ReplyText, Transcript, TurnEnd, TurnFailed, VadState, dispatch
 
     def heard(ev: VadState) -> None:
         if ev.state == "speech_start":
@@ -129,7 +129,7 @@ async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) ->
         )
         turns_done.put_nowait(m)
 
-    def error(ev: TurnError) -> None:
+    def error(ev: TurnFailed) -> None:
         print(f"\nerror: {ev.message}", file=sys.stderr, flush=True)
         turns_done.put_nowait(None)
 
@@ -137,7 +137,7 @@ async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) ->
         VadState: heard,
         Transcript: transcript,
         TurnEnd: turn_end,
-        TurnError: error,
+        TurnFailed: error,
         ReplyText: lambda ev: print(ev.text, end="", flush=True),
         AudioOut: lambda ev: asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz),
     }

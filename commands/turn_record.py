@@ -61,7 +61,7 @@ class TurnRecord:
 async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     """One turn through an in-process `VoiceSession`."""
     from voice.pipeline import VoiceSession
-    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnError, dispatch
+    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnFailed, dispatch
 
     session = VoiceSession(stack, cfg)
     record, done = TurnRecord(str(path)), asyncio.Event()
@@ -90,11 +90,11 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
         }
         return True
 
-    def error(event: TurnError) -> bool:
+    def error(event: TurnFailed) -> bool:
         log.warning("turn error: %s", event.message)
         return True
 
-    handlers = {AudioOut: audio, Transcript: transcript, TurnEnd: turn_end, TurnError: error}
+    handlers = {AudioOut: audio, Transcript: transcript, TurnEnd: turn_end, TurnFailed: error}
 
     async def consume() -> None:
         while not dispatch(await session.events.get(), handlers):  # True: the turn is over

@@ -2,7 +2,7 @@
 
 `VadState` (speech_start/speech_end), `Transcript` (partial, then final), `ReplyText` (each
 piece of reply text as the reply policy releases it), `AudioStart` then `AudioOut` (reply
-audio), `TurnEnd` (the turn's metrics) or `TurnError`. `dispatch` calls the handler named
+audio), `TurnEnd` (the turn's metrics) or `TurnFailed`. `dispatch` calls the handler named
 after the event's kind, so every consumer (server, talk, bench, hesitation) reads one table.
 """
 
@@ -52,12 +52,12 @@ class TurnEnd:
 
 
 @dataclass(frozen=True)
-class TurnError:
+class TurnFailed:
     code: str
     message: str
 
 
-SessionEvent = VadState | Transcript | ReplyText | AudioStart | AudioOut | TurnEnd | TurnError
+SessionEvent = VadState | Transcript | ReplyText | AudioStart | AudioOut | TurnEnd | TurnFailed
 
 
 def dispatch(event: SessionEvent, handlers: dict[type, Callable[[Any], Any]]) -> Any:

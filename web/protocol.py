@@ -16,7 +16,7 @@ import soxr
 
 from audio.frames import SAMPLE_RATE_HZ
 from voice.errors import VoiceError
-from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnError, VadState, dispatch
+from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, TurnFailed, VadState, dispatch
 
 MAX_TEXT_CHARS = 2000
 FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4}
@@ -99,7 +99,7 @@ _MESSAGES = {
         "transcript": e.metrics.transcript,
         "reply": e.metrics.reply,
     },
-    TurnError: lambda e: {"type": "error", "code": e.code, "message": e.message},
+    TurnFailed: lambda e: {"type": "error", "code": e.code, "message": e.message},
     AudioOut: lambda e: e.chunk.samples.astype("<i2").tobytes(),
 }
 

@@ -1,4 +1,4 @@
-from voice.session_events import ReplyText, TurnError, VadState, dispatch
+from voice.session_events import ReplyText, TurnFailed, VadState, dispatch
 
 
 def test_dispatch_calls_the_handler_of_the_events_type_only():
@@ -9,7 +9,7 @@ def test_dispatch_calls_the_handler_of_the_events_type_only():
     }
     assert dispatch(VadState("speech_start", 1.0), handlers) == "vad"
     assert dispatch(ReplyText("Paris.", 2.0), handlers) == "reply"
-    assert dispatch(TurnError("asr_failed", "boom"), handlers) is None  # no handler: nothing runs
+    assert dispatch(TurnFailed("asr_failed", "boom"), handlers) is None  # no handler: nothing runs
     assert seen == [("vad", "speech_start"), ("reply", "Paris.")]
 
 
