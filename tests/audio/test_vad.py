@@ -1,7 +1,7 @@
 import numpy as np
 
 from audio.frames import AudioFrame, Reframer
-from audio.vad import Endpointer
+from audio.vad import Endpointer, VadKind
 
 
 def run(probs, **kw):
@@ -11,19 +11,25 @@ def run(probs, **kw):
 
 def test_endpoint_after_configured_silence():
     events = run([0.9] * 10 + [0.0] * 12, end_silence_ms=300, min_speech_ms=96)
-    assert events == [(2, "speech_start"), (10, "first_silence"), (19, "speech_end")]
+    assert events == [(2, VadKind.SPEECH_START), (10, VadKind.FIRST_SILENCE), (19, VadKind.SILENCE_LIMIT)]
 
 
 def test_short_blip_is_not_speech_and_a_pause_resumes():
     assert run([0.9, 0.9, 0.0, 0.0] * 3, min_speech_ms=150) == []
     events = run([0.9] * 8 + [0.0] * 4 + [0.9] * 4 + [0.0] * 12, end_silence_ms=300, min_speech_ms=96)
     kinds = [k for _, k in events]
-    assert kinds == ["speech_start", "first_silence", "speech_resumed", "first_silence", "speech_end"]
+    assert kinds == [
+        VadKind.SPEECH_START,
+        VadKind.FIRST_SILENCE,
+        VadKind.SPEECH_RESUMED,
+        VadKind.FIRST_SILENCE,
+        VadKind.SILENCE_LIMIT,
+    ]
 
 
 def test_hysteresis_keeps_soft_syllables_in_speech():
     events = run([0.9] * 6 + [0.4] * 20 + [0.0] * 12, threshold=0.5, end_silence_ms=300, min_speech_ms=96)
-    assert [i for i, k in events if k == "first_silence"] == [26]
+    assert [i for i, k in events if k is VadKind.FIRST_SILENCE] == [26]
 
 
 def test_reframer_cuts_exact_windows():
