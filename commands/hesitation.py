@@ -215,7 +215,7 @@ class HesitationRun:
 async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
     """Record events until the clip is fed, no utterance or answered turn is open, and
     `QUIET_S` passed with no event."""
-    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnFailed, VadState
+    from voice.session_events import AudioOut, AudioStart, Speech, Transcript, TurnEnd, TurnFailed, VadState
 
     open_turns, speaking, last, new_reply = 0, False, time.perf_counter(), False
     while True:
@@ -227,7 +227,7 @@ async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
         if event is not None:
             last = now
         if isinstance(event, VadState):
-            speaking = event.state == "speech_start"
+            speaking = event.state is Speech.START
         elif isinstance(event, Transcript) and event.final:
             run.finals.append((event.text, now))
             open_turns += bool(event.text.strip())

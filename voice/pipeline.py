@@ -44,7 +44,7 @@ from voice.reply_flow import Drop, Finish, Forwarded, OutputMade, Prediction, Re
 from voice.reply_policy import ReplyShaper, asks_for_more
 from voice.reply_speaker import ReplySpeaker
 from voice.reply_turn import ReplyTurn, reply_budget
-from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnFailed, VadState, log_line
+from voice.session_events import AudioOut, AudioStart, Speech, Transcript, TurnEnd, TurnFailed, VadState, log_line
 from voice.stack import NORMAL, URGENT, Stack
 from voice.turnevents import (
     Action,
@@ -185,7 +185,7 @@ class VoiceSession:
             if isinstance(action, SpeechStarted):
                 self._utterance, self._utterance_id = list(self._preroll), action.utterance
                 self._dropped = ""
-                await self.events.put(VadState("speech_start", action.t))
+                await self.events.put(VadState(Speech.START, action.t))
             elif isinstance(action, Transcribe):
                 self._spawn(self._hypothesis(action, np.concatenate(self._utterance)))
             elif isinstance(action, ScoreText):
@@ -210,7 +210,7 @@ class VoiceSession:
 
     async def _endpoint(self, end: Endpoint) -> None:
         self._utterance, self._preroll = None, deque(maxlen=PREROLL_WINDOWS)
-        await self.events.put(VadState("speech_end", end.t))
+        await self.events.put(VadState(Speech.ENDPOINT, end.t))
         if not end.transcript.strip():  # noise or a cough: no words, no reply
             await self.events.put(Transcript("", True, self._heard(end)))
         self._heard_at = {k: v for k, v in self._heard_at.items() if k[0] >= end.utterance}

@@ -10,7 +10,7 @@ from audio.wavio import read_wav
 from guards import HANG_GUARD_S
 from voice.config import load_config
 from voice.pipeline import VoiceSession
-from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnFailed, VadState
+from voice.session_events import AudioOut, AudioStart, Speech, Transcript, TurnEnd, TurnFailed, VadState
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path, cap
     assert any(k == "event=reply_stopped" for k in kinds), lines
     assert any(line.startswith("event=turn_end") and "interrupted=true" in line for line in lines), lines
     assert any(line.startswith("event=turn_end") and "interrupted=false" in line for line in lines), lines
-    start = next(e for e in events if isinstance(e, VadState) and e.state == "speech_start")  # the barge-in
+    start = next(e for e in events if isinstance(e, VadState) and e.state is Speech.START)  # the barge-in
     cut = next(e for e in events if isinstance(e, TurnEnd))
     assert cut.metrics.interrupted
     # stopped in the window that started the user's speech (the pure rule: test_turntaking's
@@ -173,7 +173,7 @@ def test_a_cough_or_a_door_slam_never_starts_a_reply(stack, vad_threshold):
 
     events = asyncio.run(main())
     if vad_threshold < 0.5:  # the VAD did fire: what stopped the reply is the empty transcript
-        assert [e.state for e in events if isinstance(e, VadState)][:2] == ["speech_start", "speech_end"], events
+        assert [e.state for e in events if isinstance(e, VadState)][:2] == [Speech.START, Speech.ENDPOINT], events
         assert [e for e in events if isinstance(e, Transcript) and e.final and not e.text], events
     assert not [e for e in events if isinstance(e, (AudioStart, AudioOut, TurnEnd))], events
     assert not [e for e in events if isinstance(e, Transcript) and e.final and e.text], events
