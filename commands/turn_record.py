@@ -1,9 +1,11 @@
 """What a client feeding the pipeline saw of one turn, in process or through a server.
 
-In: a WAV (or its samples) fed in real time (`commands.pacing`) to an open protocol session.
-Out: a `TurnRecord`: when the last voiced sample was fed (`commands.speech_end`), when the
-first reply audio came back, the transcript, the reply and the server's `turn_end` metrics.
-The turn gap is measured here, on the client. Cost: the clip's duration plus the reply.
+In: a WAV (or its samples) fed in real time (`commands.pacing`) to an in-process
+`VoiceSession` or an open protocol session. Out: a `TurnRecord`: when the last voiced sample
+was fed (`commands.speech_end`), when the first reply audio came back, the transcript, the
+reply and the `turn_end` metrics. Both paths read the same events (`TurnRecord.take`; a
+server's messages through `web.protocol.Decoder`). The turn gap is measured here, on the
+client. Cost: the clip's duration plus the reply.
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ from websockets.exceptions import ConnectionClosed
 from audio.wavio import float_to_pcm16, read_wav
 from commands.pacing import feed_realtime
 from voice.config import Config
+from voice.session_events import AudioOut, Transcript, TurnEnd, TurnFailed, dispatch
+from voice.turns import TurnMetrics
 from web.client import ServerError, closed_error, open_session
+from web.protocol import Decoder, ErrorReport, MessageType, ServerEvent, ends_turn
 
 log = logging.getLogger(__name__)
 
 STAGES = ("endpoint", "asr_final", "first_span", "first_audio")
+
+
+STAMPS = ("endpoint", "asr_final", "llm_start", "first_span", "first_audio", "last_audio", "prediction_started")
 
 
 @dataclass
@@ -40,6 +48,7 @@ class TurnRecord:
     reply: str = ""
     metrics: dict = field(default_factory=dict)  # the pipeline's turn_end metrics
     stamps: dict = field(default_factory=dict)  # absolute stage times, in-process only
+    failure: str = ""  # "code: message" of the error that ended the turn ("" if none did)
 
     @property
     def turn_gap_ms(self) -> float | None:
@@ -57,48 +66,49 @@ class TurnRecord:
                 out[stage] = self.metrics.get(f"{stage}_ms")
         return out
 
+    def take(self, event: ServerEvent | None) -> bool:
+        """Record one event of the turn, from an in-process session or decoded from a server (the
+        same events); True once the turn is over (`web.protocol.ends_turn`, or an error)."""
+        handlers = {
+            AudioOut: self._audio,
+            Transcript: self._transcript,
+            TurnEnd: self._turn_end,
+            TurnFailed: self._failed,
+            ErrorReport: self._failed,
+        }
+        dispatch(event, handlers)
+        return bool(self.failure) or ends_turn(event)
+
+    def _audio(self, event: AudioOut) -> None:
+        self.first_audio = self.first_audio or time.perf_counter()  # received, not made: held audio waits
+
+    def _transcript(self, event: Transcript) -> None:
+        if event.final:
+            self.transcript = event.text
+
+    def _turn_end(self, event: TurnEnd) -> None:
+        m = event.metrics
+        self.reply, self.metrics = m.reply, m.as_dict()
+        if isinstance(m, TurnMetrics):  # in process: the stage times themselves
+            self.stamps = {stage: getattr(m, stage) for stage in STAMPS}
+            self.stamps["prediction_audio_ready"] = m.prediction_audio
+
+    def _failed(self, event: TurnFailed | ErrorReport) -> None:
+        self.failure = f"{event.code}: {event.message}"
+
 
 async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
     """One turn through an in-process `VoiceSession`."""
     from voice.pipeline import VoiceSession
-    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnFailed, dispatch
 
     session = VoiceSession(stack, cfg)
     record, done = TurnRecord(str(path)), asyncio.Event()
 
-    def audio(event: AudioOut) -> bool:
-        record.first_audio = record.first_audio or time.perf_counter()
-        return False
-
-    def transcript(event: Transcript) -> bool:
-        if event.final:
-            record.transcript = event.text
-        return event.final and not event.text  # no words: no reply comes
-
-    def turn_end(event: TurnEnd) -> bool:
-        m = event.metrics
-        record.reply, record.metrics = m.reply, m.as_dict()
-        record.stamps = {
-            "endpoint": m.endpoint,
-            "asr_final": m.asr_final,
-            "llm_start": m.llm_start,
-            "first_span": m.first_span,
-            "first_audio": m.first_audio,
-            "last_audio": m.last_audio,
-            "prediction_started": m.prediction_started,
-            "prediction_audio_ready": m.prediction_audio,
-        }
-        return True
-
-    def error(event: TurnFailed) -> bool:
-        log.warning("turn error: %s", event.message)
-        return True
-
-    handlers = {AudioOut: audio, Transcript: transcript, TurnEnd: turn_end, TurnFailed: error}
-
     async def consume() -> None:
-        while not dispatch(await session.events.get(), handlers):  # True: the turn is over
+        while not record.take(await session.events.get()):
             pass
+        if record.failure:
+            log.warning("turn error: %s", record.failure)
         done.set()
 
     consumer = asyncio.ensure_future(consume())
@@ -109,26 +119,14 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
 
 
 async def spoken_turn(ws: ClientConnection, path: Path, audio: np.ndarray | None = None) -> TurnRecord:
-    """One spoken turn on an open session, fed in real time."""
-    record, done = TurnRecord(str(path)), asyncio.Event()
+    """One spoken turn on an open session, fed in real time; `ServerError` when the server reports an error."""
+    record, done, decoder = TurnRecord(str(path)), asyncio.Event(), Decoder()
 
     async def receive() -> None:
-        while True:
-            message = await ws.recv()
-            if isinstance(message, bytes):
-                if not record.first_audio:
-                    record.first_audio = time.perf_counter()
-                continue
-            msg = json.loads(message)
-            if msg["type"] == "transcript" and msg["final"]:
-                record.transcript = msg["text"]
-                if not msg["text"]:
-                    break
-            elif msg["type"] == "turn_end":
-                record.reply, record.metrics = msg.get("reply", ""), msg["metrics"]
-                break
-            elif msg["type"] == "error":
-                raise ServerError(f"server error {msg['code']}: {msg['message']}")
+        while not record.take(decoder.decode(await ws.recv())):
+            pass
+        if record.failure:
+            raise ServerError(f"server error {record.failure}")
         done.set()
 
     receiver = asyncio.ensure_future(receive())
@@ -157,7 +155,7 @@ async def run_server_turn(url: str, path: Path) -> TurnRecord:
         return await spoken_turn(ws, path)
     finally:
         try:
-            await ws.send(json.dumps({"type": "stop"}))
+            await ws.send(json.dumps({"type": MessageType.STOP}))
         except ConnectionClosed:  # the turn's own error (if any) says why
             pass
         await ws.close()

@@ -17,10 +17,12 @@ import json
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from audio.frames import SAMPLE_RATE_HZ
 from voice.errors import VoiceError
 from web.drain import GOING_AWAY
+from web.protocol import Decoder, ErrorReport, MessageType, ProtocolError, Ready
 
-START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
+START = {"type": MessageType.START, "sample_rate": SAMPLE_RATE_HZ, "format": "pcm_s16le", "channels": 1}
 
 
 OPEN_TRIES = 20  # a fleet's balancer needs a health check or two to take a draining worker out
@@ -74,16 +76,20 @@ async def _start_session(url: str, timeout_s: float, token: str | None = None) -
     ws = await connect(url, max_size=None, additional_headers=auth_headers(token))
     try:
         await ws.send(json.dumps(START))
-        ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+        ready = Decoder().decode(await asyncio.wait_for(ws.recv(), timeout_s))
     except ConnectionClosed as err:
         if is_going_away(err):
             raise ServerGoingAway("the worker went away before the session started") from None
         if is_dropped(err):
             raise SessionDropped("the connection dropped before the session started") from None
         raise
-    if ready.get("type") != "ready":
+    except ProtocolError as err:
         await ws.close()
-        raise ServerError(f"server did not start the session: {ready}")
+        raise ServerError(f"the server's answer to `start` is not the protocol's: {err}") from None
+    if not isinstance(ready, Ready):
+        await ws.close()
+        why = f"{ready.code}: {ready.message}" if isinstance(ready, ErrorReport) else repr(ready)
+        raise ServerError(f"server did not start the session: {why}")
     return ws
 
 
