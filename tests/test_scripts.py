@@ -75,6 +75,11 @@ def test_size_report_lists_long_modules_and_functions_and_never_fails(tmp_path):
     assert out.stdout.splitlines()[1:] == ["    471  voice/big.py", "     71  voice/big.py:1 long_one()"]
 
 
+def test_make_lint_prints_the_size_report():
+    recipe = (ROOT / "Makefile").read_text().split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "$(PY) scripts/sizes.py" in recipe, recipe
+
+
 @functools.cache
 def _load(name: str):
     """A module of scripts/ (not a package) by file name."""
