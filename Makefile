@@ -34,11 +34,13 @@ llama-server: setup
 	$(PY) -m llama_cpp.server --host 127.0.0.1 --port $(LLAMA_PORT) --n_ctx 4096 --model_alias smollm2 --model "$$($(PY) -c \
 	  'from voice.models import LLM_GGUF, LLM_PACKAGE, package_dir; print(package_dir(LLM_PACKAGE) / LLM_GGUF)')"
 
-# ruff's lint and format rules and the import contracts (layers, no cycles) are in pyproject.toml.
+# ruff's lint and format rules and the import contracts (layers, no cycles) are in pyproject.toml;
+# then a size report (modules over ~400 lines, functions over ~60): a prompt to look, never a failure.
 lint: setup-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	.venv/bin/lint-imports
+	$(PY) scripts/sizes.py
 
 test: lint
 	$(VOICE) models prepare

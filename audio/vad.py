@@ -1,15 +1,18 @@
 """Voice activity: silero VAD on 512-sample windows, and the endpointing rule.
 
 In: 32 ms windows at 16 kHz. Out: a speech probability per window (silero, ONNX, one small
-forward per window) and, from `Endpointer`, events: `speech_start`, `first_silence` (the
-first quiet window after speech — start the final ASR decode now), `speech_resumed`
-(the user went on after a short pause), and `speech_end` (silence lasted `end_silence_ms`:
-the endpoint). `Endpointer` is pure: no model, no clock.
+forward per window) and, from `Endpointer`, events (`VadKind`): `speech_start`,
+`first_silence` (the first quiet window after speech — start the final ASR decode now),
+`speech_resumed` (the user went on after a short pause), and `silence_limit` (silence lasted
+`end_silence_ms`, the longest any turn waits). The end of speech itself is a time, not an
+event: the last voiced window (`VadEvent.speech_end_t`); the endpoint is decided above this
+layer (`voice.turntaking`). `Endpointer` is pure: no model, no clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -39,13 +42,22 @@ class SileroVAD:
         self.model.reset_states()
 
 
+class VadKind(StrEnum):
+    """What one window told the `Endpointer`."""
+
+    SPEECH_START = "speech_start"  # voiced for min_speech_ms: an utterance began
+    FIRST_SILENCE = "first_silence"  # the first quiet window after speech
+    SPEECH_RESUMED = "speech_resumed"  # voiced again after a pause shorter than the limit
+    SILENCE_LIMIT = "silence_limit"  # quiet for end_silence_ms: the longest silence any turn waits
+
+
 @dataclass(frozen=True)
 class VadEvent:
-    """An endpointing decision; `t` is the time of the window that caused it."""
+    """What a window told the endpointer; `t` is the time of that window."""
 
-    kind: str  # speech_start | first_silence | speech_resumed | speech_end
+    kind: VadKind
     t: float
-    speech_end_t: float = 0.0  # time of the last voiced window (for first_silence/speech_end)
+    speech_end_t: float = 0.0  # time of the last voiced window (for first_silence/silence_limit)
 
 
 @dataclass
@@ -78,9 +90,9 @@ class Endpointer:
             self._voiced_ms += self.window_ms
             if not self.in_speech and self._voiced_ms >= self.min_speech_ms:
                 self.in_speech = True
-                events.append(VadEvent("speech_start", t))
+                events.append(VadEvent(VadKind.SPEECH_START, t))
             elif self.in_speech and self._silence_ms > 0:
-                events.append(VadEvent("speech_resumed", t))
+                events.append(VadEvent(VadKind.SPEECH_RESUMED, t))
             self._silence_ms = 0.0
             self._last_voiced_t = t
             return events
@@ -89,8 +101,8 @@ class Endpointer:
             return events
         self._silence_ms += self.window_ms
         if self._silence_ms == self.window_ms:
-            events.append(VadEvent("first_silence", t, self._last_voiced_t))
+            events.append(VadEvent(VadKind.FIRST_SILENCE, t, self._last_voiced_t))
         if self._silence_ms >= self.end_silence_ms:
-            events.append(VadEvent("speech_end", t, self._last_voiced_t))
+            events.append(VadEvent(VadKind.SILENCE_LIMIT, t, self._last_voiced_t))
             self.reset()
         return events

@@ -1,10 +1,10 @@
 """`voice bench`: turn latency of the streaming pipeline, fed in real time like a microphone.
 
 In: WAV files (default: bundled questions synthesised once with piper and cached). Each is
-fed as 20 ms frames paced by the clock (`audio.pacing`), after 0.5 s of silence and followed by silence
+fed as 20 ms frames paced by the clock (`commands.pacing`), after 0.5 s of silence and followed by silence
 until the turn ends. Out: a JSON report. The turn gap of a turn is the time the first
 reply audio chunk reached the bench minus the time the last voiced sample was fed — the
-latter from `audio.frames.last_voiced_sample`, a scan of the source file against its noise
+latter from `commands.speech_end.last_voiced_sample`, a scan of the source file against its noise
 floor (so background noise after the question does not count as speech), independent of
 the pipeline's endpointing, so endpoint waiting counts. `--baseline` runs the batch `voice turn` path on the same
 audio; its gap is asr + llm + tts with no endpoint wait (flattering the baseline).
@@ -21,18 +21,16 @@ import asyncio
 import logging
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from audio.pacing import feed_realtime
 from audio.wavio import AudioError, read_wav, write_wav
 from commands.summary import percentiles
+from commands.turn_record import STAGES, TurnRecord, run_inprocess_turn
 from voice.config import Config, ConfigError
 from voice.errors import VoiceError
 from voice.models import cache_dir
 from voice.reply_policy import ends_sentence
-from voice.turns import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -85,56 +83,6 @@ def resolve_audio(items: list[str]) -> list[Path]:
     if not paths:
         raise AudioError(f"no .wav files in {', '.join(items)}")
     return paths
-
-
-async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
-    """One turn through an in-process `VoiceSession`."""
-    from voice.pipeline import VoiceSession
-    from voice.session_events import AudioOut, Transcript, TurnEnd, TurnError, dispatch
-
-    session = VoiceSession(stack, cfg)
-    record, done = TurnRecord(str(path)), asyncio.Event()
-
-    def audio(event: AudioOut) -> bool:
-        record.first_audio = record.first_audio or time.perf_counter()
-        return False
-
-    def transcript(event: Transcript) -> bool:
-        if event.final:
-            record.transcript = event.text
-        return event.final and not event.text  # no words: no reply comes
-
-    def turn_end(event: TurnEnd) -> bool:
-        m = event.metrics
-        record.reply, record.metrics = m.reply, m.as_dict()
-        record.stamps = {
-            "endpoint": m.endpoint,
-            "asr_final": m.asr_final,
-            "llm_start": m.llm_start,
-            "first_span": m.first_span,
-            "first_audio": m.first_audio,
-            "last_audio": m.last_audio,
-            "prediction_started": m.prediction_started,
-            "prediction_audio_ready": m.prediction_audio,
-        }
-        return True
-
-    def error(event: TurnError) -> bool:
-        log.warning("turn error: %s", event.message)
-        return True
-
-    handlers = {AudioOut: audio, Transcript: transcript, TurnEnd: turn_end, TurnError: error}
-
-    async def consume() -> None:
-        while not dispatch(await session.events.get(), handlers):  # True: the turn is over
-            pass
-        done.set()
-
-    consumer = asyncio.ensure_future(consume())
-    record.speech_end = await feed_realtime(lambda f: session.feed_audio(f), read_wav(path), done)
-    consumer.cancel()
-    await session.close()
-    return record
 
 
 PREDICTIONS = ("released", "late", "dropped", "none")
@@ -285,7 +233,8 @@ async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> l
         if plan.server is None:
             record = await run_inprocess_turn(stack, cfg, path)
         else:
-            from web.client import ServerError, run_server_turn
+            from commands.turn_record import run_server_turn
+            from web.client import ServerError
 
             try:
                 record = await run_server_turn(plan.server, path)

@@ -14,7 +14,7 @@ from voice.errors import VoiceError
 
 
 class UsageError(VoiceError, ValueError):
-    """Bad command-line input."""
+    """Bad command-line input: a flag's value, or flags that do not go together (every command)."""
 
 
 def int_list(text: str) -> list[int]:

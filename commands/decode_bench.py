@@ -21,13 +21,13 @@ import torch
 from tqdm import tqdm
 
 from commands.bench import machine_info
+from commands.cli_args import UsageError
 from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
 from commands.prompt_sets import bundled_conversations
 from decode.controller import FixedController
 from decode.drafters import NoDrafter
 from decode.speculative import calibrate_verify_cost
 from voice.config import Config
-from voice.errors import VoiceError
 from voice.llm import ReplyModel, make_controller
 
 log = logging.getLogger(__name__)
@@ -211,10 +211,6 @@ def _relative_to_batch_1(sizes: list[dict]) -> None:
         row["vs_batch_1"] = round(row["tokens_per_s"] / base, 3) if base else None
 
 
-class BenchArgsError(VoiceError, ValueError):
-    """decode-bench flags that do not go together, or a bad value."""
-
-
 def parse_probabilities(text: str) -> list[float]:
     """`0.8,0.7` -> [0.8, 0.7], each in [0, 1]."""
     try:
@@ -222,7 +218,7 @@ def parse_probabilities(text: str) -> list[float]:
     except ValueError:
         values = []
     if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise BenchArgsError(f"--oracle-accept: expected comma-separated probabilities in [0, 1], got {text!r}")
+        raise UsageError(f"--oracle-accept: expected comma-separated probabilities in [0, 1], got {text!r}")
     return values
 
 
@@ -232,7 +228,7 @@ def bench_from_args(args, cfg: Config) -> dict:
         from commands.decode_bench_synthetic import ORACLE_ACCEPT, PROMPT_TOKENS, run_synthetic_bench
 
         if args.drafter or args.batch or args.conversation:
-            raise BenchArgsError(
+            raise UsageError(
                 "--synthetic drafts with an oracle on random prompts: drop --drafter, --batch and --conversation"
             )
         accept = parse_probabilities(args.oracle_accept) if args.oracle_accept else ORACLE_ACCEPT
@@ -246,7 +242,7 @@ def bench_from_args(args, cfg: Config) -> dict:
             progress=not args.json,
         )
     if args.oracle_accept or args.prompt_tokens:
-        raise BenchArgsError("--oracle-accept and --prompt-tokens go with --synthetic CONFIG")
+        raise UsageError("--oracle-accept and --prompt-tokens go with --synthetic CONFIG")
     return run_decode_bench(
         cfg,
         args.prompts,

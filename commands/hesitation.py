@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.frames import SAMPLE_RATE_HZ, last_voiced_sample
-from audio.pacing import feed_marked
+from audio.frames import SAMPLE_RATE_HZ
 from audio.wavio import pcm16_to_float, read_wav, resample, write_wav
+from commands.pacing import feed_marked
+from commands.speech_end import last_voiced_sample
 from commands.summary import percentiles
 from voice.config import Config
 from voice.models import cache_dir
@@ -214,7 +215,7 @@ class HesitationRun:
 async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
     """Record events until the clip is fed, no utterance or answered turn is open, and
     `QUIET_S` passed with no event."""
-    from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
+    from voice.session_events import AudioOut, AudioStart, Speech, Transcript, TurnEnd, TurnFailed, VadState
 
     open_turns, speaking, last, new_reply = 0, False, time.perf_counter(), False
     while True:
@@ -226,7 +227,7 @@ async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
         if event is not None:
             last = now
         if isinstance(event, VadState):
-            speaking = event.state == "speech_start"
+            speaking = event.state is Speech.START
         elif isinstance(event, Transcript) and event.final:
             run.finals.append((event.text, now))
             open_turns += bool(event.text.strip())
@@ -235,7 +236,7 @@ async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
         elif isinstance(event, AudioOut) and new_reply:
             run.reply_starts.append(now)
             new_reply = False
-        elif isinstance(event, (TurnEnd, TurnError)):
+        elif isinstance(event, (TurnEnd, TurnFailed)):
             open_turns = max(0, open_turns - 1)
         fed = run.fed_at.get("audio_end")
         if fed is not None and not speaking and open_turns == 0 and now - max(last, fed) >= QUIET_S:

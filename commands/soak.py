@@ -22,8 +22,9 @@ from pathlib import Path
 
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
-from voice.turns import STAGES
-from web.client import ServerGoingAway, ServerLost, SessionDropped, auth_headers, open_session, spoken_turn
+from commands.turn_record import STAGES, spoken_turn
+from web.client import ServerGoingAway, ServerLost, SessionDropped, auth_headers, open_session
+from web.protocol import MessageType
 
 
 def server_stats(ws_url: str, token: str | None = None) -> dict:
@@ -271,7 +272,7 @@ async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 
     async def one(i: int) -> None:
         ws = await open_session(url, token=token)
         if i % 2:
-            await ws.send(json.dumps({"type": "text", "text": "Tell me a fun fact about octopuses."}))
+            await ws.send(json.dumps({"type": MessageType.TEXT, "text": "Tell me a fun fact about octopuses."}))
         else:
             for k in range(0, len(audio), 320):
                 await ws.send(float_to_pcm16(audio[k : k + 320]).tobytes())

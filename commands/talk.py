@@ -10,16 +10,18 @@ cancellation on a bare sound card, speech heard while the reply plays is ignored
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
 from audio.frames import SAMPLE_RATE_HZ
 from audio.wavio import AudioError, read_wav, write_wav
 from voice.config import Config
+from voice.session_events import AudioOut, ReplyText, Speech, Transcript, TurnEnd, TurnFailed, VadState, dispatch
+from web.protocol import Decoder, ErrorReport
 
 log = logging.getLogger(__name__)
 
@@ -104,47 +106,67 @@ class Speaker:
             write_wav(self.output_wav, np.concatenate(self.parts), self.rate_hz)
 
 
-async def _print_events(session, speaker: Speaker, turns_done: asyncio.Queue) -> None:
-    from voice.session_events import AudioOut, ReplyText, Transcript, TurnEnd, TurnError, VadState, dispatch
+class Printer:
+    """What `voice talk` shows and plays of a session's events, the same in process and through a
+    server (decoded by `web.protocol.Decoder`): the transcript, the reply as it comes, reply audio
+    to the speaker `speaker_for(rate_hz)` gives, each turn's gap and stage times."""
 
-    def heard(ev: VadState) -> None:
-        if ev.state == "speech_start":
+    def __init__(self, speaker_for: Callable[[int], Speaker]) -> None:
+        self.speaker_for = speaker_for
+        self.turns_ended = 0  # answered or failed
+
+    async def show(self, event) -> None:
+        """Print or play one event; reply audio has played (been queued) when this returns."""
+        handlers = {
+            VadState: self._heard,
+            Transcript: self._transcript,
+            ReplyText: lambda ev: print(ev.text, end="", flush=True),
+            AudioOut: self._play,
+            TurnEnd: self._turn_end,
+            TurnFailed: self._error,
+            ErrorReport: self._error,
+        }
+        played = dispatch(event, handlers)
+        if played is not None:
+            await played
+
+    def _play(self, ev: AudioOut):
+        chunk = ev.chunk
+        return asyncio.to_thread(self.speaker_for(chunk.rate_hz).play, chunk.samples, chunk.rate_hz)
+
+    def _heard(self, ev: VadState) -> None:
+        if ev.state is Speech.START:
             print("(listening…)", flush=True)
 
-    def transcript(ev: Transcript) -> None:
+    def _transcript(self, ev: Transcript) -> None:
         if ev.final and ev.text:
             print(f"you:       {ev.text}", flush=True)
             print("assistant: ", end="", flush=True)
 
-    def turn_end(ev: TurnEnd) -> None:
+    def _turn_end(self, ev: TurnEnd) -> None:
         m = ev.metrics.as_dict()
-        note = " (interrupted)" if m["interrupted"] else ""
-        if m["shortened"]:
+        if m.get("shortened"):
             print(" (shortened — say 'tell me more')", end="", flush=True)
-        print(
-            f"\n[turn gap {m['turn_gap_ms']} ms{note} · transcript {m['asr_final_ms']} ms · "
-            f"first words {m['first_span_ms']} ms · acceptance {m['acceptance']:.0%} · "
-            f"mean k {m['mean_draft_len']}]",
-            flush=True,
-        )
-        turns_done.put_nowait(m)
+        print("\n" + turn_line(m), flush=True)
+        self.turns_ended += 1
 
-    def error(ev: TurnError) -> None:
+    def _error(self, ev: TurnFailed | ErrorReport) -> None:
         print(f"\nerror: {ev.message}", file=sys.stderr, flush=True)
-        turns_done.put_nowait(None)
+        self.turns_ended += isinstance(ev, TurnFailed)
 
-    handlers = {
-        VadState: heard,
-        Transcript: transcript,
-        TurnEnd: turn_end,
-        TurnError: error,
-        ReplyText: lambda ev: print(ev.text, end="", flush=True),
-        AudioOut: lambda ev: asyncio.to_thread(speaker.play, ev.chunk.samples, ev.chunk.rate_hz),
-    }
-    while True:
-        played = dispatch(await session.events.get(), handlers)
-        if played is not None:  # audio plays before the next event is read
-            await played
+
+def turn_line(m: dict) -> str:
+    """One turn's figures from its `turn_end` metrics, e.g. `[turn gap 812.4 ms · transcript 301.2 ms · …]`."""
+    parts = [
+        f"turn gap {m.get('turn_gap_ms')} ms" + (" (interrupted)" if m.get("interrupted") else ""),
+        f"transcript {m.get('asr_final_ms')} ms",
+        f"first words {m.get('first_span_ms')} ms",
+    ]
+    if m.get("acceptance") is not None:
+        parts.append(f"acceptance {m['acceptance']:.0%}")
+    if m.get("mean_draft_len") is not None:
+        parts.append(f"mean k {m['mean_draft_len']}")
+    return "[" + " · ".join(parts) + "]"
 
 
 async def talk(
@@ -170,36 +192,37 @@ async def talk(
     session = VoiceSession(stack, cfg)
     if not barge_in:
         session.echo_gate = lambda: session.replying or time.perf_counter() < speaker.playing_until
-    turns_done: asyncio.Queue = asyncio.Queue()
-    printer = asyncio.ensure_future(_print_events(session, speaker, turns_done))
+    printer = Printer(lambda rate_hz: speaker)
+
+    async def show_events() -> None:
+        while True:
+            await printer.show(await session.events.get())
+
+    shower = asyncio.ensure_future(show_events())
     try:
         if audio is not None:
-            await _play_wav_as_mic(session, audio, turns_done)
+            await _play_wav_as_mic(session, audio, printer)
         else:
             await _listen(sd, session, input_device)
     finally:
-        printer.cancel()
+        shower.cancel()
         await session.close()
         speaker.close()
     return 0
 
 
-async def _play_wav_as_mic(session, audio: np.ndarray, turns_done: asyncio.Queue) -> None:
+async def _play_wav_as_mic(session, audio: np.ndarray, printer: Printer) -> None:
     """Feed the WAV in real time, then silence until its turn(s) end (at most 60 s)."""
     print("(playing the WAV as the microphone)", flush=True)
     signal = np.concatenate([np.zeros(SAMPLE_RATE_HZ // 2, np.float32), audio])
     t0, i = time.perf_counter(), 0
     deadline = t0 + len(signal) / SAMPLE_RATE_HZ + 60
-    answered = 0
     while time.perf_counter() < deadline:
         frame = signal[i * FRAME : (i + 1) * FRAME]
         i += 1
         await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.perf_counter()))
         await session.feed_audio(frame if len(frame) else np.zeros(FRAME, np.float32))
-        while not turns_done.empty():
-            turns_done.get_nowait()
-            answered += 1
-        if answered and i * FRAME > len(signal) and session.idle:
+        if printer.turns_ended and i * FRAME > len(signal) and session.idle:
             return
     raise AudioError("no reply before the time limit: was there speech in the WAV?")
 
@@ -223,13 +246,13 @@ async def _listen(sd, session, device) -> None:
 def talk_command(args, cfg: Config) -> None:
     """`voice talk` from parsed CLI arguments: in-process, or through `--server` (with the secret
     in the environment variable `--token-env` names, default `server.token_env`)."""
-    from commands.cli_args import env_token
+    from commands.cli_args import UsageError, env_token
 
     devices = [int(v) if v is not None and v.isdigit() else v for v in (args.input_device, args.output_device)]
     if not args.server:
         asyncio.run(talk(cfg, *devices, args.input_wav, args.output_wav, args.barge_in))
     elif not args.server.startswith(("ws://", "wss://")):
-        raise DeviceError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+        raise UsageError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
     else:
         token = env_token(args.token_env or cfg.server.token_env)
         asyncio.run(talk_remote(args.server, *devices, args.input_wav, args.output_wav, token))
@@ -280,43 +303,30 @@ async def talk_remote(
 
 
 class _RemoteOutput:
-    """Prints the protocol's events as `voice talk` does and plays the reply audio (speaker opened at
-    the first `audio_start`'s rate); `finished` is set once a WAV's question was fed and answered."""
+    """The server's messages decoded and shown as `voice talk` shows an in-process session's events
+    (the speaker opened at the first reply audio's rate); `finished` is set once a WAV's question
+    was fed and answered."""
 
     def __init__(self, device, output_wav: str | None) -> None:
         self.device, self.output_wav, self.speaker = device, output_wav, None
-        self.rate_hz, self.answered, self.fed_all = 0, 0, False
+        self.printer = Printer(self._speaker)
+        self.decoder = Decoder()
+        self.fed_all = False
         self.finished = asyncio.Event()
 
+    @property
+    def answered(self) -> int:
+        return self.printer.turns_ended
+
+    def _speaker(self, rate_hz: int) -> Speaker:
+        if self.speaker is None:
+            self.speaker = Speaker(self.device, self.output_wav, need_device=self.device is not None, rate_hz=rate_hz)
+        return self.speaker
+
     async def on_message(self, message) -> None:
-        if isinstance(message, bytes):
-            samples = np.frombuffer(message, dtype="<i2")
-            await asyncio.to_thread(self.speaker.play, samples, self.rate_hz)
-            return
-        msg = json.loads(message)
-        kind = msg["type"]
-        if kind == "transcript" and msg["final"] and msg["text"]:
-            print(f"you:       {msg['text']}\nassistant: ", end="", flush=True)
-        elif kind == "reply":
-            print(msg["text"], end="", flush=True)
-        elif kind == "audio_start":
-            if self.speaker is None:
-                self.speaker = Speaker(
-                    self.device, self.output_wav, need_device=self.device is not None, rate_hz=msg["sample_rate"]
-                )
-            self.rate_hz = msg["sample_rate"]
-        elif kind == "turn_end":
-            m = msg["metrics"]
-            print(
-                (" (shortened — say 'tell me more')" if m["shortened"] else "")
-                + f"\n[turn gap {m['turn_gap_ms']} ms{' (interrupted)' if m['interrupted'] else ''} · "
-                f"transcript {m['asr_final_ms']} ms · first words {m['first_span_ms']} ms]",
-                flush=True,
-            )
-            self.answered += 1
-            self._check_done()
-        elif kind == "error":
-            print(f"\nerror: {msg['message']}", file=sys.stderr, flush=True)
+        """Show one message from the server."""
+        await self.printer.show(self.decoder.decode(message))
+        self._check_done()
 
     def wav_fed(self) -> None:
         self.fed_all = True

@@ -1,6 +1,6 @@
 """Factual-answer score of the reply policy with and without a brief-style system prompt.
 
-Each question of tests/data/factual.json is answered greedily by the configured LLM (the
+Each question of scripts/data/factual.json is answered greedily by the configured LLM (the
 speculative decoder, token-identical to greedy) under each system prompt; the answer is
 cut as the pipeline would speak it (`voice.reply_policy.ReplyShaper` with the config's
 `[reply]` budget and `llm.max_new_tokens`) and scores when the spoken text contains an
@@ -93,7 +93,7 @@ def main() -> None:
     cfg = load_config(None, args.set)
     from voice.llm import ReplyModel
 
-    questions = json.loads((ROOT / "tests/data/factual.json").read_text())["questions"]
+    questions = json.loads((ROOT / "scripts/data/factual.json").read_text())["questions"]
     llm = ReplyModel(cfg)
     result = evaluate(llm, cfg, args.prompt if args.prompt is not None else DEFAULT_PROMPTS, questions)
     if args.brief:

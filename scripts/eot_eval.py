@@ -1,6 +1,6 @@
 """End-of-turn scores, semantic (LLM) and acoustic (Smart Turn), on the same spoken items.
 
-In: tests/data/eot/items.json (complete turns, incomplete prefixes with the turn each was
+In: scripts/data/eot/items.json (complete turns, incomplete prefixes with the turn each was
 cut from, earlier exchanges) plus commands.bench.BENCH_QUESTIONS. Each item is spoken by
 piper (deterministic), ends with `--silence-ms` of silence (what the models see at a
 decision) and is transcribed by the pipeline's whisper. Incomplete items come two ways:
@@ -15,8 +15,8 @@ pairs do, the best pair) and, with --out, the same with every item.
 Cost: ~5 min on 2 idle cores, ~17 min when they are shared (piper WAVs from scripts/eot_audio.py
 cached under the voice cache, `eot-audio/`). Needs `pip install onnx` for piper's alignments.
 
-    python scripts/eot_eval.py --out tests/data/eot/scores.json
-    python scripts/eot_eval.py --rescore tests/data/eot/scores.json   # summary again, no models
+    python scripts/eot_eval.py --out scripts/data/eot/scores.json
+    python scripts/eot_eval.py --rescore scripts/data/eot/scores.json   # summary again, no models
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from eot_audio import AlignedVoice
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS = ROOT / "tests" / "data" / "eot" / "items.json"
+ITEMS = ROOT / "scripts" / "data" / "eot" / "items.json"
 THRESHOLDS = [0.001, 0.003, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
 LOWS = [0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
 HIGHS = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from eot_audio import AlignedVoice, spoken  # beside this script (see `score`)
 
+    from commands.smart_turn import SmartTurn
     from voice.config import load_config
     from voice.models import cache_dir, piper_path, prepare
-    from voice.smart_turn import SmartTurn
     from voice.stack import load_stack
 
     cfg = load_config()

@@ -10,6 +10,7 @@ to 8 tokens) and every part's full report.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -70,7 +71,9 @@ def rebuilt_sha256(logs: Path) -> str | None:
 def main() -> None:
     from commands.bench import machine_info
 
-    results = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="the folder of decode-bench JSON reports (WORK/results)")
+    results = parser.parse_args().results
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.stat().st_size}
     print(
         json.dumps(

@@ -49,16 +49,17 @@ class Bytes:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="smollm2-135m", choices=sorted(CONFIGS))
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layout", default="linear", choices=["linear", "weight_major"])
+    args = parser.parse_args()
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from decode.graphs import StepGraphs
     from decode.target import StaticLlamaTarget
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="smollm2-135m", choices=sorted(CONFIGS))
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--layout", default="linear", choices=["linear", "weight_major"])
-    args = parser.parse_args()
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     model = LlamaForCausalLM(LlamaConfig(**CONFIGS[args.config], rms_norm_eps=1e-5)).to("cuda", dtype).eval()

@@ -153,14 +153,15 @@ def loop_split(target, drafter, k: int, new_tokens: int = 64) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="replay,kernels,draft,loop")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from decode.mtp import read_mtp_config
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sections", default="replay,kernels,draft,loop")
-    parser.add_argument("--dtype", default="float32")
-    args = parser.parse_args()
     sections = set(args.sections.split(","))
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**CONFIGS["smollm2-135m"], rms_norm_eps=1e-5))

@@ -54,28 +54,6 @@ def test_a_back_edge_breaks_its_contract(tmp_path, module, line, contract):
     assert any(row.startswith(contract) for row in broken), out.stdout
 
 
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
-ARGUMENT_TABLES = {("commands/cli.py", "build_parser")}  # the CLI's argument table may be long
-
-
-def test_no_module_over_400_lines_and_no_function_over_60():
-    import ast
-
-    too_long = []
-    for path in sorted(ROOT.glob("*/**/*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel.split("/")[0] not in PACKAGES + ("scripts",):
-            continue
-        text = path.read_text()
-        if text.count("\n") > MAX_MODULE_LINES:
-            too_long.append(f"{rel}: {text.count(chr(10))} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (rel, node.name) not in ARGUMENT_TABLES:
-                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
-                    too_long.append(f"{rel}: {node.name}() {n} lines")
-    assert not too_long, too_long
-
-
 def _top_level_names(tree: ast.Module) -> tuple[set[str], set[str]]:
     """(names a module defines, names it imports) at its top level, `if` blocks included."""
     defined, imported = set(), set()

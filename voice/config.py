@@ -159,7 +159,7 @@ class TurnConfig:
     predictive: bool = True  # prepare the reply (ASR, LLM, first phrase's audio) before the endpoint
     min_silence_ms: int = 200  # silence that ends a turn whose words look complete
     max_silence_ms: int = 1200  # silence that ends any turn
-    eot_low: float = 0.005  # at or below: wait max_silence_ms (chosen on tests/data/eot: docs/benchmarks.md)
+    eot_low: float = 0.005  # at or below: wait max_silence_ms (chosen on scripts/data/eot: docs/benchmarks.md)
     eot_high: float = 0.1  # at or above: wait min_silence_ms
 
 

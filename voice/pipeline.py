@@ -2,7 +2,7 @@
 
 In: 16 kHz float32 blocks via `VoiceSession.feed_audio` (or typed text via `user_text`).
 Out: events on `VoiceSession.events` (an asyncio.Queue): `VadState`, `Transcript`,
-`ReplyText`, `AudioStart`, `AudioOut`, `TurnEnd`, `TurnError`.
+`ReplyText`, `AudioStart`, `AudioOut`, `TurnEnd`, `TurnFailed`.
 
 The turn-gap path, in order (every decision is `voice.turntaking.TurnTaker`'s; this module
 only carries out its actions):
@@ -44,7 +44,7 @@ from voice.reply_flow import Drop, Finish, Forwarded, OutputMade, Prediction, Re
 from voice.reply_policy import ReplyShaper, asks_for_more
 from voice.reply_speaker import ReplySpeaker
 from voice.reply_turn import ReplyTurn, reply_budget
-from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState, log_line
+from voice.session_events import AudioOut, AudioStart, Speech, Transcript, TurnEnd, TurnFailed, VadState, log_line
 from voice.stack import NORMAL, URGENT, Stack
 from voice.turnevents import (
     Action,
@@ -185,7 +185,7 @@ class VoiceSession:
             if isinstance(action, SpeechStarted):
                 self._utterance, self._utterance_id = list(self._preroll), action.utterance
                 self._dropped = ""
-                await self.events.put(VadState("speech_start", action.t))
+                await self.events.put(VadState(Speech.START, action.t))
             elif isinstance(action, Transcribe):
                 self._spawn(self._hypothesis(action, np.concatenate(self._utterance)))
             elif isinstance(action, ScoreText):
@@ -210,7 +210,7 @@ class VoiceSession:
 
     async def _endpoint(self, end: Endpoint) -> None:
         self._utterance, self._preroll = None, deque(maxlen=PREROLL_WINDOWS)
-        await self.events.put(VadState("speech_end", end.t))
+        await self.events.put(VadState(Speech.ENDPOINT, end.t))
         if not end.transcript.strip():  # noise or a cough: no words, no reply
             await self.events.put(Transcript("", True, self._heard(end)))
         self._heard_at = {k: v for k, v in self._heard_at.items() if k[0] >= end.utterance}
@@ -288,7 +288,7 @@ class VoiceSession:
             text, looped = heard.text, heard.attempts > 1 or heard.collapsed
         except Exception as err:  # the turn-taker must hear back, or it waits forever
             log.error(log_line("asr_failed", session=self.id, error=str(err)), exc_info=_traceback_wanted(err))
-            await self.events.put(TurnError("asr_failed", f"{type(err).__name__}: {err}"))
+            await self.events.put(TurnFailed("asr_failed", f"{type(err).__name__}: {err}"))
             text, looped = "", False
         self._heard_at[(ask.utterance, ask.audio_end_t)] = time.perf_counter()
         if ask.utterance == self._utterance_id and self._utterance is not None and text:
@@ -380,7 +380,7 @@ class VoiceSession:
             forward.cancel()
             self._replies.pop(turn.id, None)
             await self._act(self.turns.step(ReplyDone(turn.id)))
-            await self.events.put(TurnError("turn_failed", f"{type(err).__name__}: {err}"))
+            await self.events.put(TurnFailed("turn_failed", f"{type(err).__name__}: {err}"))
 
     async def _speak_reply(self, turn: ReplyTurn, messages: list[dict]) -> None:
         if self.turns.score_of(turn.text) is None:  # the endpoint rule needs it; usually it is known already

@@ -1,8 +1,8 @@
 """What a `VoiceSession` puts on its `events` queue, in the order a turn produces them.
 
-`VadState` (speech_start/speech_end), `Transcript` (partial, then final), `ReplyText` (each
+`VadState` (`Speech.START`, then `Speech.ENDPOINT`), `Transcript` (partial, then final), `ReplyText` (each
 piece of reply text as the reply policy releases it), `AudioStart` then `AudioOut` (reply
-audio), `TurnEnd` (the turn's metrics) or `TurnError`. `dispatch` calls the handler named
+audio), `TurnEnd` (the turn's metrics) or `TurnFailed`. `dispatch` calls the handler named
 after the event's kind, so every consumer (server, talk, bench, hesitation) reads one table.
 """
 
@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Callable
 
 from voice.tts import AudioChunk
 from voice.turns import TurnMetrics
 
 
+class Speech(StrEnum):
+    """What the listening side tells the client: the user began, or the turn-taker decided they finished."""
+
+    START = "speech_start"  # an utterance began (a barge-in when a reply plays)
+    ENDPOINT = "endpoint"  # the user's turn ended (the last voiced audio before it: TurnMetrics.speech_end)
+
+
 @dataclass(frozen=True)
 class VadState:
-    state: str  # speech_start | speech_end
+    state: Speech
     t: float
 
 
@@ -52,12 +60,12 @@ class TurnEnd:
 
 
 @dataclass(frozen=True)
-class TurnError:
+class TurnFailed:
     code: str
     message: str
 
 
-SessionEvent = VadState | Transcript | ReplyText | AudioStart | AudioOut | TurnEnd | TurnError
+SessionEvent = VadState | Transcript | ReplyText | AudioStart | AudioOut | TurnEnd | TurnFailed
 
 
 def dispatch(event: SessionEvent, handlers: dict[type, Callable[[Any], Any]]) -> Any:

@@ -2,15 +2,12 @@
 
 In: finished turns (user text, assistant text). Out: the chat messages for the next
 prompt, trimmed from the oldest turn so the prompt stays within a token budget; and
-`TurnMetrics`, the timestamps of one turn and the figures derived from them; `TurnRecord`,
-what a client feeding the pipeline (the bench, a protocol client) saw of one turn.
+`TurnMetrics`, the timestamps of one turn and the figures derived from them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-STAGES = ("endpoint", "asr_final", "first_span", "first_audio")
 
 
 @dataclass
@@ -118,32 +115,3 @@ class TurnMetrics:
             "prediction_audio_ready_ms": self._since_speech_end(self.prediction_audio),
             "end_of_turn_prob": None if self.end_of_turn_prob is None else round(self.end_of_turn_prob, 4),
         }
-
-
-@dataclass
-class TurnRecord:
-    """What the bench saw of one turn (times in perf_counter seconds)."""
-
-    audio: str
-    speech_end: float = 0.0
-    first_audio: float = 0.0
-    transcript: str = ""
-    reply: str = ""
-    metrics: dict = field(default_factory=dict)  # the pipeline's turn_end metrics
-    stamps: dict = field(default_factory=dict)  # absolute stage times, in-process only
-
-    @property
-    def turn_gap_ms(self) -> float | None:
-        """First reply audio minus the true end of speech (None if either never came)."""
-        return (self.first_audio - self.speech_end) * 1e3 if self.first_audio and self.speech_end else None
-
-    def stages_ms(self) -> dict[str, float | None]:
-        """Each stage's time after the bench's end of speech (through a server: the server's
-        own figures, counted from its VAD's end of speech)."""
-        out = {}
-        for stage in STAGES:
-            if self.stamps.get(stage) and self.speech_end:
-                out[stage] = round((self.stamps[stage] - self.speech_end) * 1e3, 1)
-            else:
-                out[stage] = self.metrics.get(f"{stage}_ms")
-        return out

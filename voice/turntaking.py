@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from audio.vad import WINDOW_MS, Endpointer
+from audio.vad import WINDOW_MS, Endpointer, VadKind
 from voice.turnevents import (
     Action,
     ClientInterrupt,
@@ -156,16 +156,16 @@ class TurnTaker:
         self.now = w.t
         actions: list[Action] = []
         for event in self.endpointer.update(w.prob, w.t):
-            if event.kind == "speech_start":
+            if event.kind is VadKind.SPEECH_START:
                 actions += self._speech_start(w)
             elif self.utterance is None:
                 continue
-            elif event.kind == "first_silence":
+            elif event.kind is VadKind.FIRST_SILENCE:
                 self.utterance.last_voiced_t = event.speech_end_t
                 self.utterance.silent_since_t = event.t
-            elif event.kind == "speech_resumed":
+            elif event.kind is VadKind.SPEECH_RESUMED:
                 actions += self._resumed()
-            elif event.kind == "speech_end":  # the longest silence any turn waits
+            elif event.kind is VadKind.SILENCE_LIMIT:  # the longest silence any turn waits
                 self.utterance.endpoint_due = True
         if self.utterance is not None:
             if self.utterance.silent_since_t is None:

@@ -1,34 +1,28 @@
-"""A protocol client: streams a WAV to a running server in real time and times the turn.
+"""A protocol client: opens a session on a running server and says why one ended.
 
-In: a `ws://…/ws` URL (or an open session) and a WAV path. Out: a `TurnRecord` (as
-in-process `voice bench`): the turn gap is measured here, on the client — first reply
-audio received minus the time the last voiced sample was sent. A worker that drains closes
-the session with 1001 (going away): `spoken_turn` raises `ServerGoingAway` and the caller
-opens a new session (through a balancer, on another worker) and says the turn again;
-`open_session` retries a worker that answers 503 (loading or draining) or drops the handshake.
-A connection that drops without a close (a worker or balancer killed) raises `SessionDropped`
-(say the turn again on a new session, as for 1001); when nothing accepts connections any more
-`open_session` raises `ServerLost`.
+In: a `ws://…/ws` URL (and the server's shared secret, if it has one). Out: an open websocket
+after the server's `ready`, or the error the caller acts on. `open_session` retries a worker
+that answers 503 (loading or draining) or drops the handshake. A worker that drains closes the
+session with 1001 (going away): `closed_error` turns that into `ServerGoingAway` and the caller
+opens a new session (through a balancer, on another worker) and goes on. A connection that
+drops without a close (a worker or balancer killed) is `SessionDropped` (the same remedy); when
+nothing accepts connections any more `open_session` raises `ServerLost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from pathlib import Path
 
-import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from audio.pacing import feed_realtime
-from audio.wavio import float_to_pcm16, read_wav
+from audio.frames import SAMPLE_RATE_HZ
 from voice.errors import VoiceError
-from voice.turns import TurnRecord
 from web.drain import GOING_AWAY
+from web.protocol import Decoder, ErrorReport, MessageType, ProtocolError, Ready
 
-START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
+START = {"type": MessageType.START, "sample_rate": SAMPLE_RATE_HZ, "format": "pcm_s16le", "channels": 1}
 
 
 OPEN_TRIES = 20  # a fleet's balancer needs a health check or two to take a draining worker out
@@ -82,16 +76,20 @@ async def _start_session(url: str, timeout_s: float, token: str | None = None) -
     ws = await connect(url, max_size=None, additional_headers=auth_headers(token))
     try:
         await ws.send(json.dumps(START))
-        ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+        ready = Decoder().decode(await asyncio.wait_for(ws.recv(), timeout_s))
     except ConnectionClosed as err:
         if is_going_away(err):
             raise ServerGoingAway("the worker went away before the session started") from None
         if is_dropped(err):
             raise SessionDropped("the connection dropped before the session started") from None
         raise
-    if ready.get("type") != "ready":
+    except ProtocolError as err:
         await ws.close()
-        raise ServerError(f"server did not start the session: {ready}")
+        raise ServerError(f"the server's answer to `start` is not the protocol's: {err}") from None
+    if not isinstance(ready, Ready):
+        await ws.close()
+        why = f"{ready.code}: {ready.message}" if isinstance(ready, ErrorReport) else repr(ready)
+        raise ServerError(f"server did not start the session: {why}")
     return ws
 
 
@@ -100,49 +98,7 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-async def spoken_turn(ws: ClientConnection, path: Path, audio: np.ndarray | None = None) -> TurnRecord:
-    """One spoken turn on an open session, fed in real time."""
-    record, done = TurnRecord(str(path)), asyncio.Event()
-
-    async def receive() -> None:
-        while True:
-            message = await ws.recv()
-            if isinstance(message, bytes):
-                if not record.first_audio:
-                    record.first_audio = time.perf_counter()
-                continue
-            msg = json.loads(message)
-            if msg["type"] == "transcript" and msg["final"]:
-                record.transcript = msg["text"]
-                if not msg["text"]:
-                    break
-            elif msg["type"] == "turn_end":
-                record.reply, record.metrics = msg.get("reply", ""), msg["metrics"]
-                break
-            elif msg["type"] == "error":
-                raise ServerError(f"server error {msg['code']}: {msg['message']}")
-        done.set()
-
-    receiver = asyncio.ensure_future(receive())
-
-    async def send(frame: np.ndarray) -> None:
-        if receiver.done():
-            done.set()
-            return
-        await ws.send(float_to_pcm16(frame).tobytes())
-
-    try:
-        record.speech_end = await feed_realtime(send, read_wav(path) if audio is None else audio, done)
-    except ConnectionClosed as err:
-        receiver.cancel()
-        raise _closed(err) from None
-    if receiver.done() and (err := receiver.exception()):
-        raise _closed(err) if isinstance(err, ConnectionClosed) else err
-    receiver.cancel()
-    return record
-
-
-def _closed(err: ConnectionClosed) -> Exception:
+def closed_error(err: ConnectionClosed) -> Exception:
     """A closed socket as the error the caller acts on: `ServerGoingAway` for 1001, `SessionDropped`
     for a connection that ended without a close frame."""
     if is_going_away(err):
@@ -155,16 +111,3 @@ def _closed(err: ConnectionClosed) -> Exception:
 def is_dropped(err: BaseException) -> bool:
     """A socket that ended without a close frame from the server (its process or the balancer died)."""
     return isinstance(err, ConnectionClosed) and err.rcvd is None
-
-
-async def run_server_turn(url: str, path: Path) -> TurnRecord:
-    """One spoken turn on a fresh session."""
-    ws = await open_session(url)
-    try:
-        return await spoken_turn(ws, path)
-    finally:
-        try:
-            await ws.send(json.dumps({"type": "stop"}))
-        except ConnectionClosed:  # the turn's own error (if any) says why
-            pass
-        await ws.close()

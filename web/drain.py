@@ -1,7 +1,7 @@
 """Graceful drain: when a session may be closed without cutting a turn, and when a worker is ready.
 
-In: the protocol messages of one session as the server sends and receives them, and the
-worker's state (models loaded, draining, open sessions). Out: `TurnTracker.busy` (a turn has
+In: the events of one session as the server sends them (and the typed turns it receives), and
+the worker's state (models loaded, draining, open sessions). Out: `TurnTracker.busy` (a turn has
 begun and its `turn_end` has not been sent) and `readiness()` (what `/healthz` answers).
 Pure rules, no I/O: the server carries them out (SIGTERM → unready at once, close each
 session with 1001 at its first turn boundary, the rest at `server.drain_timeout_s`).
@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from voice.session_events import Speech, VadState
+from web.protocol import ServerEvent, ends_turn
+
 GOING_AWAY = 1001  # RFC 6455 "going away": the client reconnects (through the balancer: another worker)
 
 
 class TurnTracker:
-    """Whether one session is inside a turn, from the messages that crossed its socket.
+    """Whether one session is inside a turn, from the events that crossed its socket.
 
-    A turn begins when the user's speech starts (`vad` speech_start sent) or a `text` turn
-    arrives; it ends when its `turn_end` is sent, when the final transcript is empty (not
-    speech: no reply follows) or when the turn fails (`error` turn_failed / asr_failed).
+    A turn begins when the user's speech starts (`VadState` `Speech.START` sent) or a `text` turn
+    arrives; it ends with the first event that closes it (`web.protocol.ends_turn`: its
+    `turn_end`, its failure, or an empty final transcript — not speech, no reply follows).
     """
-
-    ENDING_ERRORS = ("turn_failed", "asr_failed")
 
     def __init__(self) -> None:
         self.busy = False
@@ -31,16 +32,11 @@ class TurnTracker:
         """A typed turn arrived."""
         self.busy = True
 
-    def sent(self, message: dict) -> None:
-        """A JSON message went out to the client (binary audio does not change the state)."""
-        kind = message.get("type")
-        if kind == "vad" and message.get("state") == "speech_start":
+    def sent(self, event: ServerEvent) -> None:
+        """An event went out to the client."""
+        if isinstance(event, VadState) and event.state is Speech.START:
             self.busy = True
-        elif kind == "turn_end":
-            self.busy = False
-        elif kind == "transcript" and message.get("final") and not message.get("text"):
-            self.busy = False
-        elif kind == "error" and message.get("code") in self.ENDING_ERRORS:
+        elif ends_turn(event):
             self.busy = False
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -33,14 +32,12 @@ from voice.config import Config
 from voice.errors import VoiceError
 from voice.models import LLM_DIR, PIPER_VOICE, WHISPER_DIR
 from voice.pipeline import VoiceSession
-from voice.session_events import (
-    log_line,
-)
+from voice.session_events import TurnEnd, TurnFailed, log_line
 from voice.stack import Stack
 from web.auth import server_token, token_refusal, warn_if_exposed
 from web.drain import GOING_AWAY, TurnTracker, may_close, readiness
 from web.metrics import ServerMetrics, rss_bytes
-from web.protocol import AudioInput, ProtocolError, event_message, parse_message, turn_text
+from web.protocol import AudioInput, ErrorReport, MessageType, ProtocolError, Ready, encode, parse_message, turn_text
 from web.routes import get_response
 
 log = logging.getLogger(__name__)
@@ -163,14 +160,7 @@ class VoiceServer:
 
     def ready_message(self, sid: str) -> str:
         """The `ready` event: the session id, the reply audio's rate and the active configuration."""
-        return json.dumps(
-            {
-                "type": "ready",
-                "session": sid,
-                "output_sample_rate": self.stack.tts.rate_hz,
-                "config": self.active_config(),
-            }
-        )
+        return encode(Ready(sid, self.stack.tts.rate_hz, self.active_config()))
 
     def active_config(self) -> dict:
         """What the page shows read-only: the models, drafter, controller, device and matmul layout."""
@@ -201,7 +191,7 @@ class VoiceServer:
             pass
         except Exception:  # never let one session's bug take the server down
             log.exception(log_line("session_failed", session=conn.sid))
-            await _send_quietly(ws, {"type": "error", "code": "internal", "message": "internal error; session closed"})
+            await _send_quietly(ws, ErrorReport("internal", "internal error; session closed"))
         finally:
             self.sessions.pop(conn.sid, None)
             watcher.cancel()
@@ -218,15 +208,8 @@ class VoiceServer:
             return True
         if len(self.sessions) >= self.cfg.server.max_sessions:
             self.metrics.sessions_refused.labels("full").inc()
-            await ws.send(
-                json.dumps(
-                    {
-                        "type": "error",
-                        "code": "server_full",
-                        "message": f"the server is full ({self.cfg.server.max_sessions} sessions); try again later",
-                    }
-                )
-            )
+            full = f"the server is full ({self.cfg.server.max_sessions} sessions); try again later"
+            await ws.send(encode(ErrorReport("server_full", full)))
             await ws.close(1013, "server full")
             return True
         return False
@@ -237,39 +220,37 @@ class VoiceServer:
             try:
                 message = await asyncio.wait_for(ws.recv(), self.cfg.server.idle_timeout_s)
             except asyncio.TimeoutError:
-                await ws.send(
-                    json.dumps({"type": "error", "code": "idle_timeout", "message": "no message for too long; closing"})
-                )
+                await ws.send(encode(ErrorReport("idle_timeout", "no message for too long; closing")))
                 return
             try:
                 if isinstance(message, bytes):
                     if conn.session is None or conn.audio_in is None:
                         raise ProtocolError("not_started", "send a `start` message before audio")
                     await conn.session.feed_audio(conn.audio_in.decode(message))
-                elif await self._on_json(conn, parse_message(message)) == "stop":
+                elif await self._on_json(conn, parse_message(message)) is MessageType.STOP:
                     return
             except ProtocolError as err:
-                await ws.send(json.dumps({"type": "error", "code": err.code, "message": str(err)}))
+                await ws.send(encode(ErrorReport(err.code, str(err))))
 
-    async def _on_json(self, conn: _Connection, msg: dict) -> str | None:
+    async def _on_json(self, conn: _Connection, msg: dict) -> MessageType | None:
         kind = msg["type"]
-        if kind == "start":
+        if kind == MessageType.START:
             if conn.session is not None:
                 raise ProtocolError("already_started", "the session has already started")
             conn.audio_in = AudioInput(msg, self.cfg.server.max_message_bytes)
             conn.session = self.session_factory(self.stack, self.cfg, session_id=conn.sid)
             conn.sender = asyncio.ensure_future(self._send_events(conn))
             await conn.ws.send(self.ready_message(conn.sid))
-        elif conn.session is None and kind in ("text", "interrupt"):
+        elif conn.session is None and kind in (MessageType.TEXT, MessageType.INTERRUPT):
             raise ProtocolError("not_started", "send a `start` message first")
-        elif kind == "text":
+        elif kind == MessageType.TEXT:
             text = turn_text(msg)
             conn.turn.received_text_turn()
             await conn.session.user_text(text)
-        elif kind == "interrupt":
+        elif kind == MessageType.INTERRUPT:
             await conn.session.interrupt()
-        elif kind == "stop":
-            return "stop"
+        elif kind == MessageType.STOP:
+            return MessageType.STOP
         else:
             raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
         return None
@@ -277,15 +258,12 @@ class VoiceServer:
     async def _send_events(self, conn: _Connection) -> None:
         try:
             while True:
-                msg = event_message(await conn.session.events.get())
-                if isinstance(msg, bytes):
-                    await conn.ws.send(msg)
-                    continue
-                await conn.ws.send(json.dumps(msg))
-                conn.turn.sent(msg)
-                if msg["type"] == "turn_end":
-                    self.metrics.turn_ended(msg["metrics"])
-                elif msg["type"] == "error" and msg["code"] in TurnTracker.ENDING_ERRORS:
+                event = await conn.session.events.get()
+                await conn.ws.send(encode(event))
+                conn.turn.sent(event)
+                if isinstance(event, TurnEnd):
+                    self.metrics.turn_ended(event.metrics.as_dict())
+                elif isinstance(event, TurnFailed):
                     self.metrics.turns.labels("failed").inc()
         except ConnectionClosed:
             pass
@@ -363,9 +341,9 @@ class VoiceServer:
             await self.stopped.wait()
 
 
-async def _send_quietly(ws: ServerConnection, msg: dict) -> None:
+async def _send_quietly(ws: ServerConnection, event: ErrorReport) -> None:
     try:
-        await ws.send(json.dumps(msg))
+        await ws.send(encode(event))
     except ConnectionClosed:
         pass
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from audio.frames import AudioFrame, Reframer, last_voiced_sample
-from audio.vad import Endpointer
+from audio.frames import AudioFrame, Reframer
+from audio.vad import Endpointer, VadKind
 
 
 def run(probs, **kw):
@@ -11,29 +11,28 @@ def run(probs, **kw):
 
 def test_endpoint_after_configured_silence():
     events = run([0.9] * 10 + [0.0] * 12, end_silence_ms=300, min_speech_ms=96)
-    assert events == [(2, "speech_start"), (10, "first_silence"), (19, "speech_end")]
+    assert events == [(2, VadKind.SPEECH_START), (10, VadKind.FIRST_SILENCE), (19, VadKind.SILENCE_LIMIT)]
 
 
 def test_short_blip_is_not_speech_and_a_pause_resumes():
     assert run([0.9, 0.9, 0.0, 0.0] * 3, min_speech_ms=150) == []
     events = run([0.9] * 8 + [0.0] * 4 + [0.9] * 4 + [0.0] * 12, end_silence_ms=300, min_speech_ms=96)
     kinds = [k for _, k in events]
-    assert kinds == ["speech_start", "first_silence", "speech_resumed", "first_silence", "speech_end"]
+    assert kinds == [
+        VadKind.SPEECH_START,
+        VadKind.FIRST_SILENCE,
+        VadKind.SPEECH_RESUMED,
+        VadKind.FIRST_SILENCE,
+        VadKind.SILENCE_LIMIT,
+    ]
 
 
 def test_hysteresis_keeps_soft_syllables_in_speech():
     events = run([0.9] * 6 + [0.4] * 20 + [0.0] * 12, threshold=0.5, end_silence_ms=300, min_speech_ms=96)
-    assert [i for i, k in events if k == "first_silence"] == [26]
+    assert [i for i, k in events if k is VadKind.FIRST_SILENCE] == [26]
 
 
 def test_reframer_cuts_exact_windows():
     r = Reframer(512)
     out = r.push(AudioFrame(np.ones(700, np.float32), 1.0)) + r.push(AudioFrame(np.ones(400, np.float32), 2.0))
     assert [len(w.samples) for w in out] == [512, 512] and [w.t for w in out] == [1.0, 2.0]
-
-
-def test_last_voiced_sample_from_energy():
-    x = np.zeros(16000, np.float32)
-    x[4000:8000] = 0.5 * np.sin(np.arange(4000) / 5)
-    assert 7800 <= last_voiced_sample(x) <= 8000
-    assert last_voiced_sample(np.zeros(100, np.float32)) == 0

@@ -17,7 +17,7 @@ from commands.hesitation import (
     run_result,
     word_boundary,
 )
-from voice.turns import TurnRecord
+from commands.turn_record import TurnRecord
 
 RATE = 16000
 

@@ -50,9 +50,9 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
 
 def test_only_user_facing_errors_become_one_line_errors(tmp_path, capsys, monkeypatch):
     from commands import cli
+    from commands.smart_turn import SmartTurnNotInstalled
     from commands.talk import DeviceError
     from voice.errors import VoiceError
-    from voice.smart_turn import SmartTurnNotInstalled
     from voice.tts import TTSError
     from web.client import ServerError
     from web.protocol import ProtocolError

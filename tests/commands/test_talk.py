@@ -21,6 +21,21 @@ def test_bad_input_device_is_a_clear_error():
     assert "--input-wav" in out.stderr
 
 
+def test_a_server_that_is_not_a_websocket_url_is_a_usage_error(capsys):
+    from commands.cli import main
+    from commands.cli_args import UsageError
+    from commands.talk import talk_command
+    from voice.config import load_config
+
+    assert main(["talk", "--server", "http://127.0.0.1:8765/"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "error: --server must be a ws:// or wss:// URL, got 'http://127.0.0.1:8765/'"
+    )
+    args = type("Args", (), {"server": "127.0.0.1:8765", "input_device": None, "output_device": None})
+    with pytest.raises(UsageError):
+        talk_command(args, load_config())
+
+
 def test_devices_lists_or_says_there_are_none():
     out = run_cli("devices")
     assert out.returncode in (0, 2) and "Traceback" not in out.stderr

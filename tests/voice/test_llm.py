@@ -45,3 +45,12 @@ def test_a_prompt_ending_in_an_assistant_message_continues_it(stack):
     start = llm.chat_ids(question)
     assert ids[: len(start)] == start and llm.tokenizer.decode(ids[len(start) :]) == answer
     assert llm.end_of_user_id not in ids[len(start) :]
+
+
+@pytest.mark.slow
+def test_llm_end_of_turn_prob_is_low_mid_sentence_and_high_after_a_question(stack):
+    cut = stack.llm.end_of_turn_prob([{"role": "user", "content": "Can you tell me the name of the"}])
+    full = stack.llm.end_of_turn_prob([{"role": "user", "content": "Can you tell me the name of the largest ocean?"}])
+    # measured (P(end or closing punctuation) on the words without whisper's '?'): 0.0 vs 0.041
+    assert cut < 0.005 < 0.02 < full
+    assert stack.llm.end_of_turn_prob([{"role": "user", "content": "What is the capital of France?"}]) > 0.5

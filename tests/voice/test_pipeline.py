@@ -10,7 +10,7 @@ from audio.wavio import read_wav
 from guards import HANG_GUARD_S
 from voice.config import load_config
 from voice.pipeline import VoiceSession
-from voice.session_events import AudioOut, AudioStart, Transcript, TurnEnd, TurnError, VadState
+from voice.session_events import AudioOut, AudioStart, Speech, Transcript, TurnEnd, TurnFailed, VadState
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +46,14 @@ def test_spoken_question_gets_transcript_reply_audio_and_consistent_metrics(stac
         session = VoiceSession(stack, load_config())
         audio = np.concatenate([silence(0.3), read_wav(question_wav), silence(3.0)])
         feeder = asyncio.ensure_future(feed(session, audio))
-        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)))
+        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnFailed)))
         feeder.cancel()
         await session.close()
         return events
 
     events = asyncio.run(main())
     kinds = [type(e).__name__ for e in events]
-    assert "TurnError" not in kinds
+    assert "TurnFailed" not in kinds
     finals = [e.text for e in events if isinstance(e, Transcript) and e.final]
     assert finals and "capital of france" in finals[0].lower()
     assert kinds.index("AudioStart") < kinds.index("AudioOut") < kinds.index("TurnEnd")
@@ -96,7 +96,7 @@ def test_barge_in_stops_the_reply_and_the_new_turn_proceeds(stack, tmp_path, cap
     assert any(k == "event=reply_stopped" for k in kinds), lines
     assert any(line.startswith("event=turn_end") and "interrupted=true" in line for line in lines), lines
     assert any(line.startswith("event=turn_end") and "interrupted=false" in line for line in lines), lines
-    start = next(e for e in events if isinstance(e, VadState) and e.state == "speech_start")  # the barge-in
+    start = next(e for e in events if isinstance(e, VadState) and e.state is Speech.START)  # the barge-in
     cut = next(e for e in events if isinstance(e, TurnEnd))
     assert cut.metrics.interrupted
     # stopped in the window that started the user's speech (the pure rule: test_turntaking's
@@ -129,15 +129,15 @@ def test_a_failing_tts_ends_that_turn_with_an_error_and_the_session_goes_on(stac
     async def main():
         session = VoiceSession(stack, load_config())
         await session.user_text("Say hello.")
-        first = await collect_until(session, lambda e: isinstance(e, (TurnError, TurnEnd)))
+        first = await collect_until(session, lambda e: isinstance(e, (TurnFailed, TurnEnd)))
         await session.user_text("What is the capital of France?")
-        second = await collect_until(session, lambda e: isinstance(e, (TurnError, TurnEnd)))
+        second = await collect_until(session, lambda e: isinstance(e, (TurnFailed, TurnEnd)))
         await session.close()
         return first[-1], second[-1]
 
     monkeypatch.setattr(stack.tts, "synthesize", flaky)
     failed, ok = asyncio.run(main())
-    assert isinstance(failed, TurnError) and failed.code == "turn_failed" and "simulated" in failed.message
+    assert isinstance(failed, TurnFailed) and failed.code == "turn_failed" and "simulated" in failed.message
     assert isinstance(ok, TurnEnd) and "paris" in ok.metrics.reply.lower()
 
 
@@ -173,7 +173,7 @@ def test_a_cough_or_a_door_slam_never_starts_a_reply(stack, vad_threshold):
 
     events = asyncio.run(main())
     if vad_threshold < 0.5:  # the VAD did fire: what stopped the reply is the empty transcript
-        assert [e.state for e in events if isinstance(e, VadState)][:2] == ["speech_start", "speech_end"], events
+        assert [e.state for e in events if isinstance(e, VadState)][:2] == [Speech.START, Speech.ENDPOINT], events
         assert [e for e in events if isinstance(e, Transcript) and e.final and not e.text], events
     assert not [e for e in events if isinstance(e, (AudioStart, AudioOut, TurnEnd))], events
     assert not [e for e in events if isinstance(e, Transcript) and e.final and e.text], events
@@ -186,7 +186,7 @@ def _ask(stack, wav, cfg=None):
         session = VoiceSession(stack, cfg or load_config())
         audio = np.concatenate([silence(0.3), read_wav(wav), silence(3.0)])
         feeder = asyncio.ensure_future(feed(session, audio))
-        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError)))
+        events = await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnFailed)))
         feeder.cancel()
         await session.close()
         return events
@@ -246,7 +246,7 @@ def test_a_budget_ended_reply_ends_on_a_sentence_and_tell_me_more_continues_it(s
         turns = []
         for text in ("Why is the sky blue?", "Tell me more."):
             await session.user_text(text)
-            turns.append(await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnError))))
+            turns.append(await collect_until(session, lambda e: isinstance(e, (TurnEnd, TurnFailed))))
             while not session.idle:  # the reply finished (a typed turn during one would stop it)
                 await asyncio.sleep(0.05)
         history = list(session.conversation.turns)

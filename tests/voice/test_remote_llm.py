@@ -210,7 +210,7 @@ def test_a_session_with_the_openai_backend_speaks_the_servers_reply(stack, serve
 
     from voice.config import load_config
     from voice.pipeline import VoiceSession
-    from voice.session_events import AudioOut, ReplyText, TurnEnd, TurnError
+    from voice.session_events import AudioOut, ReplyText, TurnEnd, TurnFailed
 
     cfg = load_config(None, ["llm.backend=openai", f"llm.base_url={server.url}"])
     remote = remote_replies(cfg, stack.llm.token_ids)
@@ -220,7 +220,7 @@ def test_a_session_with_the_openai_backend_speaks_the_servers_reply(stack, serve
         session = VoiceSession(openai_stack, cfg)
         await session.user_text("What is the capital of France?")
         events = []
-        while not isinstance(events[-1] if events else None, (TurnEnd, TurnError)):
+        while not isinstance(events[-1] if events else None, (TurnEnd, TurnFailed)):
             events.append(await asyncio.wait_for(session.events.get(), 60))
         history = list(session.conversation.turns)
         await session.close()

@@ -1,4 +1,4 @@
-from voice.session_events import ReplyText, TurnError, VadState, dispatch
+from voice.session_events import ReplyText, Speech, TurnFailed, VadState, dispatch
 
 
 def test_dispatch_calls_the_handler_of_the_events_type_only():
@@ -7,10 +7,10 @@ def test_dispatch_calls_the_handler_of_the_events_type_only():
         VadState: lambda e: seen.append(("vad", e.state)) or "vad",
         ReplyText: lambda e: seen.append(("reply", e.text)) or "reply",
     }
-    assert dispatch(VadState("speech_start", 1.0), handlers) == "vad"
+    assert dispatch(VadState(Speech.START, 1.0), handlers) == "vad"
     assert dispatch(ReplyText("Paris.", 2.0), handlers) == "reply"
-    assert dispatch(TurnError("asr_failed", "boom"), handlers) is None  # no handler: nothing runs
-    assert seen == [("vad", "speech_start"), ("reply", "Paris.")]
+    assert dispatch(TurnFailed("asr_failed", "boom"), handlers) is None  # no handler: nothing runs
+    assert seen == [("vad", Speech.START), ("reply", "Paris.")]
 
 
 def test_log_line_is_key_value_with_quoted_text():

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from voice.config import load_config
-from voice.session_events import AudioOut, AudioStart, ReplyText, Transcript, TurnEnd, VadState
+from voice.session_events import AudioOut, AudioStart, ReplyText, Speech, Transcript, TurnEnd, VadState
 from voice.tts import AudioChunk
 from voice.turns import TurnMetrics
 from web.server import VoiceServer
@@ -48,7 +48,7 @@ class ScriptedSession:
 
     async def _reply(self, text: str) -> None:
         t = time.perf_counter()
-        await self.events.put(VadState("speech_start", t))  # as a spoken turn would
+        await self.events.put(VadState(Speech.START, t))  # as a spoken turn would
         await self.events.put(Transcript(text, True, t))
         while self.stack.hold.is_set():
             await asyncio.sleep(0.01)

@@ -11,7 +11,10 @@ from scripted import serving
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from voice.session_events import Speech, Transcript, TurnEnd, TurnFailed, VadState
+from voice.turns import TurnMetrics
 from web.drain import TurnTracker, may_close, readiness
+from web.protocol import ErrorReport
 
 START = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", "channels": 1}
 TIMEOUT_S = 30  # generous: the assertions are about what happens, not how fast
@@ -58,21 +61,21 @@ def metric(text: str, name: str, labels: dict | None = None) -> float:
 def test_a_turn_runs_from_speech_start_or_text_to_turn_end_or_an_empty_final():
     t = TurnTracker()
     assert not t.busy
-    t.sent({"type": "vad", "state": "speech_start"})
-    t.sent({"type": "transcript", "final": False, "text": "what is"})
-    t.sent({"type": "vad", "state": "speech_end"})
+    t.sent(VadState(Speech.START, 1.0))
+    t.sent(Transcript("what is", False, 1.1))
+    t.sent(VadState(Speech.ENDPOINT, 1.2))
     assert t.busy
-    t.sent({"type": "turn_end", "metrics": {}})
+    t.sent(TurnEnd(TurnMetrics()))
     assert not t.busy
     t.received_text_turn()
     assert t.busy
-    t.sent({"type": "error", "code": "turn_failed", "message": "x"})
+    t.sent(TurnFailed("turn_failed", "x"))
     assert not t.busy
-    t.sent({"type": "vad", "state": "speech_start"})
-    t.sent({"type": "transcript", "final": True, "text": ""})  # a cough: no reply follows
+    t.sent(VadState(Speech.START, 2.0))
+    t.sent(Transcript("", True, 2.1))  # a cough: no reply follows
     assert not t.busy
-    t.sent({"type": "vad", "state": "speech_start"})
-    t.sent({"type": "error", "code": "bad_frame", "message": "x"})  # a bad frame does not end the turn
+    t.sent(VadState(Speech.START, 3.0))
+    t.sent(ErrorReport("bad_frame", "x"))  # a bad frame does not end the turn
     assert t.busy
 
 

@@ -62,9 +62,7 @@ def test_spoken_question_gets_events_in_order(server_url, question_wav):
         "audio" if isinstance(m, bytes) else m["type"] + ("/" + m.get("state", "") if m["type"] == "vad" else "")
         for m in msgs
     ]
-    order = [
-        kinds.index(k) for k in ("vad/speech_start", "vad/speech_end", "reply", "audio_start", "audio", "turn_end")
-    ]
+    order = [kinds.index(k) for k in ("vad/speech_start", "vad/endpoint", "reply", "audio_start", "audio", "turn_end")]
     assert order == sorted(order), kinds
     final = next(m for m in msgs if isinstance(m, dict) and m["type"] == "transcript" and m["final"])
     assert "capital of france" in final["text"].lower()

@@ -100,11 +100,11 @@ function onEvent(msg) {
       $('talk').disabled = false;
       setStatus(talking ? 'Connected.' : 'Connected — press “Talk” (or Space) and ask a question.', 'live');
       break;
-    case 'vad':
+    case 'vad':  // the user began speaking, or the server decided they finished (the endpoint)
       if (msg.state === 'speech_start') {
         if (settings.bargeIn) flushPlayback();  // barge-in: the server stops the reply too
         state.set('hearing');
-      } else state.set('thinking');
+      } else if (msg.state === 'endpoint') state.set('thinking');
       break;
     case 'transcript':
       stats.transcripts.push(msg);

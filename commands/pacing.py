@@ -13,11 +13,18 @@ import time
 
 import numpy as np
 
-from audio.frames import last_voiced_sample, split_frames
+from audio.frames import SAMPLE_RATE_HZ
+from commands.speech_end import last_voiced_sample
 
 FRAME_MS = 20
 LEAD_SILENCE_S = 0.5
 TURN_TIMEOUT_S = 60.0
+
+
+def split_frames(samples: np.ndarray, frame_ms: int = 20, rate_hz: int = SAMPLE_RATE_HZ) -> list[np.ndarray]:
+    """Cut a whole signal into `frame_ms` blocks (the last one may be shorter)."""
+    step = rate_hz * frame_ms // 1000
+    return [samples[i : i + step] for i in range(0, len(samples), step)]
 
 
 async def feed_marked(
@@ -33,14 +40,14 @@ async def feed_marked(
     `marks` names sample indices of `audio`; returns (and fills `fed_at` as it goes with)
     the perf_counter time each was fed. Gives up `timeout_s` after the audio.
     """
-    lead = np.zeros(int(16000 * LEAD_SILENCE_S), dtype=np.float32)
+    lead = np.zeros(int(SAMPLE_RATE_HZ * LEAD_SILENCE_S), dtype=np.float32)
     pending = sorted((len(lead) + sample, name) for name, sample in marks.items())
     fed_at = {} if fed_at is None else fed_at
     signal = np.concatenate([lead, audio])
-    silence = np.zeros(16000 * FRAME_MS // 1000, dtype=np.float32)
+    silence = np.zeros(SAMPLE_RATE_HZ * FRAME_MS // 1000, dtype=np.float32)
     frames = split_frames(signal, FRAME_MS)
     t0, fed, i = time.perf_counter(), 0, 0
-    deadline = t0 + len(signal) / 16000 + timeout_s
+    deadline = t0 + len(signal) / SAMPLE_RATE_HZ + timeout_s
     while not done.is_set() and time.perf_counter() < deadline:
         frame = frames[i] if i < len(frames) else silence
         i += 1

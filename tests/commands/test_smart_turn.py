@@ -1,30 +1,18 @@
-"""Smart Turn (audio end-of-turn), the LLM's end-of-turn score, and the eot_eval rules."""
+"""Smart Turn, the audio end-of-turn score that scripts/eot_eval.py compares with the LLM's."""
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from voice import smart_turn
-from voice.smart_turn import SmartTurn, SmartTurnNotInstalled, last_window, model_path
+from commands import smart_turn
+from commands.smart_turn import SmartTurn, SmartTurnNotInstalled, last_window, model_path
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@functools.cache
-def _eot_eval():
-    """scripts/eot_eval.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("eot_eval", ROOT / "scripts" / "eot_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_last_window_pads_at_the_start_so_the_turn_ends_at_the_end():
@@ -51,27 +39,6 @@ def test_missing_package_error_names_the_install_command(monkeypatch):
 def test_models_txt_pins_the_version_smart_turn_expects():
     pins = (ROOT / "scripts" / "models.txt").read_text().split()
     assert f"{smart_turn.PACKAGE}=={smart_turn.PACKAGE_VERSION}" in pins
-
-
-def test_auc_counts_ordered_pairs_and_half_ties():
-    auc = _eot_eval().auc
-    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
-    assert auc([0.1], [0.9]) == 0.0
-    assert auc([0.5, 0.9], [0.5]) == 0.75
-
-
-def test_required_silence_falls_linearly_from_max_to_min():
-    rule = _eot_eval().required_silence_ms
-    assert rule(0.01, 0.05, 0.5, 200, 1200) == 1200
-    assert rule(0.9, 0.05, 0.5, 200, 1200) == 200
-    assert rule(0.275, 0.05, 0.5, 200, 1200) == pytest.approx(700)
-
-
-def test_bare_strips_only_the_closing_punctuation():
-    bare = _eot_eval().bare
-    assert bare("Can you tell me the name of the...") == "Can you tell me the name of the"
-    assert bare("What is the capital of France?") == "What is the capital of France"
-    assert bare("No, that's all.") == "No, that's all"
 
 
 # ---- with models --------------------------------------------------------------------------
@@ -115,12 +82,3 @@ def test_smart_turn_features_match_pipecats_own_extractor(turn_model):
     theirs = features.compute_whisper_log_mel_features(last_window(audio, 8 * 16000))
     assert ours.shape == theirs.shape == (80, 800)
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_llm_end_of_turn_prob_is_low_mid_sentence_and_high_after_a_question(stack):
-    cut = stack.llm.end_of_turn_prob([{"role": "user", "content": "Can you tell me the name of the"}])
-    full = stack.llm.end_of_turn_prob([{"role": "user", "content": "Can you tell me the name of the largest ocean?"}])
-    # measured (P(end or closing punctuation) on the words without whisper's '?'): 0.0 vs 0.041
-    assert cut < 0.005 < 0.02 < full
-    assert stack.llm.end_of_turn_prob([{"role": "user", "content": "What is the capital of France?"}]) > 0.5

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from audio.frames import band_powers, last_voiced_sample, noise_floor
+from commands.speech_end import band_powers, last_voiced_sample, noise_floor
 
 RATE = 16000
 
@@ -102,3 +102,10 @@ def test_end_of_piper_question_in_noise(stack, snr_db):
         mix, clip_end = in_noise(speech, kind, snr_db)
         true_end = clip_end - len(speech) + audible_end(speech)
         assert abs(last_voiced_sample(mix) - true_end) <= 0.060 * RATE, kind
+
+
+def test_last_voiced_sample_from_energy():
+    x = np.zeros(16000, np.float32)
+    x[4000:8000] = 0.5 * np.sin(np.arange(4000) / 5)
+    assert 7800 <= last_voiced_sample(x) <= 8000
+    assert last_voiced_sample(np.zeros(100, np.float32)) == 0

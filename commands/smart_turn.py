@@ -8,7 +8,8 @@ normalised to zero mean / unit variance) under the input name `input_features`; 
 output (named `logits`) is already a sigmoid probability. Cost: the log-mel features and one
 ONNX encoder pass on one onnxruntime thread, pipecat's default (measured: docs/benchmarks.md).
 The 8.7 MB model ships in the `pipecat-ai` wheel (BSD-2), installed with
---no-deps from scripts/models.txt.
+--no-deps from scripts/models.txt. Not in the pipeline: `scripts/eot_eval.py` compares it with
+the LLM's end-of-turn score (docs/benchmarks.md says why the pipeline goes without it).
 """
 
 from __future__ import annotations
