@@ -12,12 +12,27 @@ emits in expectation
 and costs T(k) = k * c_draft + c_verify(k), where c_verify(0) is a plain decoding step.
 k = 0 wins whenever drafting does not pay; every `probe_every` steps at k = 0 a short
 draft is tried anyway so a stale estimate can recover.
+
+Trees (`branch` > 1 candidates per node, `decode.tree`): k is the node budget. With b_{j,r} the
+estimated probability that the target's token at level j is the drafter's rank-r candidate (given
+the path so far accepted; b_{j,1} = a_j), a node reached through ranks r_1..r_j is accepted with
+probability prod_i b_{i,r_i}, and
+
+    E[tokens | tree] = 1 + sum over its nodes of prod_{i<=j} b_{i,r_i}
+
+is largest for the k best nodes of the template in which every node has `branch` children
+(`tree_plan`, best-first; a chain when the ranks past the first are unlikely). A tree of depth d
+costs d draft levels: T(k) = d(k) * c_draft + c_verify(k). The wider the verify is dear, the more
+the chain of k = 1..2 wins (CPUs); where it is flat (GPUs), trees.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from decode.tree import TreeShape
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,9 @@ class StepStats:
     accepted_len: int
     draft_s: float
     verify_s: float | None  # None: the forward was shared with other sequences (its time is not this k's cost)
+    depth: int | None = None  # a tree's levels (None: a chain of draft_len)
+    tried: tuple[int, ...] | None = None  # a tree: per level along the accepted path, the children tried there
+    accepted_rank: tuple[int, ...] | None = None  # ... and the rank accepted there (1-based; 0: none)
 
 
 class Controller(Protocol):
@@ -35,17 +53,28 @@ class Controller(Protocol):
 
     def next_k(self) -> int: ...
 
+    def tree_shape(self, k: int) -> TreeShape:
+        """How k draft nodes grow (depth k, branch 1: a chain)."""
+        ...
+
     def update(self, stats: StepStats) -> None: ...
 
 
 @dataclass
 class FixedController:
-    """Always k (k = 0 is plain decoding)."""
+    """Always k (k = 0 is plain decoding); with `depth` < k and `branch` > 1, a tree of k nodes."""
 
     k: int
+    depth: int | None = None
+    branch: int = 1
 
     def next_k(self) -> int:
         return self.k
+
+    def tree_shape(self, k: int) -> TreeShape:
+        if self.branch <= 1 or self.depth is None:
+            return TreeShape(k, 1)
+        return TreeShape(min(self.depth, k), self.branch)
 
     def update(self, stats: StepStats) -> None:
         pass
@@ -60,6 +89,9 @@ class HeuristicController:
 
     def next_k(self) -> int:
         return self.k
+
+    def tree_shape(self, k: int) -> TreeShape:
+        return TreeShape(k, 1)
 
     def update(self, stats: StepStats) -> None:
         if stats.draft_len == 0:
@@ -77,6 +109,29 @@ def expected_tokens(acceptance: list[float], k: int) -> float:
         run *= a
         total += run
     return total
+
+
+def tree_plan(acceptance: list[list[float]], max_nodes: int) -> list[tuple[float, int]]:
+    """For every node budget N = 0..max_nodes: (E[tokens] of the best N-node tree, its depth).
+
+    acceptance[j][r] = b_{j+1,r+1}: P(the target's token at level j + 1 is the drafter's rank-(r+1)
+    candidate | the path so far accepted). The template gives every node len(acceptance[j]) children;
+    a node's value is prod b along its path, E = 1 + the sum of the chosen values, and since values
+    shrink along a path the best N nodes (best-first) form a tree.
+    """
+    plan = [(1.0, 0)]
+    heap = [(-b, 1, r) for r, b in enumerate(acceptance[0])] if acceptance else []
+    heapq.heapify(heap)
+    total, depth = 1.0, 0
+    while heap and len(plan) <= max_nodes:
+        value, level, _ = heapq.heappop(heap)
+        total -= value
+        depth = max(depth, level)
+        plan.append((total, depth))
+        if level < len(acceptance):
+            for r, b in enumerate(acceptance[level]):
+                heapq.heappush(heap, (value * b, level + 1, r))
+    return plan + [plan[-1]] * (max_nodes + 1 - len(plan))
 
 
 def interpolate_cost(costs: dict[int, float], k: int) -> float:
@@ -110,6 +165,11 @@ class AdaptiveController:
     step at the best k > 0 is tried (where the curve is flat it tests several positions at once);
     each probe that accepts nothing doubles the wait (up to 16x), one that accepts resets it, so a
     drafter that never pays costs one probe per 16 x `probe_every` plain steps.
+
+    With `branch` > 1, k is a tree's node budget and E[tokens | k] the best tree's (`tree_plan`);
+    the ranks past the first start at prior_accept * (1 - prior_accept)**(r - 1) (the r-th candidate
+    right as often, among the cases the ones before it missed, as the first is) and learn from the
+    trees verified. branch = 1 is exactly the chain rule.
     """
 
     k_max: int = 8
@@ -120,8 +180,11 @@ class AdaptiveController:
     prior_accept: float = 0.5
     prior_weight: float = 1.0
     cost_ema: float = 0.2
+    branch: int = 1  # candidates per tree node it may plan with (1: chains only)
     _hits: list[float] = field(default_factory=list)
     _trials: list[float] = field(default_factory=list)
+    _rank_hits: list[list[float]] = field(default_factory=list)  # [level][rank - 2], ranks 2..branch
+    _rank_trials: list[list[float]] = field(default_factory=list)
     _since_draft: int = 0
     _probe_gap: int = 0
     _probing: bool = False
@@ -130,6 +193,8 @@ class AdaptiveController:
     def __post_init__(self) -> None:
         self._hits = [0.0] * self.k_max
         self._trials = [0.0] * self.k_max
+        self._rank_hits = [[0.0] * (self.branch - 1) for _ in range(self.k_max)]
+        self._rank_trials = [[0.0] * (self.branch - 1) for _ in range(self.k_max)]
         self._probe_gap = self.probe_every
 
     def acceptance(self) -> list[float]:
@@ -137,14 +202,34 @@ class AdaptiveController:
         w = self.prior_weight
         return [(h + w * self.prior_accept) / (t + w) for h, t in zip(self._hits, self._trials)]
 
+    def rank_acceptance(self) -> list[list[float]]:
+        """Per level, b_{j,1..branch}: rank 1 is `acceptance`, the others decayed counts with the prior."""
+        w, a = self.prior_weight, self.prior_accept
+        return [
+            [first] + [(h + w * a * (1 - a) ** (r + 1)) / (t + w) for r, (h, t) in enumerate(zip(hits, trials))]
+            for first, hits, trials in zip(self.acceptance(), self._rank_hits, self._rank_trials)
+        ]
+
+    def plan(self) -> list[tuple[float, int]]:
+        """(E[tokens | k], draft levels) for k = 0..k_max: the best tree's (`tree_plan`), or the chain's."""
+        if self.branch > 1:
+            return tree_plan(self.rank_acceptance(), self.k_max)
+        acceptance = self.acceptance()
+        return [(expected_tokens(acceptance, k), k) for k in range(self.k_max + 1)]
+
+    def tree_shape(self, k: int) -> TreeShape:
+        if self.branch <= 1:
+            return TreeShape(k, 1)
+        return TreeShape(tree_plan(self.rank_acceptance(), k)[k][1], self.branch)
+
     def verify_cost(self, k: int) -> float:
         """c_verify(k) = load · shape(k)."""
         return self.load * interpolate_cost(self.verify_cost_s, k)
 
-    def score(self, k: int) -> float:
-        """Expected tokens per second at draft length k."""
-        cost = k * self.draft_cost_s + self.verify_cost(k)
-        return expected_tokens(self.acceptance(), k) / cost
+    def score(self, k: int, plan: list[tuple[float, int]] | None = None) -> float:
+        """Expected tokens per second at draft length (node budget) k."""
+        tokens, levels = (plan or self.plan())[k]
+        return tokens / (levels * self.draft_cost_s + self.verify_cost(k))
 
     @property
     def probe_due(self) -> bool:
@@ -152,10 +237,11 @@ class AdaptiveController:
         return self._since_draft >= self._probe_gap
 
     def next_k(self) -> int:
-        best = max(range(self.k_max + 1), key=self.score)
+        plan = self.plan()
+        best = max(range(self.k_max + 1), key=lambda k: self.score(k, plan))
         self._probing = best == 0 and self.probe_due and self.k_max > 0
         if self._probing:  # the best drafting k: where the cost curve is flat a probe tests several positions
-            return max(range(1, self.k_max + 1), key=self.score)
+            return max(range(1, self.k_max + 1), key=lambda k: self.score(k, plan))
         return best
 
     def update(self, stats: StepStats) -> None:
@@ -164,19 +250,29 @@ class AdaptiveController:
         if self._probing and k:
             self._probe_gap = self.probe_every if n else min(2 * self._probe_gap, 16 * self.probe_every)
         self._probing = False
-        # position j was tried iff all before it were accepted: j <= n, and j < k
-        for j in range(min(n + 1, k)):
-            self._hits[j] = self.decay * self._hits[j] + (1.0 if j < n else 0.0)
-            self._trials[j] = self.decay * self._trials[j] + 1.0
+        if stats.tried is None:  # a chain: position j was tried iff all before it were accepted: j <= n, and j < k
+            self._learn_ranks([1] * min(n + 1, k), [1] * n + [0])
+        else:
+            self._learn_ranks(stats.tried, stats.accepted_rank)
         if stats.verify_s is not None:
             self._learn_cost(k, stats.verify_s)
         if k:
-            per_token = stats.draft_s / k
+            per_token = stats.draft_s / (stats.depth or k)
             self.draft_cost_s = (
                 per_token
                 if self.draft_cost_s == 0
                 else ((1 - self.cost_ema) * self.draft_cost_s + self.cost_ema * per_token)
             )
+
+    def _learn_ranks(self, tried: list[int] | tuple[int, ...], accepted_rank: list[int] | tuple[int, ...]) -> None:
+        """Level j's node had tried[j] candidates and accepted its accepted_rank[j]-th (0: none)."""
+        for j, (m, rank) in enumerate(zip(tried[: self.k_max], accepted_rank)):
+            self._hits[j] = self.decay * self._hits[j] + (1.0 if rank == 1 else 0.0)
+            self._trials[j] = self.decay * self._trials[j] + 1.0
+            for r in range(2, min(m, self.branch) + 1):
+                hits, trials = self._rank_hits[j], self._rank_trials[j]
+                hits[r - 2] = self.decay * hits[r - 2] + (1.0 if rank == r else 0.0)
+                trials[r - 2] = self.decay * trials[r - 2] + 1.0
 
     def _learn_cost(self, k: int, seconds: float) -> None:
         if not self.verify_cost_s:
