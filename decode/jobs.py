@@ -24,7 +24,7 @@ from decode.controller import Controller, StepStats
 from decode.drafters import Draft, Drafter, can_branch, observe
 from decode.spans import Span, StableDetokenizer
 from decode.target import Forward, Target
-from decode.tree import TreeAccepted, greedy_accept_tree, is_chain, sample_accept_tree
+from decode.tree import TreeAccepted, TreeShape, greedy_accept_tree, is_chain, sample_accept_tree
 from decode.verify import Accepted, greedy_accept, probs_from_logits, sample_accept
 
 
@@ -43,6 +43,7 @@ class DecodeStats:
     """Totals for one reply."""
 
     steps: int = 0
+    tree_steps: int = 0  # steps that verified a draft tree
     tokens: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -54,13 +55,13 @@ class DecodeStats:
     tried_at: list[int] = field(default_factory=list)  # per draft position: times it was verified
     accepted_at: list[int] = field(default_factory=list)  # … and accepted
 
-    def record(self, draft_len: int, accepted_len: int, depth: int | None = None) -> None:
-        """Count one verify step of `draft_len` tokens over `depth` levels (None: a chain); level j
-        is verified iff all before it were accepted."""
+    def record(self, draft_len: int, accepted_len: int, levels: int | None = None) -> None:
+        """Count one verify step of `draft_len` tokens: position (a tree's level) j is verified iff all
+        before it were accepted; a tree says how many levels along its accepted path had children."""
         self.drafted += draft_len
         self.accepted += accepted_len
         self.draft_lens.append(draft_len)
-        for j in range(min(accepted_len + 1, draft_len if depth is None else depth)):
+        for j in range(min(accepted_len + 1, draft_len) if levels is None else levels):
             self._count(j, 1, int(j < accepted_len))
 
     def _count(self, position: int, tried: int, accepted: int) -> None:
@@ -73,6 +74,7 @@ class DecodeStats:
     def add(self, other: DecodeStats) -> None:
         """Accumulate another reply's totals (benchmarks sum over prompts)."""
         self.steps += other.steps
+        self.tree_steps += other.tree_steps
         self.tokens += other.tokens
         self.draft_s += other.draft_s
         self.verify_s += other.verify_s
@@ -250,7 +252,6 @@ class ReplyJob:
         self._draft_s = 0.0
         self.trees = can_branch(self.drafter, dec.target)
         self.parents: list[int] | None = None
-        self._depth: int | None = None
 
     @property
     def prefilling(self) -> bool:
@@ -277,20 +278,20 @@ class ReplyJob:
             self._primed = None
             if self.done:
                 return []
-        budget = self.settings.max_new_tokens - self.stats.tokens
+        budget = self.settings.max_new_tokens - self.stats.tokens  # a path of budget - 1 drafts at most
         k = self.controller.next_k() if k is None else k
-        k = max(0, min(k, budget - 1, self.room - len(self.ids) - 1))
+        k = max(0, min(k, self.room - len(self.ids) - 1))  # the cache holds every node fed
         t = time.perf_counter()
         shape = self.controller.tree_shape(k) if self.trees and k > 1 else None
-        self.parents = self._depth = None
-        if shape is not None and shape.branch > 1 and shape.depth < k:
+        self.parents = None
+        if shape is not None and shape.branch > 1 and budget > 1:
+            shape = TreeShape(min(shape.depth, budget - 1), shape.branch)
             self._draft = self._as_chain(self.drafter.propose_tree(self.ids, k, shape, self.dec.hidden))
             self.parents = self._draft.parents
         else:
+            k = max(0, min(k, budget - 1))
             self._draft = self.drafter.propose(self.ids, k, self.dec.hidden) if k else None
         self._tokens = self._draft.tokens[:k] if self._draft else []
-        if self.parents is not None:
-            self._depth = shape.depth
         self._draft_s = time.perf_counter() - t
         return [self.ids[-1]] + self._tokens
 
@@ -357,14 +358,14 @@ class ReplyJob:
                 n,
                 self._draft_s,
                 None if shared else seconds,
-                self._depth,
                 tuple(accepted.tried),
                 tuple(accepted.accepted_rank),
             )
         )
         st = self.stats
         st.steps += 1
-        st.record(len(tokens), n, self._depth)
+        st.tree_steps += 1
+        st.record(len(tokens), n, len(accepted.tried))
         st.draft_s += self._draft_s
         st.verify_s += seconds
         self._emit(accepted.tokens, len(tokens), n)

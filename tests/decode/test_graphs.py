@@ -125,7 +125,7 @@ def test_speculative_greedy_over_static_tree_steps_equals_plain_greedy(shape):
     dec = SpeculativeDecoder(target, ByteTokenizer(), RankedOracle(TARGET), ctl)
     got = [t for span in dec.generate(prompt, GenerationSettings(max_new_tokens=n)) for t in span.token_ids]
     assert got == plain_greedy(TARGET, prompt, n)
-    assert dec.stats.accepted > 0
+    assert dec.stats.accepted > 0 and dec.stats.tree_steps > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU (scripts/step_graphs.py)")

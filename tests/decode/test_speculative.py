@@ -414,6 +414,7 @@ def test_tree_speculative_greedy_equals_plain_greedy(drafter, shape, weight_majo
         got, dec = decode(target, tree_drafter(drafter), ctl, prompt, n)
         assert got == greedy_of(tuple(prompt), n), f"prompt {prompt}"
         assert dec.stats.drafted > 0
+        assert (dec.stats.tree_steps > 0) == (drafter in ("ranked", "mtp"))  # only these branch
 
 
 def test_trees_accepted_through_later_siblings_move_their_cache_rows_into_place():
@@ -440,7 +441,7 @@ def test_adaptive_trees_are_lossless_and_a_flat_verify_makes_them_branch():
     ctl.update = _ignore_timing(ctl.update)
     got, dec = decode(StaticLlamaTarget(TARGET, max_len=128), tree_drafter("ranked"), ctl, prompt, n)
     assert got == greedy_of(tuple(prompt), n)
-    assert ctl.tree_shape(ctl.next_k()).depth < ctl.next_k()  # it branches
+    assert dec.stats.tree_steps > dec.stats.steps / 2 and ctl.tree_shape(ctl.next_k()).branch == 3  # it branches
     assert dec.stats.mean_accepted > 1.5
 
 
@@ -450,7 +451,7 @@ def test_hf_target_falls_back_to_chains_and_stays_lossless(drafter):
     target = HFTarget(TARGET, feature_layers=(1,))
     got, dec = decode(target, tree_drafter(drafter), FixedController(6, depth=2, branch=3), prompt, 20)
     assert got == plain_greedy(TARGET, prompt, 20)
-    assert dec.stats.drafted > 0
+    assert dec.stats.drafted > 0 and dec.stats.tree_steps == 0
 
 
 def test_sampled_tree_replies_follow_the_targets_law_over_their_first_three_tokens():
@@ -469,14 +470,15 @@ def test_sampled_tree_replies_follow_the_targets_law_over_their_first_three_toke
     dec = SpeculativeDecoder(StaticLlamaTarget(TARGET, max_len=64), ByteTokenizer(), drafter, ctl, seed=3)
     s = GenerationSettings(max_new_tokens=3, temperature=temperature)
     counts = torch.zeros_like(law)
-    accepted = set()
+    accepted, trees = set(), 0
     vocab = TARGET.config.vocab_size
     for _ in range(n):
         spans = list(dec.generate(prompt, s))
         a, b, c = [t for sp in spans for t in sp.token_ids]
         counts[(a * vocab + b) * vocab + c] += 1
         accepted.add(spans[0].accepted_len)
-    assert accepted == {0, 1, 2}  # rejections at either level, and a whole path accepted
+        trees += dec.stats.tree_steps
+    assert accepted == {0, 1, 2} and trees >= n  # rejections at either level, a whole path accepted; trees
     cells = law * n >= 5
     observed = torch.cat([counts[cells], counts[~cells].sum()[None]])
     expected = torch.cat([law[cells], law[~cells].sum()[None]]) * n
