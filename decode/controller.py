@@ -187,6 +187,8 @@ class AdaptiveController:
     _rank_trials: list[list[float]] = field(default_factory=list)
     _tree_tokens: list[float] = field(default_factory=list)  # per k: decayed tokens that trees of k emitted
     _tree_steps: list[float] = field(default_factory=list)  # ... and decayed count of those steps
+    # `rates()` since the last update (next_k, then tree_shape, read it); not copied by dataclasses.replace
+    _rates: list | None = field(default=None, init=False, repr=False, compare=False)
     _since_draft: int = 0
     _probe_gap: int = 0
     _probing: bool = False
@@ -209,8 +211,9 @@ class AdaptiveController:
     def rank_acceptance(self) -> list[list[float]]:
         """Per level, b_{j,1..branch}: rank 1 is `acceptance`, the others decayed counts with the prior."""
         w, a = self.prior_weight, self.prior_accept
+        priors = [w * a * (1 - a) ** r for r in range(1, self.branch)]
         return [
-            [first] + [(h + w * a * (1 - a) ** (r + 1)) / (t + w) for r, (h, t) in enumerate(zip(hits, trials))]
+            [first] + [(h + p) / (t + w) for h, t, p in zip(hits, trials, priors)]
             for first, hits, trials in zip(self.acceptance(), self._rank_hits, self._rank_trials)
         ]
 
@@ -224,13 +227,21 @@ class AdaptiveController:
     def rates(self) -> list[tuple[float, TreeShape]]:
         """Per k = 0..k_max: expected tokens per second of the better of a chain and a tree of k nodes,
         and that shape (a tree grows as the drafter's confidence says, up to k levels)."""
-        chain = self.acceptance()
+        if self._rates is None:
+            self._rates = self._compute_rates()
+        return self._rates
+
+    def _compute_rates(self) -> list[tuple[float, TreeShape]]:
+        chain, run = [1.0], 1.0  # E[tokens | a chain of k] for every k in one pass (`expected_tokens`)
+        for a in self.acceptance():
+            run *= a
+            chain.append(chain[-1] + run)
         trees = self.tree_tokens() if self.branch > 1 else None
         tree_cost = self.tree_draft_cost_s or self.draft_cost_s
         out = []
         for k in range(self.k_max + 1):
             verify = self.verify_cost(k)
-            best = (expected_tokens(chain, k) / (k * self.draft_cost_s + verify), TreeShape(k, 1))
+            best = (chain[k] / (k * self.draft_cost_s + verify), TreeShape(k, 1))
             if trees is not None and k > 1 and (rate := trees[k] / (k * tree_cost + verify)) > best[0]:
                 best = (rate, TreeShape(k, self.branch))
             out.append(best)
@@ -263,6 +274,7 @@ class AdaptiveController:
         return best
 
     def update(self, stats: StepStats) -> None:
+        self._rates = None
         k, n = stats.draft_len, stats.accepted_len
         self._since_draft = 0 if k else self._since_draft + 1
         if self._probing and k:
