@@ -112,20 +112,20 @@ def expected_tokens(acceptance: list[float], k: int) -> float:
     return total
 
 
-def tree_plan(acceptance: list[list[float]], max_nodes: int) -> list[float]:
-    """For every node budget N = 0..max_nodes: E[tokens] of the best N-node tree.
+def tree_plan(acceptance: list[list[float]], max_nodes: int) -> list[tuple[float, int]]:
+    """For every node budget N = 0..max_nodes: (E[tokens] of the best N-node tree, its depth).
 
     acceptance[j][r] = b_{j+1,r+1}: P(the target's token at level j + 1 is the drafter's rank-(r+1)
     candidate | the path so far accepted). The template gives every node len(acceptance[j]) children;
     a node's value is prod b along its path, E = 1 + the sum of the chosen values, and since values
     shrink along a path the best N nodes (best-first) form a tree.
     """
-    plan = [1.0]
+    plan = [(1.0, 0)]
     heap = [(-b, 1, r) for r, b in enumerate(acceptance[0])] if acceptance else []
     heapq.heapify(heap)
     while heap and len(plan) <= max_nodes:
         value, level, _ = heapq.heappop(heap)
-        plan.append(plan[-1] - value)
+        plan.append((plan[-1][0] - value, max(plan[-1][1], level)))
         if level < len(acceptance):
             for r, b in enumerate(acceptance[level]):
                 heapq.heappush(heap, (value * b, level + 1, r))
@@ -217,16 +217,17 @@ class AdaptiveController:
             for first, hits, trials in zip(self.acceptance(), self._rank_hits, self._rank_trials)
         ]
 
-    def tree_tokens(self) -> list[float]:
-        """E[tokens | a tree of k nodes], k = 0..k_max: what trees of k emitted (decayed), the template's
-        E (`tree_plan`) weighing as `prior_weight` steps."""
+    def tree_tokens(self) -> list[tuple[float, int]]:
+        """Per k = 0..k_max: E[tokens | a tree of k nodes] — what trees of k emitted (decayed), the
+        template's E (`tree_plan`) weighing as `prior_weight` steps — and the template's depth (the
+        levels such a tree may grow: each is one draft step)."""
         w = self.prior_weight
         plan = tree_plan(self.rank_acceptance(), self.k_max)
-        return [(t + w * e) / (n + w) for e, t, n in zip(plan, self._tree_tokens, self._tree_steps)]
+        return [((t + w * e) / (n + w), d) for (e, d), t, n in zip(plan, self._tree_tokens, self._tree_steps)]
 
     def rates(self) -> list[tuple[float, TreeShape]]:
         """Per k = 0..k_max: expected tokens per second of the better of a chain and a tree of k nodes,
-        and that shape (a tree grows as the drafter's confidence says, up to k levels)."""
+        and that shape (a tree grows as the drafter's confidence says, up to the template's depth)."""
         if self._rates is None:
             self._rates = self._compute_rates()
         return self._rates
@@ -242,8 +243,8 @@ class AdaptiveController:
         for k in range(self.k_max + 1):
             verify = self.verify_cost(k)
             best = (chain[k] / (k * self.draft_cost_s + verify), TreeShape(k, 1))
-            if trees is not None and k > 1 and (rate := trees[k] / (k * tree_cost + verify)) > best[0]:
-                best = (rate, TreeShape(k, self.branch))
+            if trees is not None and k > 1 and (rate := trees[k][0] / (k * tree_cost + verify)) > best[0]:
+                best = (rate, TreeShape(trees[k][1], self.branch))
             out.append(best)
         return out
 

@@ -104,13 +104,15 @@ def test_failed_probes_back_off_and_an_accepted_one_resets_the_wait():
 def test_tree_plan_with_one_rank_is_the_chain():
     a = [0.8, 0.6, 0.5, 0.3]
     plan = tree_plan([[x] for x in a], 4)
-    assert all(abs(e - expected_tokens(a, k)) < 1e-12 for k, e in enumerate(plan))
+    assert [depth for _, depth in plan] == [0, 1, 2, 3, 4]
+    assert all(abs(e - expected_tokens(a, k)) < 1e-12 for k, (e, _) in enumerate(plan))
 
 
 def test_tree_plan_takes_the_best_nodes_by_path_probability():
     # level 1: ranks .6/.3; level 2: .5/.2. Nodes: 1a .6, 1b .3, 1a-2a .3, 1b-2a .15, 1a-2b .12, 1b-2b .06
     plan = tree_plan([[0.6, 0.3], [0.5, 0.2]], 7)
-    assert [round(e, 9) for e in plan] == [1.0, 1.6, 1.9, 2.2, 2.35, 2.47, 2.53, 2.53]
+    want = [(1.0, 0), (1.6, 1), (1.9, 1), (2.2, 2), (2.35, 2), (2.47, 2), (2.53, 2), (2.53, 2)]
+    assert [(round(e, 9), d) for e, d in plan] == want
 
 
 CPU_COSTS = {0: 0.033, 1: 0.035, 2: 0.037, 3: 0.045, 4: 0.056, 6: 0.064, 8: 0.072}  # a wide verify is dear
@@ -124,19 +126,20 @@ def test_the_controller_picks_chains_where_wide_verifies_are_dear_and_trees_wher
     assert [round(b, 3) for b in cpu.rank_acceptance()[0]] == [0.6, 0.24, 0.096]
     assert cpu.next_k() == 2 and cpu.tree_shape(2) == (2, 1)  # a chain
     gpu = AdaptiveController(k_max=8, branch=3, verify_cost_s=dict(GPU_COSTS), prior_accept=0.6, prior_weight=1e3)
-    assert gpu.next_k() == 8 and gpu.tree_shape(8) == (8, 3)  # a tree of 8 nodes, three candidates a node
+    shape = gpu.tree_shape(8)
+    assert gpu.next_k() == 8 and shape.branch == 3 and shape.depth < 8  # a tree of 8 nodes, 3 candidates a node
     chains_only = AdaptiveController(k_max=8, verify_cost_s=dict(GPU_COSTS), prior_accept=0.6, prior_weight=1e3)
     assert gpu.score(8) > chains_only.score(8)
 
 
 def test_trees_that_emit_less_than_expected_lose_their_estimate():
     ctl = AdaptiveController(k_max=8, branch=3, verify_cost_s=dict(GPU_COSTS), prior_accept=0.6)
-    before = ctl.tree_tokens()[6]
+    before = ctl.tree_tokens()[6][0]
     for _ in range(10):  # trees of 6 whose first level held the target's token nowhere
         ctl.update(StepStats(6, 0, 0.0, None, tried=(3,), accepted_rank=(0,)))
-    after = ctl.tree_tokens()[6]
+    after = ctl.tree_tokens()[6][0]
     assert before > 2.0 and after < 1.3
-    assert ctl.tree_tokens()[5] > after  # a budget not tried keeps the template's estimate (lowered by the ranks)
+    assert ctl.tree_tokens()[5][0] > after  # a budget not tried keeps the template's estimate (lowered by the ranks)
 
 
 def test_one_branch_is_exactly_the_chain_rule():
