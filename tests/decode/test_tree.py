@@ -119,6 +119,11 @@ def test_grow_tree_keeps_the_best_keys_and_branches_where_the_drafter_is_unsure(
     sure = {(): ([10, 11], [0.95, 0.05]), (10,): ([20, 21], [0.95, 0.05]), (10, 20): ([40, 41], [0.95, 0.05])}
     expand, _ = fixed_expand(sure)
     assert grow_tree(expand, 1, nodes=3, depth=3, width=2).parents == [0, 1, 2]  # a sure drafter: a chain
+    tied = {(): ([10, 11], [0.5, 0.5]), (10,): ([20], [1.0])}  # three keys of 0.5: the shallower, then the earlier
+    expand, _ = fixed_expand(tied)
+    assert grow_tree(expand, 1, nodes=2, depth=2, width=2)[:2] == ([10, 11], [0, 0])
+    expand, _ = fixed_expand(tied)
+    assert grow_tree(expand, 1, nodes=3, depth=2, width=2)[:2] == ([10, 20, 11], [0, 1, 0])
 
 
 @settings(max_examples=100, deadline=None)
