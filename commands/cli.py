@@ -341,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the earlier accepted; the last repeats (default 0.8,0.7,0.6,0.5)",
     )
     p.add_argument("--prompt-tokens", type=int, help="with --synthetic: tokens per random prompt (default 64)")
+    p.add_argument(
+        "--tree",
+        nargs="?",
+        const="default",
+        metavar="NxDxB,…",
+        help="also run fixed draft trees of N nodes, D levels, B candidates a node (no value: "
+        "3x2x2,4x2x3,6x3x3,8x4x4), and the adaptive controller with trees and with chains only",
+    )
     p.set_defaults(func=cmd_decode_bench)
     return parser
 

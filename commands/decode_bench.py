@@ -2,10 +2,11 @@
 
 In: config, prompt count, max new tokens, prompt set (single bundled questions, or with
 `conversation` the bundled held-out multi-turn conversations, as the live pipeline builds
-its prompts: `llm.system_prompt` if set, 1-3 earlier turns, a new question). Out: a
-JSON-able report (keys documented in the decoder issue): per mode tokens/s, ms to the first
-8 tokens, acceptance (overall and per draft position), mean accepted per target forward,
-mean k, and token identity with plain greedy (per prompt, the first position that differs: in
+its prompts: `llm.system_prompt` if set, 1-3 earlier turns, a new question), and with `tree`
+draft-tree shapes. Out: a JSON-able report (keys documented in the decoder issue): per mode
+tokens/s, ms to the first 8 tokens, acceptance (overall and per draft position), mean accepted
+per target forward, mean k (draft tokens, a tree's nodes), the share of verifies that were
+trees, and token identity with plain greedy (per prompt, the first position that differs: in
 bf16 a speculative run may leave greedy, in fp32 it must not); plus the verify-cost curve.
 Runs every mode on the same prompts in one process after a warm-up.
 """
@@ -25,7 +26,7 @@ from commands.cli_args import UsageError
 from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
 from commands.prompt_sets import bundled_conversations
 from decode.controller import FixedController
-from decode.drafters import NoDrafter
+from decode.drafters import NoDrafter, can_branch
 from decode.speculative import calibrate_verify_cost
 from voice.config import Config
 from voice.llm import ReplyModel, make_controller
@@ -33,6 +34,7 @@ from voice.llm import ReplyModel, make_controller
 log = logging.getLogger(__name__)
 
 COST_KS = [0, 1, 2, 3, 4, 6, 8, 12, 16]
+TREE_SHAPES = "3x2x2,4x2x3,6x3x3,8x4x4"  # --tree without a value: nodes x levels x candidates a node
 
 
 def bundled_prompts() -> list[str]:
@@ -126,12 +128,15 @@ def run_decode_bench(
     batch: list[int] | None = None,
     batch_only: bool = False,
     conversation: bool = False,
+    trees: list[tuple[int, int, int]] | None = None,
 ) -> dict:
     """Run every mode on the same prompts; return the report.
 
     `conversation`: the bundled multi-turn conversations instead of single questions.
     `batch`: also run the prompts through the step scheduler `size` at a time, for each size;
     `batch_only`: of the single-sequence modes run only greedy (the reference).
+    `trees`: (nodes, levels, candidates a node) of fixed draft trees to run, and the adaptive controller
+    with trees (`adaptive_tree`, the widest candidates given) and with chains only (`adaptive_chain`).
     """
     from dataclasses import replace
 
@@ -140,11 +145,18 @@ def run_decode_bench(
         llm=replace(cfg.llm, max_new_tokens=max_new_tokens),
         decode=replace(cfg.decode, drafter=drafter or cfg.decode.drafter),
     )
+    if trees and max(n for n, _, _ in trees) > cfg.decode.max_draft:
+        raise UsageError(
+            f"--tree: a tree of {max(n for n, _, _ in trees)} nodes needs decode.max_draft >= that "
+            f"(now {cfg.decode.max_draft}; the verify widths calibrated and captured stop there): "
+            "--set decode.max_draft=N"
+        )
     llm = ReplyModel(cfg)
     prompts = bench_prompt_ids(llm, n_prompts, conversation)
     run_ours(llm.decoder, llm.settings, prompts[:2], NoDrafter(), FixedController(0))  # warm-up
     costs = calibrate_verify_cost(llm.target, COST_KS, reps=5)
-    runs, greedy_out = _run_modes(cfg, llm, prompts, _bench_modes(cfg, llm, batch_only), costs, progress)
+    modes = _bench_modes(cfg, llm, batch_only, trees or [])
+    runs, greedy_out = _run_modes(cfg, llm, prompts, modes, costs, progress)
     report = {
         "machine": machine_info(),
         "target": llm.cfg.models.llm,
@@ -154,6 +166,8 @@ def run_decode_bench(
         "cuda_graphs": bool(getattr(llm.target, "step_graphs", None)),
         "draft_graphs": getattr(llm.drafter, "graphs", None) is not None,  # the MTP draft loop replays graphs
         "dtype": cfg.llm.dtype,
+        "tree_branch": llm.tree_branch,  # candidates a node the configured controller plans with (1: chains)
+        "trees_possible": can_branch(llm.drafter, llm.target),  # the drafter branches, the target verifies trees
         "token_identity_guaranteed": identity_guaranteed(cfg.llm.dtype),
         "threads": torch.get_num_threads(),
         "prompts": len(prompts),
@@ -174,16 +188,23 @@ def run_decode_bench(
     return report
 
 
-def _bench_modes(cfg: Config, llm: ReplyModel, batch_only: bool) -> list[tuple[str, int | None, object]]:
-    """(mode, k, extra) to run: greedy first (the reference), then fixed k, transformers, the controllers."""
+def _bench_modes(
+    cfg: Config, llm: ReplyModel, batch_only: bool, trees: list[tuple[int, int, int]]
+) -> list[tuple[str, int | None, object]]:
+    """(mode, k, extra) to run: greedy first (the reference), then fixed k, fixed trees (extra: levels and
+    candidates a node), transformers, the controllers (the adaptive ones with trees: extra is the branch)."""
     modes: list[tuple[str, int | None, object]] = [("greedy", 0, None)]
     if batch_only:
         return modes
     modes += [("fixed", k, None) for k in FIXED_KS]
+    modes += [("tree", nodes, (depth, branch)) for nodes, depth, branch in trees]
     hf_kwargs = _hf_assist_kwargs(cfg, llm)
     if hf_kwargs is not None:
         modes.append(("hf_assisted", hf_kwargs.get("prompt_lookup_num_tokens"), hf_kwargs))
-    return modes + [("heuristic", None, None), ("adaptive", None, None)]
+    modes += [("heuristic", None, None), ("adaptive", None, llm.tree_branch)]
+    if trees:
+        modes += [("adaptive_chain", None, 1), ("adaptive_tree", None, max(b for _, _, b in trees))]
+    return modes
 
 
 def _run_modes(
@@ -196,11 +217,19 @@ def _run_modes(
             result = _run_hf(llm, prompts, extra)
         else:
             use_drafter = NoDrafter() if mode == "greedy" else llm.drafter
-            controller = FixedController(k) if mode in ("greedy", "fixed") else make_controller(cfg, costs, kind=mode)
+            if mode in ("greedy", "fixed"):
+                controller = FixedController(k)
+            elif mode == "tree":
+                controller = FixedController(k, *extra)
+            elif mode.startswith("adaptive"):
+                controller = make_controller(cfg, costs, kind="adaptive", branch=extra)
+            else:
+                controller = make_controller(cfg, costs, kind=mode)
             result = run_ours(llm.decoder, llm.settings, prompts, use_drafter, controller)
         outputs = result.pop("_outputs")
         greedy_out = greedy_out or outputs
-        runs.append({"mode": mode, "k": k, **rounded(result), **against_greedy(outputs, greedy_out)})
+        shape = {"tree": list(extra)} if mode == "tree" else {"branch": extra} if mode.startswith("adaptive") else {}
+        runs.append({"mode": mode, "k": k, **shape, **rounded(result), **against_greedy(outputs, greedy_out)})
     return runs, greedy_out
 
 
@@ -222,14 +251,30 @@ def parse_probabilities(text: str) -> list[float]:
     return values
 
 
+def parse_tree_shapes(text: str) -> list[tuple[int, int, int]]:
+    """`6x3x3,8x4x4` (or `default`) -> [(6, 3, 3), (8, 4, 4)]: nodes >= 1, 1 <= levels <= nodes, candidates >= 1."""
+    try:
+        shapes = [
+            tuple(int(x) for x in part.split("x")) for part in (TREE_SHAPES if text == "default" else text).split(",")
+        ]
+    except ValueError:
+        shapes = []
+    if not shapes or not all(len(s) == 3 and 1 <= s[1] <= s[0] and s[2] >= 1 for s in shapes):
+        raise UsageError(
+            f"--tree: expected NODESxLEVELSxCANDIDATES,… with 1 <= LEVELS <= NODES (e.g. {TREE_SHAPES}), got {text!r}"
+        )
+    return shapes
+
+
 def bench_from_args(args, cfg: Config) -> dict:
     """The report `voice decode-bench` asked for: the real target's, or with --synthetic CONFIG the random one's."""
     if args.synthetic:
         from commands.decode_bench_synthetic import ORACLE_ACCEPT, PROMPT_TOKENS, run_synthetic_bench
 
-        if args.drafter or args.batch or args.conversation:
+        if args.drafter or args.batch or args.conversation or args.tree:
             raise UsageError(
-                "--synthetic drafts with an oracle on random prompts: drop --drafter, --batch and --conversation"
+                "--synthetic drafts with an oracle on random prompts (chains only): "
+                "drop --drafter, --batch, --conversation and --tree"
             )
         accept = parse_probabilities(args.oracle_accept) if args.oracle_accept else ORACLE_ACCEPT
         return run_synthetic_bench(
@@ -252,6 +297,7 @@ def bench_from_args(args, cfg: Config) -> dict:
         batch=args.batch,
         batch_only=args.batch_only,
         conversation=args.conversation,
+        trees=parse_tree_shapes(args.tree) if args.tree else None,
     )
 
 
@@ -274,18 +320,20 @@ def print_table(report: dict) -> str:
         f"dtype={report['dtype']} prompts={report['prompts']} ({report['prompt_set']}, "
         f"{report['mean_prompt_tokens']} tokens on average) max_new_tokens={report['max_new_tokens']} "
         f"linear_layout={report.get('linear_layout')} cpu={report.get('machine', {}).get('cpu')}",
-        f"{'mode':12s} {'k':>3s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
-        f"{'mean k':>6s} identical (diverged prompts)",
+        f"{'mode':16s} {'k':>7s} {'tok/s':>7s} {'ms@8':>7s} {'accept':>7s} {'tok/step':>8s} "
+        f"{'mean k':>6s} {'trees':>5s} identical (diverged prompts)",
     ]
     for r in report["runs"]:
 
         def f(key: str, spec: str, r: dict = r) -> str:
             return "-" if r.get(key) is None else format(r[key], spec)
 
+        k = "-" if r["k"] is None else "x".join(map(str, [r["k"], *r["tree"]])) if "tree" in r else r["k"]
+        mode = f"{r['mode']}(b{r['branch']})" if r.get("branch", 1) > 1 else r["mode"]
         lines.append(
-            f"{r['mode']:12s} {'-' if r['k'] is None else r['k']:>3} {f('tokens_per_s', '7.1f')} "
+            f"{mode:16s} {k:>7} {f('tokens_per_s', '7.1f')} "
             f"{f('ms_to_first_8_tokens', '7.1f')} {f('acceptance', '7.2f')} "
-            f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {r['identical']} "
+            f"{f('mean_accepted', '8.2f')} {f('mean_k', '6.2f')} {f('tree_steps', '5.2f')} {r['identical']} "
             f"({r.get('diverged_prompts', 0)}/{report['prompts']})"
         )
     lines += divergence_lines(report)

@@ -45,6 +45,7 @@ def run_ours(
         "acceptance": total.acceptance,
         "mean_accepted": total.mean_accepted,
         "mean_k": total.mean_draft_len,
+        "tree_steps": total.tree_steps / total.steps if total.steps else 0.0,  # share of verifies that were trees
         "tokens": total.tokens,
         "acceptance_per_position": [round(a / t, 3) for t, a in zip(total.tried_at, total.accepted_at)],
         "draft_ms_per_token": total.draft_s * 1e3 / total.drafted if total.drafted else None,
@@ -89,9 +90,15 @@ def speedups(runs: list[dict]) -> dict:
         return {}
     ours = by_mode["adaptive"]["tokens_per_s"]
     best_fixed = max(r["tokens_per_s"] for r in runs if r["mode"] == "fixed")
-    out = {"adaptive_vs_greedy": ours / by_mode["greedy"]["tokens_per_s"], "adaptive_vs_best_fixed": ours / best_fixed}
+    greedy = by_mode["greedy"]["tokens_per_s"]
+    out = {"adaptive_vs_greedy": ours / greedy, "adaptive_vs_best_fixed": ours / best_fixed}
     if "heuristic" in by_mode:
         out["adaptive_vs_heuristic"] = ours / by_mode["heuristic"]["tokens_per_s"]
     if "hf_assisted" in by_mode:
         out["adaptive_vs_hf_assisted"] = ours / by_mode["hf_assisted"]["tokens_per_s"]
+    if "adaptive_tree" in by_mode:  # decode-bench --tree
+        tree = by_mode["adaptive_tree"]["tokens_per_s"]
+        out["adaptive_tree_vs_greedy"] = tree / greedy
+        out["adaptive_tree_vs_adaptive_chain"] = tree / by_mode["adaptive_chain"]["tokens_per_s"]
+        out["best_tree_vs_best_fixed"] = max(r["tokens_per_s"] for r in runs if r["mode"] == "tree") / best_fixed
     return {k: round(v, 3) for k, v in out.items()}

@@ -9,6 +9,10 @@ it last saw (common prefix), so rejected drafts are rolled back implicitly.
 - `NgramDrafter`: prompt lookup — the continuation of the latest earlier occurrence of the
   context's last n tokens. Costs microseconds; no probabilities (one-hot).
 - `ModelDrafter`: any causal LM with the target's tokenizer, with its own KV cache.
+
+A drafter that can branch also has `propose_tree(ids, nodes, shape, hidden)`: a `Draft` whose
+`parents` make it a tree (`decode.tree`; `decode.mtp.MTPDrafter` has it). The others propose
+chains, which are trees too.
 """
 
 from __future__ import annotations
@@ -22,10 +26,21 @@ from decode.verify import probs_from_logits
 
 
 class Draft(NamedTuple):
-    """Proposed tokens, and q(x) rows [len(tokens), V] or None for a deterministic drafter."""
+    """Proposed tokens, and the drafter's law at each verify row or None for a deterministic drafter.
+
+    A chain: token i was drawn from probs[i] (rows [len(tokens), V]). A tree (`parents`, rows as in
+    `decode.tree`: parents[i] is the row of token i's parent, 0 the last context token): the children
+    of row r were drawn from probs[r] (rows [len(tokens) + 1, V]).
+    """
 
     tokens: list[int]
     probs: torch.Tensor | None = None
+    parents: list[int] | None = None  # None: a chain
+
+
+def can_branch(drafter: Drafter, target: Target) -> bool:
+    """The drafter proposes trees and the target verifies them in one forward."""
+    return hasattr(drafter, "propose_tree") and getattr(target, "trees", False)
 
 
 def pick(

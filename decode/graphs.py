@@ -15,6 +15,13 @@ Attention is three kernels, not SDPA's math path (which a boolean mask with grou
 takes, a dozen kernels a layer): the query heads of a KV group are stacked as rows of one
 matrix, `baddbmm` adds the additive mask (built once a step) to q·kᵀ/√d, then softmax and ·v.
 
+With `trees=True` a step of width W also verifies a draft tree (`decode.tree`): two more
+static buffers hold each row's depth [W] and its ancestors [W, W]; a row's rotary position is
+start + depth, its keys/values are still written at start + row, and it sees the columns before
+start and, among the W new ones, its ancestors. A chain fills them with 0..W−1 and the causal
+triangle (copied only when the shape in them changes). Without `trees` the step is the chain's
+alone, and a tree feed takes the eager path.
+
 `StepGraphs(target, widths, slot)` captures the graphs for that slot (on CUDA; elsewhere, or
 with `capture=False`, the same static-shape step runs eagerly — what the CPU tests check
 against the target's own forward). `target.forward` then replays the graph of its width and
@@ -29,6 +36,7 @@ import torch
 
 from decode.layers import project
 from decode.target import Forward, StaticLlamaTarget
+from decode.tree import ancestor_mask, depths
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,9 @@ def capture_graphs(calls: dict, pool=None) -> dict:
 class StepGraphs:
     """Steps of `widths` tokens on one slot of `target`, as CUDA graphs where possible."""
 
-    def __init__(self, target: StaticLlamaTarget, widths: list[int], slot: int = 0, capture: bool = True) -> None:
+    def __init__(
+        self, target: StaticLlamaTarget, widths: list[int], slot: int = 0, capture: bool = True, trees: bool = False
+    ) -> None:
         target.slot(slot)  # allocates the slot's cache if new
         if target.lengths[slot] != 0:
             raise ValueError("capture step graphs before the slot holds any context")
@@ -80,20 +90,36 @@ class StepGraphs:
             w: (torch.zeros(w, dtype=torch.long, device=dev), torch.zeros((), dtype=torch.long, device=dev))
             for w in sorted(set(widths))
         }
+        self.trees = trees
+        # per width: each row's depth and its ancestors (trees), and the parents they now hold
+        self.shapes = {
+            w: (self._rows[:w].clone(), torch.ones(w, w, dtype=torch.bool, device=dev).tril()) for w in self.buffers
+        }
+        self._shape_of: dict[int, tuple | None] = dict.fromkeys(self.buffers)
         self.steps: dict[tuple[int, int], tuple] = {(w, s): (None, None) for w in self.buffers for s in self.spans}
         self.captured = False
         if capture and dev.type == "cuda":
             self._capture()
         target.step_graphs[slot] = self
 
+    def _visible(self, start: torch.Tensor, width: int, span: int) -> torch.Tensor:
+        """[W, span] bool: the columns each row attends to (graph-safe)."""
+        if not self.trees:
+            return self._cols[None, :span] <= start + self._rows[:width, None]
+        ancestors = self.shapes[width][1]
+        rel = self._cols[:span] - start  # column - start: < 0 is the context, 0..W-1 the new rows
+        new = ancestors[:, rel.clamp(0, width - 1)] & (rel >= 0) & (rel < width)
+        return new | (rel < 0)
+
     @torch.inference_mode()
     def _static_step(self, ids: torch.Tensor, start: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [W, V] and features [W, F] of a step over the static buffers, attending over the
         cache's first `span` rows (graph-safe)."""
         t, slot, width = self.target, self.slot, ids.shape[0]
-        positions = start + self._rows[:width]
+        positions = start + self._rows[:width]  # where the keys/values go
+        rotary = start + self.shapes[width][0] if self.trees else positions
         group, scale = t.n_heads // t.n_kv, t.head_dim**-0.5
-        visible = self._cols[None, :span] <= positions[:, None]  # [W, span]
+        visible = self._visible(start, width, span)  # [W, span]
         bias = torch.zeros(visible.shape, dtype=t.embed.dtype, device=visible.device).masked_fill_(~visible, -torch.inf)
         bias = bias.repeat(group, 1).expand(t.n_kv, group * width, span)  # rows: each query head's W rows
 
@@ -106,7 +132,7 @@ class StepGraphs:
             weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
             return torch.bmm(weights, v_cache[:, :span]).view(t.n_heads, width, t.head_dim)
 
-        hidden, features = t.run_layers(t.embed[ids], t.cos[positions], t.sin[positions], attend)
+        hidden, features = t.run_layers(t.embed[ids], t.cos[rotary], t.sin[rotary], attend)
         return project(hidden, t.lm_head, t.weight_major).float(), features
 
     def _capture(self) -> None:
@@ -117,14 +143,31 @@ class StepGraphs:
         self.captured = True
         log.info("captured CUDA graphs for steps of %s tokens over cache spans %s", sorted(self.buffers), self.spans)
 
-    def run(self, token_ids: list[int]) -> Forward | None:
-        """The step of `token_ids` on this slot if a static step of that width exists, else None."""
+    def _set_shape(self, width: int, parents: list[int] | None) -> None:
+        """Fill the width's depth and ancestor buffers with the tree `parents` (None: a chain)."""
+        shape = None if parents is None else tuple(parents)
+        if self._shape_of[width] == shape:
+            return
+        depth, ancestors = self.shapes[width]
+        if parents is None:
+            depth.copy_(self._rows[:width])
+            ancestors.copy_(torch.ones(width, width, dtype=torch.bool).tril())
+        else:
+            depth.copy_(torch.tensor(depths(parents)))
+            ancestors.copy_(ancestor_mask(parents))
+        self._shape_of[width] = shape
+
+    def run(self, token_ids: list[int], parents: list[int] | None = None) -> Forward | None:
+        """The step of `token_ids` (a tree: `parents`) on this slot if a static step of that width
+        exists, else None."""
         t, slot, width = self.target, self.slot, len(token_ids)
         end = t.lengths[slot] + width
-        if width not in self.buffers or end > t.max_len:
+        if width not in self.buffers or end > t.max_len or (parents is not None and not self.trees):
             return None
         span = next(s for s in self.spans if s >= end)
         (graph, out), (ids, start) = self.steps[width, span], self.buffers[width]
+        if self.trees:
+            self._set_shape(width, parents)
         ids.copy_(torch.tensor(token_ids, dtype=torch.long))
         start.fill_(t.lengths[slot])
         if graph is not None:

@@ -2,7 +2,10 @@
 
 A `PrefillJob` brings a sequence's cache to some ids (and can read an end-of-turn score on
 the way); a `ReplyJob` prefills its prompt, then drafts k tokens, verifies them in one
-forward of `[last_token] + draft` and emits the accepted span. A driver — the decoder alone
+forward of `[last_token] + draft` and emits the accepted span. Where the drafter branches and
+the target verifies trees, the k tokens may be a tree (`decode.tree`; the controller's
+`tree_shape(k)` says how it grows): the job's `parents` then go with its feed, and only the
+accepted path's cache rows are kept. A driver — the decoder alone
 (`SpeculativeDecoder.run`) or the batched `decode.scheduler.StepScheduler` — asks a job what
 to feed, runs the forward and hands the job its rows. `GenerationSettings` and
 `DecodeStats` are what a reply is given and what it measures.
@@ -18,9 +21,10 @@ from typing import Protocol
 import torch
 
 from decode.controller import Controller, StepStats
-from decode.drafters import Draft, Drafter, observe
+from decode.drafters import Draft, Drafter, can_branch, observe
 from decode.spans import Span, StableDetokenizer
 from decode.target import Forward, Target
+from decode.tree import TreeAccepted, TreeShape, greedy_accept_tree, is_chain, sample_accept_tree
 from decode.verify import Accepted, greedy_accept, probs_from_logits, sample_accept
 
 
@@ -39,6 +43,7 @@ class DecodeStats:
     """Totals for one reply."""
 
     steps: int = 0
+    tree_steps: int = 0  # steps that verified a draft tree
     tokens: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -50,12 +55,13 @@ class DecodeStats:
     tried_at: list[int] = field(default_factory=list)  # per draft position: times it was verified
     accepted_at: list[int] = field(default_factory=list)  # … and accepted
 
-    def record(self, draft_len: int, accepted_len: int) -> None:
-        """Count one verify step (position j is verified iff all before it were accepted)."""
+    def record(self, draft_len: int, accepted_len: int, levels: int | None = None) -> None:
+        """Count one verify step of `draft_len` tokens: position (a tree's level) j is verified iff all
+        before it were accepted; a tree says how many levels along its accepted path had children."""
         self.drafted += draft_len
         self.accepted += accepted_len
         self.draft_lens.append(draft_len)
-        for j in range(min(accepted_len + 1, draft_len)):
+        for j in range(min(accepted_len + 1, draft_len) if levels is None else levels):
             self._count(j, 1, int(j < accepted_len))
 
     def _count(self, position: int, tried: int, accepted: int) -> None:
@@ -68,6 +74,7 @@ class DecodeStats:
     def add(self, other: DecodeStats) -> None:
         """Accumulate another reply's totals (benchmarks sum over prompts)."""
         self.steps += other.steps
+        self.tree_steps += other.tree_steps
         self.tokens += other.tokens
         self.draft_s += other.draft_s
         self.verify_s += other.verify_s
@@ -115,7 +122,7 @@ class Sequence(Protocol):
         self, tokens: list[int], out: Forward, drafter: Drafter | None = None, keep_logits: bool = False
     ) -> None: ...
 
-    def took_step(self, cached: list[int], hidden: torch.Tensor) -> None: ...
+    def took_step(self, cached: list[int], hidden: torch.Tensor, rows: list[int] | None = None) -> None: ...
 
     def forget_logits(self) -> None: ...
 
@@ -128,6 +135,7 @@ class Job(Protocol):
     done: bool
     prefilling: bool  # it is still bringing the cache to its prompt (its feeds are prefill chunks)
     last_only: bool  # the next feed needs the logits of its last position only (a prefill chunk)
+    parents: list[int] | None  # the last feed is a draft tree after its first token (None: a chain)
 
     def feed(self, k: int | None = None, max_tokens: int | None = None) -> list[int]:
         """Tokens for the next forward ([] when it has finished without one); k overrides the controller."""
@@ -151,6 +159,8 @@ class PrefillJob:
     A `score_at` inside `ids` reads p from that row of the same forward: a prompt that goes on
     past the scored words (the reply's, after its end-of-turn score) costs no second prefill.
     """
+
+    parents = None  # prefill chunks are chains
 
     def __init__(
         self,
@@ -209,8 +219,9 @@ class PrefillJob:
 class ReplyJob:
     """One reply: prefill the prompt (chunked when a scheduler asks), then draft, verify, accept.
 
-    Each step forwards `[last_token] + draft` (k + 1 tokens); after a partial acceptance the
-    cache is rolled back to the accepted length. A prompt whose prefill kept its logits (the
+    Each step forwards `[last_token] + draft` (k + 1 tokens; a tree when the controller's shape
+    branches and the drafter and target can); after a partial acceptance the cache is rolled back
+    to the accepted length (a tree's accepted path moved into place first). A prompt whose prefill kept its logits (the
     end-of-turn score's, `PrefillJob(keep_logits=True)`) is primed: its first token is chosen
     from them (greedy, or sampled as a k = 0 step would), so the first step already verifies a
     draft of the second — one target forward less before the first words.
@@ -239,6 +250,8 @@ class ReplyJob:
         self._draft: Draft | None = None
         self._tokens: list[int] = []
         self._draft_s = 0.0
+        self.trees = can_branch(self.drafter, dec.target)
+        self.parents: list[int] | None = None
 
     @property
     def prefilling(self) -> bool:
@@ -265,14 +278,30 @@ class ReplyJob:
             self._primed = None
             if self.done:
                 return []
-        budget = self.settings.max_new_tokens - self.stats.tokens
+        budget = self.settings.max_new_tokens - self.stats.tokens  # a path of budget - 1 drafts at most
         k = self.controller.next_k() if k is None else k
-        k = max(0, min(k, budget - 1, self.room - len(self.ids) - 1))
+        k = max(0, min(k, self.room - len(self.ids) - 1))  # the cache holds every node fed
         t = time.perf_counter()
-        self._draft = self.drafter.propose(self.ids, k, self.dec.hidden) if k else None
+        shape = self.controller.tree_shape(k) if self.trees and k > 1 else None
+        self.parents = None
+        if shape is not None and shape.branch > 1 and budget > 1:
+            shape = TreeShape(min(shape.depth, budget - 1), shape.branch)
+            self._draft = self._as_chain(self.drafter.propose_tree(self.ids, k, shape, self.dec.hidden))
+            self.parents = self._draft.parents
+        else:
+            k = max(0, min(k, budget - 1))
+            self._draft = self.drafter.propose(self.ids, k, self.dec.hidden) if k else None
         self._tokens = self._draft.tokens[:k] if self._draft else []
         self._draft_s = time.perf_counter() - t
         return [self.ids[-1]] + self._tokens
+
+    @staticmethod
+    def _as_chain(draft: Draft) -> Draft:
+        """A tree that grew as one chain is verified as a chain (the rows of its laws are a chain's)."""
+        if draft.parents is None or not is_chain(draft.parents):
+            return draft
+        n = len(draft.tokens)
+        return Draft(draft.tokens, None if draft.probs is None else draft.probs[:n])
 
     def _take_primed(self, logits: torch.Tensor) -> None:
         """The first token from the primed logits; the cache holds the prompt, `ids` gains it."""
@@ -287,10 +316,21 @@ class ReplyJob:
             return sample_accept(tokens, q, probs_from_logits(logits, s.temperature, s.top_p), self.dec.generator)
         return greedy_accept(tokens, logits)
 
+    def _verify_tree(self, logits: torch.Tensor) -> TreeAccepted:
+        """Greedy or recursive-rejection acceptance of the draft tree against the target's `logits` [n + 1, V]."""
+        s, draft = self.settings, self._draft
+        if s.temperature > 0:
+            probs = probs_from_logits(logits, s.temperature, s.top_p)
+            return sample_accept_tree(draft.tokens, draft.parents, draft.probs, probs, self.dec.generator)
+        return greedy_accept_tree(draft.tokens, draft.parents, logits)
+
     def take(self, out: Forward, seconds: float, shared: bool = False) -> None:
         if self.prefilling:
             self.prefill.take(out, seconds)
             self.stats.prefill_s += seconds
+            return
+        if self.parents is not None:
+            self._take_tree(out, seconds, shared)
             return
         tokens, ids = self._tokens, self.ids
         accepted = self._verify(tokens, self._draft, out.logits)
@@ -301,6 +341,31 @@ class ReplyJob:
         st = self.stats
         st.steps += 1
         st.record(len(tokens), n)
+        st.draft_s += self._draft_s
+        st.verify_s += seconds
+        self._emit(accepted.tokens, len(tokens), n)
+
+    def _take_tree(self, out: Forward, seconds: float, shared: bool) -> None:
+        """A tree's verify: keep the accepted path's cache rows, learn, emit."""
+        tokens, ids = self._tokens, self.ids
+        accepted = self._verify_tree(out.logits)
+        n, rows = accepted.accepted_len, accepted.rows
+        self.dec.took_step(ids + accepted.tokens[:n], out.hidden[rows[-1]], rows)
+        observe(self.drafter, len(ids) - 1, out.hidden[rows])
+        self.controller.update(
+            StepStats(
+                len(tokens),
+                n,
+                self._draft_s,
+                None if shared else seconds,
+                tuple(accepted.tried),
+                tuple(accepted.accepted_rank),
+            )
+        )
+        st = self.stats
+        st.steps += 1
+        st.tree_steps += 1
+        st.record(len(tokens), n, len(accepted.tried))
         st.draft_s += self._draft_s
         st.verify_s += seconds
         self._emit(accepted.tokens, len(tokens), n)

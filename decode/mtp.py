@@ -12,6 +12,11 @@ lost when the reduced vocabulary misses a token — that draft is simply rejecte
 Cost per draft token: the fusion, `layers` MLP blocks and a `len(vocab_ids)`-row head at the model
 width — a small fraction of a target step; on CUDA `capture` replays the k-step loop as one graph
 per k (measured costs: docs/decoding.md, docs/gpu.md).
+
+Trees (`MTPDrafter.propose_tree`): each level of `decode.tree.grow_tree` is one head step over the
+nodes it expands, each chaining its own parent's feature (the feature of a node is the step that
+read its token), so a level of w nodes costs one step of w rows; candidates are the head's top
+`branch` tokens (greedy) or `branch` draws without replacement (sampling, Gumbel top-k).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from torch import nn
 
 from decode.drafters import Draft, pick
 from decode.layers import rms_norm
+from decode.tree import Candidates, Node, TreeShape, grow_tree
+from decode.verify import probs_from_logits
 
 
 @dataclass(frozen=True)
@@ -254,8 +261,7 @@ class MTPDrafter:
             return Draft(tokens)
         dtype = self.head_rows.dtype
         feature, token = self.head.start(hidden.to(dtype)), ids[-1]
-        last = len(ids) - 1  # positions 0..last-1 are in the target's cache; last-1 gave `hidden`
-        kv = self.context_kv[max(0, last - self.head.cfg.context) : last] if self.head.attention is not None else None
+        kv = self._context(ids)
         tokens, rows = [], []
         for _ in range(k):
             feature = self.head.step(feature, self.embed[token].to(dtype), kv)
@@ -266,6 +272,60 @@ class MTPDrafter:
             token = int(self.vocab_ids[choice])
             tokens.append(token)
         return Draft(tokens, torch.stack(rows) if rows else None)
+
+    def _context(self, ids: list[int]) -> torch.Tensor | None:
+        """The context attention's keys/values before the last token (None: a head without it)."""
+        if self.head.attention is None:
+            return None
+        last = len(ids) - 1  # positions 0..last-1 are in the target's cache; last-1 gave `hidden`
+        return self.context_kv[max(0, last - self.head.cfg.context) : last]
+
+    @torch.inference_mode()
+    def propose_tree(self, ids: list[int], nodes: int, shape: TreeShape, hidden: torch.Tensor | None) -> Draft:
+        """A tree of at most `nodes` tokens, `shape.depth` levels, `shape.branch` candidates per expanded
+        node (module docstring); with sampling, `probs` holds the head's law at every expanded row."""
+        if nodes <= 0 or hidden is None:
+            return Draft([])
+        dtype = self.head_rows.dtype
+        start = self.head.start(hidden.to(dtype))
+        kv = self._context(ids)
+        features: dict[int, torch.Tensor] = {}  # node id -> the feature its own step gave
+
+        def expand(frontier: list[Node]) -> list[Candidates]:
+            before = torch.stack([start if n.id < 0 else features[n.parent] for n in frontier])
+            tokens = torch.tensor([n.token for n in frontier], device=self.embed.device)
+            context = None if kv is None else kv.expand(len(frontier), -1, -1)
+            out = self.head.step(before, self.embed[tokens].to(dtype), context)
+            features.update((n.id, f) for n, f in zip(frontier, out))
+            return self._candidates(self.head.logits(out, self.head_rows).float(), shape.branch)
+
+        tree = grow_tree(expand, ids[-1], nodes, shape.depth, shape.branch)
+        probs = None
+        if self.temperature > 0:
+            zero = torch.zeros(self.full_vocab, device=self.embed.device)
+            probs = torch.stack([zero if q is None else q for q in tree.laws])
+        return Draft(tree.tokens, probs, tree.parents)
+
+    def _candidates(self, logits: torch.Tensor, branch: int) -> list[Candidates]:
+        """Per row of logits [B, reduced V]: the top `branch` tokens and their probabilities (greedy), or
+        `branch` draws without replacement, the law's `branch` largest probabilities and the law over the
+        full vocabulary (sampling)."""
+        branch = min(branch, logits.shape[-1])
+        if self.temperature <= 0:
+            top = torch.softmax(logits, dim=-1).topk(branch)
+            tokens = self.vocab_ids[top.indices].tolist()
+            return [Candidates(t, p) for t, p in zip(tokens, top.values.tolist())]
+        q = probs_from_logits(logits, self.temperature, self.top_p)
+        noise = torch.rand(q.shape, generator=self.generator).to(q.device)
+        drawn = (q.log() - (-noise.log()).log()).topk(branch).indices  # Gumbel top-k: draws without replacement
+        support = (q > 0).sum(dim=-1).tolist()
+        ranked = q.topk(branch).values.tolist()
+        tokens = self.vocab_ids[drawn].tolist()
+        out = []
+        for row, (t, r, m) in enumerate(zip(tokens, ranked, support)):
+            law = torch.zeros(self.full_vocab, device=q.device).index_copy_(0, self.vocab_ids, q[row])
+            out.append(Candidates(t[:m], r[:m], law))
+        return out
 
 
 def load_mtp_drafter(

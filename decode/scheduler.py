@@ -360,7 +360,7 @@ class StepScheduler:
                 with self._cond:
                     self._finish(ticket, error)
             elif tokens:
-                feeds.append((self.slots[ticket.slot], tokens, ticket.job.last_only))
+                feeds.append((self.slots[ticket.slot], tokens, ticket.job.last_only, ticket.job.parents))
                 fed.append(ticket)
             else:
                 with self._cond:
@@ -370,7 +370,7 @@ class StepScheduler:
         t = time.perf_counter()
         outs = self._forward(feeds)
         seconds = time.perf_counter() - t
-        width = sum(len(tokens) for _, tokens, _ in feeds)
+        width = sum(len(feed[1]) for feed in feeds)
         self._learn_cost(width, seconds)
         self.stats.steps += 1
         self.stats.tokens_fed += width
@@ -381,7 +381,7 @@ class StepScheduler:
                 "step: %d urgent of %d jobs, widths %s, %.0f ms",
                 sum(t.priority.urgent for t in fed),
                 len(fed),
-                [len(tokens) for _, tokens, _ in feeds],
+                [len(feed[1]) for feed in feeds],
                 seconds * 1e3,
             )
         with self._cond:
@@ -390,10 +390,14 @@ class StepScheduler:
                 self._complete(ticket)
             self._cond.notify_all()
 
-    def _forward(self, feeds: list[tuple[SpeculativeDecoder, list[int], bool]]) -> list[Forward]:
+    def _forward(self, feeds: list[tuple[SpeculativeDecoder, list[int], bool, list[int] | None]]) -> list[Forward]:
+        """One packed forward; a job's `parents` make its feed a draft tree."""
         if self.forward_packed is not None:
-            return self.forward_packed([(dec.target.index, tokens, last) for dec, tokens, last in feeds])
-        return [dec.target.forward(tokens) for dec, tokens, _ in feeds]
+            return self.forward_packed([(dec.target.index, tokens, last, tree) for dec, tokens, last, tree in feeds])
+        return [
+            dec.target.forward(tokens) if tree is None else dec.target.forward(tokens, tree)
+            for dec, tokens, _, tree in feeds
+        ]
 
     def _plan(self, decoding: list[Ticket]) -> dict[Ticket, int]:
         """k per decoding job: its own controller alone, `plan_batch` together."""

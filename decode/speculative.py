@@ -84,9 +84,12 @@ class SpeculativeDecoder:
         """The target's hidden state at the last cached position (what an MTP drafter reads)."""
         return self._hidden
 
-    def took_step(self, cached: list[int], hidden: torch.Tensor) -> None:
+    def took_step(self, cached: list[int], hidden: torch.Tensor, rows: list[int] | None = None) -> None:
         """A verify step ended: the cache is rolled back to `cached` (prompt + accepted tokens),
-        whose last position's hidden state is `hidden`."""
+        whose last position's hidden state is `hidden`; `rows`: the step fed a tree, whose accepted
+        path (these rows of the feed) moves into place first."""
+        if rows is not None:
+            self.target.keep_rows(len(self._cached), rows)
         self.target.rollback(len(cached))
         self._cached, self._hidden, self._next_logits = cached, hidden, None
 
@@ -126,7 +129,7 @@ class SpeculativeDecoder:
             feed = job.feed()
             if feed:
                 t = time.perf_counter()
-                out = self.target.forward(feed)
+                out = self.target.forward(feed) if job.parents is None else self.target.forward(feed, job.parents)
                 job.take(out, time.perf_counter() - t)
             yield from job.drain()
 

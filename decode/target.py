@@ -6,6 +6,10 @@ for those positions; the KV cache grows by n. `rollback(length)` forgets everyth
 followed by the residual stream after each layer in `feature_layers` (a drafter that reads
 several depths, as EAGLE-3 does, sets them; F = H * (1 + len(feature_layers))).
 
+A target with `trees` also verifies a draft tree in one forward (`forward(ids, parents)`: each
+token at position start + its depth, attending to the context and its ancestors, `decode.tree`)
+and then keeps only the accepted path's cache rows (`keep_rows`).
+
 Two implementations:
 - `StaticLlamaTarget`: Llama-family models (SmolLM2, tiny test configs) re-implemented in
   plain torch over a pre-allocated KV cache indexed by explicit positions (gpt-fast's
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from decode.layers import project, rms_norm, rotate_half
+from decode.tree import ancestor_mask, check_parents, depths
 
 
 class Forward(NamedTuple):
@@ -42,8 +47,9 @@ class Target(Protocol):
     feature_layers: tuple[int, ...]
     max_len: int  # positions the cache holds (a reply stops before it would overflow)
     embed: torch.Tensor  # the input embedding table [vocab, hidden] (drafters that share it read it)
+    trees: bool  # forward takes `parents` (a draft tree) and keep_rows exists
 
-    def forward(self, token_ids: list[int]) -> Forward: ...
+    def forward(self, token_ids: list[int], parents: list[int] | None = None) -> Forward: ...
 
     def rollback(self, length: int) -> None: ...
 
@@ -52,6 +58,8 @@ class Target(Protocol):
 
 class StaticLlamaTarget:
     """A Llama-family causal LM over a static KV cache; rollback is moving `length` back."""
+
+    trees = True
 
     def __init__(
         self, model, max_len: int = 2048, feature_layers: tuple[int, ...] = (), weight_major: bool = True
@@ -168,32 +176,60 @@ class StaticLlamaTarget:
         self._v[dst][:, :, :n].copy_(self._v[src][:, :, :n])
         self.lengths[dst] = n
 
-    def forward(self, token_ids: list[int]) -> Forward:
-        """Run the model on `token_ids` at slot 0's positions length..length+n-1."""
-        return self.forward_packed([(0, token_ids, False)])[0]
+    def forward(self, token_ids: list[int], parents: list[int] | None = None) -> Forward:
+        """Run the model on `token_ids` at slot 0's positions length..length+n-1 (a tree: `parents`)."""
+        return self.forward_packed([(0, token_ids, False, parents)])[0]
+
+    def keep_rows(self, start: int, rows: list[int], slot: int = 0) -> None:
+        """After a tree fed at `start`: cache row start + rows[j] moves to start + j (the accepted path,
+        root first, rows ascending) and the cache ends there. A path along rows 0, 1, … moves nothing."""
+        end = start + len(rows)
+        if not rows or rows[0] != 0 or start + rows[-1] >= self.lengths[slot]:
+            raise ValueError(f"rows {rows} are not a path fed at {start} (cache length {self.lengths[slot]})")
+        if rows != list(range(len(rows))):
+            src = torch.tensor(rows, device=self.device) + start
+            for cache in (self._k[slot], self._v[slot]):  # [layers, n_kv, max_len, head_dim]
+                cache[:, :, start:end] = cache[:, :, src]
+        self.rollback(end, slot)
 
     @torch.inference_mode()
-    def _pack(self, feeds: list[tuple[int, list[int], bool]]) -> tuple[list, torch.Tensor, torch.Tensor, list]:
+    def _pack(self, feeds: list[tuple]) -> tuple[list, torch.Tensor, torch.Tensor, list]:
         """Each feed's (slot, start, n, offset in the packed tokens), the rotary tables at every
-        packed position, and each feed's causal mask over its cache (None for one token)."""
-        parts, offset = [], 0
-        for slot, ids, _ in feeds:
+        packed position, and each feed's mask over its cache (None for one token): causal for a
+        chain, the context plus its ancestors for a tree token (`decode.tree`)."""
+        parts, trees, offset = [], [], 0
+        for feed in feeds:
+            slot, ids, parents = feed[0], feed[1], feed[3] if len(feed) > 3 else None
             start, n = self.lengths[slot], len(ids)
             if n == 0:
                 raise ValueError(f"slot {slot}: nothing to feed")
             if start + n > self.max_len:
                 raise ValueError(f"context of {start + n} tokens exceeds the cache ({self.max_len})")
+            if parents is not None:
+                if len(parents) != n - 1:
+                    raise ValueError(f"slot {slot}: {len(parents)} parents for a tree of {n - 1} tokens")
+                check_parents(parents)
             parts.append((slot, start, n, offset))
+            trees.append(parents)
             offset += n
-        if len(parts) == 1:
+        if len(parts) == 1 and trees[0] is None:
             start, n = parts[0][1], parts[0][2]
             cos, sin = self.cos[start : start + n], self.sin[start : start + n]
         else:
-            pos = torch.cat([torch.arange(start, start + n) for _, start, n, _ in parts]).to(self.device)
+            pos = torch.cat(
+                [
+                    torch.arange(start, start + n) if tree is None else start + torch.tensor(depths(tree))
+                    for (_, start, n, _), tree in zip(parts, trees)
+                ]
+            ).to(self.device)
             cos, sin = self.cos[pos], self.sin[pos]
         masks = [
-            None if n == 1 else torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
-            for _, start, n, _ in parts
+            None
+            if n == 1
+            else torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(start)
+            if tree is None
+            else torch.cat([torch.ones(n, start, dtype=torch.bool), ancestor_mask(tree)], dim=1).to(self.device)
+            for (_, start, n, _), tree in zip(parts, trees)
         ]
         return parts, cos, sin, masks
 
@@ -250,26 +286,25 @@ class StaticLlamaTarget:
         hidden = rms_norm(x, self.final_norm, self.eps)
         return hidden, (torch.cat([hidden, *features], dim=-1) if features else hidden)
 
-    def forward_packed(self, feeds: list[tuple[int, list[int], bool]]) -> list[Forward]:
+    def forward_packed(self, feeds: list[tuple]) -> list[Forward]:
         """One forward over several slots' new tokens, packed end to end (no padding).
 
-        feeds: (slot, token ids, last_only) — `last_only` returns the logits of the last position
-        only (a prefill chunk). The linear layers run once over all T = sum(n_i) tokens; attention
-        runs per slot over its own cache (query j of slot i sees keys 0..start_i + j). One feed is
-        exactly the one-sequence forward.
+        feeds: (slot, token ids, last_only[, parents]) — `last_only` returns the logits of the last
+        position only (a prefill chunk); `parents` (None: a chain) makes the ids a draft tree after
+        their first. The linear layers run once over all T = sum(n_i) tokens; attention runs per slot
+        over its own cache (query j of slot i sees keys 0..start_i + j, or for a tree the context and
+        its ancestors). One feed is exactly the one-sequence forward.
         """
         if len(feeds) == 1 and not feeds[0][2] and (graphs := self.step_graphs.get(feeds[0][0])) is not None:
-            done = graphs.run(feeds[0][1])  # a captured step of this width
+            done = graphs.run(feeds[0][1], feeds[0][3] if len(feeds[0]) > 3 else None)  # a captured step
             if done is not None:
                 return [done]
         parts, cos, sin, masks = self._pack(feeds)
         major = self.weight_major
-        x = self.embed[torch.tensor([t for _, seq, _ in feeds for t in seq], device=self.device)]  # [T, H]
+        x = self.embed[torch.tensor([t for feed in feeds for t in feed[1]], device=self.device)]  # [T, H]
         hidden, hidden_out = self.run_layers(x, cos, sin, lambda i, q, k, v: self._attend(i, q, k, v, parts, masks))
-        rows = [
-            off + n - 1 if last_only else slice(off, off + n) for (_, _, n, off), (_, _, last_only) in zip(parts, feeds)
-        ]
-        if any(last for _, _, last in feeds):  # the LM head only where logits are read
+        rows = [off + n - 1 if feed[2] else slice(off, off + n) for (_, _, n, off), feed in zip(parts, feeds)]
+        if any(feed[2] for feed in feeds):  # the LM head only where logits are read
             logits = [
                 project(hidden[r : r + 1] if isinstance(r, int) else hidden[r], self.lm_head, major).float()
                 for r in rows
@@ -294,8 +329,11 @@ class SlotTarget:
     def length(self) -> int:
         return self.parent.lengths[self.index]
 
-    def forward(self, token_ids: list[int]) -> Forward:
-        return self.parent.forward_packed([(self.index, token_ids, False)])[0]
+    def forward(self, token_ids: list[int], parents: list[int] | None = None) -> Forward:
+        return self.parent.forward_packed([(self.index, token_ids, False, parents)])[0]
+
+    def keep_rows(self, start: int, rows: list[int]) -> None:
+        self.parent.keep_rows(start, rows, self.index)
 
     def rollback(self, length: int) -> None:
         self.parent.rollback(length, self.index)
@@ -313,7 +351,9 @@ class SlotTarget:
 
 
 class HFTarget:
-    """Any transformers causal LM over a DynamicCache."""
+    """Any transformers causal LM over a DynamicCache; it verifies chains only (no tree mask)."""
+
+    trees = False
 
     def __init__(self, model, feature_layers: tuple[int, ...] = (), keep_shared_kv: bool = False) -> None:
         """`keep_shared_kv`: keep Gemma 4's `shared_kv_states` of each forward (its assistant drafter reads them)."""
@@ -358,8 +398,10 @@ class HFTarget:
         self.length = length
 
     @torch.inference_mode()
-    def forward(self, token_ids: list[int]) -> Forward:
+    def forward(self, token_ids: list[int], parents: list[int] | None = None) -> Forward:
         """Run the model on `token_ids` after the cached context."""
+        if parents is not None:
+            raise ValueError("HFTarget verifies chains only: draft trees need StaticLlamaTarget")
         ids = torch.tensor([token_ids], device=self.device)
         positions = torch.arange(self.length, self.length + len(token_ids), device=self.device)
         extra = {"return_shared_kv_states": True} if self.keep_shared_kv else {}

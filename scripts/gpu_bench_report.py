@@ -5,7 +5,8 @@
 Out (stdout): the GPU's name, the host CPU (model, cores), torch/transformers/CUDA versions, a
 summary per part (greedy, best fixed k, heuristic and adaptive tok/s, adaptive's ratios, whether
 every run was token-identical to greedy, and where not the prompts that diverged, verify ms, ms
-to 8 tokens) and every part's full report.
+to 8 tokens; with `--tree`: each tree shape's and the adaptive controllers' tok/s, tokens per
+verify and share of tree verifies) and every part's full report.
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def summary(report: dict) -> dict:
         },
         "draft_graphs": report.get("draft_graphs"),
     }
+    if "adaptive_tree" in by_mode:  # decode-bench --tree
+        out["trees"] = {
+            r["mode"] + ("x".join(map(str, [r["k"], *r.get("tree", [])])) if r["mode"] in ("tree", "fixed") else ""): {
+                "tok_s": r["tokens_per_s"],
+                "tokens_per_verify": r["mean_accepted"],
+                "mean_nodes": r["mean_k"],
+                "tree_share": r.get("tree_steps"),
+                "identical": r["identical"],
+            }
+            for r in runs
+            if r["mode"] in ("fixed", "tree", "adaptive", "adaptive_tree", "adaptive_chain")
+        }
     if report.get("acceptance") == "synthetic":
         out.update(
             oracle_accept=report["oracle_accept"],

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
-from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, can_branch
 from decode.jobs import GenerationSettings, PrefillJob, ReplyJob
 from decode.scheduler import Priority, StepScheduler, Ticket
 from decode.spans import Span
@@ -119,9 +119,10 @@ def load_assistant_drafter(cfg: Config, target: Target, generator: torch.Generat
 
 
 def make_controller(
-    cfg: Config, verify_cost_s: dict[int, float], kind: str | None = None, k: int | None = None
+    cfg: Config, verify_cost_s: dict[int, float], kind: str | None = None, k: int | None = None, branch: int = 1
 ) -> Controller:
-    """The controller named by `decode.controller` (or `kind`), seeded with measured costs."""
+    """The controller named by `decode.controller` (or `kind`), seeded with measured costs; `branch` > 1:
+    the adaptive one may plan draft trees of that many candidates a node (`ReplyModel.tree_branch`)."""
     kind = kind or cfg.decode.controller
     if kind == "fixed":
         return FixedController(cfg.decode.fixed_draft if k is None else k)
@@ -135,6 +136,7 @@ def make_controller(
             verify_cost_s=dict(verify_cost_s),
             prior_accept=cfg.decode.prior_accept,
             cost_ema=cfg.decode.cost_ema,
+            branch=branch,
         )
     raise ConfigError(f"decode.controller: unknown controller {kind!r} (known: adaptive, fixed, heuristic)")
 
@@ -198,10 +200,18 @@ class ReplyModel:
             self._set_layout(cfg.decode.linear_layout)
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)
+        if cfg.decode.tree_branch < 1:
+            raise ConfigError(f"decode.tree_branch: expected 1 (chains) or more, got {cfg.decode.tree_branch}")
+        # candidates per draft-tree node: trees need a drafter that branches and a target that verifies them
+        self.tree_branch = cfg.decode.tree_branch if can_branch(self.drafter, self.target) else 1
         self._capture_graphs(cfg, [0])
         self.verify_cost_s = calibrate_verify_cost(self.target, calibration_ks(cfg.decode.max_draft))
         self.decoder = SpeculativeDecoder(
-            self.target, self.tokenizer, self.drafter, make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed
+            self.target,
+            self.tokenizer,
+            self.drafter,
+            make_controller(cfg, self.verify_cost_s, branch=self.tree_branch),
+            seed=cfg.llm.seed,
         )
         eos = {self.tokenizer.eos_token_id, model.generation_config.eos_token_id}
         eos = {e for x in eos for e in (x if isinstance(x, list) else [x]) if e is not None}
@@ -233,8 +243,8 @@ class ReplyModel:
 
     def _capture_graphs(self, cfg: Config, slots: list[int]) -> None:
         """On CUDA, capture the static target's one-sequence steps of 1..max_draft + 1 tokens for `slots`
-        (`decode.graphs`): slot 0 first, then the scheduler's, unless slot 0's capture failed; where
-        capture fails, steps stay eager (one log line)."""
+        (`decode.graphs`; steps that verify trees too when `tree_branch` > 1): slot 0 first, then the
+        scheduler's, unless slot 0's capture failed; where capture fails, steps stay eager (one log line)."""
         if not (
             cfg.decode.cuda_graphs and isinstance(self.target, StaticLlamaTarget) and self.target.device.type == "cuda"
         ) or (slots != [0] and 0 not in self.target.step_graphs):
@@ -243,7 +253,7 @@ class ReplyModel:
 
         try:
             for slot in slots:
-                StepGraphs(self.target, list(range(1, cfg.decode.max_draft + 2)), slot)
+                StepGraphs(self.target, list(range(1, cfg.decode.max_draft + 2)), slot, trees=self.tree_branch > 1)
         except Exception as err:  # a driver or kernel that cannot be captured: eager steps still work
             self.target.step_graphs.clear()
             log.warning("CUDA graph capture failed, steps stay eager: %s: %s", type(err).__name__, err)
@@ -276,7 +286,11 @@ class ReplyModel:
             drafter = make_drafter(cfg, self.tokenizer, view, self.generator)
             slots.append(
                 SpeculativeDecoder(
-                    view, self.tokenizer, drafter, make_controller(cfg, self.verify_cost_s), seed=cfg.llm.seed + i
+                    view,
+                    self.tokenizer,
+                    drafter,
+                    make_controller(cfg, self.verify_cost_s, branch=self.tree_branch),
+                    seed=cfg.llm.seed + i,
                 )
             )
         return StepScheduler(

@@ -4,6 +4,7 @@ import dataclasses
 
 from commands.bench import BenchPlan
 from commands.cli import TRAINING_FIELDS, build_parser, training_run
+from commands.decode_bench import TREE_SHAPES
 from commands.decode_bench_synthetic import ORACLE_ACCEPT, PROMPT_TOKENS
 from commands.fleet import Fleet
 from commands.hesitation import DEFAULT_PAUSES_MS
@@ -66,3 +67,4 @@ def test_decode_bench_help_states_the_synthetic_defaults():
     helps = {a.dest: a.help for a in subparser("decode-bench")._actions}
     assert ",".join(map(str, ORACLE_ACCEPT)) in helps["oracle_accept"]
     assert f"default {PROMPT_TOKENS}" in helps["prompt_tokens"]
+    assert TREE_SHAPES in helps["tree"]

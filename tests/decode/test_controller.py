@@ -1,6 +1,13 @@
 import pytest
 
-from decode.controller import AdaptiveController, HeuristicController, StepStats, expected_tokens, interpolate_cost
+from decode.controller import (
+    AdaptiveController,
+    HeuristicController,
+    StepStats,
+    expected_tokens,
+    interpolate_cost,
+    tree_plan,
+)
 
 
 def test_expected_tokens_matches_closed_form():
@@ -92,3 +99,55 @@ def test_failed_probes_back_off_and_an_accepted_one_resets_the_wait():
     assert ctl.next_k() == 1
     ctl.update(StepStats(1, 1, 0.0, 3.0))  # the probe was accepted
     assert ctl._probe_gap == 4
+
+
+def test_tree_plan_with_one_rank_is_the_chain():
+    a = [0.8, 0.6, 0.5, 0.3]
+    plan = tree_plan([[x] for x in a], 4)
+    assert [depth for _, depth in plan] == [0, 1, 2, 3, 4]
+    assert all(abs(e - expected_tokens(a, k)) < 1e-12 for k, (e, _) in enumerate(plan))
+
+
+def test_tree_plan_takes_the_best_nodes_by_path_probability():
+    # level 1: ranks .6/.3; level 2: .5/.2. Nodes: 1a .6, 1b .3, 1a-2a .3, 1b-2a .15, 1a-2b .12, 1b-2b .06
+    plan = tree_plan([[0.6, 0.3], [0.5, 0.2]], 7)
+    want = [(1.0, 0), (1.6, 1), (1.9, 1), (2.2, 2), (2.35, 2), (2.47, 2), (2.53, 2), (2.53, 2)]
+    assert [(round(e, 9), d) for e, d in plan] == want
+
+
+CPU_COSTS = {0: 0.033, 1: 0.035, 2: 0.037, 3: 0.045, 4: 0.056, 6: 0.064, 8: 0.072}  # a wide verify is dear
+GPU_COSTS = {0: 0.00264, 1: 0.0032, 8: 0.0036}  # nearly flat past one draft token
+
+
+def test_the_controller_picks_chains_where_wide_verifies_are_dear_and_trees_where_they_are_cheap():
+    """The same drafter (first candidate right 60 % of the time, the second 24 %: the prior, pinned by its
+    weight): on the CPU's costs a chain of 2, on the GPU's a tree of every node it may draft."""
+    cpu = AdaptiveController(k_max=8, branch=3, verify_cost_s=dict(CPU_COSTS), prior_accept=0.6, prior_weight=1e3)
+    assert [round(b, 3) for b in cpu.rank_acceptance()[0]] == [0.6, 0.24, 0.096]
+    assert cpu.next_k() == 2 and cpu.tree_shape(2) == (2, 1)  # a chain
+    gpu = AdaptiveController(k_max=8, branch=3, verify_cost_s=dict(GPU_COSTS), prior_accept=0.6, prior_weight=1e3)
+    shape = gpu.tree_shape(8)
+    assert gpu.next_k() == 8 and shape.branch == 3 and shape.depth < 8  # a tree of 8 nodes, 3 candidates a node
+    chains_only = AdaptiveController(k_max=8, verify_cost_s=dict(GPU_COSTS), prior_accept=0.6, prior_weight=1e3)
+    assert gpu.score(8) > chains_only.score(8)
+
+
+def test_trees_that_emit_less_than_expected_lose_their_estimate():
+    ctl = AdaptiveController(k_max=8, branch=3, verify_cost_s=dict(GPU_COSTS), prior_accept=0.6)
+    before = ctl.tree_tokens()[6][0]
+    for _ in range(10):  # trees of 6 whose first level held the target's token nowhere
+        ctl.update(StepStats(6, 0, 0.0, None, tried=(3,), accepted_rank=(0,)))
+    after = ctl.tree_tokens()[6][0]
+    assert before > 2.0 and after < 1.3
+    assert ctl.tree_tokens()[5][0] > after  # a budget not tried keeps the template's estimate (lowered by the ranks)
+
+
+def test_one_branch_is_exactly_the_chain_rule():
+    """branch = 1 picks argmax_k E[tokens | k] / (k c_draft + c_verify(k)) over its chain estimates, and
+    every shape it asks is a chain of k."""
+    ctl = AdaptiveController(k_max=6, branch=1, verify_cost_s=dict(CPU_COSTS), probe_every=1000)
+    for n in [2, 0, 1, 3, 3, 1, 0, 2, 2, 4, 4, 1]:
+        k = ctl.next_k()
+        rate = [expected_tokens(ctl.acceptance(), j) / (j * ctl.draft_cost_s + ctl.verify_cost(j)) for j in range(7)]
+        assert k == max(range(7), key=rate.__getitem__) and ctl.tree_shape(k) == (k, 1)
+        ctl.update(StepStats(max(k, 1), min(n, max(k, 1)), 0.001 * k, 0.04))

@@ -111,3 +111,71 @@ def test_context_window_masks_positions_before_the_sequence():
     again = head.step(h, e, head.context_kv(ctx_changed), valid)
     assert torch.allclose(out[0], again[0], atol=1e-5)
     assert torch.allclose(out[0], head.step(h[:1], e[:1], head.context_kv(ctx[:1, 2:]))[0], atol=1e-5)
+
+
+def tree_paths(draft):
+    """Each tree row's tokens from the root."""
+    paths = {0: ()}
+    for i, (t, p) in enumerate(zip(draft.tokens, draft.parents), start=1):
+        paths[i] = paths[p] + (t,)
+    return paths
+
+
+def test_a_greedy_tree_grows_around_the_drafters_own_chain():
+    """Siblings are distinct reduced-vocabulary tokens, the budget and depth hold, and the first-child path
+    is the chain the head drafts greedily (each node chains its own parent's feature)."""
+    from decode.tree import TreeShape
+
+    drafter = MTPDrafter(head(tuple(range(0, 64, 2))), TARGET.model.embed_tokens.weight.detach())
+    hidden = torch.randn(64)
+    tree = drafter.propose_tree([1, 2, 3], 7, TreeShape(3, 3), hidden)
+    paths = tree_paths(tree)
+    assert len(tree.tokens) == 7 and max(map(len, paths.values())) <= 3 and tree.probs is None
+    assert all(t % 2 == 0 for t in tree.tokens)
+    siblings = {}
+    for row, p in enumerate(tree.parents, start=1):
+        siblings.setdefault(p, []).append(tree.tokens[row - 1])
+    assert all(len(set(s)) == len(s) for s in siblings.values())
+    first = [0]
+    while first[-1] + 1 in paths and tree.parents[first[-1]] == first[-1]:  # rows 1, 2, … chain down
+        first.append(first[-1] + 1)
+    chain = drafter.propose([1, 2, 3], len(first) - 1, hidden).tokens
+    assert list(paths[first[-1]]) == chain
+
+
+def test_a_sampled_tree_carries_the_heads_law_at_each_expanded_row():
+    from decode.tree import TreeShape
+
+    vocab = tuple(range(10, 30))
+    drafter = MTPDrafter(
+        head(vocab),
+        TARGET.model.embed_tokens.weight.detach(),
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    tree = drafter.propose_tree([1, 2, 3], 6, TreeShape(2, 3), torch.randn(64))
+    assert tree.probs.shape == (7, 64)
+    expanded = sorted(set(tree.parents))
+    assert torch.allclose(tree.probs[expanded].sum(-1), torch.ones(len(expanded)))
+    assert tree.probs[:, :10].sum() == 0 and all(t in vocab for t in tree.tokens)
+    for row, p in enumerate(tree.parents, start=1):
+        assert tree.probs[p, tree.tokens[row - 1]] > 0  # each token drawn from its parent's law
+
+
+def test_context_attention_trees_are_lossless_and_track_the_accepted_path():
+    """A head with context attention drafting wide trees (16 candidates a node, so the random head is
+    sometimes right, off its first child): after each step the drafter's keys/values are those of the
+    target's features along what was accepted, not along the rows the tree fed."""
+    torch.manual_seed(0)
+    cfg = MTPConfig(hidden_size=64, intermediate_size=128, layers=1, feature_layers=(1,), context=6)
+    target = StaticLlamaTarget(TARGET, feature_layers=(1,))
+    moved = []
+    keep = target.keep_rows
+    target.keep_rows = lambda start, rows, slot=0: (moved.append(rows), keep(start, rows, slot))
+    drafter = MTPDrafter(MTPHead(cfg).eval(), TARGET.model.embed_tokens.weight.detach())
+    dec = SpeculativeDecoder(target, ByteTokenizer(), drafter, FixedController(24, depth=2, branch=16))
+    out = [t for s in dec.generate([9, 8, 7], GenerationSettings(max_new_tokens=20)) for t in s.token_ids]
+    assert out == plain_greedy(TARGET, [9, 8, 7], 20)
+    assert any(rows[1:] and rows[1] != 1 for rows in moved)  # accepted off the first child
+    fresh = StaticLlamaTarget(TARGET, feature_layers=(1,)).forward(dec._cached).hidden
+    assert torch.allclose(drafter.context_kv, drafter.head.context_kv(fresh), atol=1e-4)

@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
+from tree_drafters import RankedOracle
 
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, StepStats, plan_batch
@@ -29,12 +30,16 @@ def make_drafter(kind, parent):
         torch.manual_seed(3)
         head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=64, context=4)).eval()
         return MTPDrafter(head, parent.embed)
+    if kind == "ranked":
+        return RankedOracle(TARGET)
     return NoDrafter()
 
 
 def make_controller(kind, k):
     if kind == "fixed":
         return FixedController(k)
+    if kind == "tree":  # k + 2 nodes over about half as many levels, three candidates a node
+        return FixedController(k + 2, depth=max(1, (k + 2) // 2), branch=3)
     return AdaptiveController(k_max=max(k, 1), verify_cost_s={0: 1.0, 8: 1.1})
 
 
@@ -68,8 +73,8 @@ def run_until_idle(sched, limit=2000):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
-    drafter=st.sampled_from(["ngram", "model", "mtp", "none"]),
-    controller=st.sampled_from(["fixed", "adaptive"]),
+    drafter=st.sampled_from(["ngram", "model", "mtp", "ranked", "none"]),
+    controller=st.sampled_from(["fixed", "adaptive", "tree"]),
     k=st.integers(0, 5),
 )
 def test_sequences_joining_and_leaving_at_random_steps_each_equal_their_plain_greedy(data, drafter, controller, k):
@@ -133,7 +138,7 @@ def test_sequences_sharing_a_step_each_draft_and_accept_part_of_it(controller):
     widths = []  # per step: the width of each decoding sequence's feed (prefill feeds are last-only)
 
     def forward_packed(feeds):
-        widths.append([len(tokens) for _, tokens, last_only in feeds if not last_only])
+        widths.append([len(tokens) for _, tokens, last_only, _ in feeds if not last_only])
         return parent.forward_packed(feeds)
 
     flat = {w: 1.0 for w in range(1, 65)}  # cost_ema = 0: the measured times never replace these
@@ -461,3 +466,30 @@ def test_a_free_slot_whose_cache_another_slot_holds_is_taken_before_a_unique_his
     run_until_idle(sched)
     assert len({kept.slot, a.slot, b.slot}) == 3
     assert new.slot == a.slot  # the history stays cached, though its slot is the least recently used
+
+
+def test_packed_steps_mix_chains_and_trees_and_each_reply_equals_its_plain_greedy():
+    """Four replies share each step: two verify trees of different shapes (paths through later siblings
+    move their cache rows), one a chain of prompt lookup, one an MTP tree; each stays its plain greedy."""
+    prompts, n = [[5, 9, 13, 5], [1, 2, 3], [40, 41, 40, 41, 7], [8, 7, 6]], 20
+    parent = StaticLlamaTarget(TARGET, max_len=160)
+    setups = [
+        (RankedOracle(TARGET), FixedController(6, depth=3, branch=3)),
+        (NgramDrafter(3, 1), FixedController(3)),
+        (RankedOracle(TARGET, ranks=(1, 3, 2, 0)), FixedController(4, depth=2, branch=2)),
+        (make_drafter("mtp", parent), FixedController(5, depth=2, branch=4)),
+    ]
+    decs = [SpeculativeDecoder(parent.slot(i), ByteTokenizer(), d, c) for i, (d, c) in enumerate(setups)]
+    kinds = []  # per step: each feed a tree (T) or a chain (C) of more than one token
+
+    def forward_packed(feeds):
+        kinds.append(sorted("T" if feed[3] is not None else "C" for feed in feeds if len(feed[1]) > 1 and not feed[2]))
+        return parent.forward_packed(feeds)
+
+    flat = {w: 1.0 for w in range(1, 65)}
+    sched = StepScheduler(decs, forward_packed, flat, step_tokens=64, cost_ema=0.0, threaded=False)
+    runs = [submit(sched, p, n) for p in prompts]
+    run_until_idle(sched)
+    assert [out for _, out in runs] == [plain_greedy(TARGET, p, n) for p in prompts]
+    assert any("C" in k and k.count("T") >= 2 for k in kinds), kinds  # chains and trees in one forward
+    assert all(ticket.job.stats.accepted > 0 for ticket, _ in runs[:2])

@@ -4,12 +4,14 @@ import threading
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
+from tree_drafters import RankedOracle
 
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import Draft, ModelDrafter, NgramDrafter, NoDrafter
 from decode.jobs import GenerationSettings
 from decode.layers import project
+from decode.mtp import MTPConfig, MTPDrafter, MTPHead
 from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
 from decode.target import HFTarget, StaticLlamaTarget
 
@@ -381,4 +383,104 @@ def test_a_primed_reply_samples_its_first_token_from_the_targets_distribution():
     top = torch.argsort(p, descending=True)[:8]  # the likely tokens; the tail is folded into one bin
     observed = torch.cat([counts[top], (n - counts[top].sum())[None]])
     expected = torch.cat([p[top], (1 - p[top].sum())[None]]) * n
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01
+
+
+# ---- draft trees --------------------------------------------------------------------------------
+TREE_SHAPES = [(3, 1, 3), (4, 2, 2), (6, 3, 3), (8, 4, 2)]  # (nodes, depth, branch)
+
+
+def tree_drafter(kind, target_model=TARGET):
+    if kind == "ranked":
+        return RankedOracle(target_model)
+    if kind == "mtp":
+        torch.manual_seed(0)
+        head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, layers=2, feature_layers=(1,))).eval()
+        return MTPDrafter(head, target_model.model.embed_tokens.weight.detach())
+    return {"ngram": NgramDrafter(3, 1), "model": ModelDrafter(StaticLlamaTarget(DRAFT, max_len=128))}[kind]
+
+
+@pytest.mark.parametrize("weight_major", [False, True], ids=["linear", "weight_major"])
+@pytest.mark.parametrize("shape", TREE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("drafter", ["ranked", "mtp", "ngram", "model"])
+def test_tree_speculative_greedy_equals_plain_greedy(drafter, shape, weight_major):
+    """Every drafter under a tree-shaped controller (the n-gram and model drafters cannot branch: they
+    draft chains), every shape and layout: output == plain greedy."""
+    nodes, depth, branch = shape
+    n = 24
+    for prompt in GRID_PROMPTS:
+        target = StaticLlamaTarget(TARGET, max_len=128, weight_major=weight_major, feature_layers=(1,))
+        ctl = FixedController(nodes, depth=depth, branch=branch)
+        got, dec = decode(target, tree_drafter(drafter), ctl, prompt, n)
+        assert got == greedy_of(tuple(prompt), n), f"prompt {prompt}"
+        assert dec.stats.drafted > 0
+        assert (dec.stats.tree_steps > 0) == (drafter in ("ranked", "mtp"))  # only these branch
+
+
+def test_trees_accepted_through_later_siblings_move_their_cache_rows_into_place():
+    """The oracle puts the target's token second, first, third or nowhere among each node's
+    candidates: accepted paths leave the first-child rows, so their keys/values must be gathered
+    into place before the rest is dropped — or every later token reads the wrong ones."""
+    prompt, n = [3, 4, 5], 30
+    target = StaticLlamaTarget(TARGET, max_len=128)
+    moved = []
+    keep = target.keep_rows
+    target.keep_rows = lambda start, rows, slot=0: (moved.append(rows), keep(start, rows, slot))
+    got, dec = decode(target, tree_drafter("ranked"), FixedController(8, depth=4, branch=3), prompt, n)
+    assert got == greedy_of(tuple(prompt), n)
+    assert any(rows != list(range(len(rows))) for rows in moved), moved  # some path left the first children
+    assert dec.stats.accepted > 0 and dec.stats.steps < n
+    assert target.length == len(prompt) + n - 1  # the cache holds what was said, not the other branches
+
+
+def test_adaptive_trees_are_lossless_and_a_flat_verify_makes_them_branch():
+    """The adaptive controller with branch 3 where a wider verify costs nothing: it asks for trees (the
+    ranked oracle's right token is often second), and the output is plain greedy's."""
+    prompt, n = [41, 7, 22, 3], 40
+    ctl = AdaptiveController(k_max=8, branch=3, verify_cost_s={0: 1e-3, 8: 1.0001e-3})
+    ctl.update = _ignore_timing(ctl.update)
+    got, dec = decode(StaticLlamaTarget(TARGET, max_len=128), tree_drafter("ranked"), ctl, prompt, n)
+    assert got == greedy_of(tuple(prompt), n)
+    assert dec.stats.tree_steps > dec.stats.steps / 2 and ctl.tree_shape(ctl.next_k()).branch == 3  # it branches
+    assert dec.stats.mean_accepted > 1.5
+
+
+@pytest.mark.parametrize("drafter", ["ranked", "mtp"])
+def test_hf_target_falls_back_to_chains_and_stays_lossless(drafter):
+    prompt = [5, 9, 13, 5, 9]
+    target = HFTarget(TARGET, feature_layers=(1,))
+    got, dec = decode(target, tree_drafter(drafter), FixedController(6, depth=2, branch=3), prompt, 20)
+    assert got == plain_greedy(TARGET, prompt, 20)
+    assert dec.stats.drafted > 0 and dec.stats.tree_steps == 0
+
+
+def test_sampled_tree_replies_follow_the_targets_law_over_their_first_three_tokens():
+    """The decoder end to end at temperature 2 with an MTP head sampling trees at temperature 1 (its q is
+    not p): children drawn without replacement, tried in order; P(x1 x2 x3) must be the target's."""
+    from scipy.stats import chisquare
+
+    prompt, temperature, n = [5, 9, 2, 7], 2.0, 2000
+    law = target_law_of_three(prompt, temperature).flatten()
+    torch.manual_seed(0)
+    head = MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, layers=1)).eval()
+    drafter = MTPDrafter(
+        head, TARGET.model.embed_tokens.weight.detach(), 1.0, generator=torch.Generator().manual_seed(1)
+    )
+    ctl = FixedController(5, depth=2, branch=4)
+    dec = SpeculativeDecoder(StaticLlamaTarget(TARGET, max_len=64), ByteTokenizer(), drafter, ctl, seed=3)
+    s = GenerationSettings(max_new_tokens=3, temperature=temperature)
+    counts = torch.zeros_like(law)
+    accepted, trees = set(), 0
+    vocab = TARGET.config.vocab_size
+    for _ in range(n):
+        spans = list(dec.generate(prompt, s))
+        a, b, c = [t for sp in spans for t in sp.token_ids]
+        counts[(a * vocab + b) * vocab + c] += 1
+        accepted.add(spans[0].accepted_len)
+        trees += dec.stats.tree_steps
+    assert accepted == {0, 1, 2} and trees >= n  # rejections at either level, a whole path accepted; trees
+    cells = law * n >= 5
+    observed = torch.cat([counts[cells], counts[~cells].sum()[None]])
+    expected = torch.cat([law[cells], law[~cells].sum()[None]]) * n
+    assert cells.sum() >= 10
     assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01

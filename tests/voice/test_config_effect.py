@@ -498,10 +498,26 @@ def _(cfg, rig):
     import decode.graphs
 
     llm, captured = reply_model(cfg), []
-    rig.monkeypatch.setattr(decode.graphs, "StepGraphs", lambda target, widths, slot: captured.append(slot))
+    rig.monkeypatch.setattr(decode.graphs, "StepGraphs", lambda target, widths, slot, trees: captured.append(slot))
     rig.monkeypatch.setattr(llm.target, "device", torch.device("cuda"))
     llm._capture_graphs(cfg, [0])
     return captured
+
+
+@probe("decode.tree_branch", "1", *LOCAL, "decode.drafter=mtp", "decode.mtp_path={mtp1}", "decode.max_draft=6")
+def _(cfg, rig):
+    """The draft the built model feeds after a prompt when asked for 6 tokens: a tree (its parents) or a
+    chain (None), and the candidates per node its controller plans with."""
+    from decode.jobs import ReplyJob
+
+    llm = reply_model(cfg)
+    with llm.lock:
+        dec = llm.decoder
+        job = ReplyJob(dec, llm.chat_ids([{"role": "user", "content": "hi"}]), llm.settings)
+        while job.prefilling:
+            job.take(dec.target.forward(job.feed()), 0.0)
+        job.feed(k=6)
+        return {"parents": job.parents, "branch": dec.controller.branch}
 
 
 # ---- ASR and TTS as load_stack builds them, their libraries faked ---------------------------
