@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from commands.cli_args import UsageError, config_overrides, int_list, layer_list
+from commands.cli_args import DeviceError, UsageError, config_overrides, int_list, layer_list
 from commands.cli_bench import cmd_bench, cmd_decode_bench, cmd_soak
 from commands.hesitation import DEFAULT_PAUSES_MS
 from voice.config import Config, load_config
@@ -29,7 +29,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """What becomes a one-line error: user-facing errors only (a FileNotFoundError from a bug keeps
     its traceback; files the user names are checked where they are opened)."""
     from commands.balancer import FleetError
-    from commands.talk import DeviceError
 
     return (*USER_ERRORS, DeviceError, FleetError)
 

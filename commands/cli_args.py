@@ -17,6 +17,10 @@ class UsageError(VoiceError, ValueError):
     """Bad command-line input: a flag's value, or flags that do not go together (every command)."""
 
 
+class DeviceError(RuntimeError):
+    """No usable audio device (`voice talk`); the message says what to do instead."""
+
+
 def int_list(text: str) -> list[int]:
     """`1,2,4` -> [1, 2, 4] (argparse type: a bad value is a usage error)."""
     try:

@@ -26,8 +26,9 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     """voice soak: concurrent sessions and a disconnect storm against a server."""
     import asyncio
 
-    from commands.bench import bench_audio, machine_info
+    from commands.bench import bench_audio
     from commands.launch import spawn_server, stop_server
+    from commands.machine import machine_info
     from commands.soak import disconnect_storm, soak
     from web.client import ServerLost
 
@@ -68,7 +69,8 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
 
-    from commands.bench import BenchCut, machine_info, plot, report, run_bench
+    from commands.bench import BenchCut, plot, report, run_bench
+    from commands.machine import machine_info
 
     plan = _bench_plan(args)
     try:

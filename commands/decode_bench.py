@@ -21,9 +21,9 @@ from importlib.resources import files
 import torch
 from tqdm import tqdm
 
-from commands.bench import machine_info
 from commands.cli_args import UsageError
 from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
+from commands.machine import machine_info
 from commands.prompt_sets import bundled_conversations
 from decode.controller import FixedController
 from decode.drafters import NoDrafter, can_branch

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from commands.bench import machine_info
 from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
+from commands.machine import machine_info
 from decode.controller import FixedController, expected_tokens
 from decode.drafters import NoDrafter
 from decode.jobs import GenerationSettings

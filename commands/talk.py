@@ -19,6 +19,7 @@ import numpy as np
 
 from audio.frames import SAMPLE_RATE_HZ
 from audio.wavio import AudioError, read_wav, write_wav
+from commands.cli_args import DeviceError
 from voice.config import Config
 from voice.session_events import AudioOut, ReplyText, Speech, Transcript, TurnEnd, TurnFailed, VadState, dispatch
 from web.protocol import Decoder, ErrorReport
@@ -26,10 +27,6 @@ from web.protocol import Decoder, ErrorReport
 log = logging.getLogger(__name__)
 
 FRAME = SAMPLE_RATE_HZ // 50  # 20 ms
-
-
-class DeviceError(RuntimeError):
-    """No usable audio device; the message says what to do instead."""
 
 
 def _sounddevice():

@@ -82,7 +82,7 @@ def rebuilt_sha256(logs: Path) -> str | None:
 
 
 def main() -> None:
-    from commands.bench import machine_info
+    from commands.machine import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="the folder of decode-bench JSON reports (WORK/results)")

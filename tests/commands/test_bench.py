@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from commands.bench import compare_report, parse_cpuinfo, report
+from commands.bench import compare_report, report
 from commands.hesitation import (
     HesitationClip,
     HesitationRun,
@@ -17,6 +17,7 @@ from commands.hesitation import (
     run_result,
     word_boundary,
 )
+from commands.machine import parse_cpuinfo
 from commands.turn_record import TurnRecord
 
 RATE = 16000

@@ -50,8 +50,8 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
 
 def test_only_user_facing_errors_become_one_line_errors(tmp_path, capsys, monkeypatch):
     from commands import cli
+    from commands.cli_args import DeviceError
     from commands.smart_turn import SmartTurnNotInstalled
-    from commands.talk import DeviceError
     from voice.errors import VoiceError
     from voice.tts import TTSError
     from web.client import ServerError
@@ -182,3 +182,25 @@ def test_bench_one_turn_json(stack, question_wav, tmp_path):
     assert stages["first_span"] <= stages["first_audio"] <= gap + 0.1
     assert "capital of france" in report["results"][0]["transcript"].lower()
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_decode_bench_and_its_errors_need_none_of_the_voice_stacks_packages():
+    """The GPU machine has torch and transformers only (scripts/gpu-bench): decode-bench, its
+    machine report and the CLI's error path import nothing of websockets, soxr, piper or whisper."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('websockets', 'soxr', 'piper', 'faster_whisper', 'ctranslate2', 'onnxruntime'):
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+import commands.decode_bench, commands.decode_bench_synthetic, commands.machine
+from commands.cli import _user_errors
+_user_errors()
+print('ok')
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
