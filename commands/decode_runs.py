@@ -48,6 +48,8 @@ def run_ours(
         "tree_steps": total.tree_steps / total.steps if total.steps else 0.0,  # share of verifies that were trees
         "tokens": total.tokens,
         "acceptance_per_position": [round(a / t, 3) for t, a in zip(total.tried_at, total.accepted_at)],
+        # trees: of the levels along accepted paths, the share that accepted no child, the first, the second, …
+        "tree_ranks": [round(n / sum(total.tree_ranks), 3) for n in total.tree_ranks],
         "draft_ms_per_token": total.draft_s * 1e3 / total.drafted if total.drafted else None,
         "_outputs": outputs,
     }

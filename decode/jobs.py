@@ -54,6 +54,7 @@ class DecodeStats:
     draft_lens: list[int] = field(default_factory=list)
     tried_at: list[int] = field(default_factory=list)  # per draft position: times it was verified
     accepted_at: list[int] = field(default_factory=list)  # … and accepted
+    tree_ranks: list[int] = field(default_factory=list)  # trees: levels whose accepted child was the r-th (0: none)
 
     def record(self, draft_len: int, accepted_len: int, levels: int | None = None) -> None:
         """Count one verify step of `draft_len` tokens: position (a tree's level) j is verified iff all
@@ -83,6 +84,14 @@ class DecodeStats:
         self.draft_lens.extend(other.draft_lens)
         for j, (tried, acc) in enumerate(zip(other.tried_at, other.accepted_at)):
             self._count(j, tried, acc)
+        for rank, n in enumerate(other.tree_ranks):
+            self.count_rank(rank, n)
+
+    def count_rank(self, rank: int, n: int = 1) -> None:
+        """A tree level (a node with children on the accepted path) accepted its rank-th child (0: none)."""
+        while len(self.tree_ranks) <= rank:
+            self.tree_ranks.append(0)
+        self.tree_ranks[rank] += n
 
     @property
     def acceptance(self) -> float:
@@ -366,6 +375,8 @@ class ReplyJob:
         st.steps += 1
         st.tree_steps += 1
         st.record(len(tokens), n, len(accepted.tried))
+        for rank in accepted.accepted_rank:
+            st.count_rank(rank)
         st.draft_s += self._draft_s
         st.verify_s += seconds
         self._emit(accepted.tokens, len(tokens), n)

@@ -431,6 +431,9 @@ def test_trees_accepted_through_later_siblings_move_their_cache_rows_into_place(
     assert any(rows != list(range(len(rows))) for rows in moved), moved  # some path left the first children
     assert dec.stats.accepted > 0 and dec.stats.steps < n
     assert target.length == len(prompt) + n - 1  # the cache holds what was said, not the other branches
+    # the oracle's token sat nowhere, first or second (third: a node this tree does not keep): levels were
+    # counted at each of those ranks
+    assert len(dec.stats.tree_ranks) == 3 and all(dec.stats.tree_ranks), dec.stats.tree_ranks
 
 
 def test_adaptive_trees_are_lossless_and_a_flat_verify_makes_them_branch():
