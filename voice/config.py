@@ -111,7 +111,7 @@ class DecodeConfig:
     cuda_graphs: bool = True  # on CUDA: steps of 1..max_draft + 1 tokens and the MTP draft loop replay captured graphs
     # candidates per node of a draft tree the adaptive controller may plan (1: chains only); k is then the
     # node budget, and where a wide verify costs too much it still picks chains (docs/decoding.md)
-    tree_branch: int = 4
+    tree_branch: int = 1
 
 
 @dataclass(frozen=True)

@@ -504,7 +504,7 @@ def _(cfg, rig):
     return captured
 
 
-@probe("decode.tree_branch", "1", *LOCAL, "decode.drafter=mtp", "decode.mtp_path={mtp1}", "decode.max_draft=6")
+@probe("decode.tree_branch", "4", *LOCAL, "decode.drafter=mtp", "decode.mtp_path={mtp1}", "decode.max_draft=6")
 def _(cfg, rig):
     """The draft the built model feeds after a prompt when asked for 6 tokens: a tree (its parents) or a
     chain (None), and the candidates per node its controller plans with."""
