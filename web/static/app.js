@@ -15,6 +15,7 @@ const log = new ConversationLog($('log'), stats);
 let ws = null, audioCtx = null, micStream = null, micNode = null, talking = false;
 let reconnectDelay = 500, outRate = 22050, nextPlayTime = 0, sources = new Set();
 let typedQueue = [], muteReply = false, turnOver = true, sessions = 0;
+let stopped = false;  // the user interrupted the reply: its audio still on the wire is dropped until its turn ends
 const GOING_AWAY = 1001;  // the server drains: reconnect now (see PROTOCOL.md)
 const HEALTH_POLL_MS = 500;  // while the models load /healthz is asked this often; the first 200 connects
 const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');  // server.token_env's secret: #token=…
@@ -114,6 +115,7 @@ function onEvent(msg) {
       announce(`You said: ${msg.text}`);
       // a typed turn comes back as its final transcript: its audio is muted if voice is off for typed turns
       muteReply = typedQueue[0] === msg.text ? (typedQueue.shift(), !settings.voiceForTyped) : false;
+      stopped = false;
       turnOver = false;
       state.set('thinking');
       break;
@@ -147,6 +149,7 @@ function onTurnEnd(msg) {
   $('sparkline').replaceChildren(sparklineSvg(stats.gaps.slice(-20)));
   $('last-gap').textContent = fmtMs(m.turn_gap_ms);
   turnOver = true;
+  stopped = false;
   if (m.interrupted) {
     flushPlayback();
     if (state.name === 'hearing') return;  // a barge-in: the user is already talking
@@ -167,7 +170,7 @@ function showConfig(config) {
 
 function onAudio(buf) {
   stats.audioChunksReceived++;
-  if (!audioCtx || muteReply) return;
+  if (!audioCtx || muteReply || stopped) return;
   const pcm = new Int16Array(buf);
   const audio = audioCtx.createBuffer(1, pcm.length, outRate);
   const ch = audio.getChannelData(0);
@@ -261,6 +264,7 @@ async function toggleTalk() {
 function interrupt() {
   if (!ws || ws.readyState !== WebSocket.OPEN || $('interrupt').disabled) return;
   ws.send(JSON.stringify({ type: 'interrupt' }));
+  stopped = true;
   flushPlayback();
 }
 
