@@ -240,8 +240,8 @@ class StepScheduler:
         """Copy into `slot` the longest prefix of `prompt` that another slot caches, when it is at
         least `share_min_tokens` longer than `slot`'s own: a session's history prefilled in one
         slot serves its next job on any slot (a copy of the KV, not a prefill)."""
-        have = common_prefix_len(self.slots[slot].cached, prompt)
         lengths = [common_prefix_len(dec.cached, prompt) for dec in self.slots]
+        have = lengths[slot]
         src = max(range(len(self.slots)), key=lengths.__getitem__)
         shared = lengths[src] >= have + self.share_min_tokens and self.slots[slot].adopt_prefix(
             self.slots[src], lengths[src]

@@ -310,7 +310,7 @@ class WhisperASR:
 
     def transcribe_detailed(self, audio: np.ndarray) -> Transcription:
         """Text of one utterance and how many decodes it took (also kept in `last_transcription`)."""
-        self.last_transcription = self._transcribe(audio)
+        self.last_transcription = self.transcribe_batch([audio])[0]
         return self.last_transcription
 
     def transcribe_batch(self, audios: Sequence[np.ndarray]) -> list[Transcription]:
@@ -326,7 +326,9 @@ class WhisperASR:
             if len(decoders) > 1 and attempt.temperature == 0:
                 for d, decoded in zip(decoders, decode_together(decoders, attempt)):
                     d.known[attempt] = decoded
-        return [p if isinstance(p, Transcription) else self._until_clean(*p) for p in planned]
+        return [
+            p if isinstance(p, Transcription) else transcribe_until_clean(*p, no_speech=self.no_speech) for p in planned
+        ]
 
     def batch_key(self, audio: np.ndarray) -> int | None:
         """What utterances must share to be decoded in one batch (their first window, in mel
@@ -340,13 +342,6 @@ class WhisperASR:
         # repeating itself or dropping the last word: measured on the bench questions, +50
         # frames repeated sentences, +300 (min 600) matched whole-file decoding but for 2 words.
         return min(MAX_FRAMES, max(self.min_window_frames, -(-(frames + self.pad_frames) // 100) * 100))
-
-    def _until_clean(self, decoder: WindowDecoder, plan: list[DecodeAttempt]) -> Transcription:
-        return transcribe_until_clean(decoder, plan, no_speech=self.no_speech)
-
-    def _transcribe(self, audio: np.ndarray) -> Transcription:
-        planned = self._plan(audio)
-        return planned if isinstance(planned, Transcription) else self._until_clean(*planned)
 
     def _plan(self, audio: np.ndarray) -> Transcription | tuple[WindowDecoder, list[DecodeAttempt]]:
         """The decoder and decode plan of one utterance, or its transcription where no short
