@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from fake_openai import REPLY, SERVER_THREAD, ChatServer
-from guards import HANG_GUARD_S
 
 from audio.wavio import read_wav
+from guards import HANG_GUARD_S
 from voice.config import load_config
 from voice.pipeline import VoiceSession
 from voice.session_events import TurnEnd, TurnFailed

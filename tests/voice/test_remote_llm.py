@@ -63,15 +63,33 @@ def test_streamed_deltas_become_spans_in_order_and_the_request_carries_the_conve
     ]
 
 
-def test_closing_the_reply_closes_the_stream_so_the_server_stops_sending():
+def stalled_server() -> tuple[ChatServer, threading.Event]:
+    """A server that stalls after its first delta until the gate opens, then writes 199 more."""
     gate = threading.Event()
-    srv = ChatServer(words=["word"] * 200, gate=gate)
+    return ChatServer(words=["word"] * 200, gate=gate), gate
+
+
+async def server_finished(srv: ChatServer, gate: threading.Event) -> None:
+    """Open the gate and wait, with the loop still running, until the server stops writing."""
+    gate.set()
+    assert await asyncio.to_thread(srv.finished.wait, 30)
+
+
+def test_closing_the_reply_closes_the_stream_so_the_server_stops_sending():
+    srv, gate = stalled_server()
+
+    async def main():
+        reply, spans = replies(srv.url).reply([{"role": "user", "content": "Talk."}]), []
+        async with aclosing(reply):
+            async for span in reply:
+                spans.append(span)
+                break  # the reply policy has what it will speak
+        await server_finished(srv, gate)  # the server goes on writing, into a connection the client closed
+        return reply, spans
+
     try:
-        # the reader has enough after the first delta (the reply policy's end) while the server stalls
-        reply, spans, error = run(replies(srv.url), [{"role": "user", "content": "Talk."}], lambda spans: True)
-        gate.set()  # the server goes on writing, into a connection the client closed
-        assert srv.finished.wait(30)
-        assert reply.stats.cancelled and error is None
+        reply, spans = asyncio.run(main())
+        assert reply.stats.cancelled
         assert srv.sent < 200 and srv.disconnected.is_set()  # the server's writes failed: the client went
         assert [s.text for s in spans] == ["word"]
     finally:
@@ -81,8 +99,7 @@ def test_closing_the_reply_closes_the_stream_so_the_server_stops_sending():
 def test_cancelling_the_reader_while_the_server_is_silent_closes_the_stream():
     """A barge-in while the server sends nothing (a long prefill, a stall): the task reading the
     reply is cancelled, the connection closes, and no span comes after."""
-    gate = threading.Event()
-    srv = ChatServer(words=["word"] * 200, gate=gate)
+    srv, gate = stalled_server()
 
     async def main():
         reply, spans = replies(srv.url).reply([{"role": "user", "content": "Talk."}]), []
@@ -96,12 +113,11 @@ def test_cancelling_the_reader_while_the_server_is_silent_closes_the_stream():
         reader = asyncio.ensure_future(read())
         with pytest.raises(asyncio.CancelledError):
             await reader
+        await server_finished(srv, gate)
         return reply, spans
 
     try:
         reply, spans = asyncio.run(main())
-        gate.set()
-        assert srv.finished.wait(30)
         assert reply.stats.cancelled and srv.disconnected.is_set() and srv.sent < 200
         assert [s.text for s in spans] == ["word"]
     finally:

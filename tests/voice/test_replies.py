@@ -153,8 +153,8 @@ def test_a_prepared_reply_takes_no_step_until_its_reader_asked_for_the_next_span
         assert not sched.run_step() and prepared.emitted == emitted  # the reader has not acted on it yet
         while not spans[-1].final:
             asking = asyncio.ensure_future(r.__anext__())
-            await settle()  # the request marks the last span read
-            sched.run_step()
+            await settle()  # asking marks the last span read
+            assert not asking.done() and sched.run_step()  # so the reply takes its next step
             spans.append(await asking)
         assert [t for s in spans for t in s.token_ids] == plain_greedy(TARGET, [1, 2, 3], 8)
 
