@@ -8,7 +8,7 @@ Nothing overlaps, so the turn gap is asr + llm + tts.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -73,11 +73,10 @@ def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel | RemoteR
 
 
 def remote_reply(remote: RemoteReplies, messages: list[dict[str, str]]) -> list[Span]:
-    """The server's whole reply to `messages`; raises its `LLMServerError` if the request failed."""
-    spans: list[Span] = []
-    ended = threading.Event()
-    ticket = remote.submit_reply(messages, None, spans.append, lambda _: ended.set())
-    ended.wait()
-    if ticket.error is not None:
-        raise ticket.error
-    return spans
+    """The server's whole reply to `messages`, read on an event loop of its own (`voice turn` runs
+    none); raises its `LLMServerError` if the request failed."""
+
+    async def spans() -> list[Span]:
+        return [span async for span in remote.reply(messages)]
+
+    return asyncio.run(spans())

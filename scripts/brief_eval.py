@@ -41,7 +41,7 @@ def answer(llm, cfg, system_prompt: str, question: str) -> dict:
     shaper = ReplyShaper(reply_budget(cfg))
     full, tokens = "", 0
     with llm.lock:
-        for span in llm.reply([{"role": "user", "content": question}]):
+        for span in llm.reply_direct([{"role": "user", "content": question}]):
             full += span.text
             tokens += len(span.token_ids)
             shaper.push(span.text, len(span.token_ids))

@@ -22,6 +22,7 @@ cached under the voice cache, `eot-audio/`). Needs `pip install onnx` for piper'
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -181,7 +182,7 @@ class TurnScorer:
             end = float(probs[self.llm.end_of_user_id])
             if words == words.rstrip(".?!… "):  # unpunctuated: the pipeline's score is `close`
                 t = time.perf_counter()
-                close = self.llm.end_of_turn_prob(messages)
+                close = asyncio.run(self.llm.end_of_turn_prob(messages))
                 self.ms.append((time.perf_counter() - t) * 1e3)
                 if abs(end + float(probs[self.closing].sum()) - close) > 1e-3:
                     raise RuntimeError(f"the plain forward disagrees with end_of_turn_prob on {words!r}")

@@ -8,6 +8,17 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REPLY = ["Paris", " is", " the", " capital", " of", " France", "."]
+SERVER_THREAD = "fake-openai"  # the name of every thread the server starts (tests count the others)
+
+
+class _Server(ThreadingHTTPServer):
+    """One daemon thread per request, named `SERVER_THREAD`."""
+
+    def process_request(self, request, client_address):
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), name=SERVER_THREAD, daemon=True
+        )
+        thread.start()
 
 
 class ChatServer:
@@ -77,8 +88,8 @@ class ChatServer:
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, name=SERVER_THREAD, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def close(self):

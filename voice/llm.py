@@ -1,8 +1,9 @@
 """The reply generator: loads the target LLM and builds the speculative decoder from config.
 
-In: `Config`. Out: `ReplyModel`, which turns a conversation (chat messages) into an
-iterator of `Span`s via the speculative decoder. Loading SmolLM2-135M fp32 takes ~1 s;
-a verify-cost calibration at load (~1 s) seeds the adaptive controller.
+In: `Config`. Out: `ReplyModel`, which turns a conversation (chat messages) into `Span`s via
+the speculative decoder: `reply` streams them on the decode scheduler into the caller's event
+loop (`voice.replies`), `reply_direct` yields them in the calling thread. Cost at load: the
+model, and a verify-cost calibration that seeds the adaptive controller.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
 from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
 from voice.config import Config, ConfigError
 from voice.models import ModelNotReady, llm_path
+from voice.replies import ScheduledReply, scheduled_job
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +183,10 @@ CALIBRATED_WIDTHS = (16, 32, 64)  # packed widths measured at load besides 1..ma
 class ReplyModel:
     """Target LLM + drafter + controller.
 
-    Sessions go through `scheduler` (`submit_reply`, `end_of_turn_prob`): replies of all
-    sessions advance together in batched steps, each on its own KV slot. `decoder` (slot 0)
-    serves one caller at a time under `lock` (benchmarks, `reply`, `reply_plain`).
+    Sessions go through `scheduler` (`reply`, `end_of_turn_prob`, awaited on their event loop):
+    replies of all sessions advance together in batched steps, each on its own KV slot.
+    `decoder` (slot 0) serves one caller at a time under `lock` (benchmarks, `reply_direct`,
+    `reply_plain`).
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -304,18 +307,17 @@ class ReplyModel:
             max_ahead_s=cfg.decode.max_ahead_s,
         )
 
-    def submit_reply(
-        self,
-        messages: list[dict[str, str]],
-        cancel: threading.Event | None,
-        emit: Callable[[Span], None],
-        done: Callable[[Ticket], None],
-        priority: Priority | None = None,
-    ) -> Ticket:
-        """Start the reply on the scheduler: spans go to `emit` (scheduler thread), then `done`;
+    def reply(self, messages: list[dict[str, str]], priority: Priority | None = None) -> ScheduledReply:
+        """The reply on the decode scheduler, read on the calling event loop (`voice.replies.Replies`);
         `priority`: what its owner tells the scheduler at each step (urgent, held, playback)."""
         ids = self.chat_ids(messages)
-        return self.scheduler.submit(lambda dec: ReplyJob(dec, ids, self.settings, cancel), ids, emit, priority, done)
+        return ScheduledReply(
+            self.scheduler,
+            lambda dec, cancel: ReplyJob(dec, ids, self.settings, cancel),
+            ids,
+            priority,
+            self.settings.max_new_tokens,
+        )
 
     def submit_ids(self, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
         """A reply to prompt token ids on the scheduler (benchmarks): its tokens go to `on_tokens`."""
@@ -349,8 +351,8 @@ class ReplyModel:
         """Tokens of a piece of reply text (the spoken reply's length)."""
         return len(self.token_ids(text))
 
-    def reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
-        """Spans of the reply to the conversation; hold `lock` while iterating."""
+    def reply_direct(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
+        """Spans of the reply on slot 0's decoder, in the calling thread; hold `lock` while iterating."""
         return self.decoder.generate(self.chat_ids(messages), self.settings, cancel)
 
     def reply_plain(self, messages: list[dict[str, str]]) -> Iterator[Span]:
@@ -359,7 +361,7 @@ class ReplyModel:
             self.chat_ids(messages), self.settings, drafter=NoDrafter(), controller=FixedController(0)
         )
 
-    def end_of_turn_prob(self, messages: list[dict[str, str]]) -> float:
+    async def end_of_turn_prob(self, messages: list[dict[str, str]]) -> float:
         """Semantic end of turn of the last user message: P(it ends here, or a sentence closes here).
 
         The message is scored without its closing punctuation (whisper closes cut phrases with
@@ -377,8 +379,9 @@ class ReplyModel:
         primes = len(reply) > end and reply[:end] == ids[:end]
         # the reply's whole prompt, its logits kept: a reply to these words takes its first token from them
         prefill = reply if primes else ids[:end]  # else a tokenization merging the words with what follows
-        ticket = self.scheduler.submit(
+        job = await scheduled_job(
+            self.scheduler,
             lambda dec: PrefillJob(dec, prefill, token_ids=self.turn_end_ids, score_at=end - 1, keep_logits=primes),
             prefill,
         )
-        return ticket.wait().prob
+        return job.prob

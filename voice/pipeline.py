@@ -309,7 +309,7 @@ class VoiceSession:
         future = self._scoring.get(text)
         if future is None:
             msgs = self.conversation.messages(text)
-            future = asyncio.ensure_future(asyncio.to_thread(self.stack.llm.end_of_turn_prob, msgs))
+            future = asyncio.ensure_future(self.stack.llm.end_of_turn_prob(msgs))
             self._scoring[text] = future
             future.add_done_callback(lambda _: self._scoring.pop(text, None))
         return asyncio.shield(future)
@@ -369,7 +369,6 @@ class VoiceSession:
                 self._replies.pop(turn.id, None)
                 await self._act(self.turns.step(ReplyDone(turn.id)))
         except asyncio.CancelledError:
-            turn.stop_decode.set()
             forward.cancel()
             raise
         except Exception as err:  # a failing stage ends this turn, not the session

@@ -1,19 +1,19 @@
 """Replies from an OpenAI-compatible chat server (`llm.backend = "openai"`).
 
-In: the conversation (chat messages). Out: `Span`s through the same callbacks as the embedded
-decoder's `ReplyModel.submit_reply`, so the reply policy, chunker and TTS are unchanged. The
-server (vLLM, SGLang, llama.cpp, Ollama, a hosted API) batches and speculates on its side;
-this side streams `chat.completions` with the `openai` client (async, one event-loop thread
-for all replies) and closes the HTTP stream when a reply is cancelled (barge-in, a dropped
-prediction, the reply policy's end), so the server stops decoding it. The end-of-turn score
-still comes from the embedded model, which reads the user's words, so turn-taking is the
-same with either backend.
+In: the conversation (chat messages). Out: a stream of `Span`s with the same interface as the
+embedded decoder's (`voice.replies.Replies`), so the reply policy, chunker and TTS are
+unchanged. The server (vLLM, SGLang, llama.cpp, Ollama, a hosted API) batches and speculates
+on its side; this side streams `chat.completions` with the `openai` async client on the
+caller's event loop and closes the HTTP stream when the reply is closed or its reader is
+cancelled (barge-in, a dropped prediction, the reply policy's end), so the server stops
+decoding it. The end-of-turn score still comes from the embedded model, which reads the
+user's words, so turn-taking is the same with either backend.
 
 Costs here: one HTTP stream per reply; each streamed delta is tokenized by the embedded
 model's tokenizer (a span's `token_ids` are those local ids: the reply policy's budget is in
 tokens, and the server's own ids are not streamed). `check_server` (one `GET /models`, before
 the models load) refuses a server that is unreachable, refuses the key or does not serve
-`llm.model`; a reply that fails later ends with an `LLMServerError` whose one line names the
+`llm.model`; a reply that fails later raises an `LLMServerError` whose one line names the
 URL, the cause and the fix (`server_failure`).
 """
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
 
 import httpx
 
 from decode.jobs import DecodeStats
+from decode.scheduler import Priority
 from decode.spans import Span
 from voice.errors import VoiceError
 
@@ -111,14 +111,6 @@ class RemoteJob:
     finish_reason: str | None = None
 
 
-@dataclass(eq=False)
-class RemoteTicket:
-    """One streamed reply: `job` as it goes, `error` if it failed (the `done` callback says it ended)."""
-
-    job: RemoteJob = field(default_factory=RemoteJob)
-    error: BaseException | None = None
-
-
 def chat_messages(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
     """The request's messages: the system prompt first; a conversation ending in the assistant's
     (shortened) answer gets a user turn asking it to go on."""
@@ -129,7 +121,8 @@ def chat_messages(messages: list[dict[str, str]], system_prompt: str) -> list[di
 
 
 class RemoteReplies:
-    """Streams replies from `base_url` (an OpenAI-compatible `/v1`) on one event-loop thread."""
+    """Streams replies from `base_url` (an OpenAI-compatible `/v1`) on the caller's event loop;
+    the HTTP client pools its connections on the first loop that uses it (the process's)."""
 
     def __init__(
         self,
@@ -151,114 +144,91 @@ class RemoteReplies:
             client = AsyncOpenAI(
                 base_url=base_url, api_key=os.environ.get(api_key_env) or "none", timeout=timeout_s, max_retries=0
             )
+            if getattr(client, "_platform", "") is None:
+                # it would read the OS (blocking file reads) in a worker thread before its first
+                # request; read it here, at load, so that no reply starts a thread
+                from openai._base_client import get_platform
+
+                client._platform = get_platform()
         self.base_url, self.api_key_env = base_url, api_key_env
         self.client, self.model, self.tokenize = client, model, tokenize
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.system_prompt = system_prompt
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="remote-replies", daemon=True)
-        self._thread.start()
 
-    def close(self) -> None:
-        """Cancel replies in flight, close the HTTP client and stop the backend's thread."""
-        if not self._thread.is_alive():
-            return
+    def reply(self, messages: list[dict[str, str]], priority: Priority | None = None) -> RemoteReply:
+        """The server's reply to `messages`, streamed as it is read (`voice.replies.Replies`). The
+        embedded scheduler's `priority` does not apply: the server schedules its own batch."""
+        job = RemoteJob()
+        return RemoteReply(job, self._spans(job, messages))
 
-        async def shutdown() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            close = getattr(self.client, "close", None)
-            if close is not None:
-                await close()
+    async def _spans(self, job: RemoteJob, messages: list[dict[str, str]]) -> AsyncIterator[Span]:
+        from openai import APIError
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-    def submit_reply(
-        self,
-        messages: list[dict[str, str]],
-        cancel: threading.Event | None,
-        emit: Callable[[Span], None],
-        done: Callable[[RemoteTicket], None],
-        **_scheduling: Any,
-    ) -> RemoteTicket:
-        """Start streaming the reply: spans go to `emit` (from the backend's thread), then `done`.
-        The embedded scheduler's priority callbacks (`urgent`, `paused`, `ahead`) do not apply:
-        the server schedules its own batch."""
-        ticket = RemoteTicket()
-        cancelled = cancel.is_set if cancel is not None else lambda: False
-        asyncio.run_coroutine_threadsafe(self._reply(ticket, messages, cancelled, emit, done), self._loop)
-        return ticket
-
-    async def _reply(
-        self,
-        ticket: RemoteTicket,
-        messages: list[dict[str, str]],
-        cancelled: Callable[[], bool],
-        emit: Callable[[Span], None],
-        done: Callable[[RemoteTicket], None],
-    ) -> None:
-        job = ticket.job
-        # a cancel ends the request even while the server sends nothing (a long prefill): the
-        # connection closes, and the server stops decoding the reply
-        watcher = asyncio.ensure_future(_cancel_on(cancelled, asyncio.current_task()))
-        try:
-            await self._stream(job, messages, emit)
-        except asyncio.CancelledError:
-            job.stats.cancelled = True
-        except Exception as err:  # the pipeline reports and logs it for this turn; the session keeps serving
-            from openai import APIError
-
-            ticket.error = err
-            if isinstance(err, (APIError, httpx.HTTPError)):  # the server's failure, not a bug here
-                ticket.error = LLMServerError(server_failure(err, self.base_url, self.api_key_env))
-                ticket.error.__cause__ = err  # the traceback --debug shows
-        finally:
-            watcher.cancel()
-            if ticket.error is None:
-                emit(Span((), "", 0, 0, time.perf_counter(), final=True))
-            done(ticket)
-
-    async def _stream(self, job: RemoteJob, messages: list[dict[str, str]], emit: Callable[[Span], None]) -> None:
         start = time.perf_counter()
-        stream = await self.client.chat.completions.create(
-            model=self.model,
-            messages=chat_messages(messages, self.system_prompt),
-            stream=True,
-            max_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-        )
         try:
-            async for chunk in stream:
-                self._take(job, chunk, start, emit)
-        finally:
-            await stream.close()
+            stream = await self.client.chat.completions.create(
+                model=self.model,
+                messages=chat_messages(messages, self.system_prompt),
+                stream=True,
+                max_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+            )
+            try:
+                async for chunk in stream:
+                    if (span := self._take(job, chunk, start)) is not None:
+                        yield span
+            finally:  # the connection closes, and the server stops decoding the reply
+                await stream.close()
+        except (asyncio.CancelledError, GeneratorExit):
+            job.stats.cancelled = True
+            raise
+        except (APIError, httpx.HTTPError) as err:  # the server's failure, not a bug here
+            raise LLMServerError(server_failure(err, self.base_url, self.api_key_env)) from err
         if job.finish_reason == "length":  # the server stopped at our cap
             job.stats.tokens = max(job.stats.tokens, self.max_new_tokens)
+        yield Span((), "", 0, 0, time.perf_counter(), final=True)
 
-    def _take(self, job: RemoteJob, chunk: Any, start: float, emit: Callable[[Span], None]) -> None:
+    def _take(self, job: RemoteJob, chunk: Any, start: float) -> Span | None:
         if not chunk.choices:
-            return
+            return None
         choice = chunk.choices[0]
         job.finish_reason = choice.finish_reason or job.finish_reason
         text = choice.delta.content if choice.delta is not None else None
         if not text:
-            return
+            return None
         now = time.perf_counter()
         if job.first_token_s is None:
             job.first_token_s = now - start
         ids = tuple(self.tokenize(text))
         job.stats.tokens += len(ids)
         job.stats.steps += 1
-        emit(Span(ids, text, 0, 0, now))
+        return Span(ids, text, 0, 0, now)
 
 
-async def _cancel_on(cancelled: Callable[[], bool], task: asyncio.Task, poll_s: float = 0.05) -> None:
-    """Cancel `task` once `cancelled()` (polled every `poll_s`)."""
-    while not cancelled():
-        await asyncio.sleep(poll_s)
-    task.cancel()
+class RemoteReply:
+    """One streamed reply (`voice.replies.ReplyStream`): the request goes out when the first span
+    is asked for; closing it, or cancelling the task reading it, closes the HTTP stream."""
+
+    def __init__(self, job: RemoteJob, spans: AsyncGenerator[Span, None]) -> None:
+        self.job, self._spans = job, spans
+
+    def __aiter__(self) -> RemoteReply:
+        return self
+
+    async def __anext__(self) -> Span:
+        return await self._spans.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the HTTP stream (if open): the server stops decoding the reply."""
+        await self._spans.aclose()
+
+    @property
+    def stats(self) -> DecodeStats:
+        """Streamed deltas and their tokens (the embedded tokenizer's count)."""
+        return self.job.stats
+
+    @property
+    def capped(self) -> bool:
+        """The server stopped at `max_new_tokens`."""
+        return self.job.finish_reason == "length"

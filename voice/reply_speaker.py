@@ -2,12 +2,14 @@
 
 In: a `ReplyTurn` and the chat messages to answer. Out: `ReplyText` and `AudioOut` events on
 `turn.out`, in order, as they are made (before the endpoint when the reply is predictive; the
-session releases them). The decoder runs in the shared scheduler (urgent until the first phrase
-is out, paused when far ahead of playback); each phrase is synthesised on the shared TTS worker
-as soon as the chunker closes it, a first phrase before other sessions' later ones. Cancelling
-the reply (`ReplyTurn.step(Stop(...))`) stops decoding at the next verify step and drops
-queued phrases. The speaker tells the reply's flow when its first phrase went to TTS, when its
-first audio was made and when the reply policy has what it will speak.
+session releases them). The spans come from `voice.replies.Replies`: the embedded decoder in
+the shared scheduler (urgent until the first phrase is out, paused when far ahead of playback)
+or a server. Each phrase is synthesised on the shared TTS worker as soon as the chunker closes
+it, a first phrase before other sessions' later ones. Cancelling the task that speaks (the
+session does, on the flow's `Cancel`) closes the reply: the decoder stops at its next verify
+step, a server's stream closes, and queued phrases are dropped. The speaker tells the reply's
+flow when its first phrase went to TTS, when its first audio was made and when the reply
+policy has what it will speak.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 
 from voice.chunker import PhraseChunker
 from voice.config import Config
-from voice.llm import ReplyModel
-from voice.remote_llm import RemoteReplies
+from voice.replies import Replies
 from voice.reply_flow import AudioMade, FirstPhrase, PolicyDone
 from voice.reply_turn import ReplyTurn
 from voice.session_events import AudioOut, ReplyText
@@ -32,45 +34,31 @@ log = logging.getLogger(__name__)
 class ReplySpeaker:
     """Speaks replies over the shared models for one session."""
 
-    def __init__(self, stack: Stack, replies: ReplyModel | RemoteReplies, cfg: Config) -> None:
+    def __init__(self, stack: Stack, replies: Replies, cfg: Config) -> None:
         self.stack, self.replies, self.cfg = stack, replies, cfg
 
     async def speak(self, turn: ReplyTurn, messages: list[dict]) -> None:
         """Decode the reply to `messages` and speak it onto `turn.out`, phrase by phrase."""
-        loop = asyncio.get_running_loop()
-        spans: asyncio.Queue = asyncio.Queue()
         phrases: asyncio.Queue = asyncio.Queue()
-        llm = self.stack.llm
-
-        def put(item) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(spans.put_nowait, item)
-
         turn.stamp(llm_start=time.perf_counter())
         # urgent until its first phrase is out; a held reply then waits for the endpoint, and a
         # reply far ahead of playback waits for it, leaving the batch and the cores to others
-        ticket = self.replies.submit_reply(
-            messages, turn.stop_decode, emit=put, done=lambda _: put(None), priority=turn.priority
-        )
+        reply = self.replies.reply(messages, turn.priority)
         speaking = asyncio.ensure_future(self._tts_worker(turn, phrases))
         chunker = PhraseChunker(self.cfg.tts.first_phrase_words, self.cfg.tts.max_phrase_words)
         shaper = turn.shaper
         try:
-            while (span := await spans.get()) is not None:
-                if not turn.m.first_span:
-                    turn.stamp(first_span=span.t)
-                self._say(turn, shaper.push(span.text, len(span.token_ids)), chunker, phrases, span.t)
-                turn.priority.read += 1  # a prepared reply's next step waits for this (it may be held now)
-                llm.scheduler.wake()
-                if shaper.stopped:  # the reply policy has what it will speak
-                    turn.step(PolicyDone())  # the decoder ends the reply at its next step
-                    break
-            if ticket.error is not None:
-                raise ticket.error
-            st = ticket.job.stats
+            async with aclosing(reply):  # leaving it early (policy, cancel, failure) stops the decoding
+                async for span in reply:
+                    if not turn.m.first_span:
+                        turn.stamp(first_span=span.t)
+                    self._say(turn, shaper.push(span.text, len(span.token_ids)), chunker, phrases, span.t)
+                    if shaper.stopped:  # the reply policy has what it will speak
+                        turn.step(PolicyDone())
+                        break
+            st = reply.stats
             if not shaper.stopped:  # decoding ended: the model's end token, or the hard cap
-                capped = st.tokens >= llm.settings.max_new_tokens
-                self._say(turn, shaper.finish(capped), chunker, phrases, time.perf_counter())
+                self._say(turn, shaper.finish(reply.capped), chunker, phrases, time.perf_counter())
             turn.stamp(
                 tokens=st.tokens,
                 acceptance=st.acceptance,
@@ -78,7 +66,7 @@ class ReplySpeaker:
                 reply_end=shaper.end,
                 shortened=shaper.shortened,
                 reply_sentences=shaper.sentences,
-                reply_tokens=llm.count_tokens(turn.reply_text.strip()),
+                reply_tokens=self.stack.llm.count_tokens(turn.reply_text.strip()),
                 dropped=shaper.dropped,
             )
             for phrase in chunker.flush():
@@ -86,7 +74,6 @@ class ReplySpeaker:
             phrases.put_nowait(None)
             await speaking
         except BaseException:
-            turn.stop_decode.set()  # the scheduler drops the reply at its next step
             speaking.cancel()
             raise
 

@@ -1,17 +1,17 @@
 """One reply in flight inside a `VoiceSession`: its state machine, output queue, decode standing
 and metrics. The decisions are `voice.reply_flow.ReplyFlow`'s; this object carries out the
-decode-side ones (the job's stop flag, the scheduler's `Priority`) and hands the rest back."""
+decode-side one (the scheduler's `Priority`) and hands the rest back: decoding stops when the
+task reading the reply stream closes it or is cancelled."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import replace
 
 from decode.scheduler import Priority
 from voice.config import Config
-from voice.reply_flow import Cancel, EndDecode, ReplyAction, ReplyFlow, ReplyInput, Stage
+from voice.reply_flow import ReplyAction, ReplyFlow, ReplyInput, Stage
 from voice.reply_policy import ReplyBudget, ReplyShaper
 from voice.turns import TurnMetrics
 
@@ -23,7 +23,6 @@ class ReplyTurn:
         self.id, self.text = reply_id, text
         self.flow = ReplyFlow(time.perf_counter())
         self.priority = Priority(may_hold=self.flow.may_hold)  # read by the decode scheduler at each step
-        self.stop_decode = threading.Event()  # read by the decoder: end the reply at the next step
         self.shaper = ReplyShaper(budget)  # what of the decoded text is spoken
         self.continued = continued  # "tell me more": it continues the previous reply
         self.remembered = False  # its reply is in the conversation history
@@ -35,10 +34,8 @@ class ReplyTurn:
         self.audio_s = 0.0  # reply audio sent to the client
 
     def step(self, event: ReplyInput) -> list[ReplyAction]:
-        """Run the flow on `event`; carry out its decode-side actions; return them all."""
+        """Run the flow on `event`; update the decode standing; return the actions."""
         actions = self.flow.step(event)
-        if any(isinstance(a, (EndDecode, Cancel)) for a in actions):
-            self.stop_decode.set()
         p = self.priority
         p.urgent, p.held, p.may_hold = self.flow.urgent, self.flow.held, self.flow.may_hold
         if not self.flow.decoding:

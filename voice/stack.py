@@ -32,6 +32,7 @@ from voice.config import Config, ConfigError, LLMConfig
 from voice.llm import ReplyModel
 from voice.models import piper_path, whisper_path
 from voice.remote_llm import CHECK_TIMEOUT_S, RemoteReplies, check_server
+from voice.replies import Replies
 from voice.tts import PiperTTS
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class Stack:
             asr.transcribe_batch, audio, asr.batch_key(audio), asr.max_batch, priority
         )
 
-    def replies(self, llm: LLMConfig) -> ReplyModel | RemoteReplies:
+    def replies(self, llm: LLMConfig) -> Replies:
         """What writes the replies for sessions configured with `llm` (`llm.backend`)."""
         if llm.backend == "local":
             return self.llm
@@ -181,10 +182,8 @@ class Stack:
         return self.remote
 
     def close(self) -> None:
-        """Stop the threads in order, each after its current call: the server's streams, the decode
-        scheduler, then ASR and TTS (a reply in flight needs neither once the decoder stopped)."""
-        if self.remote is not None:
-            self.remote.close()
+        """Stop the threads in order, each after its current call: the decode scheduler, then ASR
+        and TTS (a reply in flight needs neither once the decoder stopped)."""
         scheduler = getattr(self.llm, "scheduler", None)
         if scheduler is not None:
             scheduler.close()

@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable
@@ -359,7 +358,6 @@ async def run_server(
     """Serve until Ctrl-C (stop now: sessions closed with 1001) or SIGTERM (drain, then stop);
     `listening(url)` once bound, `ready(url)` once the models are loaded."""
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max(32, 4 * cfg.server.max_sessions)))
     app = VoiceServer(cfg)
     handlers = {signal.SIGINT: app.stopped.set, signal.SIGTERM: app.begin_drain}
     for sig, handler in handlers.items():

@@ -178,12 +178,14 @@ def remote_request(cfg: Config) -> dict:
         async def close(self):
             pass
 
+    async def reply() -> None:
+        async for _ in replies.reply([{"role": "user", "content": "hi"}]):
+            pass
+
     sent: list[dict] = []
     replies = remote_replies(cfg, lambda text: [])
     replies.client = SimpleNamespace(chat=SimpleNamespace(completions=Completions()))
-    ended = threading.Event()
-    ticket = replies.submit_reply([{"role": "user", "content": "hi"}], None, lambda span: None, lambda t: ended.set())
-    assert ended.wait(10) and ticket.error is None, ticket.error
+    asyncio.run(reply())
     return sent[0]
 
 
@@ -338,7 +340,7 @@ def _(cfg, rig):
     """The draft lengths of a reply (the n-gram drafter proposes up to k where its context repeats)."""
     llm = reply_model(cfg)
     with llm.lock:
-        return max(span.draft_len for span in llm.reply([{"role": "user", "content": "a b c a b c a b c a b"}]))
+        return max(span.draft_len for span in llm.reply_direct([{"role": "user", "content": "a b c a b c a b c a b"}]))
 
 
 NGRAM_CONTEXT = [1, 2, 3, 4, 9, 9, 3, 4, 7, 2, 3, 4]  # [3, 4] recurs after 2 and after 9; [2, 3, 4] after 1
@@ -806,22 +808,40 @@ def _(cfg, rig):
 REPLY_WORDS = (" ".join(f"word{i}" for i in range(24)) + ". Then a second one. And a third one.").split()
 
 
+class ScriptedReply:
+    """One reply of `ScriptedReplies`: REPLY_WORDS, one token each."""
+
+    stats = SimpleNamespace(tokens=len(REPLY_WORDS), acceptance=0.0, mean_draft_len=0.0)
+    capped = False
+
+    def __init__(self) -> None:
+        from decode.spans import Span
+
+        words = [word if i == 0 else " " + word for i, word in enumerate(REPLY_WORDS)]
+        self._spans = iter([Span((i,), word, 0, 0, 0.0) for i, word in enumerate(words)])
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return next(self._spans)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        pass
+
+
 class ScriptedReplies:
-    """The reply backend: records each request and whether it starts paused, speaks REPLY_WORDS."""
+    """The reply backend: records each request, speaks REPLY_WORDS."""
 
     def __init__(self) -> None:
         self.calls: list[list[dict]] = []
 
-    def submit_reply(self, messages, cancel, emit, done, priority):
-        from decode.spans import Span
-
+    def reply(self, messages, priority=None) -> ScriptedReply:
         self.calls.append(messages)
-        for i, word in enumerate(REPLY_WORDS):
-            emit(Span((i,), word if i == 0 else " " + word, 0, 0, 0.0))
-        stats = SimpleNamespace(tokens=len(REPLY_WORDS), acceptance=0.0, mean_draft_len=0.0)
-        ticket = SimpleNamespace(error=None, job=SimpleNamespace(stats=stats))
-        done(ticket)
-        return ticket
+        return ScriptedReply()
 
 
 def scripted_stack(replies: ScriptedReplies, phrases: list[str]) -> SimpleNamespace:
@@ -831,14 +851,16 @@ def scripted_stack(replies: ScriptedReplies, phrases: list[str]) -> SimpleNamesp
     async def run(fn, priority=None):
         return fn()
 
+    async def end_of_turn_prob(messages) -> float:
+        return 0.9
+
     def synthesize(text: str) -> list[AudioChunk]:
         phrases.append(text)
         return [AudioChunk(np.zeros(1600, np.int16), 16000, 0.0)]
 
     llm = SimpleNamespace(
         chat_ids=lambda msgs: [0] * sum(2 + len(m["content"].split()) for m in msgs),
-        end_of_turn_prob=lambda msgs: 0.9,
-        settings=SimpleNamespace(max_new_tokens=96),
+        end_of_turn_prob=end_of_turn_prob,
         count_tokens=lambda text: len(text.split()),
         scheduler=SimpleNamespace(wake=lambda: None),
     )

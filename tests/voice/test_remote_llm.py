@@ -1,10 +1,13 @@
 """The OpenAI-compatible backend against a scripted chat server on loopback (real HTTP, real
-`openai` client): streamed deltas become spans, a cancel closes the stream, failures reach the
-ticket, and the session picks the backend from `llm.backend`."""
+`openai` client): streamed deltas become spans read on the caller's event loop, closing the
+reply or cancelling its reader closes the stream, failures raise from the reply, and the
+session picks the backend from `llm.backend`."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from contextlib import aclosing
 
 import pytest
 from fake_openai import REPLY, ChatServer, dead_url
@@ -27,27 +30,31 @@ def replies(url, **kw):
     )
 
 
-def run(backend, messages, cancel=None, on_span=None):
-    spans, ended = [], threading.Event()
+def run(backend, messages, enough=lambda spans: False):
+    """Read the reply on one event loop until it ends or `enough(spans)`; the reply, its spans and
+    what it raised (or None)."""
 
-    def emit(span):
-        spans.append(span)
-        if on_span:
-            on_span(span)
+    async def main():
+        reply, spans, error = backend.reply(messages), [], None
+        async with aclosing(reply):
+            try:
+                async for span in reply:
+                    spans.append(span)
+                    if enough(spans):
+                        break
+            except LLMServerError as err:
+                error = err
+        return reply, spans, error
 
-    ticket = backend.submit_reply(
-        messages, cancel, emit, lambda t: ended.set(), urgent=lambda: True, paused=lambda: False
-    )
-    assert ended.wait(30), "the reply never ended"
-    return ticket, spans
+    return asyncio.run(main())
 
 
 def test_streamed_deltas_become_spans_in_order_and_the_request_carries_the_conversation(server):
-    ticket, spans = run(replies(server.url), [{"role": "user", "content": "Capital of France?"}])
-    assert ticket.error is None
+    reply, spans, error = run(replies(server.url), [{"role": "user", "content": "Capital of France?"}])
+    assert error is None
     assert "".join(s.text for s in spans) == "".join(REPLY) and spans[-1].final
-    assert ticket.job.stats.tokens == sum(len(w.encode()) for w in REPLY)  # local ids of each delta
-    assert ticket.job.first_token_s is not None and ticket.job.finish_reason == "stop"
+    assert reply.stats.tokens == sum(len(w.encode()) for w in REPLY)  # local ids of each delta
+    assert reply.job.first_token_s is not None and reply.job.finish_reason == "stop" and not reply.capped
     (request,) = server.requests
     assert request["stream"] is True and request["model"] == "smol" and request["max_tokens"] == 20
     assert request["messages"] == [
@@ -56,44 +63,84 @@ def test_streamed_deltas_become_spans_in_order_and_the_request_carries_the_conve
     ]
 
 
-def test_a_cancel_closes_the_stream_so_the_server_stops_sending():
+def stalled_server() -> tuple[ChatServer, threading.Event]:
+    """A server that stalls after its first delta until the gate opens, then writes 199 more."""
     gate = threading.Event()
-    srv = ChatServer(words=["word"] * 200, gate=gate)
-    cancel = threading.Event()
+    return ChatServer(words=["word"] * 200, gate=gate), gate
+
+
+async def server_finished(srv: ChatServer, gate: threading.Event) -> None:
+    """Open the gate and wait, with the loop still running, until the server stops writing."""
+    gate.set()
+    assert await asyncio.to_thread(srv.finished.wait, 30)
+
+
+def test_closing_the_reply_closes_the_stream_so_the_server_stops_sending():
+    srv, gate = stalled_server()
+
+    async def main():
+        reply, spans = replies(srv.url).reply([{"role": "user", "content": "Talk."}]), []
+        async with aclosing(reply):
+            async for span in reply:
+                spans.append(span)
+                break  # the reply policy has what it will speak
+        await server_finished(srv, gate)  # the server goes on writing, into a connection the client closed
+        return reply, spans
+
     try:
-        # the server stalls after its first delta; the cancel comes during the stall
-        ticket, spans = run(
-            replies(srv.url), [{"role": "user", "content": "Talk."}], cancel, on_span=lambda span: cancel.set()
-        )
-        gate.set()  # the server goes on writing, into a connection the client closed
-        assert srv.finished.wait(30)
-        assert ticket.job.stats.cancelled and ticket.error is None
+        reply, spans = asyncio.run(main())
+        assert reply.stats.cancelled
         assert srv.sent < 200 and srv.disconnected.is_set()  # the server's writes failed: the client went
-        assert [s.text for s in spans if s.text] == ["word"]
+        assert [s.text for s in spans] == ["word"]
     finally:
         srv.close()
 
 
-def test_a_server_error_reaches_the_ticket_as_one_line_naming_the_url_and_the_reply_ends():
+def test_cancelling_the_reader_while_the_server_is_silent_closes_the_stream():
+    """A barge-in while the server sends nothing (a long prefill, a stall): the task reading the
+    reply is cancelled, the connection closes, and no span comes after."""
+    srv, gate = stalled_server()
+
+    async def main():
+        reply, spans = replies(srv.url).reply([{"role": "user", "content": "Talk."}]), []
+
+        async def read():
+            async with aclosing(reply):
+                async for span in reply:
+                    spans.append(span)
+                    asyncio.get_running_loop().call_soon(reader.cancel)  # lands while it awaits the next
+
+        reader = asyncio.ensure_future(read())
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await server_finished(srv, gate)
+        return reply, spans
+
+    try:
+        reply, spans = asyncio.run(main())
+        assert reply.stats.cancelled and srv.disconnected.is_set() and srv.sent < 200
+        assert [s.text for s in spans] == ["word"]
+    finally:
+        srv.close()
+
+
+def test_a_server_error_raises_from_the_reply_as_one_line_naming_the_url():
     srv = ChatServer(status=503)
     try:
-        ticket, spans = run(replies(srv.url), [{"role": "user", "content": "Hi"}])
-        assert isinstance(ticket.error, LLMServerError)
-        assert str(ticket.error) == f"the LLM server at {srv.url} failed the request (HTTP 503): see the server's log"
+        _, spans, error = run(replies(srv.url), [{"role": "user", "content": "Hi"}])
+        assert isinstance(error, LLMServerError)
+        assert str(error) == f"the LLM server at {srv.url} failed the request (HTTP 503): see the server's log"
+        assert error.__cause__ is not None  # the traceback --debug shows
         assert not spans
     finally:
         srv.close()
 
 
-def test_a_refused_connection_reaches_the_ticket_as_one_line_naming_the_url():
-    srv = ChatServer()
-    url = srv.url
-    srv.close()
-    ticket, _ = run(replies(url, timeout_s=5), [{"role": "user", "content": "Hi"}])
-    assert isinstance(ticket.error, LLMServerError)
-    assert (
-        str(ticket.error) == f"cannot reach the LLM server at {url} (connection refused): start it, or fix llm.base_url"
-    )
+def test_a_refused_connection_raises_from_the_reply_as_one_line_naming_the_url():
+    url = dead_url()
+    _, _, error = run(replies(url, timeout_s=5), [{"role": "user", "content": "Hi"}])
+    assert isinstance(error, LLMServerError)
+    assert str(error) == f"cannot reach the LLM server at {url} (connection refused): start it, or fix llm.base_url"
 
 
 def silent_url():
@@ -154,23 +201,6 @@ def test_only_the_openai_backend_checks_its_server_when_the_models_load(monkeypa
     monkeypatch.setattr(voice.stack, "WhisperASR", lambda *a: pytest.fail("models loaded before the check"))
     with pytest.raises(LLMServerError, match="cannot reach"):
         voice.stack.load_stack(voice.stack.Config(llm=LLMConfig(backend="openai", base_url=url)))
-
-
-def test_closing_the_backend_cancels_a_reply_in_flight_and_stops_its_thread():
-    gate = threading.Event()
-    srv = ChatServer(words=["word"] * 50, gate=gate)
-    try:
-        backend = replies(srv.url)
-        first, ended = threading.Event(), threading.Event()
-        ticket = backend.submit_reply(
-            [{"role": "user", "content": "Talk."}], None, lambda span: first.set(), lambda t: ended.set()
-        )
-        assert first.wait(30)  # the server now holds the stream
-        backend.close()
-        assert ended.is_set() and ticket.job.stats.cancelled and not backend._thread.is_alive()
-    finally:
-        gate.set()
-        srv.close()
 
 
 def test_continuing_an_answer_asks_the_server_to_go_on():
@@ -293,19 +323,17 @@ def test_llama_cpp_servers_openai_api_on_the_embedded_gguf_answers_and_a_cancel_
             system_prompt="Answer in one short sentence.",
             timeout_s=120,
         )
-        ticket, spans = run(backend, [{"role": "user", "content": "What is the capital of France?"}])
-        assert ticket.error is None, ticket.error
-        assert "".join(s.text for s in spans).strip() and ticket.job.first_token_s is not None
+        reply, spans, error = run(backend, [{"role": "user", "content": "What is the capital of France?"}])
+        assert error is None, error
+        assert "".join(s.text for s in spans).strip() and reply.job.first_token_s is not None
         long = RemoteReplies(url, "smollm2", lambda text: list(text.encode()), max_new_tokens=400, timeout_s=120)
-        cancel, seen = threading.Event(), []
-        ticket, _ = run(
+        reply, _, error = run(
             long,
             [{"role": "user", "content": "Count from one to two hundred in words."}],
-            cancel,
-            on_span=lambda span: (seen.append(span), len(seen) >= 3 and cancel.set()),
+            lambda spans: len(spans) >= 3,
         )
-        assert ticket.error is None and ticket.job.stats.cancelled
-        assert ticket.job.finish_reason is None  # it never reached the model's end or the cap
+        assert error is None and reply.stats.cancelled
+        assert reply.job.finish_reason is None  # it never reached the model's end or the cap
     finally:
         proc.terminate()
         proc.wait(30)

@@ -5,7 +5,6 @@ the others their score."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from types import SimpleNamespace
 
 import voice.pipeline
@@ -13,15 +12,15 @@ from voice.config import load_config
 
 
 class SlowScorer:
-    """`end_of_turn_prob` that blocks until released and counts its calls (one prefill each)."""
+    """`end_of_turn_prob` that waits until released and counts its calls (one prefill each)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
-        self.release = threading.Event()
+        self.release = asyncio.Event()
 
-    def __call__(self, messages: list[dict]) -> float:
+    async def __call__(self, messages: list[dict]) -> float:
         self.calls.append(messages[-1]["content"])
-        assert self.release.wait(10), "the test never released the score"
+        await asyncio.wait_for(self.release.wait(), 10)  # else the test never released the score
         return 0.7
 
 
