@@ -20,13 +20,9 @@ One step:
    more, `plan_batch` maximises sum_i w_i E_i[tokens | k_i] / c(T) over the packed width T
    (urgent w = 1, talking w = `talking_weight`: they only need to stay ahead of playback).
 4. One `forward_packed` over all feeds; each job takes its rows; finished jobs free their slot.
-Slots: a job goes to the free slot whose cache shares the longest prefix with its prompt (a
-conversation stays cached across turns), else the one whose cache other slots hold most of (a
-superseded hypothesis' reply; a history copied on), then the least recently used. When another
-slot, busy or not, caches a longer prefix of the prompt (the session's score or reply of the
-same words), that prefix's KV is copied over instead of prefilled (if `share_min_tokens`
-longer; 46 KB a token for SmolLM2). Cost per step: one target forward over T tokens; on 2 AVX2
-cores 4 × 1 token costs ~1.5 × 1 token.
+Slots: which free slot a job takes and which slot's cache it copies instead of prefilling
+is `decode.slots`' policy (copied when `share_min_tokens` longer; 46 KB a token for SmolLM2).
+Cost per step: one target forward over T tokens (`width_cost_s`, learnt as steps run).
 """
 
 from __future__ import annotations
@@ -43,6 +39,7 @@ from typing import Callable
 from decode.controller import AdaptiveController, interpolate_cost, plan_batch
 from decode.drafters import common_prefix_len
 from decode.jobs import Job
+from decode.slots import pick_slot, share_source
 from decode.spans import Span
 from decode.speculative import SpeculativeDecoder
 from decode.target import Forward
@@ -202,19 +199,11 @@ class StepScheduler:
             self._thread.join(timeout=10)
 
     # ---- slots ---------------------------------------------------------------------
-    def _pick_slot(self, prompt: list[int]) -> int | None:
-        free = [i for i, t in enumerate(self._busy) if t is None]
-        if not free:
-            return None
-        return max(
-            free, key=lambda i: (common_prefix_len(self.slots[i].cached, prompt), -self._unique(i), -self._used[i])
-        )
+    def _cached(self) -> list[list[int]]:
+        return [dec.cached for dec in self.slots]
 
-    def _unique(self, slot: int) -> int:
-        """How many of `slot`'s cached tokens no other slot caches as well (what evicting it loses)."""
-        cached = self.slots[slot].cached
-        shared = max((common_prefix_len(cached, d.cached) for i, d in enumerate(self.slots) if i != slot), default=0)
-        return len(cached) - shared
+    def _pick_slot(self, prompt: list[int]) -> int | None:
+        return pick_slot(self._cached(), [t is None for t in self._busy], self._used, prompt)
 
     def _assign(self) -> None:
         """Start waiting tickets on free slots, urgent ones first; a cancelled job's slot is freed
@@ -237,23 +226,18 @@ class StepScheduler:
                 self._complete(ticket)
 
     def _share_prefix(self, slot: int, prompt: list[int]) -> None:
-        """Copy into `slot` the longest prefix of `prompt` that another slot caches, when it is at
-        least `share_min_tokens` longer than `slot`'s own: a session's history prefilled in one
-        slot serves its next job on any slot (a copy of the KV, not a prefill)."""
-        lengths = [common_prefix_len(dec.cached, prompt) for dec in self.slots]
-        have = lengths[slot]
-        src = max(range(len(self.slots)), key=lengths.__getitem__)
-        shared = lengths[src] >= have + self.share_min_tokens and self.slots[slot].adopt_prefix(
-            self.slots[src], lengths[src]
-        )
+        """Copy into `slot` the longest prefix of `prompt` another slot caches (`share_source`):
+        a session's history prefilled in one slot serves its next job on any slot."""
+        source = share_source(self._cached(), slot, prompt, self.share_min_tokens)
+        shared = source is not None and self.slots[slot].adopt_prefix(self.slots[source[0]], source[1])
         if log.isEnabledFor(logging.DEBUG):
-            got = lengths[src] if shared else have
+            got = source[1] if shared else common_prefix_len(self.slots[slot].cached, prompt)
             log.debug(
                 "slot %d: %d of %d prompt tokens cached%s",
                 slot,
                 got,
                 len(prompt),
-                f" (from slot {src})" if shared else "",
+                f" (from slot {source[0]})" if shared else "",
             )
 
     def _finish(self, ticket: Ticket, error: BaseException | None = None) -> None:
