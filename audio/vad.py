@@ -25,8 +25,11 @@ class SileroVAD:
 
     def __init__(self, sample_rate_hz: int = 16000) -> None:
         import torch
-        from silero_vad import load_silero_vad
 
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its first import sets torch's threads to 1, process-wide
+
+        torch.set_num_threads(threads)  # the LLM's `llm.threads` stays what the stack chose
         self._torch = torch
         self.model = load_silero_vad(onnx=True)
         self.rate = sample_rate_hz

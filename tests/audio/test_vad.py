@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from audio.frames import AudioFrame, Reframer
@@ -36,3 +40,17 @@ def test_reframer_cuts_exact_windows():
     r = Reframer(512)
     out = r.push(AudioFrame(np.ones(700, np.float32), 1.0)) + r.push(AudioFrame(np.ones(400, np.float32), 2.0))
     assert [len(w.samples) for w in out] == [512, 512] and [w.t for w in out] == [1.0, 2.0]
+
+
+def test_loading_silero_leaves_the_llm_its_threads():
+    """silero_vad's first import sets torch's threads to 1 for the whole process; a session's
+    VAD must not silently take the LLM's `llm.threads` away (a fresh process: the import is once)."""
+    code = (
+        "import torch; torch.set_num_threads(3)\n"
+        "from audio.vad import SileroVAD\n"
+        "SileroVAD()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
