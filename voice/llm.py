@@ -2,7 +2,7 @@
 
 In: `Config`. Out: `ReplyModel`, which turns a conversation (chat messages) into `Span`s via
 the speculative decoder: `reply` streams them on the decode scheduler into the caller's event
-loop (`voice.replies`), `reply_direct` yields them in the calling thread. Cost at load: the
+loop (`voice.replies`); `reply_plain` decodes without the drafter (the baseline). Cost at load: the
 model, and a verify-cost calibration that seeds the adaptive controller.
 """
 
@@ -185,8 +185,7 @@ class ReplyModel:
 
     Sessions go through `scheduler` (`reply`, `end_of_turn_prob`, awaited on their event loop):
     replies of all sessions advance together in batched steps, each on its own KV slot.
-    `decoder` (slot 0) serves one caller at a time under `lock` (benchmarks, `reply_direct`,
-    `reply_plain`).
+    `decoder` (slot 0) serves one caller at a time under `lock` (benchmarks, `reply_plain`).
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -350,10 +349,6 @@ class ReplyModel:
     def count_tokens(self, text: str) -> int:
         """Tokens of a piece of reply text (the spoken reply's length)."""
         return len(self.token_ids(text))
-
-    def reply_direct(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
-        """Spans of the reply on slot 0's decoder, in the calling thread; hold `lock` while iterating."""
-        return self.decoder.generate(self.chat_ids(messages), self.settings, cancel)
 
     def reply_plain(self, messages: list[dict[str, str]]) -> Iterator[Span]:
         """Plain greedy/sampled decoding (no drafter): the baseline."""
