@@ -46,14 +46,6 @@ def assistant_kv_sharing():
         Gemma4TextConfig.kv_sharing_modes = original
 
 
-def build_assistant(config):
-    """A randomly initialised `Gemma4AssistantForCausalLM` (tests, benchmarks)."""
-    from transformers import Gemma4AssistantForCausalLM
-
-    with assistant_kv_sharing():
-        return Gemma4AssistantForCausalLM(config).eval()
-
-
 def load_assistant(name_or_path: str, device: str, dtype: torch.dtype, local_only: bool):
     """A trained assistant from a local dir or the local hub cache."""
     from transformers import Gemma4AssistantForCausalLM
