@@ -24,7 +24,7 @@ import contextlib
 import torch
 
 from decode.drafters import Draft, pick
-from decode.target import HFTarget
+from decode.hf_target import HFTarget
 
 
 @contextlib.contextmanager

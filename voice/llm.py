@@ -17,11 +17,12 @@ import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, can_branch
+from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings, PrefillJob, ReplyJob
 from decode.scheduler import Priority, StepScheduler, Ticket
 from decode.spans import Span
 from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
-from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
+from decode.target import StaticLlamaTarget, Target, static_supported
 from voice.config import Config, ConfigError
 from voice.models import ModelNotReady, llm_path
 from voice.replies import ScheduledReply, scheduled_job
@@ -178,6 +179,13 @@ def closing_tokens(tokenizer) -> list[int]:
 
 BATCHED_DRAFTERS = ("none", "ngram", "mtp")  # drafters whose per-slot copies share weights
 CALIBRATED_WIDTHS = (16, 32, 64)  # packed widths measured at load besides 1..max_draft + 1
+
+
+def make_target(model, max_len: int = 2048, feature_layers: tuple[int, ...] = ()) -> Target:
+    """The fastest target implementation that supports `model`: static Llama, else transformers'."""
+    if static_supported(model.config):
+        return StaticLlamaTarget(model, max_len=max_len, feature_layers=feature_layers)
+    return HFTarget(model, feature_layers=feature_layers)
 
 
 class ReplyModel:

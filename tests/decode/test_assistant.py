@@ -6,9 +6,9 @@ import torch
 from conftest import ByteTokenizer, plain_greedy
 from decode.assistant import AssistantDrafter, assistant_kv_sharing
 from decode.controller import AdaptiveController, FixedController
+from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings
 from decode.speculative import SpeculativeDecoder
-from decode.target import HFTarget
 
 transformers = pytest.importorskip("transformers")
 LAYER_TYPES = ["sliding_attention", "full_attention"]
