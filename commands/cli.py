@@ -121,7 +121,7 @@ def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
     """voice devices: list audio devices."""
-    from commands.talk import list_devices
+    from commands.audio_io import list_devices
 
     print(list_devices())
 
