@@ -50,14 +50,14 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
 
 def test_only_user_facing_errors_become_one_line_errors(tmp_path, capsys, monkeypatch):
     from commands import cli
-    from commands.cli_args import DeviceError
+    from commands.cli_args import DeviceError, UsageError
     from commands.smart_turn import SmartTurnNotInstalled
     from voice.errors import VoiceError
     from voice.tts import TTSError
     from web.client import ServerError
     from web.protocol import ProtocolError
 
-    for cls in (cli.UsageError, TTSError, SmartTurnNotInstalled, ServerError, ProtocolError):
+    for cls in (UsageError, TTSError, SmartTurnNotInstalled, ServerError, ProtocolError):
         assert issubclass(cls, VoiceError)
     assert DeviceError in cli._user_errors()
     # a FileNotFoundError from a bug is not a user error: it keeps its traceback
