@@ -56,8 +56,8 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     audio = read_wav(args.audio)
     stack = load_stack(cfg)
     result = batch_turn(audio, stack.asr, stack.replies(cfg.llm), stack.tts)  # llm.backend
-    if args.out:
-        write_wav(args.out, result.audio, result.rate_hz)
+    if args.output_wav:
+        write_wav(args.output_wav, result.audio, result.rate_hz)
     stages = {
         "asr_ms": round(result.asr_ms, 1),
         "llm_ms": round(result.llm_ms, 1),
@@ -72,7 +72,7 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
                     "reply": result.reply,
                     "tokens": result.tokens,
                     **stages,
-                    "out": args.out,
+                    "output_wav": args.output_wav,
                 }
             )
         )
@@ -80,8 +80,8 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     print(f"you:       {result.transcript}")
     print(f"assistant: {result.reply}")
     print("  ".join(f"{k}={v}" for k, v in stages.items()) + f"  tokens={result.tokens}")
-    if args.out:
-        print(f"reply audio: {args.out}")
+    if args.output_wav:
+        print(f"reply audio: {args.output_wav}")
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
@@ -130,7 +130,7 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
 # leaves the field's default, so the defaults are written once, in the dataclass
 TRAINING_FIELDS = {
     "prompts": "prompts",
-    "max_new_tokens": "max_new",
+    "max_new_tokens": "max_new_tokens",
     "steps": "steps",
     "batch": "batch",
     "depth": "depth",
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("turn", parents=[common], help="one batch turn on a WAV file (baseline)")
     p.add_argument("audio", help="a WAV file with the question")
-    p.add_argument("--out", help="write the reply audio here (WAV)")
+    p.add_argument("--output-wav", metavar="FILE", help="write the reply audio here")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_turn)
 

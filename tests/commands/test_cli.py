@@ -142,7 +142,7 @@ def test_a_bench_whose_llm_server_fails_every_reply_exits_cleanly_with_one_line_
 
 
 def test_turn_answers_a_spoken_question(question_wav, tmp_path):
-    out = run_cli("turn", str(question_wav), "--json", "--out", str(tmp_path / "reply.wav"))
+    out = run_cli("turn", str(question_wav), "--json", "--output-wav", str(tmp_path / "reply.wav"))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert "capital of france" in result["transcript"].lower()

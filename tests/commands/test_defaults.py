@@ -32,7 +32,7 @@ def test_train_drafter_without_flags_runs_drafter_training_defaults():
 
 def test_every_train_drafter_flag_reaches_its_field():
     run = training_run(build_parser().parse_args(["train-drafter", "--layers", "3", "--max-new-tokens", "40"]))
-    assert (run.layers, run.max_new) == (3, 40)
+    assert (run.layers, run.max_new_tokens) == (3, 40)
     flags = options("train-drafter")
     fields = {f.name for f in dataclasses.fields(DrafterTraining)}
     assert set(TRAINING_FIELDS) == set(flags) - {"target"}  # every flag but --target sets a field
