@@ -93,8 +93,8 @@ def prediction_of(record: TurnRecord) -> dict:
     its first audio, in ms after the end of speech (negative: before it)."""
     ms = {}
     for stage in ("prediction_started", "prediction_audio_ready"):
-        if record.stamps.get(stage) and record.speech_end:
-            ms[stage] = round((record.stamps[stage] - record.speech_end) * 1e3, 1)
+        if record.stamps.get(stage) and record.last_voiced_fed_t:
+            ms[stage] = round((record.stamps[stage] - record.last_voiced_fed_t) * 1e3, 1)
         else:
             ms[stage] = record.metrics.get(f"{stage}_ms")
     return {
@@ -182,7 +182,7 @@ class BenchPlan:
     progress: bool = True
 
 
-class BenchCut(VoiceError, RuntimeError):
+class BenchCutError(VoiceError, RuntimeError):
     """`voice bench --server` stopped by the server (gone, or a turn failed); `records`: the turns before."""
 
     def __init__(self, message: str, records: list[TurnRecord]) -> None:
@@ -207,7 +207,7 @@ async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> l
             try:
                 record = await run_server_turn(plan.server, path)
             except ServerError as err:  # the server went away or failed the turn: report what was done
-                raise BenchCut(f"{err} after {len(records)} of {len(paths)} turns", records) from None
+                raise BenchCutError(f"{err} after {len(records)} of {len(paths)} turns", records) from None
         records.append(record)
         gap = "no reply" if record.turn_gap_ms is None else f"{record.turn_gap_ms:.0f} ms"
         _say(plan, f"[{i + 1}/{len(paths)}] {path.name}: {record.transcript!r} -> gap {gap}")
@@ -294,7 +294,7 @@ def plot(records: list[TurnRecord], path: str) -> None:
     for i, r in enumerate(records):
         for stage, color in colors.items():
             if r.stamps.get(stage):
-                ms = (r.stamps[stage] - r.speech_end) * 1e3
+                ms = (r.stamps[stage] - r.last_voiced_fed_t) * 1e3
                 ax1.plot([ms], [i], "o", color=color, label=stage if i == 0 else None)
         if r.turn_gap_ms is not None:
             ax1.barh(i, r.turn_gap_ms, color="tab:green", alpha=0.25)

@@ -30,7 +30,7 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     from commands.launch import spawn_server, stop_server
     from commands.machine import machine_info
     from commands.soak import disconnect_storm, soak
-    from web.client import ServerLost
+    from web.client import ServerLostError
 
     try:
         levels = [int(x) for x in args.clients.split(",")]
@@ -54,7 +54,7 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
         if args.storm and "server_lost" not in result:
             try:
                 result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm, token=token))
-            except ServerLost as err:
+            except ServerLostError as err:
                 result["server_lost"] = str(err)
     finally:
         if proc is not None:
@@ -62,20 +62,21 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     print(json.dumps(result, indent=2), flush=True)
     if "server_lost" in result:
         answered = result["warmup_answered"] + sum(level["answered"] for level in result["levels"])
-        raise ServerLost(f"{result['server_lost']} — {answered} turns answered before; the JSON above has the counts")
+        lost = result["server_lost"]
+        raise ServerLostError(f"{lost} — {answered} turns answered before; the JSON above has the counts")
 
 
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
 
-    from commands.bench import BenchCut, plot, report, run_bench
+    from commands.bench import BenchCutError, plot, report, run_bench
     from commands.machine import machine_info
 
     plan = _bench_plan(args)
     try:
         result, records = asyncio.run(run_bench(cfg, plan))
-    except BenchCut as err:  # the turns before still count: their JSON, then the one-line error
+    except BenchCutError as err:  # the turns before still count: their JSON, then the one-line error
         if args.json:
             cut = {"machine": machine_info(), **report(err.records), "server_lost": str(err)}
             print(json.dumps(cut, indent=2), flush=True)

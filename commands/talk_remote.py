@@ -3,7 +3,7 @@
 In: microphone audio (or a WAV paced in real time) as 16-bit PCM frames to the server's
 `/ws`. Out: its messages decoded (`web.protocol.Decoder`) and shown by `Printer`, reply audio
 to the speaker or `--output-wav`. A worker that drains (1001) or drops the connection gets a
-new session; a server that no longer accepts connections raises `ServerLost`.
+new session; a server that no longer accepts connections raises `ServerLostError`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ async def talk_remote(
     """Stream the microphone (or a WAV) to a server's `/ws`; print and play what comes back. A
     worker that drains closes with 1001 at a turn boundary (or dies, dropping the connection):
     a new session opens (through a balancer, on another worker) and the microphone carries on.
-    A server that no longer accepts connections raises `ServerLost` with the turns answered."""
-    from web.client import ServerGoingAway, ServerLost, SessionDropped, open_session
+    A server that no longer accepts connections raises `ServerLostError` with the turns answered."""
+    from web.client import ServerGoingAwayError, ServerLostError, SessionDroppedError, open_session
 
     audio = read_wav(input_wav) if input_wav else None
     sd = None
@@ -48,14 +48,14 @@ async def talk_remote(
         while not out.finished.is_set():
             try:
                 ws = await open_session(url, token=token)
-            except ServerLost as err:
-                raise ServerLost(f"{err} ({out.answered} turns answered before)") from None
+            except ServerLostError as err:
+                raise ServerLostError(f"{err} ({out.answered} turns answered before)") from None
             print(f"(connected to {url})", flush=True)
             try:
                 await _converse(ws, frames, out, source)
-            except ServerGoingAway:
+            except ServerGoingAwayError:
                 print("\n(the server is draining — reconnecting…)", flush=True)
-            except SessionDropped:
+            except SessionDroppedError:
                 print("\n(the connection dropped — reconnecting…)", flush=True)
     finally:
         source.cancel()
@@ -104,10 +104,10 @@ class _RemoteOutput:
 
 async def _converse(ws, frames: asyncio.Queue, out: _RemoteOutput, source: asyncio.Task) -> None:
     """One session: frames out, events in, until `out.finished` (or the audio source fails);
-    raises ServerGoingAway on 1001."""
+    raises ServerGoingAwayError on 1001."""
     from websockets.exceptions import ConnectionClosed
 
-    from web.client import ServerError, ServerGoingAway, SessionDropped, is_dropped, is_going_away
+    from web.client import ServerError, ServerGoingAwayError, SessionDroppedError, is_dropped, is_going_away
 
     async def send() -> None:
         while True:
@@ -129,9 +129,9 @@ async def _converse(ws, frames: asyncio.Queue, out: _RemoteOutput, source: async
                 raise task.exception()
     except ConnectionClosed as err:
         if is_going_away(err):
-            raise ServerGoingAway("the worker is draining") from None
+            raise ServerGoingAwayError("the worker is draining") from None
         if is_dropped(err):
-            raise SessionDropped("the connection dropped") from None
+            raise SessionDroppedError("the connection dropped") from None
         raise ServerError(f"the server closed the session ({err}); is it still running?") from None
     finally:
         for task in tasks:
