@@ -244,7 +244,7 @@ async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord
     out, records = {"machine": machine_info()}, []
     if plan.main:
         records = await _main_set(stack, cfg, plan, paths)
-        out.update(report(records, await _baseline(stack, paths) if plan.baseline else None))
+        out.update(report(records, await _baseline(stack, cfg, paths) if plan.baseline else None))
     clips = hesitation_audio(cfg, stack.tts, plan.pauses_ms, plan.questions) if plan.hesitation else []
     if clips:
         out["hesitation"] = await run_hesitation(stack, cfg, clips, plan.progress)
@@ -253,10 +253,11 @@ async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord
     return out, records
 
 
-async def _baseline(stack, paths: list[Path]) -> list:
+async def _baseline(stack, cfg: Config, paths: list[Path]) -> list:
+    """The batch `voice turn` path on each file, on the configured backend (`llm.backend`)."""
     from commands.turn import batch_turn
 
-    return [await asyncio.to_thread(batch_turn, read_wav(p), stack.asr, stack.llm, stack.tts) for p in paths]
+    return [await batch_turn(read_wav(p), stack.asr, stack.replies(cfg.llm), stack.tts) for p in paths]
 
 
 async def _compare(stack, plan: BenchPlan, main: dict, paths: list[Path], clips: list) -> dict:

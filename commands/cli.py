@@ -49,13 +49,15 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     """voice turn AUDIO.wav: one batch turn (the baseline)."""
+    import asyncio
+
     from audio.wavio import read_wav, write_wav
     from commands.turn import batch_turn
     from voice.stack import load_stack
 
     audio = read_wav(args.audio)
     stack = load_stack(cfg)
-    result = batch_turn(audio, stack.asr, stack.replies(cfg.llm), stack.tts)  # llm.backend
+    result = asyncio.run(batch_turn(audio, stack.asr, stack.replies(cfg.llm), stack.tts))  # llm.backend
     if args.output_wav:
         write_wav(args.output_wav, result.audio, result.rate_hz)
     stages = {

@@ -48,14 +48,19 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
         else spawn_server(*passed, "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
     )
     ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
-    try:
-        result = asyncio.run(soak(ws_url, paths, levels, args.turns, token=token))
+
+    async def soak_then_storm() -> dict:
+        result = await soak(ws_url, paths, levels, args.turns, token=token)
         result["machine"] = machine_info()
         if args.storm and "server_lost" not in result:
             try:
-                result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm, token=token))
+                result["storm"] = await disconnect_storm(ws_url, paths[0], args.storm, token=token)
             except ServerLostError as err:
                 result["server_lost"] = str(err)
+        return result
+
+    try:
+        result = asyncio.run(soak_then_storm())  # one event loop for the levels and the storm
     finally:
         if proc is not None:
             stop_server(proc)
