@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audio.wavio import AudioError, read_wav, write_wav
+from commands.hesitation import DEFAULT_PAUSES_MS
 from commands.machine import machine_info
 from commands.summary import percentiles
 from commands.turn_record import STAGES, TurnRecord, run_inprocess_turn
@@ -175,7 +176,7 @@ class BenchPlan:
     server: str | None = None  # drive a running server instead of in-process sessions
     main: bool = True  # the question set (False: --hesitation-only)
     hesitation: bool = False
-    pauses_ms: tuple[int, ...] = (400, 700, 900)
+    pauses_ms: tuple[int, ...] = DEFAULT_PAUSES_MS
     questions: int | None = None  # hesitation questions; None: all
     compare_set: tuple[str, ...] = ()  # the --compare overrides, as given
     compare_cfg: Config | None = None  # the config they make

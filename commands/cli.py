@@ -13,9 +13,9 @@ import sys
 import time
 
 from commands.cli_args import DeviceError, UsageError, config_overrides, int_list, layer_list
-from commands.cli_bench import cmd_bench, cmd_decode_bench, cmd_soak
-from commands.hesitation import DEFAULT_PAUSES_MS
-from voice.config import Config, load_config
+from commands.cli_bench import DecodeBenchPlan, SoakPlan, cmd_bench, cmd_decode_bench, cmd_soak
+from commands.hesitation import DEFAULT_PAUSES_MS, HESITATION_QUESTIONS
+from voice.config import Config, ServerConfig, load_config
 from voice.errors import USER_ERRORS
 
 log = logging.getLogger("voice")
@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_turn)
 
     p = sub.add_parser("serve", parents=[common], help="serve the voice page and websocket")
-    p.add_argument("--host", help="address to bind (default server.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default server.port, 8765; 0 = any free)")
+    p.add_argument("--host", help=f"address to bind (default server.host, {ServerConfig.host})")
+    p.add_argument("--port", type=int, help=f"port (default server.port, {ServerConfig.port}; 0 = any free)")
     p.set_defaults(func=cmd_serve)
 
     add_fleet_parser(sub, common)
@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS,MS",
         help="pause lengths of the hesitation questions (default %(default)s)",
     )
-    p.add_argument("--questions", type=int, help="hesitation questions to use (default: all 6)")
+    p.add_argument(
+        "--questions", type=int, help=f"hesitation questions to use (default: all {len(HESITATION_QUESTIONS)})"
+    )
     p.add_argument(
         "--compare",
         action="append",
@@ -304,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("soak", parents=[common], help="concurrent sessions + disconnect storm against a server")
     p.add_argument("--server", metavar="WS_URL", help="a running server (default: start one on a free port)")
-    p.add_argument("--clients", default="1,2,4", help="concurrency levels, e.g. 1,2,4")
-    p.add_argument("--turns", type=int, default=10, help="spoken turns per client")
-    p.add_argument("--storm", type=int, default=20, help="clients in the disconnect storm (0: none)")
+    soak = SoakPlan()
+    p.add_argument(
+        "--clients", default=",".join(map(str, soak.clients)), help="concurrency levels (default %(default)s)"
+    )
+    p.add_argument("--turns", type=int, default=soak.turns, help="spoken turns per client (default %(default)s)")
+    p.add_argument(
+        "--storm", type=int, default=soak.storm, help="clients in the disconnect storm (0: none; default %(default)s)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (what it always prints)")
     p.add_argument("--token-env", metavar="VAR", help=TOKEN_ENV_HELP)
     p.set_defaults(func=cmd_soak)
@@ -314,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--drafter", help="ngram | model | mtp | assistant (default: decode.drafter)")
-    p.add_argument("--prompts", type=int, default=20, help="number of bundled prompts (max 24)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    plan = DecodeBenchPlan()
+    p.add_argument("--prompts", type=int, default=plan.prompts, help="bundled prompts (max 24; default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=plan.max_new_tokens, help="default %(default)s")
     p.add_argument("--device", help="cpu | cuda (overrides llm.device)")
     p.add_argument("--dtype", help="float32 | bf16 | fp16 (overrides llm.dtype)")
     p.add_argument(

@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 from commands.cli_args import UsageError, config_overrides, env_token
 from voice.config import Config, load_config
+
+
+@dataclass(frozen=True)
+class SoakPlan:
+    """What `voice soak` runs without flags."""
+
+    clients: tuple[int, ...] = (1, 2, 4)  # concurrency levels, one after another
+    turns: int = 10  # spoken turns per client
+    storm: int = 20  # clients in the disconnect storm (0: none)
+
+
+@dataclass(frozen=True)
+class DecodeBenchPlan:
+    """What `voice decode-bench` decodes without flags."""
+
+    prompts: int = 20  # bundled prompts (at most 24)
+    max_new_tokens: int = 64
 
 
 def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:

@@ -265,7 +265,7 @@ def _raise_if_lost(results: list[tuple]) -> None:
         raise ServerLostError(reason)
 
 
-async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 0, token: str | None = None) -> dict:
+async def disconnect_storm(url: str, path: Path, clients: int, seed: int = 0, token: str | None = None) -> dict:
     """Clients that start talking or ask a typed question and vanish at a random moment."""
     rng = random.Random(seed)
     audio = read_wav(path)
