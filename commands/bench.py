@@ -12,7 +12,7 @@ audio; its gap is asr + llm + tts with no endpoint wait (flattering the baseline
 built from the overridden config; `--hesitation` adds questions with a pause mid-sentence
 (`commands.hesitation`). The report names the machine (CPU, cores, SIMD flags); per turn the reply's sentences, tokens,
 audio seconds and how it ended (the reply policy), and p50/p90 of the reply audio seconds.
-Cost: the audio's own duration per turn plus the reply, and ~5 s to load the models.
+Cost: the audio's own duration per turn plus the reply, and loading the models once.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ real time to a fresh `VoiceSession`, and events are collected until the clip has
 the reply (if any) has ended and `QUIET_S` passed with nothing new. Out: per run, the final
 transcripts, the turns answered, whether it was a split turn or a cut-in, and the turn gap
 after the true end of the whole question; a JSON summary overall and by pause length.
-Cost: per run the clip's duration plus the reply and `QUIET_S`; ~1 s of piper per question once.
+Cost: per run the clip's duration plus the reply and `QUIET_S`; piper synthesises each question once.
 
 piper 1.8 exposes phoneme alignments only by patching the voice in memory with the `onnx`
 package (`piper-tts[alignment]`), which is not a dependency here; the boundary is found by
