@@ -4,7 +4,7 @@ In: the balancer's port, the workers' ports, the health-check interval and the s
 Out: `deploy/haproxy.cfg.template` rendered for them (`render_config`), HAProxy running it
 (`Balancer.start`), and through its admin socket (the runtime API) each worker's state as
 HAProxy sees it (`states`: UP, DOWN, MAINT, DRAIN…) and a way to take a worker out of rotation
-and back (`set_state`). A runtime command is one round trip on a unix socket (~1 ms).
+and back (`set_state`). A runtime command is one round trip on a unix socket.
 """
 
 from __future__ import annotations

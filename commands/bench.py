@@ -12,7 +12,7 @@ audio; its gap is asr + llm + tts with no endpoint wait (flattering the baseline
 built from the overridden config; `--hesitation` adds questions with a pause mid-sentence
 (`commands.hesitation`). The report names the machine (CPU, cores, SIMD flags); per turn the reply's sentences, tokens,
 audio seconds and how it ended (the reply policy), and p50/p90 of the reply audio seconds.
-Cost: the audio's own duration per turn plus the reply, and ~5 s to load the models.
+Cost: the audio's own duration per turn plus the reply, and loading the models once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audio.wavio import AudioError, read_wav, write_wav
+from commands.hesitation import DEFAULT_PAUSES_MS
 from commands.machine import machine_info
 from commands.summary import percentiles
 from commands.turn_record import STAGES, TurnRecord, run_inprocess_turn
@@ -93,8 +94,8 @@ def prediction_of(record: TurnRecord) -> dict:
     its first audio, in ms after the end of speech (negative: before it)."""
     ms = {}
     for stage in ("prediction_started", "prediction_audio_ready"):
-        if record.stamps.get(stage) and record.speech_end:
-            ms[stage] = round((record.stamps[stage] - record.speech_end) * 1e3, 1)
+        if record.stamps.get(stage) and record.last_voiced_fed_t:
+            ms[stage] = round((record.stamps[stage] - record.last_voiced_fed_t) * 1e3, 1)
         else:
             ms[stage] = record.metrics.get(f"{stage}_ms")
     return {
@@ -175,14 +176,14 @@ class BenchPlan:
     server: str | None = None  # drive a running server instead of in-process sessions
     main: bool = True  # the question set (False: --hesitation-only)
     hesitation: bool = False
-    pauses_ms: tuple[int, ...] = (400, 700, 900)
+    pauses_ms: tuple[int, ...] = DEFAULT_PAUSES_MS
     questions: int | None = None  # hesitation questions; None: all
     compare_set: tuple[str, ...] = ()  # the --compare overrides, as given
     compare_cfg: Config | None = None  # the config they make
     progress: bool = True
 
 
-class BenchCut(VoiceError, RuntimeError):
+class BenchCutError(VoiceError, RuntimeError):
     """`voice bench --server` stopped by the server (gone, or a turn failed); `records`: the turns before."""
 
     def __init__(self, message: str, records: list[TurnRecord]) -> None:
@@ -207,7 +208,7 @@ async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> l
             try:
                 record = await run_server_turn(plan.server, path)
             except ServerError as err:  # the server went away or failed the turn: report what was done
-                raise BenchCut(f"{err} after {len(records)} of {len(paths)} turns", records) from None
+                raise BenchCutError(f"{err} after {len(records)} of {len(paths)} turns", records) from None
         records.append(record)
         gap = "no reply" if record.turn_gap_ms is None else f"{record.turn_gap_ms:.0f} ms"
         _say(plan, f"[{i + 1}/{len(paths)}] {path.name}: {record.transcript!r} -> gap {gap}")
@@ -244,7 +245,7 @@ async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord
     out, records = {"machine": machine_info()}, []
     if plan.main:
         records = await _main_set(stack, cfg, plan, paths)
-        out.update(report(records, await _baseline(stack, paths) if plan.baseline else None))
+        out.update(report(records, await _baseline(stack, cfg, paths) if plan.baseline else None))
     clips = hesitation_audio(cfg, stack.tts, plan.pauses_ms, plan.questions) if plan.hesitation else []
     if clips:
         out["hesitation"] = await run_hesitation(stack, cfg, clips, plan.progress)
@@ -253,10 +254,11 @@ async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord
     return out, records
 
 
-async def _baseline(stack, paths: list[Path]) -> list:
+async def _baseline(stack, cfg: Config, paths: list[Path]) -> list:
+    """The batch `voice turn` path on each file, on the configured backend (`llm.backend`)."""
     from commands.turn import batch_turn
 
-    return [await asyncio.to_thread(batch_turn, read_wav(p), stack.asr, stack.llm, stack.tts) for p in paths]
+    return [await batch_turn(read_wav(p), stack.asr, stack.replies(cfg.llm), stack.tts) for p in paths]
 
 
 async def _compare(stack, plan: BenchPlan, main: dict, paths: list[Path], clips: list) -> dict:
@@ -294,7 +296,7 @@ def plot(records: list[TurnRecord], path: str) -> None:
     for i, r in enumerate(records):
         for stage, color in colors.items():
             if r.stamps.get(stage):
-                ms = (r.stamps[stage] - r.speech_end) * 1e3
+                ms = (r.stamps[stage] - r.last_voiced_fed_t) * 1e3
                 ax1.plot([ms], [i], "o", color=color, label=stage if i == 0 else None)
         if r.turn_gap_ms is not None:
             ax1.barh(i, r.turn_gap_ms, color="tab:green", alpha=0.25)

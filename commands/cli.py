@@ -13,9 +13,9 @@ import sys
 import time
 
 from commands.cli_args import DeviceError, UsageError, config_overrides, int_list, layer_list
-from commands.cli_bench import cmd_bench, cmd_decode_bench, cmd_soak
-from commands.hesitation import DEFAULT_PAUSES_MS
-from voice.config import Config, load_config
+from commands.cli_bench import DecodeBenchPlan, SoakPlan, cmd_bench, cmd_decode_bench, cmd_soak
+from commands.hesitation import DEFAULT_PAUSES_MS, HESITATION_QUESTIONS
+from voice.config import Config, ServerConfig, load_config
 from voice.errors import USER_ERRORS
 
 log = logging.getLogger("voice")
@@ -49,15 +49,17 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     """voice turn AUDIO.wav: one batch turn (the baseline)."""
+    import asyncio
+
     from audio.wavio import read_wav, write_wav
     from commands.turn import batch_turn
     from voice.stack import load_stack
 
     audio = read_wav(args.audio)
     stack = load_stack(cfg)
-    result = batch_turn(audio, stack.asr, stack.replies(cfg.llm), stack.tts)  # llm.backend
-    if args.out:
-        write_wav(args.out, result.audio, result.rate_hz)
+    result = asyncio.run(batch_turn(audio, stack.asr, stack.replies(cfg.llm), stack.tts))  # llm.backend
+    if args.output_wav:
+        write_wav(args.output_wav, result.audio, result.rate_hz)
     stages = {
         "asr_ms": round(result.asr_ms, 1),
         "llm_ms": round(result.llm_ms, 1),
@@ -72,7 +74,7 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
                     "reply": result.reply,
                     "tokens": result.tokens,
                     **stages,
-                    "out": args.out,
+                    "output_wav": args.output_wav,
                 }
             )
         )
@@ -80,8 +82,8 @@ def cmd_turn(args: argparse.Namespace, cfg: Config) -> None:
     print(f"you:       {result.transcript}")
     print(f"assistant: {result.reply}")
     print("  ".join(f"{k}={v}" for k, v in stages.items()) + f"  tokens={result.tokens}")
-    if args.out:
-        print(f"reply audio: {args.out}")
+    if args.output_wav:
+        print(f"reply audio: {args.output_wav}")
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> None:
@@ -121,7 +123,7 @@ def cmd_talk(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
     """voice devices: list audio devices."""
-    from commands.talk import list_devices
+    from commands.audio_io import list_devices
 
     print(list_devices())
 
@@ -130,7 +132,7 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> None:
 # leaves the field's default, so the defaults are written once, in the dataclass
 TRAINING_FIELDS = {
     "prompts": "prompts",
-    "max_new_tokens": "max_new",
+    "max_new_tokens": "max_new_tokens",
     "steps": "steps",
     "batch": "batch",
     "depth": "depth",
@@ -206,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("turn", parents=[common], help="one batch turn on a WAV file (baseline)")
     p.add_argument("audio", help="a WAV file with the question")
-    p.add_argument("--out", help="write the reply audio here (WAV)")
+    p.add_argument("--output-wav", metavar="FILE", help="write the reply audio here")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_turn)
 
     p = sub.add_parser("serve", parents=[common], help="serve the voice page and websocket")
-    p.add_argument("--host", help="address to bind (default server.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default server.port, 8765; 0 = any free)")
+    p.add_argument("--host", help=f"address to bind (default server.host, {ServerConfig.host})")
+    p.add_argument("--port", type=int, help=f"port (default server.port, {ServerConfig.port}; 0 = any free)")
     p.set_defaults(func=cmd_serve)
 
     add_fleet_parser(sub, common)
@@ -256,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS,MS",
         help="pause lengths of the hesitation questions (default %(default)s)",
     )
-    p.add_argument("--questions", type=int, help="hesitation questions to use (default: all 6)")
+    p.add_argument(
+        "--questions", type=int, help=f"hesitation questions to use (default: all {len(HESITATION_QUESTIONS)})"
+    )
     p.add_argument(
         "--compare",
         action="append",
@@ -302,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("soak", parents=[common], help="concurrent sessions + disconnect storm against a server")
     p.add_argument("--server", metavar="WS_URL", help="a running server (default: start one on a free port)")
-    p.add_argument("--clients", default="1,2,4", help="concurrency levels, e.g. 1,2,4")
-    p.add_argument("--turns", type=int, default=10, help="spoken turns per client")
-    p.add_argument("--storm", type=int, default=20, help="clients in the disconnect storm (0: none)")
+    soak = SoakPlan()
+    p.add_argument(
+        "--clients", default=",".join(map(str, soak.clients)), help="concurrency levels (default %(default)s)"
+    )
+    p.add_argument("--turns", type=int, default=soak.turns, help="spoken turns per client (default %(default)s)")
+    p.add_argument(
+        "--storm", type=int, default=soak.storm, help="clients in the disconnect storm (0: none; default %(default)s)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (what it always prints)")
     p.add_argument("--token-env", metavar="VAR", help=TOKEN_ENV_HELP)
     p.set_defaults(func=cmd_soak)
@@ -312,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode-bench", parents=[common], help="benchmark the speculative decoder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--drafter", help="ngram | model | mtp | assistant (default: decode.drafter)")
-    p.add_argument("--prompts", type=int, default=20, help="number of bundled prompts (max 24)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    plan = DecodeBenchPlan()
+    p.add_argument("--prompts", type=int, default=plan.prompts, help="bundled prompts (max 24; default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=plan.max_new_tokens, help="default %(default)s")
     p.add_argument("--device", help="cpu | cuda (overrides llm.device)")
     p.add_argument("--dtype", help="float32 | bf16 | fp16 (overrides llm.dtype)")
     p.add_argument(

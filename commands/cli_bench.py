@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 from commands.cli_args import UsageError, config_overrides, env_token
 from voice.config import Config, load_config
+
+
+@dataclass(frozen=True)
+class SoakPlan:
+    """What `voice soak` runs without flags."""
+
+    clients: tuple[int, ...] = (1, 2, 4)  # concurrency levels, one after another
+    turns: int = 10  # spoken turns per client
+    storm: int = 20  # clients in the disconnect storm (0: none)
+
+
+@dataclass(frozen=True)
+class DecodeBenchPlan:
+    """What `voice decode-bench` decodes without flags."""
+
+    prompts: int = 20  # bundled prompts (at most 24)
+    max_new_tokens: int = 64
 
 
 def cmd_decode_bench(args: argparse.Namespace, cfg: Config) -> None:
@@ -30,7 +48,7 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
     from commands.launch import spawn_server, stop_server
     from commands.machine import machine_info
     from commands.soak import disconnect_storm, soak
-    from web.client import ServerLost
+    from web.client import ServerLostError
 
     try:
         levels = [int(x) for x in args.clients.split(",")]
@@ -48,34 +66,40 @@ def cmd_soak(args: argparse.Namespace, cfg: Config) -> None:
         else spawn_server(*passed, "--set", f"server.max_sessions={max(levels + [args.storm]) + 2}")
     )
     ws_url = url if url.startswith("ws") else url.replace("http", "ws", 1) + "ws"
-    try:
-        result = asyncio.run(soak(ws_url, paths, levels, args.turns, token=token))
+
+    async def soak_then_storm() -> dict:
+        result = await soak(ws_url, paths, levels, args.turns, token=token)
         result["machine"] = machine_info()
         if args.storm and "server_lost" not in result:
             try:
-                result["storm"] = asyncio.run(disconnect_storm(ws_url, paths[0], args.storm, token=token))
-            except ServerLost as err:
+                result["storm"] = await disconnect_storm(ws_url, paths[0], args.storm, token=token)
+            except ServerLostError as err:
                 result["server_lost"] = str(err)
+        return result
+
+    try:
+        result = asyncio.run(soak_then_storm())  # one event loop for the levels and the storm
     finally:
         if proc is not None:
             stop_server(proc)
     print(json.dumps(result, indent=2), flush=True)
     if "server_lost" in result:
         answered = result["warmup_answered"] + sum(level["answered"] for level in result["levels"])
-        raise ServerLost(f"{result['server_lost']} — {answered} turns answered before; the JSON above has the counts")
+        lost = result["server_lost"]
+        raise ServerLostError(f"{lost} — {answered} turns answered before; the JSON above has the counts")
 
 
 def cmd_bench(args: argparse.Namespace, cfg: Config) -> None:
     """voice bench: real-time turn latency of the streaming pipeline."""
     import asyncio
 
-    from commands.bench import BenchCut, plot, report, run_bench
+    from commands.bench import BenchCutError, plot, report, run_bench
     from commands.machine import machine_info
 
     plan = _bench_plan(args)
     try:
         result, records = asyncio.run(run_bench(cfg, plan))
-    except BenchCut as err:  # the turns before still count: their JSON, then the one-line error
+    except BenchCutError as err:  # the turns before still count: their JSON, then the one-line error
         if args.json:
             cut = {"machine": machine_info(), **report(err.records), "server_lost": str(err)}
             print(json.dumps(cut, indent=2), flush=True)

@@ -34,7 +34,12 @@ from commands.prompt_sets import (
 
 @torch.inference_mode()
 def generate_replies(
-    model, tokenizer, prompts: list[str] | list[list[dict[str, str]]], max_new: int, batch: int, sample: bool = False
+    model,
+    tokenizer,
+    prompts: list[str] | list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch: int,
+    sample: bool = False,
 ) -> list[tuple[list[int], int]]:
     """Batched replies (left padding), greedy or sampled (temperature 0.8, top-p 0.95), to user
     messages or whole chats. Returns (prompt + reply ids, prompt length) per prompt.
@@ -55,7 +60,7 @@ def generate_replies(
             for p in prompts[i : i + batch]
         ]
         enc = tokenizer(chats, return_tensors="pt", padding=True).to(model.device)
-        gen = model.generate(**enc, max_new_tokens=max_new, pad_token_id=eos, **how)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=eos, **how)
         for row, mask in zip(gen, enc["attention_mask"]):
             ids = row[int((mask == 0).sum()) :].tolist()
             n_prompt = int(mask.sum())
@@ -70,7 +75,7 @@ def make_sequences(
     model,
     tokenizer,
     prompts: int,
-    max_new: int,
+    max_new_tokens: int,
     gen_batch: int,
     sampled: float,
     seed: int = 0,
@@ -84,12 +89,12 @@ def make_sequences(
     torch.manual_seed(seed)
     texts = training_prompts(prompts, set(bundled_prompts()), seed)
     extra = (texts * (int(sampled) + 1))[: round(sampled * len(texts))]
-    train = generate_replies(model, tokenizer, texts, max_new, gen_batch)
-    train += generate_replies(model, tokenizer, extra, max_new, gen_batch, sample=True)
-    held = generate_replies(model, tokenizer, held_out_prompts(max(8, prompts // 50), seed), max_new, gen_batch)
+    train = generate_replies(model, tokenizer, texts, max_new_tokens, gen_batch)
+    train += generate_replies(model, tokenizer, extra, max_new_tokens, gen_batch, sample=True)
+    held = generate_replies(model, tokenizer, held_out_prompts(max(8, prompts // 50), seed), max_new_tokens, gen_batch)
     out = {"train": train, "held_out": held}
     if conversations:
-        gen = lambda chats, sample=False: generate_replies(model, tokenizer, chats, max_new, gen_batch, sample)  # noqa: E731
+        gen = lambda chats, sample=False: generate_replies(model, tokenizer, chats, max_new_tokens, gen_batch, sample)  # noqa: E731
         systems = SYSTEM_PROMPTS + [system_prompt] * (len(SYSTEM_PROMPTS) // 3 if system_prompt else 0)
         out["train"] += conversation_sequences(
             gen,

@@ -2,7 +2,7 @@
 
 In: a worker count, the balancer's port, the workers' first port (consecutive ports; 0: any
 free ones), the config overrides every worker gets and `[fleet]` (restart back-off). Out: the
-workers (`voice serve`, each loading its own models: ~20 s each on 2 cores, in parallel; output
+workers (`voice serve`, each loading its own models, in parallel; output
 in `worker-PORT.log` of the fleet's folder), `deploy/haproxy.cfg.template` rendered for them
 and HAProxy running it. Then it supervises (rules in `commands/supervisor.py`, carried out
 here): a worker that exits is started again on its port, kept out of HAProxy's rotation

@@ -7,7 +7,7 @@ real time to a fresh `VoiceSession`, and events are collected until the clip has
 the reply (if any) has ended and `QUIET_S` passed with nothing new. Out: per run, the final
 transcripts, the turns answered, whether it was a split turn or a cut-in, and the turn gap
 after the true end of the whole question; a JSON summary overall and by pause length.
-Cost: per run the clip's duration plus the reply and `QUIET_S`; ~1 s of piper per question once.
+Cost: per run the clip's duration plus the reply and `QUIET_S`; piper synthesises each question once.
 
 piper 1.8 exposes phoneme alignments only by patching the voice in memory with the `onnx`
 package (`piper-tts[alignment]`), which is not a dependency here; the boundary is found by
@@ -57,7 +57,7 @@ class HesitationClip:
     pause_ms: int
     pause_at: int  # the pause starts here (the end of the first half)
     second_at: int  # the second half starts here
-    speech_end: int  # just past the last voiced sample of the question
+    end_sample: int  # just past the last voiced sample of the question
     audio: np.ndarray = field(repr=False, compare=False)
 
 
@@ -190,12 +190,12 @@ class Verdict:
 
 
 def classify(
-    finals: list[tuple[str, float]], reply_starts: list[float], second_at_t: float, speech_end_t: float
+    finals: list[tuple[str, float]], reply_starts: list[float], second_at_t: float, last_voiced_t: float
 ) -> Verdict:
     """Judge a run from its timeline (perf_counter seconds; 0.0 = that sample was never fed)."""
     committed = [t for text, t in finals if text.strip()]
     second = second_at_t or float("inf")
-    end = speech_end_t or float("inf")
+    end = last_voiced_t or float("inf")
     split = len(committed) > 1 or (bool(committed) and committed[0] < second)
     after = [t for t in reply_starts if t >= end]
     gap = round((after[0] - end) * 1e3, 1) if after else None
@@ -209,7 +209,7 @@ class HesitationRun:
     clip: HesitationClip
     finals: list[tuple[str, float]] = field(default_factory=list)
     reply_starts: list[float] = field(default_factory=list)  # each reply's first audio chunk
-    fed_at: dict[str, float] = field(default_factory=dict)  # pause, second_half, speech_end, audio_end
+    fed_at: dict[str, float] = field(default_factory=dict)  # pause, second_half, last_voiced, audio_end
 
 
 async def _collect(session, run: HesitationRun, done: asyncio.Event) -> None:
@@ -252,7 +252,7 @@ async def run_clip(stack, cfg: Config, clip: HesitationClip) -> HesitationRun:
     marks = {
         "pause": clip.pause_at,
         "second_half": clip.second_at,
-        "speech_end": clip.speech_end,
+        "last_voiced": clip.end_sample,
         "audio_end": len(clip.audio),
     }
     collector = asyncio.ensure_future(_collect(session, run, done))
@@ -267,7 +267,7 @@ async def run_clip(stack, cfg: Config, clip: HesitationClip) -> HesitationRun:
 def run_result(run: HesitationRun) -> dict:
     """One run's entry in the report."""
     clip, fed = run.clip, run.fed_at
-    verdict = classify(run.finals, run.reply_starts, fed.get("second_half", 0.0), fed.get("speech_end", 0.0))
+    verdict = classify(run.finals, run.reply_starts, fed.get("second_half", 0.0), fed.get("last_voiced", 0.0))
     committed = [t for text, t in run.finals if text.strip()]
     first_commit = (committed[0] - fed["second_half"]) * 1e3 if committed and "second_half" in fed else None
     return {

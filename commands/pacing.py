@@ -62,5 +62,5 @@ async def feed_marked(
 async def feed_realtime(send, audio: np.ndarray, done: asyncio.Event) -> float:
     """Feed `audio` like a microphone (see `feed_marked`); returns the perf_counter time the
     last voiced sample (`last_voiced_sample`) was fed, or 0.0 if it never was."""
-    fed_at = await feed_marked(send, audio, done, {"speech_end": last_voiced_sample(audio)})
-    return fed_at.get("speech_end", 0.0)
+    fed_at = await feed_marked(send, audio, done, {"last_voiced": last_voiced_sample(audio)})
+    return fed_at.get("last_voiced", 0.0)

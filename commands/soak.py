@@ -23,12 +23,12 @@ from pathlib import Path
 from audio.wavio import float_to_pcm16, read_wav
 from commands.summary import percentiles
 from commands.turn_record import STAGES, spoken_turn
-from web.client import ServerGoingAway, ServerLost, SessionDropped, auth_headers, open_session
+from web.client import ServerGoingAwayError, ServerLostError, SessionDroppedError, auth_headers, open_session
 from web.protocol import MessageType
 
 
 def server_stats(ws_url: str, token: str | None = None) -> dict:
-    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLost` when it does not answer 200.
+    """The server's `/stats` (sessions, tasks, threads, rss_bytes); `ServerLostError` when it does not answer 200.
     `token`: the server's shared secret."""
     http = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0]
     request = urllib.request.Request(f"{http}/stats", headers=auth_headers(token))
@@ -36,9 +36,11 @@ def server_stats(ws_url: str, token: str | None = None) -> dict:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as err:  # a balancer with no worker up answers 503
-        raise ServerLost(f"the server at {ws_url} answered /stats with HTTP {err.code}: is any worker up?") from None
+        raise ServerLostError(
+            f"the server at {ws_url} answered /stats with HTTP {err.code}: is any worker up?"
+        ) from None
     except OSError as err:  # refused, reset, timed out: the server or the balancer is gone
-        raise ServerLost(
+        raise ServerLostError(
             f"the server at {ws_url} went away ({getattr(err, 'reason', err)}); is it still running?"
         ) from None
 
@@ -62,11 +64,11 @@ async def _client(
                 try:
                     ws = ws if ws is not None else await open_session(url, token=token)
                     record = await spoken_turn(ws, path)
-                except (ServerGoingAway, SessionDropped):
+                except (ServerGoingAwayError, SessionDroppedError):
                     ws = None
                     retried += 1
                     continue
-                except ServerLost as err:
+                except ServerLostError as err:
                     return answered, lost + turns - i, errors, retried, str(err)
                 except Exception as err:  # a refused session or a server error loses the turn
                     errors.append(f"{type(err).__name__}: {err}")
@@ -103,7 +105,7 @@ async def _drop(ws):
 
 def _turn_problem(record) -> str | None:
     """Why a turn does not count as answered (None: it does)."""
-    if not record.speech_end:  # the server ended the turn before the question did
+    if not record.last_voiced_fed_t:  # the server ended the turn before the question did
         return f"turn ended before the speech did: heard {record.transcript!r}, replied {record.reply!r}"
     if record.turn_gap_ms is None:
         return f"no reply audio: heard {record.transcript!r}"
@@ -160,7 +162,7 @@ async def sample_queues(url: str, samples: list[dict], token: str | None, every_
     while True:
         try:
             stats = await asyncio.to_thread(server_stats, url, token)
-        except ServerLost:
+        except ServerLostError:
             return
         if "queues" in stats:
             samples.append({"t": round(time.perf_counter() - t0, 2), "queues": stats["queues"]})
@@ -207,7 +209,7 @@ async def soak(
     out: dict = {"server": url, "turns_per_client": turns, "warmup_answered": 0, "before": None, "levels": []}
     try:
         await _run_levels(url, paths, levels, turns, warmup, out, token)
-    except ServerLost as err:
+    except ServerLostError as err:
         out["server_lost"] = str(err)
     levels_done = out["levels"]
     out["after"] = levels_done[-1]["server_after"] if levels_done else out["before"]
@@ -258,12 +260,12 @@ async def _run_levels(
 
 
 def _raise_if_lost(results: list[tuple]) -> None:
-    """`ServerLost` with the first talker's reason, if one lost the server."""
+    """`ServerLostError` with the first talker's reason, if one lost the server."""
     if reason := next((r[4] for r in results if r[4]), None):
-        raise ServerLost(reason)
+        raise ServerLostError(reason)
 
 
-async def disconnect_storm(url: str, path: Path, clients: int = 20, seed: int = 0, token: str | None = None) -> dict:
+async def disconnect_storm(url: str, path: Path, clients: int, seed: int = 0, token: str | None = None) -> dict:
     """Clients that start talking or ask a typed question and vanish at a random moment."""
     rng = random.Random(seed)
     audio = read_wav(path)

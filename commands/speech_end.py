@@ -89,9 +89,9 @@ def last_voiced_sample(
     Speech = a run of >= `min_run_ms` of 10 ms frames whose loudest band (150 Hz-8 kHz) stands
     `threshold_db` above that band's noise floor (`noise_floor`), extended while it stays
     `hangover_db` above; the end is then sharpened to 5 ms in the time domain. An energy scan
-    independent of the pipeline's VAD, used to time the true end of speech. In white or pink
-    noise at 20-10 dB SNR it lands within ~50 ms of the true end, except where the last
-    syllable is a soft fricative the noise buries (then early, by up to ~0.2 s at 10 dB).
+    independent of the pipeline's VAD, used to time the true end of speech; in noise it ends
+    early where the noise buries a soft last syllable (tests/commands/test_speech_end.py
+    holds it near the true end in white and pink noise).
     """
     excess = speech_excess_db(samples, rate_hz)
     if not len(excess):

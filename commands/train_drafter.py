@@ -36,7 +36,7 @@ from commands.drafter_data import (
 )
 from decode.mtp import DEFAULT_PATH, MTPConfig, MTPHead, save_mtp
 from decode.target import check_feature_layers
-from voice.config import Config, ConfigError
+from voice.config import Config, ConfigError, LLMConfig
 from voice.llm import load_causal_lm, torch_dtype
 from voice.models import llm_path
 
@@ -228,7 +228,7 @@ class DrafterTraining:
     """
 
     prompts: int = 600
-    max_new: int = 96
+    max_new_tokens: int = LLMConfig.max_new_tokens  # the longest reply the drafter will serve
     steps: int = 1500
     batch: int = 256
     depth: int = 4
@@ -260,7 +260,7 @@ def train_drafter(cfg: Config, run: DrafterTraining) -> dict:
             m,
             tokenizer,
             run.prompts,
-            run.max_new,
+            run.max_new_tokens,
             run.gen_batch,
             run.sampled,
             run.seed,
@@ -326,7 +326,7 @@ def _summary(
         "held_out_sequences": len(seqs["held_out"]),
         "prompts": run.prompts,
         "sampled_per_prompt": run.sampled,
-        "max_new_tokens": run.max_new,
+        "max_new_tokens": run.max_new_tokens,
         "reply_tokens": sum(len(s) - p for s, p in seqs["train"]),
         "anchors": len(data.anchors),
         "vocab": vocab,

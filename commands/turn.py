@@ -42,28 +42,32 @@ class TurnResult:
         return self.asr_ms + self.llm_ms + self.tts_ms
 
 
-def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel | RemoteReplies, tts: PiperTTS) -> TurnResult:
-    """Transcribe all, generate all (`llm`: the embedded model or a server), synthesise all."""
+async def batch_turn(
+    audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel | RemoteReplies, tts: PiperTTS
+) -> TurnResult:
+    """Transcribe all, generate all (`llm`: the embedded model or a server), synthesise all; the
+    model calls run in a worker thread, the server's reply is read on the caller's loop."""
     t0 = time.perf_counter()
-    # the quiet a session's utterance starts with (its VAD preroll): whisper-base int8 can mishear
-    # a first word that starts the file ("capital of friends" for "France" on an AVX-512 EPYC)
+    # the quiet a session's utterance starts with (its VAD preroll): whisper can mishear a first
+    # word that starts the file
     lead = np.zeros(PREROLL_WINDOWS * WINDOW, np.float32)
-    transcript = asr.transcribe(np.concatenate([lead, audio_16k.astype(np.float32, copy=False)]))
+    transcript = await asyncio.to_thread(
+        asr.transcribe, np.concatenate([lead, audio_16k.astype(np.float32, copy=False)])
+    )
     t1 = time.perf_counter()
     messages = [{"role": "user", "content": transcript}]
-    if isinstance(llm, RemoteReplies):
-        spans = remote_reply(llm, messages)
+    if isinstance(llm, RemoteReplies):  # raises its `LLMServerError` if the request failed
+        spans = [span async for span in llm.reply(messages)]
     else:
-        with llm.lock:
-            spans = list(llm.reply_plain(messages))
+        spans = await asyncio.to_thread(_plain_reply, llm, messages)
     reply = "".join(s.text for s in spans).strip()
     t2 = time.perf_counter()
-    audio = tts.synthesize_all(reply)
+    reply_audio = await asyncio.to_thread(tts.synthesize_all, reply)
     t3 = time.perf_counter()
     return TurnResult(
         transcript,
         reply,
-        audio,
+        reply_audio,
         tts.rate_hz,
         (t1 - t0) * 1e3,
         (t2 - t1) * 1e3,
@@ -72,11 +76,7 @@ def batch_turn(audio_16k: np.ndarray, asr: WhisperASR, llm: ReplyModel | RemoteR
     )
 
 
-def remote_reply(remote: RemoteReplies, messages: list[dict[str, str]]) -> list[Span]:
-    """The server's whole reply to `messages`, read on an event loop of its own (`voice turn` runs
-    none); raises its `LLMServerError` if the request failed."""
-
-    async def spans() -> list[Span]:
-        return [span async for span in remote.reply(messages)]
-
-    return asyncio.run(spans())
+def _plain_reply(llm: ReplyModel, messages: list[dict[str, str]]) -> list[Span]:
+    """The embedded model's whole greedy reply on its slot-0 decoder (held under its lock)."""
+    with llm.lock:
+        return list(llm.reply_plain(messages))

@@ -42,7 +42,7 @@ class TurnRecord:
     """What a client (the bench, soak) saw of one turn (times in perf_counter seconds)."""
 
     audio: str
-    speech_end: float = 0.0
+    last_voiced_fed_t: float = 0.0  # when the bench fed the last voiced sample (`last_voiced_sample`)
     first_audio: float = 0.0
     transcript: str = ""
     reply: str = ""
@@ -53,15 +53,17 @@ class TurnRecord:
     @property
     def turn_gap_ms(self) -> float | None:
         """First reply audio minus the true end of speech (None if either never came)."""
-        return (self.first_audio - self.speech_end) * 1e3 if self.first_audio and self.speech_end else None
+        if not (self.first_audio and self.last_voiced_fed_t):
+            return None
+        return (self.first_audio - self.last_voiced_fed_t) * 1e3
 
     def stages_ms(self) -> dict[str, float | None]:
         """Each stage's time after the bench's end of speech (through a server: the server's
         own figures, counted from its VAD's end of speech)."""
         out = {}
         for stage in STAGES:
-            if self.stamps.get(stage) and self.speech_end:
-                out[stage] = round((self.stamps[stage] - self.speech_end) * 1e3, 1)
+            if self.stamps.get(stage) and self.last_voiced_fed_t:
+                out[stage] = round((self.stamps[stage] - self.last_voiced_fed_t) * 1e3, 1)
             else:
                 out[stage] = self.metrics.get(f"{stage}_ms")
         return out
@@ -112,7 +114,7 @@ async def run_inprocess_turn(stack, cfg: Config, path: Path) -> TurnRecord:
         done.set()
 
     consumer = asyncio.ensure_future(consume())
-    record.speech_end = await feed_realtime(lambda f: session.feed_audio(f), read_wav(path), done)
+    record.last_voiced_fed_t = await feed_realtime(lambda f: session.feed_audio(f), read_wav(path), done)
     consumer.cancel()
     await session.close()
     return record
@@ -138,7 +140,7 @@ async def spoken_turn(ws: ClientConnection, path: Path, audio: np.ndarray | None
         await ws.send(float_to_pcm16(frame).tobytes())
 
     try:
-        record.speech_end = await feed_realtime(send, read_wav(path) if audio is None else audio, done)
+        record.last_voiced_fed_t = await feed_realtime(send, read_wav(path) if audio is None else audio, done)
     except ConnectionClosed as err:
         receiver.cancel()
         raise closed_error(err) from None

@@ -24,7 +24,7 @@ import contextlib
 import torch
 
 from decode.drafters import Draft, pick
-from decode.target import HFTarget
+from decode.hf_target import HFTarget
 
 
 @contextlib.contextmanager
@@ -44,14 +44,6 @@ def assistant_kv_sharing():
         yield
     finally:
         Gemma4TextConfig.kv_sharing_modes = original
-
-
-def build_assistant(config):
-    """A randomly initialised `Gemma4AssistantForCausalLM` (tests, benchmarks)."""
-    from transformers import Gemma4AssistantForCausalLM
-
-    with assistant_kv_sharing():
-        return Gemma4AssistantForCausalLM(config).eval()
 
 
 def load_assistant(name_or_path: str, device: str, dtype: torch.dtype, local_only: bool):

@@ -14,6 +14,7 @@ sentence.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -33,18 +34,17 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def answer(llm, cfg, system_prompt: str, question: str) -> dict:
+async def answer(llm, cfg, system_prompt: str, question: str) -> dict:
     """The greedy reply, as decoded and as the reply policy would speak it."""
     from voice.reply_turn import reply_budget
 
     llm.cfg = replace(cfg, llm=replace(cfg.llm, system_prompt=system_prompt))  # what chat_ids reads
     shaper = ReplyShaper(reply_budget(cfg))
     full, tokens = "", 0
-    with llm.lock:
-        for span in llm.reply_direct([{"role": "user", "content": question}]):
-            full += span.text
-            tokens += len(span.token_ids)
-            shaper.push(span.text, len(span.token_ids))
+    async for span in llm.reply([{"role": "user", "content": question}]):
+        full += span.text
+        tokens += len(span.token_ids)
+        shaper.push(span.text, len(span.token_ids))
     shaper.finish(capped=tokens >= cfg.llm.max_new_tokens)
     return {
         "full": full.strip(),
@@ -56,12 +56,12 @@ def answer(llm, cfg, system_prompt: str, question: str) -> dict:
     }
 
 
-def evaluate(llm, cfg, prompts: list[str], questions: list[dict]) -> dict:
+async def evaluate(llm, cfg, prompts: list[str], questions: list[dict]) -> dict:
     out = {}
     for prompt in prompts:
         rows = []
         for item in questions:
-            row = answer(llm, cfg, prompt, item["q"])
+            row = await answer(llm, cfg, prompt, item["q"])
             print(f"[{prompt[:20]!r}] {item['q']} -> {row['spoken']!r} ({row['end']})", file=sys.stderr, flush=True)
             hit = item["answers"]
             row.update(
@@ -95,7 +95,8 @@ def main() -> None:
 
     questions = json.loads((ROOT / "scripts/data/factual.json").read_text())["questions"]
     llm = ReplyModel(cfg)
-    result = evaluate(llm, cfg, args.prompt if args.prompt is not None else DEFAULT_PROMPTS, questions)
+    prompts = args.prompt if args.prompt is not None else DEFAULT_PROMPTS
+    result = asyncio.run(evaluate(llm, cfg, prompts, questions))
     if args.brief:
         for v in result.values():
             v.pop("replies")

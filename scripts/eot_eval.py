@@ -167,6 +167,7 @@ class TurnScorer:
         self.closing = [i for i in range(len(tok)) if (t := tok.decode([i]).strip()) and set(t) <= set(".?!…")]
         self.cache: dict[tuple[str, int], tuple[float, float]] = {}
         self.ms: list[float] = []
+        self.runner = asyncio.Runner()  # one event loop for every `end_of_turn_prob` of the run
 
     def _probs(self, words: str, ctx: int) -> tuple[float, float]:
         import torch
@@ -182,7 +183,7 @@ class TurnScorer:
             end = float(probs[self.llm.end_of_user_id])
             if words == words.rstrip(".?!… "):  # unpunctuated: the pipeline's score is `close`
                 t = time.perf_counter()
-                close = asyncio.run(self.llm.end_of_turn_prob(messages))
+                close = self.runner.run(self.llm.end_of_turn_prob(messages))
                 self.ms.append((time.perf_counter() - t) * 1e3)
                 if abs(end + float(probs[self.closing].sum()) - close) > 1e-3:
                     raise RuntimeError(f"the plain forward disagrees with end_of_turn_prob on {words!r}")
@@ -229,6 +230,7 @@ def score(
             f"close={item.llm['close:0']:.3g} {item.transcript!r}",
             file=sys.stderr,
         )
+    llm.runner.close()
     return {
         "smart_turn_ms_p50": round(statistics.median(st_ms), 1),
         "llm_eot_ms_p50": round(statistics.median(llm.ms), 1),

@@ -1,6 +1,6 @@
 """Time x @ Wᵀ two ways for SmolLM2-135M's weight shapes at small row counts: F.linear(x, W)
-and (W @ xᵀ)ᵀ. On the AVX2 EPYC, MKL's F.linear for 2–8 rows of the 49152×576 LM head costs
-2–4x one row; the weight-major product does not (see decode/target.py `project`).
+and (W @ xᵀ)ᵀ, to pick `decode.linear_layout`: which is faster at 2–8 rows depends on the BLAS
+(see decode/target.py `project`).
 
     python scripts/linear_layout.py [--threads N]   # prints JSON, one line per shape
     python scripts/linear_layout.py --model         # + a whole target step (random weights,

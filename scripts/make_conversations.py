@@ -18,6 +18,7 @@ import torch
 
 from commands.drafter_data import generate_replies
 from commands.prompt_sets import bench_plans, generate_turns
+from voice.config import LLMConfig
 from voice.llm import load_causal_lm
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "commands" / "data" / "conversations.json"
@@ -27,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, help="target model dir (transformers)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=LLMConfig.max_new_tokens)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
     model, tokenizer = load_causal_lm(args.target, args.device, torch.float32)

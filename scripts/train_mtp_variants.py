@@ -29,6 +29,7 @@ import torch
 from commands.drafter_data import make_sequences
 from commands.train_drafter import Sequences, acceptance, fit, reduced_vocab, teacher_pass
 from decode.mtp import MTPConfig, MTPHead, load_mtp, save_mtp
+from voice.config import LLMConfig
 from voice.llm import load_causal_lm
 
 
@@ -45,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--prompts", type=int, default=9000)
     p.add_argument("--sampled", type=float, default=2.0)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=LLMConfig.max_new_tokens)
     p.add_argument("--gen-batch", type=int, default=768)
     p.add_argument("--steps", type=int, default=9000)
     p.add_argument("--batch", type=int, default=1024)

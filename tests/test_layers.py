@@ -87,3 +87,57 @@ def test_every_name_is_imported_from_the_module_that_defines_it():
                     if alias.name not in defined[node.module] and f"{node.module}.{alias.name}" not in modules:
                         borrowed.append(f"{path.relative_to(ROOT)}: {alias.name} from {node.module}")
     assert borrowed == [], "import these from where they are defined:\n" + "\n".join(borrowed)
+
+
+def _module_aliases(tree: ast.Module, modules: set[str]) -> dict[str, str]:
+    """Local name -> our module it stands for: `import a.b as m`, `import a.b` (a), `from a import b`."""
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in modules:
+                    aliases[alias.asname] = alias.name
+                elif not alias.asname and alias.name.split(".")[0] in PACKAGES:
+                    aliases[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in modules:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def _dotted(node: ast.expr) -> list[str] | None:
+    """`a.b.c` as ["a", "b", "c"]; None for anything but names and attributes."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.insert(0, node.attr)
+        node = node.value
+    return [node.id, *parts] if isinstance(node, ast.Name) else None
+
+
+def test_every_name_is_read_from_the_module_that_defines_it():
+    """No shim by attribute either: `module.Name` only when that module defines Name, where Name is
+    one of ours (a file that assigns `module.Name = …` patches it where it is used: allowed)."""
+    files = [p for pkg in (*PACKAGES, "tests", "scripts") for p in (ROOT / pkg).rglob("*.py")]
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in files}
+    modules.update({pkg: ROOT / pkg / "__init__.py" for pkg in PACKAGES})
+    names = {m: _top_level_names(ast.parse(p.read_text())) for m, p in modules.items()}
+    ours = set().union(*(defined for defined, _ in names.values()))
+    borrowed = []
+    for path in files:
+        tree = ast.parse(path.read_text())
+        aliases = _module_aliases(tree, set(modules))
+        patched = {
+            ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+        }
+        for node in ast.walk(tree):
+            parts = _dotted(node) if isinstance(node, ast.Attribute) and ast.unparse(node) not in patched else None
+            if not parts or parts[0] not in aliases:
+                continue
+            module, rest = aliases[parts[0]], parts[1:]
+            while rest and f"{module}.{rest[0]}" in modules:  # descend through submodules
+                module, rest = f"{module}.{rest[0]}", rest[1:]
+            defined, imported = names[module]
+            if rest and rest[0] in imported and rest[0] in ours and rest[0] not in defined:
+                borrowed.append(f"{path.relative_to(ROOT)}: {module}.{rest[0]}")
+    assert sorted(set(borrowed)) == [], "read these from where they are defined:\n" + "\n".join(sorted(set(borrowed)))

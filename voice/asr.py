@@ -2,7 +2,7 @@
 
 In: 16 kHz mono float32 audio. Out: text. Whisper pads every input to 30 s (3000 mel
 frames); CTranslate2 accepts shorter windows, so we encode only the utterance (rounded up,
-at least `min_window_frames`): on 2 cores a 2 s utterance costs ~0.1–0.2 s instead of ~1 s.
+at least `min_window_frames`), so the cost grows with the utterance instead of being 30 s's.
 Audio longer than 30 s falls back to faster-whisper's own segmenting transcribe.
 
 On a short utterance greedy whisper sometimes loops ("Mount Everest Mount Everest Mount …")
@@ -60,10 +60,10 @@ class NoSpeechRule:
     """faster-whisper's silence test: a decode is no speech when
     `no_speech_prob > no_speech_threshold and avg_logprob <= log_prob_threshold`.
 
-    Either alone would cost words: P(<|nospeech|>) reaches 0.5-0.8 on faint short answers
+    Either alone would cost words: P(<|nospeech|>) runs high on faint short answers
     too, and a low log-prob alone means an unsure transcript. faster-whisper's 0.6 is set for
-    30 s windows; on our short ones whisper-base gives noise less (0.37-0.81, the pipeline's
-    cough 0.45), hence 0.4. A loop's tokens predict each other, so its log-prob says nothing
+    30 s windows; short windows give noise a lower P(<|nospeech|>), hence a lower default
+    (`asr.no_speech_threshold`). A loop's tokens predict each other, so its log-prob says nothing
     about the audio: when every attempt loops, the no-speech probability decides alone
     (`looped=True`). `no_speech_threshold = 1` turns the rule off.
     """
@@ -339,8 +339,7 @@ class WhisperASR:
 
     def _window(self, frames: int) -> int:
         # Silence after the speech (pad_frames, at least min_window_frames) keeps whisper from
-        # repeating itself or dropping the last word: measured on the bench questions, +50
-        # frames repeated sentences, +300 (min 600) matched whole-file decoding but for 2 words.
+        # repeating itself or dropping the last word, which it does on a window cut at the speech.
         return min(MAX_FRAMES, max(self.min_window_frames, -(-(frames + self.pad_frames) // 100) * 100))
 
     def _plan(self, audio: np.ndarray) -> Transcription | tuple[WindowDecoder, list[DecodeAttempt]]:

@@ -2,7 +2,7 @@
 
 In: `Config`. Out: `ReplyModel`, which turns a conversation (chat messages) into `Span`s via
 the speculative decoder: `reply` streams them on the decode scheduler into the caller's event
-loop (`voice.replies`), `reply_direct` yields them in the calling thread. Cost at load: the
+loop (`voice.replies`); `reply_plain` decodes without the drafter (the baseline). Cost at load: the
 model, and a verify-cost calibration that seeds the adaptive controller.
 """
 
@@ -17,11 +17,12 @@ import torch
 
 from decode.controller import AdaptiveController, Controller, FixedController, HeuristicController
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, can_branch
+from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings, PrefillJob, ReplyJob
 from decode.scheduler import Priority, StepScheduler, Ticket
 from decode.spans import Span
 from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
-from decode.target import HFTarget, StaticLlamaTarget, Target, make_target
+from decode.target import StaticLlamaTarget, Target, static_supported
 from voice.config import Config, ConfigError
 from voice.models import ModelNotReady, llm_path
 from voice.replies import ScheduledReply, scheduled_job
@@ -180,13 +181,19 @@ BATCHED_DRAFTERS = ("none", "ngram", "mtp")  # drafters whose per-slot copies sh
 CALIBRATED_WIDTHS = (16, 32, 64)  # packed widths measured at load besides 1..max_draft + 1
 
 
+def make_target(model, max_len: int = 2048, feature_layers: tuple[int, ...] = ()) -> Target:
+    """The fastest target implementation that supports `model`: static Llama, else transformers'."""
+    if static_supported(model.config):
+        return StaticLlamaTarget(model, max_len=max_len, feature_layers=feature_layers)
+    return HFTarget(model, feature_layers=feature_layers)
+
+
 class ReplyModel:
     """Target LLM + drafter + controller.
 
     Sessions go through `scheduler` (`reply`, `end_of_turn_prob`, awaited on their event loop):
     replies of all sessions advance together in batched steps, each on its own KV slot.
-    `decoder` (slot 0) serves one caller at a time under `lock` (benchmarks, `reply_direct`,
-    `reply_plain`).
+    `decoder` (slot 0) serves one caller at a time under `lock` (benchmarks, `reply_plain`).
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -350,10 +357,6 @@ class ReplyModel:
     def count_tokens(self, text: str) -> int:
         """Tokens of a piece of reply text (the spoken reply's length)."""
         return len(self.token_ids(text))
-
-    def reply_direct(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[Span]:
-        """Spans of the reply on slot 0's decoder, in the calling thread; hold `lock` while iterating."""
-        return self.decoder.generate(self.chat_ids(messages), self.settings, cancel)
 
     def reply_plain(self, messages: list[dict[str, str]]) -> Iterator[Span]:
         """Plain greedy/sampled decoding (no drafter): the baseline."""

@@ -3,7 +3,7 @@
 In: `ModelsConfig` (`embedded`, a local directory, or a hub id). Out: local paths, or a
 `ModelNotReady` error naming the command that fixes it. `prepare()` joins the whisper
 `model.bin` from its two package parts and converts the SmolLM2 GGUF to an fp32
-safetensors directory, once, under the cache dir (~25 s on 2 cores). Nothing here
+safetensors directory, once, under the cache dir. Nothing here
 downloads: hub ids resolve only from an existing local hub cache.
 """
 

@@ -31,6 +31,7 @@ import httpx
 from decode.jobs import DecodeStats
 from decode.scheduler import Priority
 from decode.spans import Span
+from voice.config import LLMConfig
 from voice.errors import VoiceError
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,12 @@ class RemoteReplies:
         base_url: str,
         model: str,
         tokenize: Callable[[str], list[int]],
-        max_new_tokens: int = 96,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        system_prompt: str = "",
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout_s: float = 30.0,
+        max_new_tokens: int = LLMConfig.max_new_tokens,
+        temperature: float = LLMConfig.temperature,
+        top_p: float = LLMConfig.top_p,
+        system_prompt: str = LLMConfig.system_prompt,
+        api_key_env: str = LLMConfig.api_key_env,
+        timeout_s: float = LLMConfig.timeout_s,
         client: Any = None,
     ) -> None:
         if client is None:

@@ -1,8 +1,7 @@
 """Text-to-speech with piper: a phrase in, 22.05 kHz int16 audio chunks out.
 
-In: a phrase of text. Out: `AudioChunk`s (piper yields one per sentence). Cost on 2 CPU
-cores: roughly 0.1–0.2 s of compute per second of speech (en_US-joe-medium). The voice
-loads once (~0.5 s).
+In: a phrase of text. Out: `AudioChunk`s (piper yields one per sentence). Cost: piper's
+compute, proportional to the speech's length and well under it on a CPU; the voice loads once.
 """
 
 from __future__ import annotations

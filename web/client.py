@@ -3,10 +3,10 @@
 In: a `ws://…/ws` URL (and the server's shared secret, if it has one). Out: an open websocket
 after the server's `ready`, or the error the caller acts on. `open_session` retries a worker
 that answers 503 (loading or draining) or drops the handshake. A worker that drains closes the
-session with 1001 (going away): `closed_error` turns that into `ServerGoingAway` and the caller
+session with 1001 (going away): `closed_error` turns that into `ServerGoingAwayError` and the caller
 opens a new session (through a balancer, on another worker) and goes on. A connection that
-drops without a close (a worker or balancer killed) is `SessionDropped` (the same remedy); when
-nothing accepts connections any more `open_session` raises `ServerLost`.
+drops without a close (a worker or balancer killed) is `SessionDroppedError` (the same remedy); when
+nothing accepts connections any more `open_session` raises `ServerLostError`.
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ class ServerError(VoiceError, RuntimeError):
     """The server answered with an `error` event."""
 
 
-class ServerGoingAway(ServerError):
+class ServerGoingAwayError(ServerError):
     """The server closed the session with 1001 (it is draining): open a new session and go on."""
 
 
-class SessionDropped(ServerError):
+class SessionDroppedError(ServerError):
     """The connection ended without a close (the worker or the balancer died): open a new session
     (through a balancer, on another worker) and go on."""
 
 
-class ServerLost(ServerError):
+class ServerLostError(ServerError):
     """Nothing accepts connections at the URL any more (the server or the balancer went away)."""
 
 
@@ -56,16 +56,16 @@ async def open_session(
 ) -> ClientConnection:
     """Connect and start a session; returns the open websocket after `ready`. A 503 (worker loading
     or draining), a refused connection, a 1001 or a dropped connection before `ready` is retried
-    `tries` times; `ServerLost` when the last try's connection was refused too. `token`: the
+    `tries` times; `ServerLostError` when the last try's connection was refused too. `token`: the
     server's shared secret (`server.token_env`), sent as `Authorization: Bearer`."""
     for attempt in range(tries):
         try:
             return await _start_session(url, timeout_s, token)
-        except (InvalidHandshake, OSError, ServerGoingAway, SessionDropped) as err:
+        except (InvalidHandshake, OSError, ServerGoingAwayError, SessionDroppedError) as err:
             if isinstance(err, InvalidStatus) and err.response.status_code != 503:
                 raise ServerError(f"server refused the session: HTTP {err.response.status_code}") from None
             if attempt == tries - 1 and isinstance(err, OSError):
-                raise ServerLost(f"the server at {url} went away ({err}); is it still running?") from None
+                raise ServerLostError(f"the server at {url} went away ({err}); is it still running?") from None
             if attempt == tries - 1:
                 raise ServerError(f"no worker took the session after {tries} tries: {err}") from None
             await asyncio.sleep(OPEN_RETRY_DELAY_S)
@@ -79,9 +79,9 @@ async def _start_session(url: str, timeout_s: float, token: str | None = None) -
         ready = Decoder().decode(await asyncio.wait_for(ws.recv(), timeout_s))
     except ConnectionClosed as err:
         if is_going_away(err):
-            raise ServerGoingAway("the worker went away before the session started") from None
+            raise ServerGoingAwayError("the worker went away before the session started") from None
         if is_dropped(err):
-            raise SessionDropped("the connection dropped before the session started") from None
+            raise SessionDroppedError("the connection dropped before the session started") from None
         raise
     except ProtocolError as err:
         await ws.close()
@@ -99,12 +99,14 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 
 def closed_error(err: ConnectionClosed) -> Exception:
-    """A closed socket as the error the caller acts on: `ServerGoingAway` for 1001, `SessionDropped`
+    """A closed socket as the error the caller acts on: `ServerGoingAwayError` for 1001, `SessionDroppedError`
     for a connection that ended without a close frame."""
     if is_going_away(err):
-        return ServerGoingAway("the worker is draining (1001 going away): open a new session and say the turn again")
+        return ServerGoingAwayError(
+            "the worker is draining (1001 going away): open a new session and say the turn again"
+        )
     if is_dropped(err):
-        return SessionDropped("the connection dropped without a close (the server died?): open a new session")
+        return SessionDroppedError("the connection dropped without a close (the server died?): open a new session")
     return err
 
 

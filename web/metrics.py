@@ -14,7 +14,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-# Turn gaps on a 2-core CPU run from ~0.5 s (one talker) to tens of seconds (overloaded).
+# From a sub-second turn gap (a server with spare cores) to tens of seconds (an overloaded one).
 TURN_GAP_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0)
 ACCEPTANCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -71,7 +71,7 @@ def test_cpuinfo_gives_model_cores_and_simd_flags():
 
 
 def record(gap_s: float | None, name: str = "q.wav") -> TurnRecord:
-    r = TurnRecord(name, speech_end=100.0, first_audio=100.0 + gap_s if gap_s is not None else 0.0)
+    r = TurnRecord(name, last_voiced_fed_t=100.0, first_audio=100.0 + gap_s if gap_s is not None else 0.0)
     if gap_s is not None:
         r.stamps = {"endpoint": 100.2, "asr_final": 100.25, "first_span": 100.3, "first_audio": 100.0 + gap_s}
         r.metrics = {"acceptance": 0.5, "mean_draft_len": 3.0}
@@ -121,7 +121,7 @@ def test_report_gives_reply_lengths_per_turn_and_reply_audio_percentiles():
 def test_turn_through_a_server_reports_the_server_stage_figures():
     r = TurnRecord(
         "q.wav",
-        speech_end=5.0,
+        last_voiced_fed_t=5.0,
         first_audio=5.6,
         metrics={
             "endpoint_ms": 310.0,
@@ -184,13 +184,13 @@ def clip(pause_ms: int, name: str = "q00") -> HesitationClip:
         pause_ms,
         pause_at=16000,
         second_at=16000 + 16 * pause_ms,
-        speech_end=40000,
+        end_sample=40000,
         audio=np.zeros(48000, np.float32),
     )
 
 
 def result(pause_ms: int, finals, starts, name: str = "q00") -> dict:
-    fed = {"second_half": SECOND, "speech_end": END, "audio_end": 12.0}
+    fed = {"second_half": SECOND, "last_voiced": END, "audio_end": 12.0}
     return run_result(HesitationRun(clip(pause_ms, name), list(finals), list(starts), fed))
 
 
@@ -268,7 +268,7 @@ def test_hesitation_audio_puts_the_pause_at_the_word_boundary(stack, tmp_path):
         assert c.second_at - c.pause_at == 16 * c.pause_ms
         assert not c.audio[c.pause_at : c.second_at].any()  # exactly pause_ms of silence, there
         assert np.array_equal(np.concatenate([c.audio[: c.pause_at], c.audio[c.second_at :]]), sentence)
-        assert 0.5 * RATE < c.pause_at < c.speech_end - c.pause_ms * 16 - 0.3 * RATE  # mid-sentence
+        assert 0.5 * RATE < c.pause_at < c.end_sample - c.pause_ms * 16 - 0.3 * RATE  # mid-sentence
         around = sentence[c.pause_at - 80 : c.pause_at + 80]
         assert np.sqrt(np.mean(around**2)) < 0.1 * np.abs(sentence).max()  # cut where it is quiet
         assert (tmp_path / "bench-hesitation" / f"{c.name}.wav").is_file()

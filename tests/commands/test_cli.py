@@ -50,14 +50,14 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, capsys):
 
 def test_only_user_facing_errors_become_one_line_errors(tmp_path, capsys, monkeypatch):
     from commands import cli
-    from commands.cli_args import DeviceError
+    from commands.cli_args import DeviceError, UsageError
     from commands.smart_turn import SmartTurnNotInstalled
     from voice.errors import VoiceError
     from voice.tts import TTSError
     from web.client import ServerError
     from web.protocol import ProtocolError
 
-    for cls in (cli.UsageError, TTSError, SmartTurnNotInstalled, ServerError, ProtocolError):
+    for cls in (UsageError, TTSError, SmartTurnNotInstalled, ServerError, ProtocolError):
         assert issubclass(cls, VoiceError)
     assert DeviceError in cli._user_errors()
     # a FileNotFoundError from a bug is not a user error: it keeps its traceback
@@ -142,7 +142,7 @@ def test_a_bench_whose_llm_server_fails_every_reply_exits_cleanly_with_one_line_
 
 
 def test_turn_answers_a_spoken_question(question_wav, tmp_path):
-    out = run_cli("turn", str(question_wav), "--json", "--out", str(tmp_path / "reply.wav"))
+    out = run_cli("turn", str(question_wav), "--json", "--output-wav", str(tmp_path / "reply.wav"))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert "capital of france" in result["transcript"].lower()

@@ -95,7 +95,7 @@ def test_talk_through_a_server_reconnects_when_the_worker_goes_away(tmp_path, ca
     from websockets.asyncio.server import serve
 
     from audio.wavio import write_wav
-    from commands.talk import talk_remote
+    from commands.talk_remote import talk_remote
 
     sessions = []
     metrics = {
@@ -154,7 +154,7 @@ def test_talk_through_a_server_reconnects_after_a_drop_and_says_when_the_server_
     import web.client
     from audio.wavio import write_wav
     from commands.cli import main
-    from commands.talk import talk_remote
+    from commands.talk_remote import talk_remote
 
     monkeypatch.setattr(web.client, "OPEN_RETRY_DELAY_S", 0.0)
     sessions = []

@@ -4,14 +4,20 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, plain_greedy
-from decode.assistant import AssistantDrafter, build_assistant
+from decode.assistant import AssistantDrafter, assistant_kv_sharing
 from decode.controller import AdaptiveController, FixedController
+from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings
 from decode.speculative import SpeculativeDecoder
-from decode.target import HFTarget
 
 transformers = pytest.importorskip("transformers")
 LAYER_TYPES = ["sliding_attention", "full_attention"]
+
+
+def build_assistant(config):
+    """A randomly initialised `Gemma4AssistantForCausalLM` of `config`."""
+    with assistant_kv_sharing():
+        return transformers.Gemma4AssistantForCausalLM(config).eval()
 
 
 def text_config(hidden: int, layers: int, shared: int, per_layer: int = 0, window: int = 128):

@@ -3,10 +3,11 @@ import torch
 
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController
+from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead, load_mtp, load_mtp_drafter, save_mtp
 from decode.speculative import SpeculativeDecoder
-from decode.target import HFTarget, StaticLlamaTarget
+from decode.target import StaticLlamaTarget
 
 TARGET = tiny_llama(seed=3)
 

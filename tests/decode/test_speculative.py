@@ -9,11 +9,12 @@ from tree_drafters import RankedOracle
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import Draft, ModelDrafter, NgramDrafter, NoDrafter
+from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings
 from decode.layers import project
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
 from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
-from decode.target import HFTarget, StaticLlamaTarget
+from decode.target import StaticLlamaTarget
 
 TARGET = tiny_llama(seed=0)
 DRAFT = tiny_llama(seed=1, hidden=32, layers=1)

@@ -63,3 +63,42 @@ def test_every_config_key_is_read_outside_the_config_module():
             if not any(direct.search(t) or (loose.search(t) and used.search(t)) for t in sources):
                 unread.append(f"{section.name}.{key.name}")
     assert not unread, f"config keys nothing reads: {unread}"
+
+
+def _parameter_defaults(fn) -> dict[str, object]:
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize(
+    "component, section",
+    [
+        ("voice.asr.WhisperASR", "asr"),
+        ("voice.asr.NoSpeechRule", "asr"),
+        ("voice.remote_llm.RemoteReplies", "llm"),
+        ("audio.vad.Endpointer", "vad"),
+    ],
+)
+def test_a_components_defaults_are_the_configs(component, section):
+    """A component built without the config behaves as the default config: every constructor
+    default named like a config key of its section has that key's default."""
+    import dataclasses
+    import importlib
+
+    from voice.config import Config
+
+    module, name = component.rsplit(".", 1)
+    defaults = _parameter_defaults(getattr(importlib.import_module(module), name))
+    keys = {f.name: f.default for f in dataclasses.fields(getattr(Config(), section))}
+    shared = sorted(set(defaults) & set(keys))
+    assert shared, f"{component} shares no parameter with [{section}]"
+    assert {k: defaults[k] for k in shared} == {k: keys[k] for k in shared}
+
+
+def test_turn_settings_of_the_default_config_are_turntakings_defaults():
+    from voice.config import Config
+    from voice.pipeline import turn_settings
+    from voice.turntaking import TurnSettings
+
+    assert turn_settings(Config()) == TurnSettings()

@@ -339,8 +339,11 @@ def _(cfg, rig):
 def _(cfg, rig):
     """The draft lengths of a reply (the n-gram drafter proposes up to k where its context repeats)."""
     llm = reply_model(cfg)
-    with llm.lock:
-        return max(span.draft_len for span in llm.reply_direct([{"role": "user", "content": "a b c a b c a b c a b"}]))
+
+    async def draft_lens() -> list[int]:
+        return [span.draft_len async for span in llm.reply([{"role": "user", "content": "a b c a b c a b c a b"}])]
+
+    return max(asyncio.run(draft_lens()))
 
 
 NGRAM_CONTEXT = [1, 2, 3, 4, 9, 9, 3, 4, 7, 2, 3, 4]  # [3, 4] recurs after 2 and after 9; [2, 3, 4] after 1

@@ -12,7 +12,7 @@ from contextlib import aclosing
 import pytest
 from fake_openai import REPLY, ChatServer, dead_url
 
-from voice.config import ConfigError, LLMConfig
+from voice.config import Config, ConfigError, LLMConfig
 from voice.remote_llm import CONTINUE_PROMPT, LLMServerError, RemoteReplies, chat_messages, check_server
 from voice.stack import Stack, check_llm_server, remote_replies
 
@@ -200,7 +200,7 @@ def test_only_the_openai_backend_checks_its_server_when_the_models_load(monkeypa
 
     monkeypatch.setattr(voice.stack, "WhisperASR", lambda *a: pytest.fail("models loaded before the check"))
     with pytest.raises(LLMServerError, match="cannot reach"):
-        voice.stack.load_stack(voice.stack.Config(llm=LLMConfig(backend="openai", base_url=url)))
+        voice.stack.load_stack(Config(llm=LLMConfig(backend="openai", base_url=url)))
 
 
 def test_continuing_an_answer_asks_the_server_to_go_on():
