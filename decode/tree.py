@@ -18,6 +18,8 @@ new nodes still among the best `nodes` so far are expanded; the tree is the best
 With greedy top-k candidates this is EAGLE-2's tree (branches where the drafter is unsure). A key
 never depends on the token its node holds, only on its rank, so a sampled tree's shape does not
 look at the tokens it then verifies, and the sampling rule below stays exact.
+`grow_tree_static` is the same rule over fixed-size tensors with no host read (a CUDA graph holds
+it, `decode.graphs.DraftGraphs`); `tree_from_static` turns what it returns into the `DraftTree`.
 
 Verify, with the target's law p_r at every row r:
 - greedy: from the root, follow the child whose token is argmax p_r; stop where none is and emit
@@ -242,3 +244,66 @@ def _in_row_order(kept: list[int], toks: list[int], par: list[int], laws: dict[i
         row_laws.append(laws.get(node) if node in kids else None)
         stack.extend((c, len(tokens)) for c in reversed(kids.get(node, [])) if c in kept_set)
     return DraftTree(tokens, parents, row_laws)
+
+
+def static_tree_size(depth: int, width: int, branch: int) -> int:
+    """Nodes `grow_tree_static` lays out: `branch` under the root, then `width · branch` a level."""
+    return branch + (depth - 1) * width * branch
+
+
+def grow_tree_static(
+    expand: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    last_token: torch.Tensor,
+    nodes: torch.Tensor,
+    depth: int,
+    width: int,
+    branch: int,
+) -> torch.Tensor:
+    """`grow_tree`'s greedy tree on fixed-size tensors, with no host read: [3, n] float64 holding each
+    laid-out node's token, parent id (-1: the root) and whether the tree keeps it (`tree_from_static`).
+
+    Node ids are laid out level by level: level 1 is ids 0..branch−1, then each level's frontier slot j
+    gets the next `branch` ids. `nodes` is a 0-dim tensor (one capture serves every budget).
+    `expand(parents, ids, tokens)` takes [w] frontier rows — each node's parent id, its id (-1: the
+    root, whose parent is -2; n: an empty slot, whose parent is n too) and token — and returns its
+    candidates [w, branch]: tokens and the drafter's float32 probabilities, best first. Keys multiply
+    in float64 as `grow_tree`'s do in Python, and the stable sort by key keeps `grow_tree`'s ties
+    (ids grow with depth, so (−key, id) orders as (−key, depth, id)): the same tree."""
+    dev, n = last_token.device, static_tree_size(depth, width, branch)
+    tokens = torch.zeros(n + 1, dtype=torch.long, device=dev)  # id n: nothing (an empty frontier slot)
+    parents = torch.full((n + 1,), n, dtype=torch.long, device=dev)
+    keys = torch.full((n + 1,), -torch.inf, dtype=torch.float64, device=dev)
+    ids = torch.full((1,), -1, dtype=torch.long, device=dev)
+    par, tok = torch.full((1,), -2, dtype=torch.long, device=dev), last_token.view(1)
+    key, live = torch.ones(1, dtype=torch.float64, device=dev), torch.ones(1, dtype=torch.bool, device=dev)
+    end = 0
+    for level in range(1, depth + 1):
+        cand_tokens, cand_probs = expand(par, ids, tok)
+        rows = ids.shape[0] * branch
+        tokens[end : end + rows] = cand_tokens.reshape(-1)
+        parents[end : end + rows] = (
+            ids[:, None].expand(-1, branch).reshape(-1)
+        )  # no host read, unlike repeat_interleave
+        born = live[:, None] & (cand_probs > 0)  # grow_tree stops at a candidate of probability 0
+        keys[end : end + rows] = torch.where(born, key[:, None] * cand_probs.double(), -torch.inf).reshape(-1)
+        end += rows
+        if level == depth:
+            break
+        order = keys[:end].sort(descending=True, stable=True).indices
+        best = (torch.arange(end, device=dev) < nodes) & (keys[order] > -torch.inf)
+        pick = best & (order >= end - rows)  # new nodes among the best so far, best first
+        slot = pick.cumsum(0) - 1
+        into = torch.where(pick & (slot < width), slot, width)  # slot `width` collects the rest
+        ids = torch.full((width + 1,), n, dtype=torch.long, device=dev).scatter_(0, into, order)[:width]
+        live = ids < n
+        par, tok, key = parents[ids], tokens[ids], keys[ids]
+    order = keys[:n].sort(descending=True, stable=True).indices
+    kept = torch.zeros(n, dtype=torch.bool, device=dev)
+    kept[order] = (torch.arange(n, device=dev) < nodes) & (keys[order] > -torch.inf)
+    return torch.stack([tokens[:n], parents[:n], kept]).double()
+
+
+def tree_from_static(table: list[list[float]]) -> DraftTree:
+    """The `DraftTree` of `grow_tree_static`'s output, read to the host (`.tolist()`); no laws (greedy)."""
+    tokens, parents, kept = ([int(x) for x in row] for row in table)
+    return _in_row_order([i for i, k in enumerate(kept) if k], tokens, parents, {})
