@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -111,12 +112,12 @@ def depths(parents: list[int]) -> list[int]:
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
     """[n + 1, n + 1] bool: row r sees row c iff c is r or one of its ancestors."""
     n = len(parents) + 1
-    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask = np.zeros((n, n), dtype=bool)  # numpy rows: a tree verify builds this on the host every step
     mask[0, 0] = True
     for i, p in enumerate(parents, start=1):
         mask[i] = mask[p]
         mask[i, i] = True
-    return mask
+    return torch.from_numpy(mask)
 
 
 def children(parents: list[int]) -> list[list[int]]:
@@ -247,8 +248,13 @@ def _in_row_order(kept: list[int], toks: list[int], par: list[int], laws: dict[i
 
 
 def static_tree_size(depth: int, width: int, branch: int) -> int:
-    """Nodes `grow_tree_static` lays out: `branch` under the root, then `width · branch` a level."""
-    return branch + (depth - 1) * width * branch
+    """Nodes `grow_tree_static` lays out: `branch` under the root, then on each level `branch` under each
+    frontier slot, of which there are `width` or the nodes of the level before if fewer."""
+    level, total = branch, branch
+    for _ in range(depth - 1):
+        level = min(width, level) * branch
+        total += level
+    return total
 
 
 def grow_tree_static(
@@ -262,45 +268,44 @@ def grow_tree_static(
     """`grow_tree`'s greedy tree on fixed-size tensors, with no host read: [3, n] float64 holding each
     laid-out node's token, parent id (-1: the root) and whether the tree keeps it (`tree_from_static`).
 
-    Node ids are laid out level by level: level 1 is ids 0..branch−1, then each level's frontier slot j
-    gets the next `branch` ids. `nodes` is a 0-dim tensor (one capture serves every budget).
+    Node ids are laid out level by level (`static_tree_size`): level 1 is ids 0..branch−1, then each
+    level's frontier slot j gets the next `branch` ids. `nodes` is a 0-dim tensor (one capture serves every budget).
     `expand(parents, ids, tokens)` takes [w] frontier rows — each node's parent id, its id (-1: the
-    root, whose parent is -2; n: an empty slot, whose parent is n too) and token — and returns its
-    candidates [w, branch]: tokens and the drafter's float32 probabilities, best first. Keys multiply
-    in float64 as `grow_tree`'s do in Python, and the stable sort by key keeps `grow_tree`'s ties
-    (ids grow with depth, so (−key, id) orders as (−key, depth, id)): the same tree."""
+    root, whose parent is -2; n: an empty slot) and token — and returns its candidates [w, branch]:
+    tokens and the drafter's float32 probabilities, best first. Keys multiply in float64 as
+    `grow_tree`'s do in Python, and a stable sort by key keeps `grow_tree`'s ties (ids grow with
+    depth, so (−key, id) orders as (−key, depth, id)): the same tree.
+
+    The frontier is the level's best `width` new nodes, without `grow_tree`'s test that they are among
+    the best `nodes` so far: a node that fails it has at least `nodes` better ones, and so do all its
+    descendants, which sort after the frontier nodes that pass it; they fill only slots `grow_tree`
+    leaves empty, and never reach the tree."""
     dev, n = last_token.device, static_tree_size(depth, width, branch)
-    tokens = torch.zeros(n + 1, dtype=torch.long, device=dev)  # id n: nothing (an empty frontier slot)
-    parents = torch.full((n + 1,), n, dtype=torch.long, device=dev)
-    keys = torch.full((n + 1,), -torch.inf, dtype=torch.float64, device=dev)
     ids = torch.full((1,), -1, dtype=torch.long, device=dev)
-    par, tok = torch.full((1,), -2, dtype=torch.long, device=dev), last_token.view(1)
-    key, live = torch.ones(1, dtype=torch.float64, device=dev), torch.ones(1, dtype=torch.bool, device=dev)
+    parents, tok, key = torch.full((1,), -2, dtype=torch.long, device=dev), last_token.view(1), None
+    level_tokens, level_parents, level_keys = [], [], []
     end = 0
     for level in range(1, depth + 1):
-        cand_tokens, cand_probs = expand(par, ids, tok)
-        rows = ids.shape[0] * branch
-        tokens[end : end + rows] = cand_tokens.reshape(-1)
-        parents[end : end + rows] = (
-            ids[:, None].expand(-1, branch).reshape(-1)
-        )  # no host read, unlike repeat_interleave
-        born = live[:, None] & (cand_probs > 0)  # grow_tree stops at a candidate of probability 0
-        keys[end : end + rows] = torch.where(born, key[:, None] * cand_probs.double(), -torch.inf).reshape(-1)
-        end += rows
+        cand_tokens, cand_probs = expand(parents, ids, tok)
+        probs = cand_probs.double()
+        new_keys = probs if key is None else key[:, None] * probs  # an empty slot's key is -inf
+        # grow_tree stops at a candidate of probability 0
+        level_keys.append(torch.where(cand_probs > 0, new_keys, -torch.inf).reshape(-1))
+        level_tokens.append(cand_tokens.reshape(-1))
+        level_parents.append(ids[:, None].expand(-1, branch).reshape(-1))
         if level == depth:
             break
-        order = keys[:end].sort(descending=True, stable=True).indices
-        best = (torch.arange(end, device=dev) < nodes) & (keys[order] > -torch.inf)
-        pick = best & (order >= end - rows)  # new nodes among the best so far, best first
-        slot = pick.cumsum(0) - 1
-        into = torch.where(pick & (slot < width), slot, width)  # slot `width` collects the rest
-        ids = torch.full((width + 1,), n, dtype=torch.long, device=dev).scatter_(0, into, order)[:width]
-        live = ids < n
-        par, tok, key = parents[ids], tokens[ids], keys[ids]
-    order = keys[:n].sort(descending=True, stable=True).indices
+        best, order = level_keys[-1].sort(descending=True, stable=True)
+        key, order = best[:width], order[:width]  # fewer when the level has fewer nodes
+        parents = ids[order // branch]  # an empty slot reads some row and writes none
+        ids = torch.where(key > -torch.inf, end + order, n)
+        tok = level_tokens[-1][order]
+        end += level_tokens[-1].shape[0]
+    keys = torch.cat(level_keys)
+    best, order = keys.sort(descending=True, stable=True)
     kept = torch.zeros(n, dtype=torch.bool, device=dev)
-    kept[order] = (torch.arange(n, device=dev) < nodes) & (keys[order] > -torch.inf)
-    return torch.stack([tokens[:n], parents[:n], kept]).double()
+    kept[order] = (torch.arange(n, device=dev) < nodes) & (best > -torch.inf)
+    return torch.stack([torch.cat(level_tokens), torch.cat(level_parents), kept]).double()
 
 
 def tree_from_static(table: list[list[float]]) -> DraftTree:

@@ -17,6 +17,7 @@ from decode.tree import (
     grow_tree,
     grow_tree_static,
     sample_accept_tree,
+    static_tree_size,
     tree_from_static,
 )
 from decode.verify import greedy_accept
@@ -210,7 +211,7 @@ def test_the_static_tree_is_the_grown_tree_ties_and_zeros_included(seed, nodes, 
 
     paths = {}
     want = grow_tree(grown_expand, 7, nodes, depth, width)
-    paths, n = {}, branch + (depth - 1) * width * branch
+    paths, n = {}, static_tree_size(depth, width, branch)
     table = grow_tree_static(static_expand, torch.tensor([7]), torch.tensor(nodes), depth, width, branch)
     got = tree_from_static(table.tolist())
     assert (got.tokens, got.parents) == (want.tokens, want.parents)
