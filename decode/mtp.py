@@ -328,9 +328,10 @@ class MTPDrafter:
 
         return grow_tree_static(expand, last_token, nodes, shape.depth, width, branch)
 
+    @torch.inference_mode()
     def grown_tree(self, ids: list[int], nodes: int, shape: TreeShape, hidden: torch.Tensor) -> Draft:
-        """The tree `decode.tree.grow_tree` grows level by level over the frontier's rows (sampling, context
-        heads; for a greedy head the reference `tree_table` equals)."""
+        """The tree `decode.tree.grow_tree` grows level by level over the frontier's rows: what sampling and
+        context heads draft, and for a greedy head the reference that `tree_table` equals."""
         dtype = self.head_rows.dtype
         start = self.head.start(hidden.to(dtype))
         kv = self._context(ids)

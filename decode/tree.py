@@ -269,8 +269,8 @@ def grow_tree_static(
     laid-out node's token, parent id (-1: the root) and whether the tree keeps it (`tree_from_static`).
 
     Node ids are laid out level by level (`static_tree_size`): level 1 is ids 0..branch−1, then each
-    level's frontier slot j gets the next `branch` ids. `nodes` is a 0-dim tensor (one capture serves every budget).
-    `expand(parents, ids, tokens)` takes [w] frontier rows — each node's parent id, its id (-1: the
+    level's frontier slot j gets the next `branch` ids. `nodes` is a 0-dim tensor (one capture serves
+    every budget). `expand(parents, ids, tokens)` takes [w] frontier rows — each node's parent id, its id (-1: the
     root, whose parent is -2; n: an empty slot) and token — and returns its candidates [w, branch]:
     tokens and the drafter's float32 probabilities, best first. Keys multiply in float64 as
     `grow_tree`'s do in Python, and a stable sort by key keeps `grow_tree`'s ties (ids grow with
