@@ -178,6 +178,8 @@ def run_decode_bench(
         "speedup": speedups(runs),
         "verify_cost_ms": {str(k): round(v * 1e3, 2) for k, v in costs.items()},
     }
+    if trees:
+        report["tree_drafts"] = tree_draft_check(llm, prompts, greedy_out, trees)
     if batch:
         report["batch"] = [
             _run_batch(llm, prompts, size, greedy_out)
@@ -231,6 +233,36 @@ def _run_modes(
         shape = {"tree": list(extra)} if mode == "tree" else {"branch": extra} if mode.startswith("adaptive") else {}
         runs.append({"mode": mode, "k": k, **shape, **rounded(result), **against_greedy(outputs, greedy_out)})
     return runs, greedy_out
+
+
+def tree_draft_check(
+    llm: ReplyModel, prompts: list[list[int]], greedy_out: list[list[int]], trees: list[tuple[int, int, int]]
+) -> dict | None:
+    """Each fixed tree shape whose drafting replays a CUDA graph, drafted at 3 points of the first 4 prompts'
+    greedy replies from the graph, from the same static code run eagerly, and grown level by level
+    (`MTPDrafter.grown_tree`): how many drafts of each are the graph's tree (None: no tree graphs)."""
+    from decode.tree import TreeShape
+
+    drafter, dec = llm.drafter, llm.decoder
+    graphs = getattr(drafter, "graphs", None)
+    shapes = [(n, TreeShape(d, b)) for n, d, b in trees if graphs is not None and TreeShape(d, b) in graphs.trees]
+    if not shapes:
+        return None
+    checked = eager_same = grown_same = 0
+    for ids, out in zip(prompts[:4], greedy_out[:4]):
+        for context in (ids + out[:j] for j in (0, len(out) // 3, 2 * len(out) // 3)):
+            dec.prefill(context)
+            for nodes, shape in shapes:
+                tree = drafter.propose_tree(context, nodes, shape, dec.hidden)
+                drafter.graphs = None
+                eager = drafter.propose_tree(context, nodes, shape, dec.hidden)
+                drafter.graphs = graphs
+                with torch.inference_mode():
+                    grown = drafter.grown_tree(context, nodes, shape, dec.hidden)
+                checked += 1
+                eager_same += (eager.tokens, eager.parents) == (tree.tokens, tree.parents)
+                grown_same += (grown.tokens, grown.parents) == (tree.tokens, tree.parents)
+    return {"checked": checked, "graph_equals_eager": eager_same, "graph_equals_grown": grown_same}
 
 
 def _relative_to_batch_1(sizes: list[dict]) -> None:

@@ -36,7 +36,7 @@ import torch
 
 from decode.layers import project
 from decode.target import Forward, StaticLlamaTarget
-from decode.tree import ancestor_mask, depths
+from decode.tree import TreeShape, ancestor_mask, depths
 
 log = logging.getLogger(__name__)
 
@@ -185,25 +185,42 @@ class StepGraphs:
 
 
 class DraftGraphs:
-    """An MTP head's greedy draft loop of k steps, one CUDA graph per k (`MTPDrafter.capture`).
+    """An MTP head's greedy draft loop of k steps, one CUDA graph per k, and its draft trees, one graph per
+    (levels, candidates a node) (`MTPDrafter.capture`).
 
     Eagerly each draft token costs ~40 small kernels and two host syncs (the argmax read back to
     index the next embedding), a sizeable share of a graph-replayed target step (docs/gpu.md). In
     a graph the chosen token stays on the device (`vocab_ids[argmax]` indexes the next
-    embedding), so k tokens are one replay and one read-back. Only the greedy loop of a head
-    without context attention is captured; sampling and context heads draft eagerly.
+    embedding), so k tokens are one replay and one read-back. A tree is `MTPDrafter.tree_table`
+    (`decode.tree.grow_tree_static`: the frontier chosen on the device, the node budget a static
+    0-dim buffer), so a whole tree is one replay and one read-back of its [3, n] table too. Only
+    greedy heads without context attention are captured; sampling and context heads draft eagerly.
     """
 
-    def __init__(self, head, embed: torch.Tensor, head_rows: torch.Tensor, vocab_ids: torch.Tensor, ks: list[int]):
-        dev, dtype = head_rows.device, head_rows.dtype
+    def __init__(self, drafter, ks: list[int], trees: list[TreeShape] = ()):
+        head, dev, dtype = drafter.head, drafter.head_rows.device, drafter.head_rows.dtype
         width = head.cfg.hidden_size * (1 + len(head.cfg.feature_layers))
-        self.head, self.embed, self.head_rows, self.vocab_ids = head, embed, head_rows, vocab_ids
+        self.head, self.embed, self.head_rows, self.vocab_ids = (
+            head,
+            drafter.embed,
+            drafter.head_rows,
+            drafter.vocab_ids,
+        )
         self.hidden = torch.zeros(width, dtype=dtype, device=dev)
         self.token = torch.zeros(1, dtype=torch.long, device=dev)
+        self.nodes = torch.zeros((), dtype=torch.long, device=dev)
         self.steps: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = capture_graphs(
             {k: lambda k=k: self._loop(k) for k in sorted(set(ks))}
         )
         log.info("captured CUDA graphs for MTP drafts of %s tokens", sorted(self.steps))
+        tree_calls = {s: lambda s=s: drafter.tree_table(self.hidden, self.token, self.nodes, s) for s in set(trees)}
+        self.trees: dict[TreeShape, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        try:  # one pool: tree replays never overlap and `run_tree` reads each table out at once
+            self.trees = capture_graphs(tree_calls, pool=torch.cuda.graph_pool_handle()) if tree_calls else {}
+        except Exception as err:  # a kernel that cannot be captured: trees draft eagerly, the same trees
+            log.warning("CUDA graph capture of draft trees failed, they draft eagerly: %s: %s", type(err).__name__, err)
+        if self.trees:
+            log.info("captured CUDA graphs for MTP draft trees (levels, candidates) %s", sorted(self.trees))
 
     @torch.inference_mode()
     def _loop(self, k: int) -> torch.Tensor:
@@ -223,5 +240,17 @@ class DraftGraphs:
             return None
         self.hidden.copy_(hidden)
         self.token.fill_(last_token)
+        step[0].replay()
+        return step[1].tolist()
+
+    def run_tree(self, hidden: torch.Tensor, last_token: int, nodes: int, shape: TreeShape) -> list | None:
+        """The tree table (`MTPDrafter.tree_table`) of `nodes` kept after `last_token` given the target's
+        `hidden` there, read to the host; None if `shape` was not captured."""
+        step = self.trees.get(shape)
+        if step is None:
+            return None
+        self.hidden.copy_(hidden)
+        self.token.fill_(last_token)
+        self.nodes.fill_(nodes)
         step[0].replay()
         return step[1].tolist()

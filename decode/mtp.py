@@ -16,7 +16,10 @@ per k (measured costs: docs/decoding.md, docs/gpu.md).
 Trees (`MTPDrafter.propose_tree`): each level of `decode.tree.grow_tree` is one head step over the
 nodes it expands, each chaining its own parent's feature (the feature of a node is the step that
 read its token), so a level of w nodes costs one step of w rows; candidates are the head's top
-`branch` tokens (greedy) or `branch` draws without replacement (sampling, Gumbel top-k).
+`branch` tokens (greedy) or `branch` draws without replacement (sampling, Gumbel top-k). A greedy
+head without context attention grows its tree with `decode.tree.grow_tree_static` (`tree_table`:
+every level `branch` rows, the features in one table, no host read until the end — the same tree),
+which `capture` also replays as one CUDA graph per (levels, candidates).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 
 from decode.drafters import Draft, pick
 from decode.layers import rms_norm
-from decode.tree import Candidates, Node, TreeShape, grow_tree
+from decode.tree import Candidates, Node, TreeShape, grow_tree, grow_tree_static, static_tree_size, tree_from_static
 from decode.verify import probs_from_logits
 
 
@@ -229,15 +232,22 @@ class MTPDrafter:
         self.context_kv = torch.empty(0, 2 * head.cfg.hidden_size, dtype=param.dtype, device=param.device)
         self.graphs = None  # `DraftGraphs` once `capture` ran
 
-    def capture(self, max_k: int) -> bool:
-        """On CUDA, capture the greedy draft loop for k = 1..max_k (`decode.graphs.DraftGraphs`); False where
-        it does not apply (CPU, sampling, a head with context attention), and drafts stay eager."""
-        if self.embed.device.type != "cuda" or self.temperature > 0 or self.head.attention is not None:
+    def capture(self, max_k: int, branch: int = 1) -> bool:
+        """On CUDA, capture the greedy draft loop for k = 1..max_k and, with `branch` > 1, the tree of
+        1..max_k levels and `branch` candidates a node (`decode.graphs.DraftGraphs`); False where it does
+        not apply (CPU, sampling, a head with context attention), and drafts stay eager."""
+        if self.embed.device.type != "cuda" or not self.static_trees:
             return False
         from decode.graphs import DraftGraphs
 
-        self.graphs = DraftGraphs(self.head, self.embed, self.head_rows, self.vocab_ids, list(range(1, max_k + 1)))
+        trees = [TreeShape(depth, branch) for depth in range(1, max_k + 1)] if branch > 1 else []
+        self.graphs = DraftGraphs(self, list(range(1, max_k + 1)), trees)
         return True
+
+    @property
+    def static_trees(self) -> bool:
+        """Greedy, without context attention: trees grow in fixed shapes (`tree_table`), graphs can hold them."""
+        return self.temperature <= 0 and self.head.attention is None
 
     def reset(self) -> None:
         self.context_kv = self.context_kv[:0]
@@ -286,6 +296,42 @@ class MTPDrafter:
         node (module docstring); with sampling, `probs` holds the head's law at every expanded row."""
         if nodes <= 0 or hidden is None:
             return Draft([])
+        if not self.static_trees:
+            return self.grown_tree(ids, nodes, shape, hidden)
+        table = None if self.graphs is None else self.graphs.run_tree(hidden, ids[-1], nodes, shape)
+        if table is None:
+            dev = self.embed.device
+            last, budget = torch.tensor([ids[-1]], device=dev), torch.tensor(nodes, device=dev)
+            table = self.tree_table(hidden, last, budget, shape).tolist()
+        tree = tree_from_static(table)
+        return Draft(tree.tokens, None, tree.parents)
+
+    @torch.inference_mode()
+    def tree_table(
+        self, hidden: torch.Tensor, last_token: torch.Tensor, nodes: torch.Tensor, shape: TreeShape
+    ) -> torch.Tensor:
+        """The greedy tree as `decode.tree.grow_tree_static` lays it out (graph-safe): after `last_token` [1]
+        with the target's `hidden` there, `nodes` (0-dim) kept. Each level runs the head over `shape.branch`
+        frontier rows, reading its parents' features from one table and writing its own there."""
+        dtype, width = self.head_rows.dtype, shape.branch
+        branch = min(shape.branch, self.head_rows.shape[0])
+        n = static_tree_size(shape.depth, width, branch)
+        # row 0: the root's input, row id + 2: the feature node id's step gave (the root's id is -1), n + 2: none
+        table = torch.zeros(n + 3, self.head.cfg.hidden_size, dtype=dtype, device=self.embed.device)
+        table[0] = self.head.start(hidden.to(dtype))
+
+        def expand(parents: torch.Tensor, ids: torch.Tensor, tokens: torch.Tensor) -> tuple:
+            out = self.head.step(table.index_select(0, parents + 2), self.embed.index_select(0, tokens).to(dtype))
+            table.index_copy_(0, ids + 2, out)
+            top = torch.softmax(self.head.logits(out, self.head_rows).float(), dim=-1).topk(branch)
+            return self.vocab_ids[top.indices], top.values
+
+        return grow_tree_static(expand, last_token, nodes, shape.depth, width, branch)
+
+    @torch.inference_mode()
+    def grown_tree(self, ids: list[int], nodes: int, shape: TreeShape, hidden: torch.Tensor) -> Draft:
+        """The tree `decode.tree.grow_tree` grows level by level over the frontier's rows: what sampling and
+        context heads draft, and for a greedy head the reference that `tree_table` equals."""
         dtype = self.head_rows.dtype
         start = self.head.start(hidden.to(dtype))
         kv = self._context(ids)

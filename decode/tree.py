@@ -18,6 +18,8 @@ new nodes still among the best `nodes` so far are expanded; the tree is the best
 With greedy top-k candidates this is EAGLE-2's tree (branches where the drafter is unsure). A key
 never depends on the token its node holds, only on its rank, so a sampled tree's shape does not
 look at the tokens it then verifies, and the sampling rule below stays exact.
+`grow_tree_static` is the same rule over fixed-size tensors with no host read (a CUDA graph holds
+it, `decode.graphs.DraftGraphs`); `tree_from_static` turns what it returns into the `DraftTree`.
 
 Verify, with the target's law p_r at every row r:
 - greedy: from the root, follow the child whose token is argmax p_r; stop where none is and emit
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -109,12 +112,12 @@ def depths(parents: list[int]) -> list[int]:
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
     """[n + 1, n + 1] bool: row r sees row c iff c is r or one of its ancestors."""
     n = len(parents) + 1
-    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask = np.zeros((n, n), dtype=bool)  # numpy rows: a tree verify builds this on the host every step
     mask[0, 0] = True
     for i, p in enumerate(parents, start=1):
         mask[i] = mask[p]
         mask[i, i] = True
-    return mask
+    return torch.from_numpy(mask)
 
 
 def children(parents: list[int]) -> list[list[int]]:
@@ -242,3 +245,70 @@ def _in_row_order(kept: list[int], toks: list[int], par: list[int], laws: dict[i
         row_laws.append(laws.get(node) if node in kids else None)
         stack.extend((c, len(tokens)) for c in reversed(kids.get(node, [])) if c in kept_set)
     return DraftTree(tokens, parents, row_laws)
+
+
+def static_tree_size(depth: int, width: int, branch: int) -> int:
+    """Nodes `grow_tree_static` lays out: `branch` under the root, then on each level `branch` under each
+    frontier slot, of which there are `width` or the nodes of the level before if fewer."""
+    level, total = branch, branch
+    for _ in range(depth - 1):
+        level = min(width, level) * branch
+        total += level
+    return total
+
+
+def grow_tree_static(
+    expand: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    last_token: torch.Tensor,
+    nodes: torch.Tensor,
+    depth: int,
+    width: int,
+    branch: int,
+) -> torch.Tensor:
+    """`grow_tree`'s greedy tree on fixed-size tensors, with no host read: [3, n] float64 holding each
+    laid-out node's token, parent id (-1: the root) and whether the tree keeps it (`tree_from_static`).
+
+    Node ids are laid out level by level (`static_tree_size`): level 1 is ids 0..branch−1, then each
+    level's frontier slot j gets the next `branch` ids. `nodes` is a 0-dim tensor (one capture serves
+    every budget). `expand(parents, ids, tokens)` takes [w] frontier rows — each node's parent id, its id (-1: the
+    root, whose parent is -2; n: an empty slot) and token — and returns its candidates [w, branch]:
+    tokens and the drafter's float32 probabilities, best first. Keys multiply in float64 as
+    `grow_tree`'s do in Python, and a stable sort by key keeps `grow_tree`'s ties (ids grow with
+    depth, so (−key, id) orders as (−key, depth, id)): the same tree.
+
+    The frontier is the level's best `width` new nodes, without `grow_tree`'s test that they are among
+    the best `nodes` so far: a node that fails it has at least `nodes` better ones, and so do all its
+    descendants, which sort after the frontier nodes that pass it; they fill only slots `grow_tree`
+    leaves empty, and never reach the tree."""
+    dev, n = last_token.device, static_tree_size(depth, width, branch)
+    ids = torch.full((1,), -1, dtype=torch.long, device=dev)
+    parents, tok, key = torch.full((1,), -2, dtype=torch.long, device=dev), last_token.view(1), None
+    level_tokens, level_parents, level_keys = [], [], []
+    end = 0
+    for level in range(1, depth + 1):
+        cand_tokens, cand_probs = expand(parents, ids, tok)
+        probs = cand_probs.double()
+        new_keys = probs if key is None else key[:, None] * probs  # an empty slot's key is -inf
+        # grow_tree stops at a candidate of probability 0
+        level_keys.append(torch.where(cand_probs > 0, new_keys, -torch.inf).reshape(-1))
+        level_tokens.append(cand_tokens.reshape(-1))
+        level_parents.append(ids[:, None].expand(-1, branch).reshape(-1))
+        if level == depth:
+            break
+        best, order = level_keys[-1].sort(descending=True, stable=True)
+        key, order = best[:width], order[:width]  # fewer when the level has fewer nodes
+        parents = ids[order // branch]  # an empty slot reads some row and writes none
+        ids = torch.where(key > -torch.inf, end + order, n)
+        tok = level_tokens[-1][order]
+        end += level_tokens[-1].shape[0]
+    keys = torch.cat(level_keys)
+    best, order = keys.sort(descending=True, stable=True)
+    kept = torch.zeros(n, dtype=torch.bool, device=dev)
+    kept[order] = (torch.arange(n, device=dev) < nodes) & (best > -torch.inf)
+    return torch.stack([torch.cat(level_tokens), torch.cat(level_parents), kept]).double()
+
+
+def tree_from_static(table: list[list[float]]) -> DraftTree:
+    """The `DraftTree` of `grow_tree_static`'s output, read to the host (`.tolist()`); no laws (greedy)."""
+    tokens, parents, kept = ([int(x) for x in row] for row in table)
+    return _in_row_order([i for i, k in enumerate(kept) if k], tokens, parents, {})

@@ -99,8 +99,8 @@ def make_drafter(cfg: Config, tokenizer, target: Target, generator: torch.Genera
             drafter = load_mtp_drafter(cfg.decode.mtp_path, target, cfg.llm.temperature, cfg.llm.top_p, generator)
         except FileNotFoundError as err:
             raise ConfigError(f"decode.mtp_path: {err}") from None
-        if cfg.decode.cuda_graphs:  # on CUDA the greedy draft loop replays graphs (decode.graphs.DraftGraphs)
-            drafter.capture(cfg.decode.max_draft)
+        if cfg.decode.cuda_graphs:  # on CUDA greedy drafts and trees replay graphs (decode.graphs.DraftGraphs)
+            drafter.capture(cfg.decode.max_draft, cfg.decode.tree_branch)
         return drafter
     if name == "assistant":
         return load_assistant_drafter(cfg, target, generator)

@@ -49,6 +49,27 @@ def test_graph_drafts_equal_eager_drafts_on_cuda():
 
 
 @needs_cuda
+def test_graph_trees_equal_eager_trees_on_cuda():
+    """Trees of 1..4 levels and 3 candidates replay graphs; each equals the same static tree run eagerly and
+    the tree `grow_tree` grows over the frontier's rows; other shapes run eagerly."""
+    from decode.tree import TreeShape
+
+    embed = tiny_llama(seed=3).to("cuda").model.embed_tokens.weight.detach()
+    eager = MTPDrafter(head(feature_layers=(1,), device="cuda"), embed)
+    graphed = MTPDrafter(head(feature_layers=(1,), device="cuda"), embed)
+    assert graphed.capture(4, branch=3) and sorted(graphed.graphs.trees) == [(d, 3) for d in range(1, 5)]
+    for seed in range(5):
+        hidden = torch.randn(128, generator=torch.Generator().manual_seed(seed)).cuda()
+        for nodes, shape in [(6, TreeShape(3, 3)), (2, TreeShape(1, 3)), (4, TreeShape(4, 3)), (6, TreeShape(2, 2))]:
+            ids = [5, 9, seed]
+            tree = graphed.propose_tree(ids, nodes, shape, hidden)
+            with torch.inference_mode():
+                grown = eager.grown_tree(ids, nodes, shape, hidden)
+            assert (tree.tokens, tree.parents) == (grown.tokens, grown.parents)
+            assert tree.parents == eager.propose_tree(ids, nodes, shape, hidden).parents
+
+
+@needs_cuda
 @pytest.mark.parametrize("k", [1, 2, 4, "adaptive"])
 def test_speculative_greedy_over_step_and_draft_graphs_equals_plain_greedy_on_cuda(k):
     """Against transformers' own greedy `generate` on the same CUDA model (conftest.plain_greedy), not

@@ -144,6 +144,25 @@ def test_a_greedy_tree_grows_around_the_drafters_own_chain():
     assert list(paths[first[-1]]) == chain
 
 
+@pytest.mark.parametrize("nodes,depth,branch", [(8, 4, 4), (3, 2, 2), (16, 6, 4), (24, 8, 4), (5, 5, 3), (4, 1, 4)])
+def test_a_greedy_heads_static_tree_is_the_tree_grown_level_by_level(nodes, depth, branch):
+    """`propose_tree` of a greedy head runs `tree_table` (fixed shapes, what CUDA graphs replay): the same
+    tokens and parents as `grow_tree` expanding only the frontier's rows."""
+    from decode.tree import TreeShape
+
+    for seed in range(6):
+        torch.manual_seed(seed)
+        cfg = MTPConfig(
+            hidden_size=64, intermediate_size=128, layers=2, vocab_ids=tuple(range(0, 64, 2)), feature_layers=(1,)
+        )
+        drafter = MTPDrafter(MTPHead(cfg).eval(), torch.randn(64, 64))
+        hidden, shape = torch.randn(128), TreeShape(depth, branch)
+        tree = drafter.propose_tree([1, 2, 3], nodes, shape, hidden)
+        with torch.inference_mode():
+            grown = drafter.grown_tree([1, 2, 3], nodes, shape, hidden)
+        assert (tree.tokens, tree.parents) == (grown.tokens, grown.parents) and len(tree.tokens) == nodes
+
+
 def test_a_sampled_tree_carries_the_heads_law_at_each_expanded_row():
     from decode.tree import TreeShape
 

@@ -15,7 +15,10 @@ from decode.tree import (
     depths,
     greedy_accept_tree,
     grow_tree,
+    grow_tree_static,
     sample_accept_tree,
+    static_tree_size,
+    tree_from_static,
 )
 from decode.verify import greedy_accept
 
@@ -166,6 +169,52 @@ def test_grown_trees_are_the_best_keys_closed_under_ancestors_and_earlier_siblin
     left_out = [p for p in keys if p and p not in kept and p[:-1] in kept | {()} and len(p) <= depth]
     if left_out and len(kept) == nodes:
         assert max(keys[p] for p in left_out) <= min(keys[p] for p in kept) + 1e-12
+
+
+def ranked_candidates(path, branch, seed):
+    """A node's candidates as a function of its path: tokens 0..branch−1 in a shuffled order, probabilities
+    drawn from a few float32 values, ties and zeros (which end the list) included, best first."""
+    gen = torch.Generator().manual_seed(hash((seed,) + path) % 2**31)
+    probs = torch.tensor([0.5, 0.25, 0.25, 0.125, 0.0, 0.3])[torch.randint(0, 6, (branch,), generator=gen)]
+    return torch.randperm(branch, generator=gen), probs.sort(descending=True).values
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    nodes=st.integers(1, 14),
+    depth=st.integers(1, 5),
+    width=st.integers(1, 4),
+    branch=st.integers(1, 4),
+)
+def test_the_static_tree_is_the_grown_tree_ties_and_zeros_included(seed, nodes, depth, width, branch):
+    """`grow_tree_static` (fixed-size tensors, the frontier chosen without a host read: what a CUDA graph
+    replays) keeps the same nodes in the same rows as `grow_tree`, given the same candidates."""
+
+    def grown_expand(frontier):
+        out = []
+        for node in frontier:
+            paths[node.id] = () if node.id < 0 else paths[node.parent] + (node.token,)
+            tokens, probs = ranked_candidates(paths[node.id], branch, seed)
+            out.append(Candidates(tokens.tolist(), probs.tolist()))
+        return out
+
+    def static_expand(parents, ids, tokens):
+        rows = []
+        for parent, node, token in zip(parents.tolist(), ids.tolist(), tokens.tolist()):
+            if node < 0 or node == n:  # the root; an empty frontier slot (its candidates must not count)
+                paths[node] = ()
+            else:
+                paths[node] = paths[parent] + (token,)
+            rows.append(ranked_candidates(paths[node], branch, seed))
+        return torch.stack([t for t, _ in rows]), torch.stack([p for _, p in rows])
+
+    paths = {}
+    want = grow_tree(grown_expand, 7, nodes, depth, width)
+    paths, n = {}, static_tree_size(depth, width, branch)
+    table = grow_tree_static(static_expand, torch.tensor([7]), torch.tensor(nodes), depth, width, branch)
+    got = tree_from_static(table.tolist())
+    assert (got.tokens, got.parents) == (want.tokens, want.parents)
 
 
 # ---- sampling: the first three tokens of a decoder loop over trees --------------------------------
