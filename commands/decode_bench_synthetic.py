@@ -9,7 +9,7 @@ heuristic, adaptive) tok/s, ms to 8 tokens, measured acceptance per position and
 plain greedy (per prompt, the first position that differs). Cost: the model's build (Llama-1B:
 1.24B parameters, 5 GB in fp32, seconds on a GPU) and modes × prompts × tokens decode steps.
 
-Random weights make no text, so no real drafter accepts anything; the oracle (`decode.oracle`)
+Random weights make no text, so no real drafter accepts anything; the oracle (`commands.oracle`)
 knows the target's continuation from a first plain greedy run and is right at draft position i
 with the probability given. What it measures is the machinery at the size users run — step
 costs, graphs, the controller's choice of k — not a drafter. Replies ignore EOS (every prompt
@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from commands.decode_runs import FIXED_KS, against_greedy, identity_guaranteed, rounded, run_ours, speedups
 from commands.machine import machine_info
+from commands.oracle import OracleDrafter, acceptance_at
 from decode.controller import FixedController, expected_tokens
 from decode.drafters import NoDrafter
 from decode.jobs import GenerationSettings
-from decode.oracle import OracleDrafter, acceptance_at
 from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
 from decode.target import StaticLlamaTarget, static_supported
 from voice.config import Config, ConfigError

@@ -6,12 +6,12 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tree_drafters import RankedOracle
 
+from commands.oracle import OracleDrafter
 from conftest import ByteTokenizer, plain_greedy, tiny_llama
 from decode.controller import AdaptiveController, FixedController, StepStats, plan_batch
 from decode.drafters import ModelDrafter, NgramDrafter, NoDrafter
 from decode.jobs import GenerationSettings, PrefillJob, ReplyJob
 from decode.mtp import MTPConfig, MTPDrafter, MTPHead
-from decode.oracle import OracleDrafter
 from decode.scheduler import Priority, StepScheduler
 from decode.speculative import SpeculativeDecoder
 from decode.target import StaticLlamaTarget

@@ -1,11 +1,11 @@
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from commands.oracle import OracleDrafter, acceptance_at
 from conftest import ByteTokenizer, tiny_llama
 from decode.controller import AdaptiveController, FixedController, HeuristicController
 from decode.drafters import NoDrafter
 from decode.jobs import GenerationSettings
-from decode.oracle import OracleDrafter, acceptance_at
 from decode.speculative import SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
