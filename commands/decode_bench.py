@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from importlib.resources import files
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -27,6 +28,8 @@ from commands.machine import machine_info
 from commands.prompt_sets import bundled_conversations
 from decode.controller import FixedController
 from decode.drafters import NoDrafter, can_branch
+from decode.jobs import ReplyJob
+from decode.scheduler import Ticket
 from decode.speculative import calibrate_verify_cost
 from voice.config import Config
 from voice.llm import ReplyModel, make_controller
@@ -84,6 +87,13 @@ def _run_hf(llm: ReplyModel, prompts: list[list[int]], kwargs: dict) -> dict:
     }
 
 
+def _submit(llm: ReplyModel, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
+    """A reply to prompt token ids on the model's scheduler: its tokens go to `on_tokens`."""
+    return llm.scheduler.submit(
+        lambda dec: ReplyJob(dec, ids, llm.settings), ids, lambda span: on_tokens(span.token_ids)
+    )
+
+
 def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: list[list[int]]) -> dict:
     """The prompts through the step scheduler with `size` replies in flight: the next one starts
     as soon as one ends, like `size` clients that always have a question.
@@ -99,7 +109,7 @@ def _run_batch(llm: ReplyModel, prompts: list[list[int]], size: int, reference: 
     t_all = time.perf_counter()
     while nxt < len(prompts) or flying:
         while nxt < len(prompts) and len(flying) < size:
-            flying[nxt] = (llm.submit_ids(prompts[nxt], outputs[nxt].extend), time.perf_counter())
+            flying[nxt] = (_submit(llm, prompts[nxt], outputs[nxt].extend), time.perf_counter())
             nxt += 1
         for i, (ticket, t0) in list(flying.items()):
             if ticket.finished.is_set():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -19,7 +19,7 @@ from decode.controller import AdaptiveController, Controller, FixedController, H
 from decode.drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter, can_branch
 from decode.hf_target import HFTarget
 from decode.jobs import GenerationSettings, PrefillJob, ReplyJob
-from decode.scheduler import Priority, StepScheduler, Ticket
+from decode.scheduler import Priority, StepScheduler
 from decode.spans import Span
 from decode.speculative import SpeculativeDecoder, calibrate_verify_cost
 from decode.target import StaticLlamaTarget, Target, static_supported
@@ -324,12 +324,6 @@ class ReplyModel:
             ids,
             priority,
             self.settings.max_new_tokens,
-        )
-
-    def submit_ids(self, ids: list[int], on_tokens: Callable[[tuple[int, ...]], None]) -> Ticket:
-        """A reply to prompt token ids on the scheduler (benchmarks): its tokens go to `on_tokens`."""
-        return self.scheduler.submit(
-            lambda dec: ReplyJob(dec, ids, self.settings), ids, lambda span: on_tokens(span.token_ids)
         )
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
