@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from laws import context_laws
 from scipy.stats import chisquare
 
 from decode.tree import (
@@ -224,15 +225,7 @@ V = 4  # 64 cells
 def laws(seed, zero=None):
     """A next-token law for every context of up to 7 tokens (each its own row), `zero(ctx)` a token
     it never gives, so rejections and residuals both matter."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = {}
-    for n in range(8):
-        for ctx in itertools.product(range(V), repeat=n):
-            row = torch.rand(V, generator=gen, dtype=torch.float64) ** 3 + 0.01
-            if zero is not None and (z := zero(ctx)) is not None:
-                row[z] = 0.0
-            rows[ctx] = row / row.sum()
-    return rows
+    return context_laws(seed, V, depth=7, power=3, floor=0.01, zero=zero)
 
 
 P = laws(20, zero=lambda ctx: 3 if len(ctx) == 1 else None)  # the target

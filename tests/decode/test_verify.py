@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+from laws import context_laws
 from scipy.stats import chisquare
 
 from decode.verify import greedy_accept, probs_from_logits, sample_accept
@@ -41,15 +42,7 @@ def laws(seed, zero=None):
     """A next-token law for every context of up to 5 tokens, each row its own: a row read at the
     wrong position, or for the wrong context, changes what comes out. `zero(ctx)`: a token the
     law never gives (where the other side does), so rejections and the residual both matter."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = {}
-    for n in range(6):
-        for ctx in itertools.product(range(V), repeat=n):
-            row = torch.rand(V, generator=gen, dtype=torch.float64) ** 2 + 0.02
-            if zero is not None and (z := zero(ctx)) is not None:
-                row[z] = 0.0
-            rows[ctx] = row / row.sum()
-    return rows
+    return context_laws(seed, V, depth=5, power=2, floor=0.02, zero=zero)
 
 
 P = laws(10, zero=lambda ctx: 2 if len(ctx) == 1 else None)  # the target
