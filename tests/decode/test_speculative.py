@@ -301,11 +301,37 @@ def target_law_of_three(prompt, temperature):
     return p1[:, None, None] * p2[:, :, None] * p3
 
 
+def sample_three(dec: SpeculativeDecoder, prompt: list[int], temperature: float, n: int, law: torch.Tensor):
+    """`n` sampled replies of three tokens: their counts per flattened (x1, x2, x3) cell, the first
+    spans' accepted lengths, and the tree steps taken."""
+    s = GenerationSettings(max_new_tokens=3, temperature=temperature)
+    counts = torch.zeros_like(law)
+    accepted, trees = set(), 0
+    vocab = TARGET.config.vocab_size
+    for _ in range(n):
+        spans = list(dec.generate(prompt, s))
+        a, b, c = [t for sp in spans for t in sp.token_ids]
+        counts[(a * vocab + b) * vocab + c] += 1
+        accepted.add(spans[0].accepted_len)
+        trees += dec.stats.tree_steps
+    return counts, accepted, trees
+
+
+def assert_counts_follow(law: torch.Tensor, counts: torch.Tensor, n: int) -> None:
+    """χ² of the counts against `law`: the likely sequences, the rest folded into one bin."""
+    from scipy.stats import chisquare
+
+    cells = law * n >= 5
+    observed = torch.cat([counts[cells], counts[~cells].sum()[None]])
+    expected = torch.cat([law[cells], law[~cells].sum()[None]]) * n
+    assert cells.sum() >= 10
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01
+
+
 def test_sampled_replies_follow_the_targets_law_over_their_first_three_tokens():
     """The decoder end to end at temperature 2 with a drafter whose q is not p (the target's own
     weights at temperature 1): one step drafts two tokens, so the first three come from the accept
     ratio, the residual and the bonus row at each position. P(x1 x2 x3) must be the target's."""
-    from scipy.stats import chisquare
 
     prompt, temperature, n = [5, 9, 2, 7], 2.0, 2000
     law = target_law_of_three(prompt, temperature).flatten()
@@ -315,21 +341,9 @@ def test_sampled_replies_follow_the_targets_law_over_their_first_three_tokens():
     dec = SpeculativeDecoder(
         StaticLlamaTarget(TARGET, max_len=64), ByteTokenizer(), drafter, FixedController(2), seed=3
     )
-    s = GenerationSettings(max_new_tokens=3, temperature=temperature)
-    counts = torch.zeros_like(law)
-    accepted = set()
-    vocab = TARGET.config.vocab_size
-    for _ in range(n):
-        spans = list(dec.generate(prompt, s))
-        a, b, c = [t for sp in spans for t in sp.token_ids]
-        counts[(a * vocab + b) * vocab + c] += 1
-        accepted.add(spans[0].accepted_len)
+    counts, accepted, _ = sample_three(dec, prompt, temperature, n, law)
     assert accepted == {0, 1, 2}  # rejections at either position, and full acceptance (the bonus row)
-    cells = law * n >= 5  # the likely sequences; the rest folded into one bin
-    observed = torch.cat([counts[cells], counts[~cells].sum()[None]])
-    expected = torch.cat([law[cells], law[~cells].sum()[None]]) * n
-    assert cells.sum() >= 10
-    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01
+    assert_counts_follow(law, counts, n)
 
 
 def test_calibration_leaves_cache_untouched():
@@ -461,7 +475,6 @@ def test_hf_target_falls_back_to_chains_and_stays_lossless(drafter):
 def test_sampled_tree_replies_follow_the_targets_law_over_their_first_three_tokens():
     """The decoder end to end at temperature 2 with an MTP head sampling trees at temperature 1 (its q is
     not p): children drawn without replacement, tried in order; P(x1 x2 x3) must be the target's."""
-    from scipy.stats import chisquare
 
     prompt, temperature, n = [5, 9, 2, 7], 2.0, 2000
     law = target_law_of_three(prompt, temperature).flatten()
@@ -472,19 +485,6 @@ def test_sampled_tree_replies_follow_the_targets_law_over_their_first_three_toke
     )
     ctl = FixedController(5, depth=2, branch=4)
     dec = SpeculativeDecoder(StaticLlamaTarget(TARGET, max_len=64), ByteTokenizer(), drafter, ctl, seed=3)
-    s = GenerationSettings(max_new_tokens=3, temperature=temperature)
-    counts = torch.zeros_like(law)
-    accepted, trees = set(), 0
-    vocab = TARGET.config.vocab_size
-    for _ in range(n):
-        spans = list(dec.generate(prompt, s))
-        a, b, c = [t for sp in spans for t in sp.token_ids]
-        counts[(a * vocab + b) * vocab + c] += 1
-        accepted.add(spans[0].accepted_len)
-        trees += dec.stats.tree_steps
+    counts, accepted, trees = sample_three(dec, prompt, temperature, n, law)
     assert accepted == {0, 1, 2} and trees >= n  # rejections at either level, a whole path accepted; trees
-    cells = law * n >= 5
-    observed = torch.cat([counts[cells], counts[~cells].sum()[None]])
-    expected = torch.cat([law[cells], law[~cells].sum()[None]]) * n
-    assert cells.sum() >= 10
-    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 0.01
+    assert_counts_follow(law, counts, n)
