@@ -17,6 +17,16 @@ def head(vocab_ids=()):
     return MTPHead(MTPConfig(hidden_size=64, intermediate_size=128, layers=2, vocab_ids=vocab_ids)).eval()
 
 
+def sampling_drafter(vocab_ids):
+    """`head(vocab_ids)` on the target's embeddings, sampling at temperature 1 from a seeded generator."""
+    return MTPDrafter(
+        head(vocab_ids),
+        TARGET.model.embed_tokens.weight.detach(),
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 def test_mtp_drafter_is_lossless_under_every_controller():
     for target_cls in (StaticLlamaTarget, HFTarget):
         for ctl in (FixedController(3), AdaptiveController(k_max=4, verify_cost_s={0: 1e-3, 4: 1.2e-3})):
@@ -30,12 +40,7 @@ def test_mtp_drafter_is_lossless_under_every_controller():
 
 def test_reduced_vocabulary_drafts_only_its_tokens_and_sampling_gives_full_rows():
     vocab = tuple(range(10, 20))
-    drafter = MTPDrafter(
-        head(vocab),
-        TARGET.model.embed_tokens.weight.detach(),
-        temperature=1.0,
-        generator=torch.Generator().manual_seed(0),
-    )
+    drafter = sampling_drafter(vocab)
     draft = drafter.propose([1, 2, 3], 4, torch.randn(64))
     assert len(draft.tokens) == 4 and all(t in vocab for t in draft.tokens)
     assert draft.probs.shape == (4, 64)
@@ -167,12 +172,7 @@ def test_a_sampled_tree_carries_the_heads_law_at_each_expanded_row():
     from decode.tree import TreeShape
 
     vocab = tuple(range(10, 30))
-    drafter = MTPDrafter(
-        head(vocab),
-        TARGET.model.embed_tokens.weight.detach(),
-        temperature=1.0,
-        generator=torch.Generator().manual_seed(0),
-    )
+    drafter = sampling_drafter(vocab)
     tree = drafter.propose_tree([1, 2, 3], 6, TreeShape(2, 3), torch.randn(64))
     assert tree.probs.shape == (7, 64)
     expanded = sorted(set(tree.parents))
