@@ -24,8 +24,10 @@ def project(x: torch.Tensor, weight: torch.Tensor, weight_major: bool = True) ->
     x Wᵀ layout at small T and once in all for W xᵀ, so a verify step of a few tokens then costs
     about what one token does; others are faster with x Wᵀ (`scripts/linear_layout.py` measures
     both; figures in docs/decoding.md). One row is always F.linear (a matrix-vector product
-    either way).
+    either way). A weight that is not a tensor (`decode.blocks.BlockWeight`) computes it itself.
     """
+    if not isinstance(weight, torch.Tensor):
+        return weight.apply(x)
     if not weight_major or x.shape[0] == 1:
         return F.linear(x, weight)
     return (weight @ x.t()).t().contiguous()

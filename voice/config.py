@@ -108,6 +108,9 @@ class DecodeConfig:
     # how the static target multiplies rows by a weight: auto (CPU: timed at load, the faster kept; CUDA: linear) |
     # linear (torch's F.linear) | weight_major ((W xᵀ)ᵀ; which is faster depends on the BLAS: docs/decoding.md)
     linear_layout: str = "auto"
+    # on a CPU, weights that are exactly 4-/8-bit blocks (the embedded GGUF, dequantised) are multiplied as
+    # such: the same weights and results up to the order of sums, a third of the memory traffic (docs/target-step.md)
+    block_weights: bool = True
     cuda_graphs: bool = True  # on CUDA: steps of 1..max_draft + 1 tokens and the MTP draft loop replay captured graphs
     # candidates per node of a draft tree the adaptive controller may plan (1: chains only); k is then the
     # node budget, and where a wide verify costs too much it still picks chains (docs/decoding.md)

@@ -207,6 +207,8 @@ class ReplyModel:
             self.target = HFTarget(model, keep_shared_kv=True)
         else:
             self.target = make_target(model, feature_layers=drafter_feature_layers(cfg))
+            if cfg.decode.block_weights and isinstance(self.target, StaticLlamaTarget):
+                log.info("block weights: %d of the target's weights held as 4-/8-bit blocks", self.target.use_blocks())
             self._set_layout(cfg.decode.linear_layout)
         self.generator = torch.Generator().manual_seed(cfg.llm.seed)
         self.drafter = make_drafter(cfg, self.tokenizer, self.target, self.generator)

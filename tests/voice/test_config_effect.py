@@ -497,6 +497,18 @@ def _(cfg, rig):
     return reply_model(cfg).target.layout
 
 
+@probe("decode.block_weights", "false", *LOCAL)
+def _(cfg, rig):
+    """Whether the built model asks its target to hold block weights (the fake model's random weights are
+    not blocks, so the answer is counted, not timed)."""
+    from decode.target import StaticLlamaTarget
+
+    asked = []
+    rig.monkeypatch.setattr(StaticLlamaTarget, "use_blocks", lambda self: asked.append(1) or 0)
+    fresh_model(cfg)
+    return len(asked)
+
+
 @probe("decode.cuda_graphs", "false", *LOCAL)
 def _(cfg, rig):
     """CPU-only here: the built model is told its target sits on CUDA and asked to capture."""
