@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,6 +62,9 @@ def load_kernel() -> Any | None:
         return None
     from torch.utils.cpp_extension import load
 
+    # the ninja that torch's builder runs comes with this environment (`ninja` on PyPI) even when the
+    # process was started without the venv's bin on PATH
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     try:
         log.info("block weights: building the %s kernel once (about 40 s)", isa)
         return load(
