@@ -18,6 +18,7 @@ Cost: the audio's own duration per turn plus the reply, and loading the models o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import statistics
 from dataclasses import dataclass
@@ -215,13 +216,31 @@ async def _main_set(stack, cfg: Config, plan: BenchPlan, paths: list[Path]) -> l
     return records
 
 
+# what the loaded models read when they load: a compared config may not change it (None: the whole section)
+LOAD_TIME: dict[str, tuple[str, ...] | None] = {
+    "models": None,
+    "llm": None,
+    "decode": None,
+    "asr": (
+        "language", "beam_size", "compute_type", "threads", "min_window_frames", "pad_frames",
+        "no_speech_threshold", "log_prob_threshold", "loop_retry_window_frames",
+        "loop_retry_temperature_step", "loop_retry_max_temperature", "max_batch",
+    ),
+    "tts": ("length_scale",),
+}  # fmt: skip
+
+
 def check_compare(cfg: Config, compared: Config) -> None:
-    """A compared config must share the loaded models: it may not change [models]."""
-    if compared.models != cfg.models:
-        raise ConfigError(
-            "--compare cannot change [models]: the compared sessions share the loaded "
-            "models; run a second `voice bench --set models.…` instead"
-        )
+    """A compared config must share the loaded models: it may not change what they read at load
+    (`LOAD_TIME`), or the comparison would silently run the loaded settings twice."""
+    for section, keys in LOAD_TIME.items():
+        a, b = getattr(cfg, section), getattr(compared, section)
+        for f in dataclasses.fields(a):
+            if (keys is None or f.name in keys) and getattr(a, f.name) != getattr(b, f.name):
+                raise ConfigError(
+                    f"--compare cannot change {section}.{f.name}: it takes effect when the models load and the "
+                    f"compared sessions share the loaded ones; run a second `voice bench --set {section}.{f.name}=…`"
+                )
 
 
 async def run_bench(cfg: Config, plan: BenchPlan) -> tuple[dict, list[TurnRecord]]:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decode.graphs as graphs_mod  # noqa: E402
 import decode.target as target_mod  # noqa: E402
 from commands.prompt_sets import bundled_conversations  # noqa: E402
+from decode.blocks import BlockWeight  # noqa: E402
 from decode.layers import project as plain_project  # noqa: E402
 from decode.target import StaticLlamaTarget  # noqa: E402
 
@@ -85,6 +86,8 @@ class SplitWeight:
 def project(x: torch.Tensor, weight, weight_major: bool = True) -> torch.Tensor:
     if isinstance(weight, torch.Tensor):
         return plain_project(x, weight, weight_major)
+    if isinstance(weight, BlockWeight):  # the served blocks (`decode.blocks`)
+        return weight.apply(x)
     return weight.mm(x)
 
 
@@ -114,6 +117,8 @@ def build(name: str, model, model_bf16, max_len: int) -> tuple[StaticLlamaTarget
             (ln1, SplitWeight(wq, [nh * hd, nkv * hd, nkv * hd]), wo, ln2, SplitWeight(wgu, [inter, inter]), wd)
             for ln1, wq, wo, ln2, wgu, wd in t.layers
         ]
+    elif base == "blocks":  # what `decode.block_weights` serves: the GGUF's own Q4_1/Q8_0 blocks, fp32 sums
+        t.use_blocks()
     elif base in ("int8", "int8-body"):
         requant(t, Int8Weight, head=base == "int8")
     elif base.startswith("int4"):  # int4-g64, int4-g32-body (LM head left fp32), int4f-…: fp32 rows in

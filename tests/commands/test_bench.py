@@ -342,3 +342,19 @@ def test_bench_through_a_server_that_is_gone_prints_its_json_and_one_line(tmp_pa
     assert result["turns"] == 0 and "went away" in result["server_lost"]
     assert err.startswith(f"error: the server at {gone} went away") and "after 0 of 1 turns" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("key", ["decode.block_weights=false", "llm.threads=1", "asr.threads=1", "models.llm=other"])
+def test_compare_refuses_what_only_takes_effect_when_the_models_load(key):
+    from commands.bench import check_compare
+    from voice.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.")):
+        check_compare(load_config(None, []), load_config(None, [key]))
+
+
+def test_compare_takes_what_sessions_read():
+    from commands.bench import check_compare
+    from voice.config import load_config
+
+    check_compare(load_config(None, []), load_config(None, ["turn.predictive=false", "asr.interval_ms=100"]))
