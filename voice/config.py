@@ -176,6 +176,9 @@ class TTSConfig:
     first_phrase_words: int = 1  # more while its last word leans on the next ("The" waits for "moon")
     max_phrase_words: int = 18
     length_scale: float = 1.0
+    # piper's ONNX threads (0: onnxruntime's default, one per core). One, and never spinning: a held first
+    # phrase is synthesised beside the final whisper decode, which a second piper thread slows (docs/turn-taking.md)
+    threads: int = 1
 
 
 @dataclass(frozen=True)

@@ -256,7 +256,7 @@ def load_stack(cfg: Config) -> Stack:
         cfg.asr.loop_retry_max_temperature,
         cfg.asr.max_batch,
     )
-    tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale)
+    tts = PiperTTS(piper_path(cfg.models), cfg.tts.length_scale, cfg.tts.threads)
     llm = ReplyModel(cfg)
     remote = remote_replies(cfg, llm.token_ids)
     log.info("models loaded in %.1f s", time.perf_counter() - t)

@@ -35,10 +35,20 @@ class TTSError(VoiceError, RuntimeError):
 class PiperTTS:
     """A loaded piper voice."""
 
-    def __init__(self, model_path: str | Path, length_scale: float = 1.0) -> None:
+    def __init__(self, model_path: str | Path, length_scale: float = 1.0, threads: int = 0) -> None:
+        import onnxruntime
         from piper import PiperVoice, SynthesisConfig
 
         self.voice = PiperVoice.load(str(model_path))
+        # onnxruntime's threads spin between and after runs by default, taking a core from whisper and the
+        # LLM while a phrase is synthesised beside them; ours wait without spinning
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.voice.session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.threads = threads
         self.rate_hz = int(self.voice.config.sample_rate)
         self._syn = SynthesisConfig(length_scale=length_scale)
         # piper samples generator and phoneme-width noise on every call; without it the same

@@ -592,10 +592,18 @@ class FakeVoice:
         yield SimpleNamespace(audio_int16_array=np.zeros(10, np.int16), sample_rate=22050)
 
 
+class FakeSession:
+    """An onnxruntime session: keeps the options piper's voice was given."""
+
+    def __init__(self, path: str, sess_options, providers) -> None:
+        self.path, self.options = path, sess_options
+
+
 def loaded_stack(cfg: Config, rig: Rig):
     """`load_stack(cfg)` with faster-whisper and piper faked (and the reply model, probed above)."""
     import faster_whisper
     import faster_whisper.tokenizer
+    import onnxruntime
     import piper
 
     import voice.stack
@@ -603,6 +611,7 @@ def loaded_stack(cfg: Config, rig: Rig):
     rig.monkeypatch.setattr(faster_whisper, "WhisperModel", FakeWhisperModel)
     rig.monkeypatch.setattr(faster_whisper.tokenizer, "Tokenizer", FakeWhisperTokenizer)
     rig.monkeypatch.setattr(piper, "PiperVoice", FakeVoice)
+    rig.monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
     rig.monkeypatch.setattr(voice.stack, "ReplyModel", lambda cfg: SimpleNamespace(token_ids=lambda text: []))
     return voice.stack.load_stack(cfg)
 
@@ -704,6 +713,11 @@ def _(cfg, rig):
 @probe("models.tts", "/voices/other.onnx", *STACK)
 def _(cfg, rig):
     return loaded_stack(cfg, rig).tts.voice.path
+
+
+@probe("tts.threads", "3", *STACK)
+def _(cfg, rig):
+    return loaded_stack(cfg, rig).tts.voice.session.options.intra_op_num_threads
 
 
 @probe("tts.length_scale", "1.5", *STACK)
