@@ -34,17 +34,14 @@ OUT_BLOCK = 16  # outputs per block (one AVX-512 register of fp32)
 GROUP = 32  # inputs per group: GGUF's Q4_1 and Q8_0 block size
 
 
-def cpu_isa() -> str | None:
-    """ "avx512" (AVX-512F/BW/VL), "avx2" (AVX2 + FMA + F16C) or None, from /proc/cpuinfo's flags."""
+def cpu_isas() -> list[str]:
+    """The kernel builds this CPU runs, best first: "avx512" (AVX-512F/BW/VL), "avx2" (AVX2, FMA, F16C)."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
     except (OSError, IndexError):
-        return None
-    if {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
-        return "avx512"
-    if {"avx2", "fma", "f16c"} <= flags:
-        return "avx2"
-    return None
+        return []
+    needs = {"avx512": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"}, "avx2": {"avx2", "fma", "f16c"}}
+    return [isa for isa, flag_set in needs.items() if flag_set <= flags]
 
 
 ISA_FLAGS = {
@@ -54,9 +51,10 @@ ISA_FLAGS = {
 
 
 @functools.cache
-def load_kernel() -> Any | None:
-    """The compiled `packed_linear` module for this CPU, built on first use; None if it cannot be."""
-    isa = cpu_isa()
+def load_kernel(isa: str | None = None) -> Any | None:
+    """The compiled `packed_linear` module for this CPU (or the given build of `cpu_isas()`), built on
+    first use; None if it cannot be."""
+    isa = isa or next(iter(cpu_isas()), None)
     if isa is None:
         log.info("block weights: this CPU has neither AVX-512 nor AVX2 + FMA; the target stays fp32")
         return None

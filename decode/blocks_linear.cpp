@@ -86,19 +86,20 @@ static void block_rows(const float* x, int64_t ldx, const uint8_t* qs, const flo
 }
 #endif
 
-template <bool Q4>
-static void rows_any(int R, const float* x, int64_t ldx, const uint8_t* qs, const float* sc, const float* mn,
+// rows per pass over the weights: all accumulators, the weights, d, m and x in registers
+#if defined(__AVX512F__)
+constexpr int RMAX = 16;  // 32 zmm
+#else
+constexpr int RMAX = 4;  // 16 ymm, two per row
+#endif
+
+template <bool Q4, int R = 1>
+static void rows_any(int rows, const float* x, int64_t ldx, const uint8_t* qs, const float* sc, const float* mn,
                      int64_t groups, float* out, int64_t ldo) {
-  switch (R) {
-    case 1: return block_rows<1, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    case 2: return block_rows<2, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    case 3: return block_rows<3, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    case 4: return block_rows<4, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    case 5: return block_rows<5, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    case 6: return block_rows<6, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    case 7: return block_rows<7, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
-    default: return block_rows<8, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
+  if constexpr (R < RMAX) {
+    if (rows != R) return rows_any<Q4, R + 1>(rows, x, ldx, qs, sc, mn, groups, out, ldo);
   }
+  block_rows<R, Q4>(x, ldx, qs, sc, mn, groups, out, ldo);
 }
 
 }  // namespace
@@ -120,8 +121,8 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor sca
   const int64_t qstride = groups * (q4 ? G * BO / 2 : G * BO), sstride = groups * BO, N = NB * BO;
   at::parallel_for(0, NB, 4, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t r = 0; r < T; r += 8) {
-        int R = static_cast<int>(std::min<int64_t>(8, T - r));
+      for (int64_t r = 0; r < T; r += RMAX) {
+        int R = static_cast<int>(std::min<int64_t>(RMAX, T - r));
         if (q4) rows_any<true>(R, xp + r * K, K, qp + b * qstride, sp + b * sstride, mp + b * sstride, groups, op + r * N + b * BO, N);
         else rows_any<false>(R, xp + r * K, K, qp + b * qstride, sp + b * sstride, nullptr, groups, op + r * N + b * BO, N);
       }

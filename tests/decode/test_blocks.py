@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_llama
-from decode.blocks import GROUP, BlockWeight, cpu_isa, find_q4, find_q8, load_kernel
+from decode.blocks import GROUP, BlockWeight, cpu_isas, find_q4, find_q8, load_kernel
 from decode.controller import FixedController
 from decode.drafters import ModelDrafter, NgramDrafter, NoDrafter
 from decode.jobs import GenerationSettings
 from decode.speculative import SpeculativeDecoder
 from decode.target import StaticLlamaTarget
 
-needs_kernel = pytest.mark.skipif(cpu_isa() is None, reason="the block kernel needs AVX2 + FMA or AVX-512")
+needs_kernel = pytest.mark.skipif(not cpu_isas(), reason="the block kernel needs AVX2 + FMA or AVX-512")
 
 
 def as_q4_1(w: torch.Tensor) -> torch.Tensor:
@@ -59,15 +59,18 @@ def test_only_exact_blocks_are_found():
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])  # each build this CPU runs: an AVX-512 CPU tests both
 @pytest.mark.parametrize("kind", ["q4", "q8"])
-def test_block_product_is_the_fp32_product_and_each_row_its_own(kind):
-    kernel = load_kernel()
-    assert kernel is not None, "the CPU has AVX2/AVX-512 but the block kernel did not build"
+def test_block_product_is_the_fp32_product_and_each_row_its_own(kind, isa):
+    if isa not in cpu_isas():
+        pytest.skip(f"this CPU does not run the {isa} build")
+    kernel = load_kernel(isa)
+    assert kernel is not None, f"the CPU runs {isa} but the block kernel did not build"
     torch.manual_seed(1)
     w = torch.randn(48, 96)
     w = as_q4_1(w) if kind == "q4" else as_q8_0(w)
     weight = BlockWeight((find_q4 if kind == "q4" else find_q8)(w), kernel)
-    for rows in (1, 3, 8, 9, 17):  # chunks of 8 rows, a remainder
+    for rows in (1, 3, 4, 5, 16, 17, 33):  # passes of 4 (AVX2) or 16 (AVX-512) rows, and remainders
         x = torch.randn(rows, 96)
         got = weight.apply(x)
         assert torch.allclose(got.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-5)
