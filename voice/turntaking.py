@@ -13,7 +13,10 @@ The rules:
   the time (a slow CPU stays free for the final decode); each hypothesis is scored by the LLM.
 - Predictive reply: a hypothesis that may be complete (score above `turn.eot_low`) gets a
   reply at once, held back (it stops after its first phrase until released); a later
-  hypothesis with other words drops it (and may start another).
+  hypothesis with other words drops it (and may start another). While the user speaks, words
+  scored at or below `turn.eot_low` get no reply; once the user is silent, the final
+  transcript gets a held reply whatever its score: a low score makes the turn wait longer
+  with idle cores, and the reply is ready when it ends on those words.
 - Final transcript: once the user is silent, a decode at the first quiet window is final if it
   repeats the previous hypothesis word for word; otherwise one whose audio reaches
   `asr.final_tail_ms` past the last voiced window is. Audio already covered is never re-decoded.
@@ -278,9 +281,8 @@ class TurnTaker:
             return []
         if not self.settings.predictive:
             return [ScoreText(text)] if self.score_of(text) is None and self.reply is None else []
-        prob = self.score_of(text)
-        if prob is not None and prob < self.settings.eot_low:
-            return []  # plainly unfinished: wait for more words or the longest silence
+        # even words that score plainly unfinished: the turn now waits a longer silence with idle
+        # cores, and ends on these words unless the user goes on (which drops the reply)
         return self._start(text)
 
     def _worth_predicting(self, text: str) -> bool:
@@ -300,9 +302,6 @@ class TurnTaker:
             return self._tick(self.now)
         if u is None or u.hypothesis is None:
             return []
-        held = self.reply is not None and not self.reply.released
-        if held and sc.text == self.reply.text and sc.prob <= self.settings.eot_low:
-            return self._drop_held("words look unfinished")
         if sc.text == u.hypothesis.text and self._worth_predicting(sc.text):
             return self._start(sc.text)
         return []

@@ -320,13 +320,34 @@ def test_partial_decodes_leave_a_slow_cpu_free():
     assert len(fast.of(Transcribe)) >= 10 and busy[1] <= 0.5 + 0.15  # asr.partial_load
 
 
-def test_a_held_reply_whose_words_score_unfinished_is_dropped():
+def test_words_scored_unfinished_while_the_user_speaks_get_no_reply():
+    words = [(0.3, "Can you tell"), (0.6, "Can you tell me the name of the...")]
+    sim = Sim(words, {"can you tell": 0.001, "can you tell me the name of the": 0.001}, interval_ms=100)
+    sim.run(speech(1.2))
+    assert len(sim.of(ScoreText)) >= 2 and not sim.of(StartReply)
+
+
+def test_final_words_that_score_unfinished_get_a_held_reply_released_at_the_longest_silence():
     words = [(1.0, "Can you tell me the name of the...")]
-    sim = Sim(words, {"can you tell me the name of the": 0.001})
+    sim = Sim(words, {"can you tell me the name of the": 0.001}, max_silence_ms=1200)
     sim.run(speech(1.2) + quiet(0.6))
-    starts, drops = sim.of(StartReply), sim.of(DropReply)
-    assert starts and drops and drops[0][1].reason == "words look unfinished"
-    assert not sim.of(Endpoint)  # still waiting for the rest of the question
+    (held,) = [a for _, a in sim.of(StartReply) if not a.released][-1:]
+    assert not sim.of(Endpoint) and all(a.reply != held.reply for _, a in sim.of(DropReply))
+    sim.run(quiet(1.0), t0=1.8)
+    ((_, end),) = sim.of(Endpoint)
+    assert end.transcript == "Can you tell me the name of the..."
+    assert [a.reply for _, a in sim.of(ReleaseReply)] == [held.reply]  # the prepared reply, not a new one
+
+
+def test_a_held_reply_on_unfinished_final_words_is_dropped_when_the_user_goes_on():
+    words = [(1.0, "Can you tell me the name of the..."), (2.2, "Can you tell me the name of the largest ocean?")]
+    scores = {"can you tell me the name of the": 0.001, "can you tell me the name of the largest ocean": 0.97}
+    sim = Sim(words, scores)
+    sim.run(speech(1.2) + quiet(0.6) + speech(0.8) + quiet(1.0))
+    first = [a for t, a in sim.of(StartReply) if 1.2 <= t < 1.8]
+    assert first and any(d.reply == first[-1].reply for _, d in sim.of(DropReply))
+    ((_, end),) = sim.of(Endpoint)
+    assert "ocean" in end.transcript and len(sim.of(ReleaseReply)) == 1
 
 
 def test_decodes_while_the_user_speaks_are_partials_and_decodes_in_the_pause_are_marked_quiet():
